@@ -1,0 +1,277 @@
+"""The database layer: a Redis connection shared by the models it hosts, and their registry."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import redis
+from redis.lock import Lock
+
+from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x re-exports them here
+from limpyd.exceptions import ImplementationError, LimpydException
+from limpyd.indexes import EqualIndex
+from limpyd.speedups import decode_scan_batch, make_key, register_model
+
+__all__ = ["DEFAULT_CONNECTION_SETTINGS", "RedisDatabase", "Lock"]
+
+DEFAULT_CONNECTION_SETTINGS = {"host": "localhost", "port": 6379, "db": 0}
+
+#: One lock for every registry change (model declaration, ``use_database``): they are rare, and
+#: a move touches two databases at once.
+_registry_lock = threading.RLock()
+_connections_lock = threading.Lock()
+
+_MIN_REDIS_PY = (4,)
+_MIN_REDIS_SERVER = (3,)
+
+
+def _redis_py_version() -> Tuple[int, ...]:
+    """Return the installed redis-py version as a tuple of its leading integer parts."""
+    parts = []
+    for part in redis.__version__.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+class RedisDatabase:
+    """A Redis connection (any redis-py connection argument) shared by the models defined on it.
+
+    Construction never contacts Redis: the client is created on first use and cached, so that
+    every database with equal settings shares the same ``redis.Redis`` object and pool.
+    """
+
+    #: cache ``settings key -> redis.Redis`` shared by all databases
+    _connections: Dict[str, redis.Redis] = {}
+    #: index classes for indexable fields declaring none (lowest priority)
+    default_indexes: Optional[List[Any]] = [EqualIndex]
+    #: ``COUNT`` hint sent with each ``SCAN`` by :meth:`scan_keys` when none is given (Redis'
+    #: own default of 10 makes a full scan 100 times more round trips)
+    default_scan_count: int = 1000
+
+    def __init__(self, **connection_settings: Any) -> None:
+        self._connection = None
+        self.reset(**(connection_settings or DEFAULT_CONNECTION_SETTINGS))
+        self._models: Dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ connection
+
+    @staticmethod
+    def _connection_cache_key(settings: Dict[str, Any]) -> str:
+        """Return the cache key of ``settings``: their values, ordered by setting name, joined by ``:``."""
+        return make_key(*[settings[name] for name in sorted(settings)])
+
+    def connect(self, **settings: Any) -> redis.Redis:
+        """Return the client for the current settings, or switch to ``settings`` and return theirs.
+
+        Without arguments the client is taken from the shared cache, or created (with
+        ``decode_responses=True``), cached, and the server version checked. With arguments it
+        behaves as :meth:`reset` with them (the database switches to the new settings, as the
+        user documentation always promised) and returns the new client.
+        """
+        if settings:
+            self.reset(**settings)
+            return self.connection
+        settings = self.connection_settings
+        cache_key = self._connection_cache_key(settings)
+        client = self._connections.get(cache_key)
+        if client is not None:
+            return client
+        if "decode_responses" in settings and not settings["decode_responses"]:
+            raise ImplementationError(
+                "RedisDatabase(decode_responses=%r): limpyd always reads str from Redis; "
+                "remove the decode_responses argument." % (settings["decode_responses"],)
+            )
+        options = dict(settings, decode_responses=True)
+        with _connections_lock:
+            client = self._connections.get(cache_key)
+            created = client is None
+            if created:
+                client = self._connections[cache_key] = redis.Redis(**options)
+        if created:
+            # reads the server version through ``connection``, which hits the cache filled above
+            self.ensure_redis_versions()
+        return client
+
+    def reset(self, **connection_settings: Any) -> None:
+        """Use ``connection_settings`` as given (not merged with the defaults) from the next call on.
+
+        Also forgets the server version read for the previous settings.
+        """
+        self.connection_settings = connection_settings
+        self._connection = None
+        self.__dict__.pop("_redis_version", None)
+
+    @property
+    def connection(self) -> redis.Redis:
+        """Return the client in use, connecting on first use (re-read by every Redis call)."""
+        if self._connection is None:
+            self._connection = self.connect()
+        return self._connection
+
+    # ------------------------------------------------------------------ versions
+
+    @property
+    def redis_version(self) -> Tuple[int, ...]:
+        """Return the first three integer parts of the server's ``redis_version`` (read once)."""
+        version = self.__dict__.get("_redis_version")
+        if version is None:
+            raw = self.connection.info("server")["redis_version"]
+            version = tuple(int(part) for part in str(raw).split(".")[:3])
+            self.__dict__["_redis_version"] = version
+        return version
+
+    def ensure_redis_versions(self) -> None:
+        """Raise ``LimpydException`` if redis-py or the Redis server is too old for limpyd."""
+        if _redis_py_version() < _MIN_REDIS_PY:
+            raise LimpydException(
+                "Limpyd needs redis-py >= 4 to operate (found %s): upgrade it with "
+                "`pip install 'redis>=4'`." % redis.__version__
+            )
+        if self.redis_version < _MIN_REDIS_SERVER:
+            raise LimpydException(
+                "Limpyd needs redis-server >= 3 to operate (the server at %r runs %s): "
+                "upgrade the server." % (self.connection_settings, ".".join(map(str, self.redis_version)))
+            )
+
+    # ------------------------------------------------------------------ models
+
+    @classmethod
+    def get_default_indexes(cls) -> List[Any]:
+        """Return the index classes used for indexable fields that declare none."""
+        return cls.default_indexes if cls.default_indexes is not None else []
+
+    def _add_model(self, model: Any) -> Any:
+        """Register ``model`` and return it, or return the same model already registered.
+
+        The already registered class is returned when it has the same class name and creation
+        source (the same definition imported again); any other model with the same ``_name``
+        raises ``ImplementationError`` naming both definitions.
+        """
+        with _registry_lock:
+            return register_model(
+                self._models,
+                model._name,
+                model,
+                model.namespace,
+                model.__name__,
+                "%s.%s" % (model.__module__, model.__qualname__),
+                model._creation_source,
+            )
+
+    def _use_for_model(self, model: Any) -> List[Any]:
+        """Move ``model`` and its subclasses sharing its database here; return the moved models."""
+        with _registry_lock:
+            old_database = getattr(model, "database", None)
+            moved = self._collect_models_to_move(model)
+            for moved_model in moved:
+                if not moved_model.abstract:
+                    self._add_model(moved_model)
+                    if old_database is not None and old_database is not self:
+                        old_database._models.pop(moved_model._name, None)
+                moved_model.database = self
+            return moved
+
+    def _collect_models_to_move(self, model: Any) -> List[Any]:
+        """Return ``model`` and, recursively, its direct subclasses that share its database."""
+        database = getattr(model, "database", None)
+        if database is self:
+            return []
+        collected = [model]
+        for subclass in model.__subclasses__():
+            if getattr(subclass, "database", None) is database:
+                collected.extend(self._collect_models_to_move(subclass))
+        return collected
+
+    # ------------------------------------------------------------------ scripts and scans
+
+    def call_script(self, script_dict: Dict[str, Any], keys: Optional[List[Any]] = None,
+                    args: Optional[List[Any]] = None) -> Any:
+        """Run the Lua script ``script_dict["lua"]`` (registered once, then sent with ``EVALSHA``)."""
+        script = script_dict.get("script_object")
+        if script is None:
+            script = script_dict["script_object"] = self.connection.register_script(script_dict["lua"])
+        return script(keys=keys or [], args=args or [], client=self.connection)
+
+    def scan_keys(self, match: Optional[str] = None, count: Optional[int] = None,
+                  type: Optional[str] = None) -> Iterator[str]:  # noqa: A002 - SCAN's own word
+        """Yield every key of the database (matching ``match`` and of Redis type ``type`` if given).
+
+        ``count`` is the hint sent with each ``SCAN`` (``default_scan_count`` when ``None``); a key
+        may be yielded more than once, as ``SCAN`` allows. The next batch is asked for before the
+        current one is handed out, so Redis works while the caller consumes keys. The scan runs
+        on a connection of its own from the pool, so it reads the database immediately even
+        while a pipeline is open.
+
+        ``type`` needs Redis >= 6.
+        """
+        if count is None:
+            count = self.default_scan_count
+        elif isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(
+                "scan_keys(count=%r): count must be a positive int (the number of keys Redis "
+                "should look at per SCAN call), or None for the default %d."
+                % (count, self.default_scan_count)
+            )
+        arguments: List[Any] = []
+        if match is not None:
+            arguments += ["MATCH", match]
+        arguments += ["COUNT", count]
+        if type is not None:
+            if self.redis_version < (6,):
+                raise LimpydException(
+                    "scan_keys(type=%r) needs Redis >= 6 (the server runs %s): drop the type "
+                    "argument or upgrade the server." % (type, ".".join(map(str, self.redis_version)))
+                )
+            arguments += ["TYPE", type]
+        return self._scan(self.connection.connection_pool, arguments)
+
+    @staticmethod
+    def _scan(pool: Any, arguments: List[Any]) -> Iterator[str]:
+        """Drive a ``SCAN`` loop on a pooled connection, one request always in flight."""
+        connection = _get_pool_connection(pool)
+        pending = False
+        try:
+            connection.send_command("SCAN", 0, *arguments)
+            pending = True
+            while True:
+                pending = False  # read_response consumes the reply, or disconnects on failure
+                reply = connection.read_response()
+                cursor, keys = decode_scan_batch(reply)
+                if not cursor:
+                    yield from keys
+                    return
+                connection.send_command("SCAN", cursor, *arguments)
+                pending = True
+                yield from keys
+        finally:
+            if pending:
+                _drain_reply(connection)
+            pool.release(connection)
+
+
+def _get_pool_connection(pool: Any) -> Any:
+    """Take a connection from ``pool``, with or without a command name as the redis-py version wants."""
+    needs_name = _POOL_NEEDS_COMMAND_NAME.get(type(pool))
+    if needs_name is None:
+        try:
+            parameter = inspect.signature(pool.get_connection).parameters.get("command_name")
+        except (TypeError, ValueError):
+            parameter = None
+        needs_name = parameter is not None and parameter.default is inspect.Parameter.empty
+        _POOL_NEEDS_COMMAND_NAME[type(pool)] = needs_name
+    return pool.get_connection("SCAN") if needs_name else pool.get_connection()
+
+
+_POOL_NEEDS_COMMAND_NAME: Dict[type, bool] = {}
+
+
+def _drain_reply(connection: Any) -> None:
+    """Read and drop the reply of a request still in flight, or drop the connection if that fails."""
+    try:
+        connection.read_response()
+    except Exception:  # a broken connection must not go back to the pool as is
+        connection.disconnect()

@@ -1,0 +1,365 @@
+"""Models: the metaclass (registration, fields) and ``RedisModel``."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from limpyd.collection import CollectionManager
+from limpyd.database import RedisDatabase
+from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x exposes them here
+from limpyd.exceptions import DoesNotExist, ImplementationError
+from limpyd.fields import *  # noqa: F403 - redis-limpyd 2.x exposes every field here
+from limpyd.fields import AutoPKField, InstanceHashField, MetaRedisProxy, PKField, RedisField, RedisProxyCommand
+from limpyd.utils import make_key
+
+__all__ = ["RedisModel"]
+
+
+def _creation_source() -> Tuple[str, int]:
+    """Return ``(filename, line)`` of the code running the ``class`` statement being built.
+
+    Skips the ``__new__`` frames of metaclasses deriving from ``MetaRedisModel`` (user
+    metaclasses calling ``super().__new__``) and of the temporary metaclasses of
+    ``six.with_metaclass`` / ``future.utils.with_metaclass``.
+    """
+    frame = sys._getframe(2)  # 0: this function, 1: MetaRedisModel.__new__
+    while frame is not None and frame.f_code.co_name == "__new__" and _is_metaclass_frame(frame):
+        frame = frame.f_back
+    if frame is None:  # pragma: no cover - only when called from C with no Python caller
+        return ("<unknown>", 0)
+    return (frame.f_code.co_filename, frame.f_lineno)
+
+
+def _is_metaclass_frame(frame: Any) -> bool:
+    """Return whether ``frame`` runs the ``__new__`` of a model metaclass or of a six/future shim."""
+    code = frame.f_code
+    if not code.co_argcount:
+        return False
+    first = frame.f_locals.get(code.co_varnames[0])
+    if isinstance(first, type) and issubclass(first, MetaRedisModel):
+        return True
+    described = str(first)
+    return "metaclass" in described and ("six." in described or "future." in described)
+
+
+class MetaRedisModel(MetaRedisProxy):
+    """Build a model class: registration on its database, fields, primary key, indexes."""
+
+    def __new__(mcs, name: str, bases: tuple, attrs: Dict[str, Any]) -> type:
+        cls = super().__new__(mcs, name, bases, attrs)
+
+        cls.abstract = attrs.get("abstract", False)
+        if not cls.abstract:
+            database = getattr(cls, "database", None)
+            if not isinstance(database, RedisDatabase):
+                raise ImplementationError(
+                    "You must define a database for the model %s: set `database = RedisDatabase(...)` "
+                    "on it or on one of its bases (got %r)." % (name, database)
+                )
+            if not cls.namespace:
+                cls.namespace = ""
+            cls._name = make_key(cls.namespace, name.lower())
+            cls._creation_source = _creation_source()
+            registered = database._add_model(cls)
+            if registered is not cls:
+                return registered
+
+        mcs._build_fields(cls, name, attrs)
+        return cls
+
+    @staticmethod
+    def _build_fields(cls: Any, name: str, attrs: Dict[str, Any]) -> None:
+        """Copy the inherited fields, attach the own ones, add the pk, prepare the indexes."""
+        fields = list(getattr(cls, "_fields", []))
+        instancehash_fields = list(getattr(cls, "_instancehash_fields", []))
+
+        own_fields = sorted(
+            (
+                (attr_name, value)
+                for attr_name, value in attrs.items()
+                if not attr_name.startswith("_") and isinstance(value, RedisField)
+            ),
+            key=lambda item: item[1]._creation_order,
+        )
+        for attr_name, field in own_fields:
+            field.name = attr_name
+
+        inherited_pk = getattr(cls, "_redis_attr_pk", None)
+        own_pks = [field for _, field in own_fields if isinstance(field, PKField)]
+        if own_pks:
+            if len(own_pks) > 1 or (inherited_pk is not None and not inherited_pk._auto_added):
+                raise ImplementationError(
+                    "Only one PKField field is allowed on %s: remove the extra PKField "
+                    "declarations (the pk is inherited from the base model when declared there)." % name
+                )
+            if inherited_pk is not None:
+                fields.remove(inherited_pk.name)
+                if inherited_pk.name in instancehash_fields:  # pragma: no cover - defensive
+                    instancehash_fields.remove(inherited_pk.name)
+
+        # every inherited field is copied, so a model and its subclasses never share field objects
+        for field_name in fields:
+            field = copy.copy(cls.get_class_field(field_name))
+            field._attach_to_model(cls)
+            setattr(cls, "_redis_attr_%s" % field_name, field)
+
+        pk_field = None
+        if own_pks:
+            pk_field = own_pks[0]
+        elif inherited_pk is not None:
+            pk_field = cls.get_class_field(inherited_pk.name)
+        else:
+            pk_field = AutoPKField()
+            pk_field._auto_added = True
+            pk_field.name = "pk"
+            own_fields.append(("pk", pk_field))
+
+        for attr_name, field in own_fields:
+            if attr_name in cls.__dict__:
+                delattr(cls, attr_name)
+            field._attach_to_model(cls)
+            fields.append(attr_name)
+            setattr(cls, "_redis_attr_%s" % attr_name, field)
+            if isinstance(field, InstanceHashField):
+                instancehash_fields.append(attr_name)
+            if field.indexable and not field.index_classes:
+                field.index_classes = list(field.get_default_indexes() or [])
+
+        fields.remove(pk_field.name)
+        fields.insert(0, pk_field.name)
+        cls._fields = fields
+        cls._instancehash_fields = instancehash_fields
+        if pk_field.name != "pk":
+            cls._redis_attr_pk = pk_field
+
+        for field_name in fields[1:]:
+            field = cls.get_class_field(field_name)
+            for index_class in field.index_classes:
+                index_class._field_model_ready(cls, field)
+
+        multi_fields_indexes = []
+        for field_name in fields:
+            field = cls.get_class_field(field_name)
+            for index in field._indexes:
+                if not index.filter_single_field:
+                    multi_fields_indexes.append(index)
+        cls._multi_fields_index_for_filtering = multi_fields_indexes
+
+
+class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
+    """Base of every model: declare fields as class attributes, and a ``database``."""
+
+    namespace: Optional[str] = None
+    abstract = True
+    lockable = True
+    collection_manager = CollectionManager
+    DoesNotExist = DoesNotExist
+    default_indexes: Optional[list] = None
+
+    available_getters = {"hmget", "hgetall", "hkeys", "hvals", "hlen"}
+    available_modifiers = {"hmset", "hdel"}
+
+    _thread_locks = threading.local()
+
+    # ------------------------------------------------------------------ construction
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.lockable = type(self).lockable
+        self._connected = False
+        pk_field = None
+        for class_field in self.get_class_fields():
+            field = copy.copy(class_field)
+            field._attach_to_instance(self)
+            setattr(self, field.name, field)
+            if isinstance(field, PKField):
+                pk_field = field
+        if pk_field is not None and pk_field.name != "pk":
+            self.pk = pk_field
+        self._pk = None
+        self.get_field = self.get_instance_field
+        self.get_fields = self.get_instance_fields
+        self._init_fields: set = set()
+
+        if args and kwargs:
+            raise ValueError("Cannot use args and kwargs to instanciate.")
+        if len(args) > 1:
+            raise ValueError(
+                "%s() takes at most one positional argument, the pk to load, got %d: %r."
+                % (type(self).__name__, len(args), args)
+            )
+        if args:
+            self._pk = self.pk.normalize(args[0])
+            self.connect()
+        elif kwargs:
+            self._create(kwargs)
+
+    def _create(self, kwargs: Dict[str, Any]) -> None:
+        """Create a new instance from ``kwargs`` (field name -> value), pk first."""
+        raise NotImplementedError(
+            "Creating %s instances from field values needs the field types of the models issue"
+            % type(self).__name__
+        )
+
+    # ------------------------------------------------------------------ class-level API
+
+    @classmethod
+    def lazy_connect(cls, pk: Any) -> "RedisModel":
+        """Return an instance for ``pk`` without checking that it exists (no Redis command)."""
+        instance = cls()
+        instance._pk = instance.pk.normalize(pk)
+        return instance
+
+    @classmethod
+    def use_database(cls, database: RedisDatabase) -> List[type]:
+        """Move this model, and its subclasses sharing its database, to ``database``."""
+        return database._use_for_model(cls)
+
+    @classmethod
+    def has_field(cls, name: str) -> bool:
+        """Return whether ``name`` is a field of the model (``pk`` always is)."""
+        return name == "pk" or name in cls._fields
+
+    @classmethod
+    def get_class_field(cls, name: str) -> RedisField:
+        """Return the model-level field ``name``."""
+        if not cls.has_field(name):
+            raise AttributeError('"%s" is not a field for the model "%s"' % (name, cls.__name__))
+        return getattr(cls, "_redis_attr_%s" % name)
+
+    get_field = get_class_field
+
+    @classmethod
+    def get_class_fields(cls) -> Iterator[RedisField]:
+        """Yield the model-level fields, pk first."""
+        return (cls.get_field(name) for name in cls._fields)
+
+    get_fields = get_class_fields
+
+    @classmethod
+    def make_key(cls, *args: Any) -> str:
+        """Return the Redis key made of ``args`` joined by ``:``."""
+        return make_key(*args)
+
+    @classmethod
+    def sort_wildcard(cls) -> str:
+        """Return the ``SORT ... BY`` pattern of instance hashes: ``N:*:hash``."""
+        return make_key(cls._name, "*", "hash")
+
+    @classmethod
+    def scan_model_keys(cls, count: Optional[int] = None) -> Iterator[str]:
+        """Yield every key of the model (collection, ``max_pk``, indexes, instances)."""
+        return cls.database.scan_keys(make_key(cls._name, "*"), count)
+
+    @classmethod
+    def get_default_indexes(cls) -> List[Any]:
+        """Return the index classes for indexable fields declaring none (model, then database)."""
+        if cls.default_indexes is not None:
+            return cls.default_indexes
+        return cls.database.get_default_indexes()
+
+    @classmethod
+    def _field_is_pk(cls, name: str) -> bool:
+        """Return whether ``name`` names the primary key (``pk`` or its real name)."""
+        return name in ("pk", cls.get_field("pk").name)
+
+    # ------------------------------------------------------------------ instance API
+
+    @property
+    def connected(self) -> bool:
+        """Return whether the pk was created by this object or checked by ``connect()``."""
+        return self._connected
+
+    def connect(self) -> None:
+        """Check that the pk exists (``SISMEMBER``), or raise ``DoesNotExist``."""
+        if self._connected:
+            return
+        if self.pk.exists(self._pk):
+            self._connected = True
+            return
+        pk, self._pk = self._pk, None
+        raise DoesNotExist("No %s found with pk %s" % (type(self).__name__, pk))
+
+    def get_instance_field(self, name: str) -> RedisField:
+        """Return the field ``name`` bound to this instance."""
+        if not self.has_field(name):
+            raise AttributeError('"%s" is not a field for the model "%s"' % (name, type(self).__name__))
+        return getattr(self, name)
+
+    def get_instance_fields(self) -> Iterator[RedisField]:
+        """Yield the fields bound to this instance, pk first."""
+        return (self.get_field(name) for name in self._fields)
+
+    @property
+    def fields(self) -> Iterator[RedisField]:
+        """Yield the fields bound to this instance, pk first."""
+        return self.get_instance_fields()
+
+    @property
+    def key(self) -> str:
+        """Return the key of the instance hash: ``N:<pk>:hash`` (may allocate the pk)."""
+        return make_key(self._name, self.pk.get(), "hash")
+
+    def _set_pk(self, value: str) -> None:
+        """Record the pk just validated by the pk field, then write the defaults."""
+        if self._pk:
+            raise ImplementationError("Something wrong happened, the PK was already set !")
+        self._pk = value
+        self._connected = True
+        self._set_defaults()
+
+    def _set_defaults(self) -> None:
+        """Write the default of every field not given to the constructor."""
+        for field in self.fields:
+            if field.name in self._init_fields or not hasattr(field, "default"):
+                continue
+            default = field.default
+            if callable(default):
+                default = default()
+            if default is not None:
+                field.proxy_set(default)
+
+    def scan_keys(self, count: Optional[int] = None) -> Iterator[str]:
+        """Yield every existing key of this instance (fields with a value, the instance hash)."""
+        return self.database.scan_keys(make_key(self._name, self.pk.get(), "*"), count)
+
+    def __eq__(self, other: Any) -> bool:
+        try:
+            other_identity = (type(other), other.pk.get())
+        except AttributeError:
+            return NotImplemented
+        return (type(self), self.pk.get()) == other_identity
+
+    def __ne__(self, other: Any) -> bool:
+        result = self.__eq__(other)
+        return result if result is NotImplemented else not result
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.pk.get()))
+
+    def __repr__(self) -> str:
+        return "%s (pk=%s)>" % (object.__repr__(self)[:-1], self.__dict__.get("_pk"))
+
+    # ------------------------------------------------------------------ field locks registry
+
+    @classmethod
+    def _thread_lock_storage(cls) -> Dict[str, set]:
+        """Return this thread's ``{model._name: set(locked field names)}``."""
+        storage = getattr(cls._thread_locks, "fields", None)
+        if storage is None:
+            storage = cls._thread_locks.fields = {}
+        return storage
+
+    def _mark_field_as_locked(self, field: RedisField) -> None:
+        """Record that this thread holds the lock of ``field``."""
+        self._thread_lock_storage().setdefault(self._name, set()).add(field.name)
+
+    def _unmark_field_as_locked(self, field: RedisField) -> None:
+        """Forget that this thread holds the lock of ``field``."""
+        self._thread_lock_storage().get(self._name, set()).discard(field.name)
+
+    def _is_field_locked(self, field: RedisField) -> bool:
+        """Return whether this thread holds the lock of ``field``."""
+        return field.name in self._thread_lock_storage().get(self._name, set())

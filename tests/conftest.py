@@ -1,0 +1,191 @@
+"""Test fixtures: a private redis-server per session, databases on it, command counting."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import itertools
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from limpyd import _speedups_py
+from limpyd.database import RedisDatabase
+
+REQUIRE_EXTENSIONS = os.environ.get("LIMPYD_REQUIRE_EXTENSIONS", "").strip() not in ("", "0")
+NO_EXTENSIONS = os.environ.get("LIMPYD_NO_EXTENSIONS", "").strip() not in ("", "0")
+
+
+# ---------------------------------------------------------------------- private redis-server
+
+
+def _find_redis_server() -> str:
+    binary = os.environ.get("LIMPYD_TEST_REDIS_SERVER") or shutil.which("redis-server")
+    if not binary:
+        pytest.fail(
+            "redis-server not found: install the redis-server package or set LIMPYD_TEST_REDIS_SERVER "
+            "to the path of a redis-server binary",
+            pytrace=False,
+        )
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Start a private redis-server on a unix socket, yield its connection settings, stop it."""
+    url = os.environ.get("LIMPYD_TEST_REDIS_URL")
+    if url:
+        client = redis.Redis.from_url(url)
+        settings = dict(client.connection_pool.connection_kwargs)
+        client.close()
+        if "db" not in settings or not url.rstrip("/").rsplit("/", 1)[-1].isdigit():
+            pytest.fail("LIMPYD_TEST_REDIS_URL must name a db, e.g. redis://localhost:6379/15", pytrace=False)
+        yield {"external": True, **{k: settings[k] for k in ("host", "port", "db", "password") if k in settings}}
+        return
+
+    binary = _find_redis_server()
+    directory = Path(str(tmp_path_factory.mktemp("redis")))
+    socket_path = directory / "redis.sock"
+    log_path = directory / "redis.log"
+    process = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
+         "--save", "", "--appendonly", "no", "--dir", str(directory), "--logfile", str(log_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if socket_path.exists() and redis.Redis(unix_socket_path=str(socket_path)).ping():
+                    break
+            except redis.ConnectionError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = log_path.read_text() if log_path.exists() else "(no log)"
+                pytest.fail("the private redis-server did not start:\n%s" % log[-2000:], pytrace=False)
+            time.sleep(0.02)
+        yield {"unix_socket_path": str(socket_path)}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def redis_settings(redis_server: dict) -> dict:
+    """Return the connection settings of the private server (without the ``external`` flag)."""
+    return {k: v for k, v in redis_server.items() if k != "external"}
+
+
+def _flush(client: redis.Redis, external: bool) -> None:
+    if external:
+        client.flushdb()
+    else:
+        client.flushall()
+
+
+@pytest.fixture
+def database(redis_server: dict, redis_settings: dict) -> Iterator[RedisDatabase]:
+    """Return a ``RedisDatabase`` on the private server, emptied after the test."""
+    db = RedisDatabase(**redis_settings)
+    if redis_server.get("external"):
+        assert db.connection.dbsize() == 0, "the db named by LIMPYD_TEST_REDIS_URL must be empty"
+    yield db
+    _flush(redis.Redis(**redis_settings), bool(redis_server.get("external")))
+
+
+_namespace_counter = itertools.count()
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    """Return a namespace unique to this test, so models never collide across tests."""
+    return "t%d" % next(_namespace_counter)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def server_info(client: redis.Redis) -> dict:
+    return client.info()
+
+
+@pytest.fixture(scope="session")
+def redis_version(redis_server: dict) -> tuple:
+    """Return the private server's version as a tuple of ints (read once per session)."""
+    settings = {k: v for k, v in redis_server.items() if k != "external"}
+    raw = redis.Redis(**settings).info("server")["redis_version"]
+    return tuple(int(part) for part in raw.split(".")[:3])
+
+
+class CommandCounter:
+    """Count the commands processed by the server between ``start`` and ``stop``."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.count = 0
+
+    def _processed(self) -> int:
+        return int(self.client.info("stats")["total_commands_processed"])
+
+    def __enter__(self) -> "CommandCounter":
+        self._start = self._processed()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # the INFO sent by __exit__ itself is counted by the server before it answers
+        self.count = self._processed() - self._start - 1
+
+
+@pytest.fixture
+def count_commands(redis_settings: dict):
+    """Return a context manager factory asserting (or measuring) how many commands run inside it.
+
+    ``with count_commands(3): ...`` fails unless exactly 3 commands ran; ``with count_commands()
+    as counter`` just measures (``counter.count``).
+    """
+    client = redis.Redis(**redis_settings)
+
+    @contextlib.contextmanager
+    def counting(expected: "int | None" = None):
+        counter = CommandCounter(client)
+        with counter:
+            yield counter
+        if expected is not None:
+            assert counter.count == expected, "expected %d Redis commands, %d were sent" % (expected, counter.count)
+
+    yield counting
+    client.close()
+
+
+# ---------------------------------------------------------------------- speedups implementations
+
+
+def _speedups_params() -> list:
+    params = [pytest.param("py", id="py")]
+    if not NO_EXTENSIONS:
+        params.append(pytest.param("cy", id="cy", marks=pytest.mark.cython))
+    return params
+
+
+@pytest.fixture(scope="session", params=_speedups_params())
+def speedups(request: pytest.FixtureRequest):
+    """Yield each speedups implementation module: ``py`` (the twin) and ``cy`` (compiled)."""
+    if request.param == "py":
+        return _speedups_py
+    try:
+        return importlib.import_module("limpyd._speedups")
+    except ImportError as exc:
+        if REQUIRE_EXTENSIONS:
+            pytest.fail("LIMPYD_REQUIRE_EXTENSIONS is set but limpyd._speedups is not importable: %s" % exc)
+        pytest.skip("limpyd._speedups is not compiled: %s" % exc)
