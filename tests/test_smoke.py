@@ -1,9 +1,11 @@
 from limpyd import model
 
 
-def test_declare_and_allocate(database, namespace, count_commands):
+def test_declare_and_allocate(database, count_commands):
+    db = database
+
     class Boat(model.RedisModel):
-        database = database
+        database = db
         namespace = "ns"
 
     with count_commands(2):
