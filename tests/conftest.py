@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import itertools
 import os
 import shutil
@@ -81,10 +82,25 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             process.wait()
 
 
+def _client_accepts(argument: str) -> bool:
+    return argument in inspect.signature(redis.Redis.__init__).parameters
+
+
+#: redis-py >= 5 sends CLIENT SETINFO twice on each new connection: keep command counts exact
+if _client_accepts("driver_info"):
+    _QUIET_CLIENT: dict = {"driver_info": None}
+elif _client_accepts("lib_name"):
+    _QUIET_CLIENT = {"lib_name": None, "lib_version": None}
+else:
+    _QUIET_CLIENT = {}
+
+
 @pytest.fixture
 def redis_settings(redis_server: dict) -> dict:
     """Return the connection settings of the private server (without the ``external`` flag)."""
-    return {k: v for k, v in redis_server.items() if k != "external"}
+    settings = {k: v for k, v in redis_server.items() if k != "external"}
+    settings.update(_QUIET_CLIENT)
+    return settings
 
 
 def _flush(client: redis.Redis, external: bool) -> None:
@@ -98,8 +114,11 @@ def _flush(client: redis.Redis, external: bool) -> None:
 def database(redis_server: dict, redis_settings: dict) -> Iterator[RedisDatabase]:
     """Return a ``RedisDatabase`` on the private server, emptied after the test."""
     db = RedisDatabase(**redis_settings)
+    # connect now: the first connection sends INFO (version check), which tests must not count
     if redis_server.get("external"):
         assert db.connection.dbsize() == 0, "the db named by LIMPYD_TEST_REDIS_URL must be empty"
+    else:
+        db.connection.ping()
     yield db
     _flush(redis.Redis(**redis_settings), bool(redis_server.get("external")))
 
@@ -124,7 +143,7 @@ def server_info(client: redis.Redis) -> dict:
 def redis_version(redis_server: dict) -> tuple:
     """Return the private server's version as a tuple of ints (read once per session)."""
     settings = {k: v for k, v in redis_server.items() if k != "external"}
-    raw = redis.Redis(**settings).info("server")["redis_version"]
+    raw = redis.Redis(**settings, **_QUIET_CLIENT).info("server")["redis_version"]
     return tuple(int(part) for part in raw.split(".")[:3])
 
 
@@ -155,6 +174,7 @@ def count_commands(redis_settings: dict):
     as counter`` just measures (``counter.count``).
     """
     client = redis.Redis(**redis_settings)
+    client.ping()
 
     @contextlib.contextmanager
     def counting(expected: "int | None" = None):
