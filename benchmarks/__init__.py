@@ -1,0 +1,1 @@
+"""limpyd benchmarks: ``python -m benchmarks`` (scripts run on demand, never collected by pytest)."""
