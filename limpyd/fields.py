@@ -9,12 +9,43 @@ sorted sets), index maintenance and ``FieldLock`` follow spec 11.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Dict, Optional, Set
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
-from limpyd.exceptions import DoesNotExist, ImplementationError, UniquenessError
+from redis.exceptions import DataError
+from redis.lock import Lock
+
+from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.utils import NotProvided, cached_property, make_key, normalize
 
-__all__ = ["InstanceHashField", "RedisField", "RedisProxyCommand", "MetaRedisProxy", "PKField", "AutoPKField"]
+__all__ = [
+    "InstanceHashField",
+    "RedisField",
+    "RedisProxyCommand",
+    "MetaRedisProxy",
+    "SortedSetField",
+    "StringField",
+    "ListField",
+    "SetField",
+    "PKField",
+    "AutoPKField",
+    "HashField",
+]
+
+
+def write_hash(database: Any, key: str, mapping: Dict[str, Any]) -> Any:
+    """Write ``mapping`` into the hash ``key`` with one command and return ``True`` (as ``HMSET`` did).
+
+    ``HSET key f1 v1 ...`` (``HMSET`` is deprecated) on Redis >= 4, ``HMSET`` before; an empty
+    mapping raises redis-py's ``DataError``. Inside a pipeline the pipeline object is returned.
+    """
+    connection = database.connection
+    if not mapping:
+        raise DataError("%s requires at least one field to write into %r: got an empty mapping" % ("HSET", key))
+    if database.redis_version < (4,):
+        result = connection.execute_command("HMSET", key, *[part for item in mapping.items() for part in item])
+    else:
+        result = connection.hset(key, mapping=mapping)
+    return True if isinstance(result, int) else result
 
 
 class MetaRedisProxy(type):
@@ -268,11 +299,217 @@ class RedisField(RedisProxyCommand):
             raise ValueError("More than one index matching filters")
         raise ValueError("No indexes matching filters")
 
+    def _index_parts(self, values: Any) -> list:
+        """Return the index parts of ``values``: ``[(value,), ...]`` (HashField: ``(key, value)``)."""
+        return [(value,) for value in values]
+
+    def _filter_indexes(self, only_index: Any = None) -> list:
+        """Return the indexes to maintain: all, or only the one matching ``only_index``."""
+        if only_index is None:
+            return self._indexes
+        return [self.get_index(index_class=type(only_index), key=only_index.key, prefix=only_index.prefix)]
+
+    def _index(self, values: Any, only_index: Any = None) -> None:
+        """Add the instance pk to the indexes for each of ``values``."""
+        pk = self._instance.pk.get()
+        indexes = self._filter_indexes(only_index)
+        unique_index = self.get_unique_index() if self.unique else None
+        for parts in self._index_parts(values):
+            if parts[-1] is None:
+                continue
+            for index in indexes:
+                index.add(pk, *parts, check_uniqueness=index is unique_index)
+
+    def _deindex(self, values: Any, only_index: Any = None) -> None:
+        """Remove the instance pk from the indexes for each of ``values``."""
+        pk = self._instance.pk.get()
+        indexes = self._filter_indexes(only_index)
+        for parts in self._index_parts(values):
+            if parts[-1] is None:
+                continue
+            for index in indexes:
+                index.remove(pk, *parts)
+
+    def _stored_values(self) -> Any:
+        """Return the values currently stored, read through a lazy instance (1 command)."""
+        return self.get_for_instance(self._instance.pk.get()).proxy_get()
+
+    def get_unique_index(self) -> Any:
+        """Return the first index able to check the uniqueness of this unique field."""
+        assert self.unique, "Field not unique"
+        for index in self._indexes:
+            if index.handle_uniqueness:
+                return index
+        raise ImplementationError(
+            "Field %s.%s is unique but has no indexes capable of handling uniqueness"
+            % (self._model.__name__, self.name)
+        )
+
+    @property
+    def _instance_pk(self) -> Any:
+        """Return the instance's pk, or ``None`` if it has none (deleted, or a PKField not set)."""
+        try:
+            return self._instance.pk.get()
+        except (ImplementationError, DoesNotExist):
+            return None
+
+    def _rollback_indexes(self) -> None:
+        """Undo the index changes recorded since the last reset of the rollback caches."""
+        pk = self._instance.pk.get()
+        for index in self._indexes:
+            index._rollback(pk)
+
+    def _reset_indexes_rollback_caches(self, pk: Any) -> None:
+        """Forget the index changes recorded for ``pk``."""
+        for index in self._indexes:
+            index._reset_rollback_cache(pk)
+
+    def _check_model_level(self, method: str) -> None:
+        assert self.indexable, "Field not indexable"
+        assert self.attached_to_model, "`%s` can only be called on a field attached to the model" % method
+
+    def clear_indexes(self, chunk_size: int = 1000, aggressive: bool = False) -> None:
+        """Remove every index entry of this model field."""
+        self._check_model_level("rebuild_indexes")
+        for index in self._indexes:
+            index.clear(chunk_size=chunk_size, aggressive=aggressive)
+
+    def rebuild_indexes(self, chunk_size: int = 1000, aggressive_clear: bool = False) -> None:
+        """Clear then rebuild every index of this model field from the stored values."""
+        self._check_model_level("rebuild_indexes")
+        for index in self._indexes:
+            index.rebuild(chunk_size=chunk_size, aggressive_clear=aggressive_clear)
+
+    # ------------------------------------------------------------------ commands
+
+    def _call_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``name``; a modifier of an indexable field runs under the field lock, with rollback."""
+        if not (self.indexable and name in self.available_modifiers):
+            return super()._call_command(name, *args, **kwargs)
+        instance = getattr(self, "_instance", self)
+        with FieldLock(self):
+            try:
+                return super()._call_command(name, *args, **kwargs)
+            except BaseException:
+                if instance.connected:
+                    self._rollback_indexes()
+                raise
+            finally:
+                if instance.connected:
+                    self._reset_indexes_rollback_caches(self._instance_pk)
+
+    def _reset(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Strategy R: deindex every stored value, run the command, index every stored value."""
+        if self.indexable:
+            self.deindex()
+        result = self._traverse_command(command, *args, **kwargs)
+        if self.indexable:
+            self.index()
+        return result
+
+    def _reindex_from_result(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Strategy F: deindex the stored value, run the command, index the value it returned."""
+        if self.indexable:
+            self.deindex()
+        result = self._traverse_command(command, *args, **kwargs)
+        if self.indexable and result is not None:
+            self.index(result)
+        return result
+
+    def _deny_if_indexable(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Strategy E: refuse expiring commands on indexable fields (their index would go stale)."""
+        if self.indexable:
+            raise ImplementationError("Indexable fields cannot be expired")
+        return self._traverse_command(command, *args, **kwargs)
+
+    def _del(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Strategy X: deindex every stored value, then run the (delete) command."""
+        if self.indexable:
+            self.deindex()
+        return self._traverse_command(command, *args, **kwargs)
+
+    _call_expire = _call_pexpire = _call_expireat = _call_pexpireat = _deny_if_indexable
+    _call_delete = _del
+
     __hash__ = object.__hash__
 
 
 class SingleValueField(RedisField):
     """Base of fields holding one value."""
+
+    def _call_set(self, command: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        """Strategy S: (de)index only when the value changes, uniqueness checked before writing."""
+        if self.indexable:
+            current = self.proxy_get()
+            if normalize(current) != normalize(value):
+                if current is not None:
+                    self.deindex(current)
+                if value is not None:
+                    self.index(value)
+        return self._traverse_command(command, value, *args, **kwargs)
+
+    def _index_if_set(self, command: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        """Strategy N: run the command, index ``value`` only if it was written."""
+        result = self._traverse_command(command, value, *args, **kwargs)
+        if self.indexable and result:
+            self.index(value)
+        return result
+
+    def index(self, value: Any = None, only_index: Any = None) -> None:
+        """Add the instance to the indexes for ``value`` (default: the stored value)."""
+        assert self.indexable, "Field not indexable"
+        if value is None:
+            value = self._stored_values()
+        self._index([value], only_index)
+
+    def deindex(self, value: Any = None, only_index: Any = None) -> None:
+        """Remove the instance from the indexes for ``value`` (default: the stored value)."""
+        assert self.indexable, "Field not indexable"
+        if value is None:
+            value = self._stored_values()
+        self._deindex([value], only_index)
+
+    def check_uniqueness(self, value: Any) -> None:
+        """Raise ``UniquenessError`` if ``value`` is taken (for a unique field; no pk allocated)."""
+        if not self.unique or value is None:
+            return
+        self.get_unique_index().check_uniqueness(self._instance._pk, value)
+
+
+class StringField(SingleValueField):
+    """A Redis string ``N:<pk>:<name>``."""
+
+    proxy_getter = "get"
+    proxy_setter = "set"
+    available_getters = {"get", "getbit", "getrange", "strlen", "bitcount", "bitpos"}
+    available_modifiers = {
+        "delete", "getset", "set", "append", "decr", "decrby", "incr", "incrby", "incrbyfloat",
+        "setbit", "setnx", "setrange", "setex", "psetex",
+    }
+
+    def _call_set(self, command: str, value: Any, ex: Any = None, px: Any = None, nx: bool = False,
+                  xx: bool = False, **kwargs: Any) -> Any:
+        """Set the value (``SET key value [EX|PX]``); ``nx``/``xx`` are not supported by limpyd."""
+        if kwargs:
+            raise TypeError(
+                "%s.set() got unexpected keyword arguments %s: only value, ex and px are accepted"
+                % (type(self).__name__, ", ".join(sorted(kwargs)))
+            )
+        for flag, given in (("nx", nx), ("xx", xx)):
+            if given:
+                raise LimpydException("%s argument to SET is not supported by limpyd" % flag)
+        options = {}
+        if ex is not None or px is not None:
+            if self.indexable:
+                raise ImplementationError("Indexable fields cannot be expired")
+            options = {"ex": ex, "px": px}
+        return super()._call_set(command, value, **options)
+
+    _call_getset = SingleValueField._call_set
+    _call_setnx = SingleValueField._index_if_set
+    _call_append = _call_setrange = _call_setbit = RedisField._reset
+    _call_incr = _call_incrby = _call_decr = _call_decrby = _call_incrbyfloat = RedisField._reindex_from_result
+    _call_setex = _call_psetex = RedisField._deny_if_indexable
 
 
 class InstanceHashField(SingleValueField):
@@ -282,6 +519,39 @@ class InstanceHashField(SingleValueField):
     proxy_setter = "hset"
     available_getters = {"hget"}
     available_modifiers = {"hset", "hsetnx", "hincrby", "hincrbyfloat", "hdel"}
+
+    @property
+    def key(self) -> str:
+        """Return the key of the instance hash: ``N:<pk>:hash``."""
+        return self._instance.key
+
+    @property
+    def sort_wildcard(self) -> str:
+        """Return the ``SORT ... BY`` pattern for this field: ``N:*:hash-><name>``."""
+        return "%s->%s" % (self._model.sort_wildcard(), self.name)
+
+    def _traverse_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the redis-py hash command ``name`` on the instance hash, the field name first."""
+        return super()._traverse_command(name, self.name, *args, **kwargs)
+
+    _call_hset = SingleValueField._call_set
+    _call_hsetnx = SingleValueField._index_if_set
+    _call_hincrby = _call_hincrbyfloat = RedisField._reindex_from_result
+    _call_hdel = RedisField._del
+
+    def delete(self) -> Any:
+        """Remove this entry from the instance hash (and its index entries)."""
+        return self._call_command("hdel")
+
+    def hexists(self) -> bool:
+        """Return whether the entry exists in the instance hash (``False`` for a deleted instance)."""
+        try:
+            key = self.key
+        except DoesNotExist:
+            return False
+        return bool(self.connection.hexists(key, self.name))
+
+    exists = hexists
 
 
 class PKField(SingleValueField):
@@ -316,9 +586,7 @@ class PKField(SingleValueField):
             raise ValueError('The pk for %s is not "auto-increment", you must fill it' % self._model.__name__)
         value = self.normalize(value)
         if self.exists(value):
-            raise UniquenessError(
-                "PKField %s already exists for model %s)" % (value, self._instance.__class__)
-            )
+            raise UniquenessError("PKField %s already exists for model %s)" % (value, self._instance.__class__))
         return value
 
     def set(self, value: Any) -> int:
@@ -336,12 +604,15 @@ class PKField(SingleValueField):
         instance = getattr(self, "_instance", None)
         if instance is None:
             raise ImplementationError("Impossible to get the PK of an unbound field")
-        if not hasattr(instance, "_pk"):
+        try:
+            pk = instance._pk
+        except AttributeError:
             instance._connected = False
-            raise DoesNotExist("The current object doesn't exists anymore")
-        if not instance._pk:
+            raise DoesNotExist("The current object doesn't exists anymore") from None
+        if not pk:
             self.set(None)
-        return self.normalize(instance._pk)
+            pk = instance._pk
+        return self.normalize(pk)
 
     def exists(self, value: Any = None) -> bool:
         """Return whether the pk ``value`` (default: this instance's) is in the collection."""
@@ -373,3 +644,399 @@ class AutoPKField(PKField):
         if value is not None:
             raise ValueError('The pk for %s is "auto-increment", you must not fill it' % self._model.__name__)
         return self.normalize(self.connection.incr(make_key(self._model._name, "max_pk")))
+
+
+class MultiValuesField(RedisField):
+    """Base of fields holding several values (sets, lists, sorted sets, hashes)."""
+
+    scannable = False
+
+    def _add(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Strategy A: index the given values, then run the command."""
+        if self.indexable:
+            self.index(args)
+        return self._traverse_command(command, *args, **kwargs)
+
+    def _rem(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Strategy D: deindex the given values, then run the command."""
+        if self.indexable:
+            self.deindex(args)
+        return self._traverse_command(command, *args, **kwargs)
+
+    def _pop(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Strategy P: run the command, then deindex the value(s) it returned."""
+        result = self._traverse_command(command, *args, **kwargs)
+        if self.indexable and result is not None:
+            self.deindex(result if isinstance(result, list) else [result])
+        return result
+
+    def _index_all_if_set(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Strategy N: run the command, index the given values only if the result is truthy."""
+        result = self._traverse_command(command, *args, **kwargs)
+        if self.indexable and result:
+            self.index(args)
+        return result
+
+    def _scan(self, command: str, match: Any = None, count: Any = None) -> Any:
+        """Return the redis-py ``*scan_iter`` generator over the field's key."""
+        assert self.scannable, "Field is not scannable"
+        assert not command.endswith("_iter"), "Use %s instead of %s" % (command[:-5], command)
+        return self._traverse_command(command + "_iter", match=match, count=count)
+
+    def index(self, values: Any = None, only_index: Any = None) -> None:
+        """Add the instance to the indexes for each of ``values`` (default: the stored ones)."""
+        assert self.indexable, "Field not indexable"
+        if values is None:
+            values = self._stored_values()
+        self._index(values, only_index)
+
+    def deindex(self, values: Any = None, only_index: Any = None) -> None:
+        """Remove the instance from the indexes for each of ``values`` (default: the stored ones)."""
+        assert self.indexable, "Field not indexable"
+        if values is None:
+            values = self._stored_values()
+        self._deindex(values, only_index)
+
+    def check_uniqueness(self, values: Any) -> None:
+        """Raise ``UniquenessError`` if one of ``values`` is taken (unique field; no pk allocated)."""
+        if not self.unique:
+            return
+        index = self.get_unique_index()
+        for value in values:
+            if value is not None:
+                index.check_uniqueness(self._instance._pk, value)
+
+    def _check_server_version(self, version: tuple, message: str) -> None:
+        if self.database.redis_version < version:
+            raise ImplementationError(message)
+
+
+class SetField(MultiValuesField):
+    """A Redis set ``N:<pk>:<name>``."""
+
+    proxy_getter = "smembers"
+    proxy_setter = "sadd"
+    scannable = True
+    available_getters = {"scard", "sismember", "smembers", "srandmember", "sscan", "sscan_iter", "sort"}
+    available_modifiers = {"delete", "sadd", "srem", "spop"}
+
+    _call_sadd = MultiValuesField._add
+    _call_srem = MultiValuesField._rem
+    _call_sscan = _call_sscan_iter = MultiValuesField._scan
+
+    def _call_spop(self, command: str, count: Any = None, **kwargs: Any) -> Any:
+        """Pop one member (or ``count`` members, as a list) and deindex what was popped."""
+        if count is None:
+            return self._pop(command, **kwargs)
+        self._check_server_version((3, 2), "Count argument to SPOP is invalid for redis-server version < 3.2")
+        return self._pop(command, count, **kwargs)
+
+
+class ListField(MultiValuesField):
+    """A Redis list ``N:<pk>:<name>``."""
+
+    proxy_getter = "lmembers"
+    proxy_setter = "rpush"
+    available_getters = {"lindex", "llen", "lrange", "lrank", "lcontains", "lcount", "sort"}
+    available_modifiers = {
+        "delete", "linsert", "lpop", "lpush", "lpushx", "lrem", "rpop", "rpush", "rpushx", "lset", "ltrim",
+    }
+    scripts = {
+        "lrank": {
+            "lua": """
+                local values = redis.call('LRANGE', KEYS[1], 0, -1)
+                for index, value in ipairs(values) do
+                    if value == ARGV[1] then return index - 1 end
+                end
+                return nil
+            """,
+        },
+        "lcount": {
+            "lua": """
+                local values = redis.call('LRANGE', KEYS[1], 0, -1)
+                local count = 0
+                for _, value in ipairs(values) do
+                    if value == ARGV[1] then count = count + 1 end
+                end
+                return count
+            """,
+        },
+    }
+
+    _call_lpush = _call_rpush = MultiValuesField._add
+    _call_lpushx = _call_rpushx = MultiValuesField._index_all_if_set
+    _call_lpop = _call_rpop = MultiValuesField._pop
+    _call_ltrim = RedisField._reset
+
+    def lmembers(self) -> list:
+        """Return every element of the list (``LRANGE key 0 -1``)."""
+        return self.lrange(0, -1)
+
+    def _call_lrank(self, command: str, value: Any) -> Any:
+        """Return the position of the first element equal to ``value``, or ``None``."""
+        return self.database.call_script(ListField.scripts["lrank"], keys=[self.key], args=[value])
+
+    def _call_lcount(self, command: str, value: Any) -> int:
+        """Return how many elements equal ``value``."""
+        return self.database.call_script(ListField.scripts["lcount"], keys=[self.key], args=[value])
+
+    def _call_lcontains(self, command: str, value: Any) -> bool:
+        """Return whether an element equals ``value``."""
+        return self.lrank(value) is not None
+
+    def _call_lrem(self, command: str, count: Any, value: Any) -> Any:
+        """Remove elements equal to ``value``: all of them (``count == 0``) or ``count`` of them."""
+        if count == 0:
+            return self._rem_value(command, count, value)
+        return self._reset(command, count, value)
+
+    def _rem_value(self, command: str, count: Any, value: Any) -> Any:
+        if self.indexable:
+            self.deindex([value])
+        return self._traverse_command(command, count, value)
+
+    def _call_lset(self, command: str, index: Any, value: Any) -> Any:
+        """Replace the element at ``index``, deindexing the old one and indexing ``value``."""
+        if not self.indexable:
+            return self._traverse_command(command, index, value)
+        old = self.connection.lindex(self.key, index)
+        if old is not None:
+            self.deindex([old])
+        result = self._traverse_command(command, index, value)
+        self.index([value])
+        return result
+
+    def _call_linsert(self, command: str, where: Any, refvalue: Any, value: Any) -> Any:
+        """Insert ``value`` before/after ``refvalue``; index it unless the pivot was not found."""
+        result = self._traverse_command(command, where, refvalue, value)
+        if self.indexable and result != -1:
+            self.index([value])
+        return result
+
+
+class SortedSetField(MultiValuesField):
+    """A Redis sorted set ``N:<pk>:<name>``."""
+
+    proxy_getter = "zmembers"
+    proxy_setter = "zadd"
+    scannable = True
+    available_getters = {
+        "zcard", "zcount", "zrange", "zrangebyscore", "zrank", "zrevrange", "zrevrangebyscore", "zrevrank",
+        "zscore", "zscan", "zscan_iter", "sort", "zlexcount", "zrangebylex", "zrevrangebylex",
+    }
+    available_modifiers = {
+        "delete", "zadd", "zincrby", "zrem", "zremrangebyrank", "zremrangebyscore", "zremrangebylex",
+        "zpopmin", "zpopmax",
+    }
+
+    _call_zrem = MultiValuesField._rem
+    _call_zremrangebyrank = _call_zremrangebyscore = _call_zremrangebylex = RedisField._reset
+    _call_zscan = _call_zscan_iter = MultiValuesField._scan
+
+    def zmembers(self) -> list:
+        """Return every member, by ascending score (``ZRANGE key 0 -1``)."""
+        return self.zrange(0, -1)
+
+    @staticmethod
+    def coerce_zadd_args(*args: Any, **kwargs: Any) -> Tuple[list, Dict[str, Any]]:
+        """Return ``([], kwargs)`` for redis-py's ``zadd`` from limpyd's ``zadd`` arguments."""
+        values_callback = kwargs.pop("values_callback", None)
+        error = LimpydException("ZADD accepts only two argumnets: 'mapping' and 'ch'")
+        if args:
+            if len(args) > 2 or "mapping" in kwargs or (set(kwargs) - {"ch"}) or (len(args) == 2 and kwargs):
+                raise error
+            mapping = args[0]
+            options = {"ch": args[1]} if len(args) == 2 else dict(kwargs)
+        elif "mapping" in kwargs:
+            mapping = kwargs.pop("mapping")
+            options = kwargs
+        else:
+            flags = ("nx", "xx", "ch", "incr")
+            options = {name: kwargs.pop(name) for name in flags if name in kwargs}
+            mapping = kwargs
+        for flag in ("nx", "xx", "incr"):
+            if flag in options:
+                raise LimpydException("%s argument to ZADD is not supported by limpyd" % flag)
+        if values_callback is not None and mapping:
+            scores = list(mapping.values())
+            new_members = values_callback(*mapping.keys())
+            mapping.clear()
+            mapping.update(zip(new_members, scores))
+        options["mapping"] = mapping
+        return [], options
+
+    def _call_zadd(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Add members with their scores (a mapping, or ``member=score`` keywords)."""
+        _, kwargs = self.coerce_zadd_args(*args, **kwargs)
+        if self.indexable:
+            self.index(list(kwargs["mapping"]))
+        return self._traverse_command(command, **kwargs)
+
+    def _call_zincrby(self, command: str, amount: Any, value: Any) -> Any:
+        """Increment the score of ``value`` by ``amount`` (indexing ``value``)."""
+        if self.indexable:
+            self.index([value])
+        return self._traverse_command(command, amount, value)
+
+    def _call_zpopmin(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Pop the members with the lowest scores (Redis >= 5)."""
+        self._check_server_version((5,), "ZPOPMIN is not a valid command for redis-server version < 5")
+        return self._reset(command, *args, **kwargs)
+
+    def _call_zpopmax(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Pop the members with the highest scores (Redis >= 5)."""
+        self._check_server_version((5,), "ZPOPMAX is not a valid command for redis-server version < 5")
+        return self._reset(command, *args, **kwargs)
+
+
+class HashField(MultiValuesField):
+    """A Redis hash ``N:<pk>:<name>``; its indexes see ``(hash_key, value)`` pairs."""
+
+    proxy_getter = "hgetall"
+    proxy_setter = "hmset"
+    scannable = True
+    _unique_supported = False
+    _field_parts = 2
+    available_getters = {"hget", "hgetall", "hmget", "hkeys", "hvals", "hlen", "hscan", "hscan_iter", "hstrlen"}
+    available_modifiers = {"delete", "hdel", "hmset", "hsetnx", "hset", "hincrby", "hincrbyfloat"}
+
+    _call_hscan = _call_hscan_iter = MultiValuesField._scan
+
+    def _index_parts(self, values: Any) -> list:
+        """Return ``[(hash_key, value), ...]`` from a dict."""
+        return list(values.items())
+
+    def _call_hmget(self, command: str, *keys: Any) -> Any:
+        """Return the values of ``keys`` (``None`` for missing ones)."""
+        return self._traverse_command(command, keys)
+
+    def _call_hstrlen(self, command: str, key: Any) -> int:
+        """Return the length of the value of ``key`` (Redis >= 3.2)."""
+        self._check_server_version((3, 2), "HSTRLEN is not a valid command for redis-server version < 3.2")
+        return self._traverse_command(command, key)
+
+    def _call_hset(self, command: str, key: Any, value: Any) -> Any:
+        """Set ``key`` to ``value``, moving its index entry when the value changes."""
+        if self.indexable:
+            current = self.connection.hget(self.key, key)
+            if current != value:
+                if current is not None:
+                    self.deindex({key: current})
+                if value is not None:
+                    self.index({key: value})
+        return self._traverse_command(command, key, value)
+
+    def _call_hmset(self, command: str, *args: Any, **mapping: Any) -> bool:
+        """Set several keys at once (``HSET key k1 v1 ...``); returns ``True``."""
+        if self.indexable and mapping:
+            keys = list(mapping)
+            current = dict(zip(keys, self.connection.hmget(self.key, keys)))
+            self.deindex({key: value for key, value in current.items() if value is not None})
+            self.index(mapping)
+        result = self._write_hash(self.key, mapping)
+        return self.post_command(sender=self, name=command, result=result, args=(), kwargs=mapping)
+
+    def _write_hash(self, key: str, mapping: Dict[str, Any]) -> Any:
+        """Write ``mapping`` into the hash ``key`` in one command; ``True`` (the pipeline when pipelined)."""
+        return write_hash(self.database, key, mapping)
+
+    def _call_hsetnx(self, command: str, key: Any, value: Any) -> Any:
+        """Set ``key`` only if it does not exist, indexing the value if it was set."""
+        result = self._traverse_command(command, key, value)
+        if self.indexable and result:
+            self.index({key: value})
+        return result
+
+    def _call_hincrby(self, command: str, key: Any, amount: Any) -> Any:
+        """Increment ``key`` by ``amount`` and index the value returned."""
+        if self.indexable:
+            current = self.connection.hget(self.key, key)
+            if current is not None:
+                self.deindex({key: current})
+        result = self._traverse_command(command, key, amount)
+        if self.indexable and result is not None:
+            self.index({key: result})
+        return result
+
+    _call_hincrbyfloat = _call_hincrby
+
+    def _call_hdel(self, command: str, *keys: Any) -> Any:
+        """Remove ``keys`` (missing ones are fine), deindexing their values."""
+        if self.indexable and keys:
+            current = dict(zip(keys, self.connection.hmget(self.key, list(keys))))
+            self.deindex({key: value for key, value in current.items() if value is not None})
+        return self._traverse_command(command, *keys)
+
+    def hexists(self, key: Any) -> bool:
+        """Return whether ``key`` exists in the hash (``False`` for a deleted instance)."""
+        try:
+            redis_key = self.key
+        except DoesNotExist:
+            return False
+        return bool(self.connection.hexists(redis_key, key))
+
+    exists = hexists
+
+
+class FieldLock(Lock):
+    """The lock taken while an indexable field is modified: one per (model, field name).
+
+    Re-entrant per thread (a nested operation on the same field only marks a sub-lock), and a
+    no-op without any Redis command when the field is not lockable.
+    """
+
+    def __init__(self, field: RedisField, timeout: float = 5, sleep: float = 0.1, blocking: bool = True,
+                 blocking_timeout: Optional[float] = None, thread_local: bool = True) -> None:
+        self.field = field
+        self.sub_lock_mode = False
+        super().__init__(
+            redis=field._model.get_connection(),
+            name=make_key(field._model._name, "lock-for-update", field.name),
+            timeout=timeout,
+            sleep=sleep,
+            blocking=blocking,
+            blocking_timeout=blocking_timeout,
+            thread_local=thread_local,
+        )
+
+    def _get_already_locked_by_model(self) -> bool:
+        return self.field.name in self.field._model._thread_lock_storage().get(self.field._model._name, set())
+
+    def _set_already_locked_by_model(self, value: bool) -> None:
+        locked = self.field._model._thread_lock_storage().setdefault(self.field._model._name, set())
+        if value:
+            locked.add(self.field.name)
+        else:
+            locked.discard(self.field.name)
+
+    already_locked_by_model = property(_get_already_locked_by_model, _set_already_locked_by_model)
+
+    def acquire(self, *args: Any, **kwargs: Any) -> bool:
+        """Take the lock, unless this thread already holds it for this field (sub-lock)."""
+        if not self.field.lockable:
+            return True
+        if self.already_locked_by_model:
+            self.sub_lock_mode = True
+            return True
+        self.already_locked_by_model = True
+        try:
+            return super().acquire(*args, **kwargs)
+        except BaseException:
+            self.already_locked_by_model = False
+            raise
+
+    def release(self) -> None:
+        """Release the lock (nothing to do for a sub-lock or a non-lockable field)."""
+        if not self.field.lockable or self.sub_lock_mode:
+            return
+        try:
+            super().release()
+        finally:
+            self.already_locked_by_model = False
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            if self.field.lockable and not self.sub_lock_mode:
+                self.already_locked_by_model = False

@@ -10,9 +10,18 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from limpyd.collection import CollectionManager
 from limpyd.database import RedisDatabase
 from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x exposes them here
-from limpyd.exceptions import DoesNotExist, ImplementationError
+from limpyd.exceptions import DoesNotExist, ImplementationError, UniquenessError
 from limpyd.fields import *  # noqa: F403 - redis-limpyd 2.x exposes every field here
-from limpyd.fields import AutoPKField, InstanceHashField, MetaRedisProxy, PKField, RedisField, RedisProxyCommand
+from limpyd.fields import (
+    AutoPKField,
+    InstanceHashField,
+    MetaRedisProxy,
+    MultiValuesField,
+    PKField,
+    RedisField,
+    RedisProxyCommand,
+    write_hash,
+)
 from limpyd.utils import make_key
 
 __all__ = ["RedisModel"]
@@ -197,13 +206,129 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
             self._create(kwargs)
 
     def _create(self, kwargs: Dict[str, Any]) -> None:
-        """Create a new instance from ``kwargs`` (field name -> value), pk first."""
-        raise NotImplementedError(
-            "Creating %s instances from field values needs the field types of the models issue"
-            % type(self).__name__
-        )
+        """Create a new instance from ``kwargs`` (field name -> value): checks, pk, then fields.
+
+        Nothing is written before every name and unique value has been checked, and those
+        checks allocate no pk, so a rejected creation leaves Redis untouched.
+        """
+        pk_name = self.get_field("pk").name
+        if "pk" in kwargs and pk_name != "pk" and pk_name in kwargs:
+            raise ValueError("You cannot pass two values for the primary key (pk and %s)" % pk_name)
+        values: Dict[str, Any] = {}
+        pk_value: Any = None
+        pk_given = False
+        for name, value in kwargs.items():
+            if not self.has_field(name):
+                raise ValueError("`%s` is not a valid field name for `%s`." % (name, type(self).__name__))
+            field = self.get_field(name)
+            if self._field_is_pk(name):
+                pk_given, pk_value = True, value
+                continue
+            values[field.name] = value
+            if field.unique:
+                if isinstance(field, MultiValuesField):
+                    field.check_uniqueness(value.keys() if isinstance(value, dict) else value)
+                else:
+                    field.check_uniqueness(value)
+        self._check_multi_fields_uniqueness(values)
+
+        self._init_fields = set(values)
+        if pk_given:
+            self._init_fields.add(pk_name)
+            self.pk.set(pk_value)
+
+        try:
+            for field in self.fields:
+                if field.name not in values or field.name == pk_name:
+                    continue
+                value = values[field.name]
+                if value is None or (isinstance(value, (list, tuple, set, dict)) and not value):
+                    continue
+                field.proxy_set(value)
+        except UniquenessError:
+            if self.__dict__.get("_pk"):
+                self.delete()
+            raise
+
+    def _check_multi_fields_uniqueness(self, values: Dict[str, Any]) -> None:
+        """Check the unique multi-field indexes for the values given at creation."""
+        unique_indexes = [index for index in self._multi_fields_index_for_filtering if getattr(index, "unique", False)]
+        if not unique_indexes or not values:
+            return
+        for index in unique_indexes:
+            for combination in index.can_filter_fields([(name, None) for name in values]):
+                index.check_uniqueness_at_init({name: values[name] for name in dict(combination)})
 
     # ------------------------------------------------------------------ class-level API
+
+    @classmethod
+    def get(cls, *args: Any, **kwargs: Any) -> "RedisModel":
+        """Return the instance with the given pk, or the only one matching the filters."""
+        if len(args) == 1:
+            pk = args[0]
+        elif args or not kwargs:
+            raise ValueError("Invalid `get` usage with args %s and kwargs %s" % (args, kwargs))
+        elif len(kwargs) == 1 and cls._field_is_pk(next(iter(kwargs))):
+            pk = next(iter(kwargs.values()))
+        else:
+            collection = cls.collection(**kwargs).sort(by="nosort")
+            count = len(collection)
+            if count == 0:
+                raise DoesNotExist("No object matching filter: %s" % kwargs)
+            if count > 1:
+                raise ValueError("More than one object matching filter: %s" % kwargs)
+            try:
+                pk = collection[0]
+            except IndexError:
+                raise DoesNotExist("No object matching filter: %s" % kwargs) from None
+        return cls(pk)
+
+    @classmethod
+    def get_or_connect(cls, **kwargs: Any) -> Tuple["RedisModel", bool]:
+        """Return ``(instance, created)``: the one matching ``kwargs``, or a new one made from them."""
+        try:
+            return cls.get(**kwargs), False
+        except DoesNotExist:
+            pass
+        try:
+            return cls(**kwargs), True
+        except UniquenessError:  # created concurrently since the `get`
+            return cls.get(**kwargs), False
+
+    @classmethod
+    def exists(cls, **kwargs: Any) -> bool:
+        """Return whether an instance matches ``kwargs`` (a pk, or filters)."""
+        if not kwargs:
+            raise ValueError("`Exists` method requires at least one kwarg.")
+        if len(kwargs) == 1 and cls._field_is_pk(next(iter(kwargs))):
+            return bool(cls.get_field("pk").exists(next(iter(kwargs.values()))))
+        try:
+            cls.collection(**kwargs).sort(by="nosort")[0]
+        except IndexError:
+            return False
+        return True
+
+    @classmethod
+    def from_pks(cls, pks: Any, lazy: bool = False) -> Iterator["RedisModel"]:
+        """Yield the instance of each pk of ``pks``, silently skipping the unknown ones."""
+        for pk in pks:
+            if lazy:
+                yield cls.lazy_connect(pk)
+                continue
+            try:
+                yield cls(pk)
+            except DoesNotExist:
+                pass
+
+    @classmethod
+    def instances(cls, lazy: bool = False, **filters: Any) -> Any:
+        """Return the collection of instances matching ``filters``."""
+        return cls.collection(**filters).instances(lazy=lazy)
+
+    @classmethod
+    def collection(cls, manager: Any = None, **filters: Any) -> Any:
+        """Return a lazy collection of the model's pks matching ``filters`` (no Redis command)."""
+        return (manager or cls.collection_manager)(cls)(**filters)
 
     @classmethod
     def lazy_connect(cls, pk: Any) -> "RedisModel":
@@ -320,6 +445,58 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
                 default = default()
             if default is not None:
                 field.proxy_set(default)
+
+    # ------------------------------------------------------------------ instance hash
+
+    def _check_instancehash_names(self, names: Any) -> None:
+        if names and not any(name in self._instancehash_fields for name in names):
+            raise ValueError("Only InstanceHashField can be used here.")
+
+    def _call_hmget(self, command: str, *names: str) -> Any:
+        """Return the values of the InstanceHashFields ``names`` (``None`` when not set)."""
+        self._check_instancehash_names(names)
+        result = self.connection.hmget(self.key, list(names))
+        return self.post_command(sender=self, name=command, result=result, args=names, kwargs={})
+
+    def _call_hmset(self, command: str, **values: Any) -> Any:
+        """Set several InstanceHashFields in one write, maintaining their indexes (no lock)."""
+        self._check_instancehash_names(values)
+        indexed = []
+        try:
+            for name in values:
+                field = self.get_field(name)
+                if field.indexable:
+                    indexed.append(field)
+                    field.deindex()
+                    field.index(values[name])
+            result = write_hash(self.database, self.key, values)
+        except BaseException:
+            if self.connected:
+                for field in indexed:
+                    field._rollback_indexes()
+            raise
+        finally:
+            for field in indexed:
+                field._reset_indexes_rollback_caches(self._pk)
+        return self.post_command(sender=self, name=command, result=result, args=(), kwargs=values)
+
+    def _call_hdel(self, command: str, *names: str) -> Any:
+        """Remove the InstanceHashFields ``names`` from the instance hash, deindexing them."""
+        self._check_instancehash_names(names)
+        for name in names:
+            field = self.get_field(name)
+            if field.indexable:
+                field.deindex()
+        return self._traverse_command(command, *names)
+
+    def delete(self) -> None:
+        """Delete every field of the instance (and its index entries), then the pk."""
+        pk_name = self.get_field("pk").name
+        for field in self.fields:
+            if field.name != pk_name:
+                field.delete()
+        self.connection.srem(self.pk.collection_key, self._pk)
+        del self._pk
 
     def scan_keys(self, count: Optional[int] = None) -> Iterator[str]:
         """Yield every existing key of this instance (fields with a value, the instance hash)."""
