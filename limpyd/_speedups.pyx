@@ -45,6 +45,7 @@ cdef inline str _part_to_str(object arg):
     cdef unsigned long long magnitude
     cdef char buffer[24]
     cdef int position = 23
+    cdef object text
     if type(arg) is str:
         return <str>arg
     if type(arg) is int:
@@ -63,17 +64,20 @@ cdef inline str _part_to_str(object arg):
             position -= 1
             buffer[position] = 45  # "-"
         return PyUnicode_DecodeASCII(buffer + position, 23 - position, NULL)
-    return str(arg)
+    text = str(arg)
+    if type(text) is not str:  # __str__ returned a str subclass: ":".join() gives an exact str
+        return str.__str__(text)
+    return text
 
 
 def register_model(
-    dict registry,
+    registry,
     name,
     model,
     namespace,
     class_name,
     qualified_name,
-    tuple creation_source,
+    creation_source,
 ):
     """Return the model class to use for ``name`` in ``registry``, registering ``model`` if free.
 

@@ -1,0 +1,416 @@
+"""Build and package checks: setup.py, ignored build products, the package surface, utils."""
+
+from __future__ import annotations
+
+import ast
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+import sysconfig
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import limpyd
+from limpyd import exceptions, utils
+from limpyd.utils import NotProvided, cached_property, normalize, unique_key
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_VARS = ("LIMPYD_NO_EXTENSIONS", "LIMPYD_REQUIRE_EXTENSIONS")
+
+
+def _load_toml(path: Path) -> dict:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - depends on the interpreter
+        tomllib = pytest.importorskip("tomli")
+    with path.open("rb") as handle:
+        return tomllib.load(handle)
+
+
+# ---------------------------------------------------------------------- setup.py
+
+
+def run_setup(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict:
+    """Run setup.py with ``env`` (the two LIMPYD_* vars unset otherwise); return setup()'s kwargs."""
+    import setuptools
+
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    captured: dict = {}
+
+    def fake_setup(**kwargs: Any) -> None:
+        assert not captured, "setup() called twice"
+        captured.update(kwargs)
+
+    monkeypatch.setattr(setuptools, "setup", fake_setup)
+    monkeypatch.chdir(ROOT)
+    runpy.run_path(str(ROOT / "setup.py"), run_name="__main__")
+    assert captured, "setup.py did not call setup()"
+    return captured
+
+
+def _pyx_modules() -> dict:
+    """Return ``{module name: source path}`` for every ``.pyx`` file of the package."""
+    return {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts): path.relative_to(ROOT).as_posix()
+        for path in sorted((ROOT / "limpyd").rglob("*.pyx"))
+    }
+
+
+def test_there_is_a_compiled_module() -> None:
+    assert _pyx_modules() == {"limpyd._speedups": "limpyd/_speedups.pyx"}
+
+
+def test_setup_lists_every_compiled_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    from Cython.Build import build_ext
+
+    kwargs = run_setup(monkeypatch)
+    assert set(kwargs) == {"ext_modules", "cmdclass"}  # all metadata lives in pyproject.toml
+    assert {ext.name: ext.sources for ext in kwargs["ext_modules"]} == {
+        name: [source] for name, source in _pyx_modules().items()
+    }
+    assert all(ext.optional for ext in kwargs["ext_modules"])  # no compiler: warn, stay pure Python
+    assert kwargs["cmdclass"] == {"build_ext": build_ext}  # Cython's build_ext keeps ``optional``
+
+
+@pytest.mark.parametrize("value", ["1", "yes"])
+def test_setup_require_makes_failures_fatal(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    kwargs = run_setup(monkeypatch, LIMPYD_REQUIRE_EXTENSIONS=value)
+    assert [ext.name for ext in kwargs["ext_modules"]] == list(_pyx_modules())
+    assert not any(ext.optional for ext in kwargs["ext_modules"])
+
+
+@pytest.mark.parametrize("value", ["1", "yes", " 1"])
+def test_setup_no_extensions_builds_nothing(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    kwargs = run_setup(monkeypatch, LIMPYD_NO_EXTENSIONS=value)
+    assert kwargs == {"ext_modules": [], "cmdclass": {}}
+
+
+@pytest.mark.parametrize("value", ["0", "", " ", " 0 "])
+def test_setup_unset_values(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    kwargs = run_setup(monkeypatch, LIMPYD_NO_EXTENSIONS=value, LIMPYD_REQUIRE_EXTENSIONS=value)
+    assert [(ext.name, ext.optional) for ext in kwargs["ext_modules"]] == [("limpyd._speedups", True)]
+
+
+def test_setup_refuses_both_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(RuntimeError) as info:
+        run_setup(monkeypatch, LIMPYD_NO_EXTENSIONS="1", LIMPYD_REQUIRE_EXTENSIONS="1")
+    assert "LIMPYD_NO_EXTENSIONS" in str(info.value)
+    assert "LIMPYD_REQUIRE_EXTENSIONS" in str(info.value)
+
+
+def test_setup_without_cython(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "Cython.Build", None)  # makes the import fail
+    assert run_setup(monkeypatch) == {"ext_modules": [], "cmdclass": {}}
+    with pytest.raises(RuntimeError) as info:
+        run_setup(monkeypatch, LIMPYD_REQUIRE_EXTENSIONS="1")
+    assert "LIMPYD_REQUIRE_EXTENSIONS" in str(info.value)
+    assert "Cython is not installed" in str(info.value)
+
+
+def test_setup_on_another_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    monkeypatch.setattr(platform, "python_implementation", lambda: "PyPy")
+    assert run_setup(monkeypatch) == {"ext_modules": [], "cmdclass": {}}
+    with pytest.raises(RuntimeError) as info:
+        run_setup(monkeypatch, LIMPYD_REQUIRE_EXTENSIONS="1")
+    assert "PyPy" in str(info.value) and "CPython" in str(info.value)
+
+
+def test_setup_is_small_and_never_cythonizes_at_module_level() -> None:
+    source = (ROOT / "setup.py").read_text(encoding="utf-8")
+    assert len(source.splitlines()) < 60
+    called = {
+        node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+    }
+    assert "cythonize" not in called  # a module-level cythonize() drops ``optional``
+    assert "Extension" in called and "setup" in called
+
+
+def test_pyproject_build_settings() -> None:
+    pyproject = _load_toml(ROOT / "pyproject.toml")
+    assert pyproject["build-system"] == {
+        "requires": ["setuptools>=64", "Cython>=3.0; platform_python_implementation == 'CPython'"],
+        "build-backend": "setuptools.build_meta",
+    }
+    assert pyproject["project"]["name"] == "redis-limpyd"
+    assert pyproject["project"]["version"] == limpyd.EXACT_VERSION
+    excluded = pyproject["tool"]["setuptools"]["exclude-package-data"]["limpyd"]
+    assert "*.pyx" in excluded and "*.c" in excluded  # wheels carry neither
+    pytest_options = pyproject["tool"]["pytest"]["ini_options"]
+    assert "--strict-markers" in pytest_options["addopts"].split()
+    assert pytest_options["filterwarnings"] == ["error"]
+    assert pytest_options["xfail_strict"] is True
+    assert sorted(marker.split(":")[0] for marker in pytest_options["markers"]) == ["cython", "redis", "slow"]
+
+
+def test_sdist_carries_the_pyx() -> None:
+    manifest = (ROOT / "MANIFEST.in").read_text(encoding="utf-8").splitlines()
+    assert "include limpyd/_speedups.pyx" in manifest
+
+
+def test_pyx_header_directives() -> None:
+    first_line = (ROOT / "limpyd" / "_speedups.pyx").read_text(encoding="utf-8").splitlines()[0]
+    assert first_line == "# cython: language_level=3, embedsignature=True"
+
+
+# ---------------------------------------------------------------------- git-ignored build products
+
+
+@pytest.fixture(scope="module")
+def git() -> Iterator[Any]:
+    """Yield a function running git in the checkout (skip outside a git checkout)."""
+    binary = shutil.which("git")
+    if binary is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([binary, "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
+
+    yield run
+
+
+GENERATED = [
+    "limpyd/_speedups.c",
+    "limpyd/_speedups" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"),
+    "limpyd/_speedups.abi3.so",
+    "limpyd/_speedups.pyd",
+    "limpyd/_speedups.html",
+    "build/lib/limpyd/_speedups.c",
+    "dist/redis_limpyd-3.0.0.tar.gz",
+]
+KEPT = ["limpyd/_speedups.pyx", "limpyd/_speedups_py.py", "limpyd/speedups.py", "setup.py", "MANIFEST.in"]
+
+
+@pytest.mark.parametrize("path", GENERATED)
+def test_generated_files_are_ignored(git: Any, path: str) -> None:
+    assert git("check-ignore", "--no-index", "-q", path).returncode == 0, "%s is not git-ignored" % path
+    assert git("ls-files", "--", path).stdout == "", "%s is committed" % path
+
+
+@pytest.mark.parametrize("path", KEPT)
+def test_sources_are_not_ignored(git: Any, path: str) -> None:
+    assert git("check-ignore", "--no-index", "-q", path).returncode == 1, "%s is git-ignored" % path
+
+
+def test_no_generated_file_is_committed(git: Any) -> None:
+    tracked = git("ls-files").stdout.splitlines()
+    assert tracked, "git ls-files listed nothing"
+    assert [path for path in tracked if path.endswith((".c", ".so", ".pyd", ".html"))] == []
+
+
+# ---------------------------------------------------------------------- package surface
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], cwd=str(ROOT), capture_output=True, text=True, check=False
+    )
+
+
+def test_import_limpyd_imports_neither_redis_nor_submodules() -> None:
+    result = _run_python(
+        "import sys, limpyd\n"
+        "loaded = sorted(m for m in sys.modules if m == 'redis' or m.startswith(('redis.', 'limpyd.')))\n"
+        "print(loaded)\n"
+        "assert limpyd.__file__.startswith(%r), limpyd.__file__\n" % str(ROOT)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_submodules_import_on_demand() -> None:
+    result = _run_python(
+        "import sys\n"
+        "from limpyd import model, fields\n"
+        "assert 'limpyd.model' in sys.modules and 'limpyd.fields' in sys.modules\n"
+        "assert 'redis' in sys.modules\n"
+        "print('ok')\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_version() -> None:
+    assert limpyd.EXACT_VERSION == "3.0.0"
+    assert limpyd.VERSION == (3, 0, 0)
+    assert all(type(part) is int for part in limpyd.VERSION)
+    assert limpyd.__version__ == limpyd.EXACT_VERSION
+
+
+def test_version_matches_installed_metadata() -> None:
+    from importlib import metadata
+
+    try:
+        installed = metadata.version("redis-limpyd")
+    except metadata.PackageNotFoundError:
+        pytest.skip("redis-limpyd is not installed (running from a bare checkout)")
+    assert installed == limpyd.EXACT_VERSION
+
+
+EXCEPTION_NAMES = ["LimpydException", "UniquenessError", "ImplementationError", "DoesNotExist"]
+
+
+def test_exceptions_all() -> None:
+    assert exceptions.__all__ == EXCEPTION_NAMES
+
+
+def test_exceptions_star_import() -> None:
+    namespace: dict = {}
+    exec("from limpyd.exceptions import *", namespace)
+    del namespace["__builtins__"]
+    assert sorted(namespace) == sorted(EXCEPTION_NAMES)
+    for name in EXCEPTION_NAMES:
+        assert namespace[name] is getattr(exceptions, name)
+
+
+def test_exceptions_hierarchy_and_nothing_else() -> None:
+    assert exceptions.LimpydException.__bases__ == (Exception,)
+    for name in ("UniquenessError", "ImplementationError", "DoesNotExist"):
+        assert getattr(exceptions, name).__bases__ == (exceptions.LimpydException,)
+    defined = sorted(
+        name for name, value in vars(exceptions).items()
+        if isinstance(value, type) and issubclass(value, BaseException)
+    )
+    assert defined == sorted(EXCEPTION_NAMES)
+
+
+# ---------------------------------------------------------------------- limpyd.utils
+
+
+def test_utils_all() -> None:
+    assert sorted(utils.__all__) == sorted(["make_key", "unique_key", "normalize", "cached_property", "NotProvided"])
+    assert utils.make_key("a", 1, "clé") == "a:1:clé"
+
+
+@pytest.mark.parametrize("value, expected", [
+    (b"abc", "abc"),
+    ("clé".encode(), "clé"),
+    ("🚲".encode(), "🚲"),
+    ("abc", "abc"),
+    ("", ""),
+    (None, None),
+    (0, 0),
+    (1, 1),
+    (1.5, 1.5),
+    ([b"a"], [b"a"]),
+])
+def test_normalize(value: Any, expected: Any) -> None:
+    result = normalize(value)
+    assert result == expected
+    assert type(result) is type(expected)
+
+
+@pytest.mark.parametrize("value", [b"", bytearray(b"x"), None, 0, False, [b"a"], "é"], ids=repr)
+def test_normalize_returns_other_values_as_is(value: Any) -> None:
+    assert normalize(value) is value
+
+
+def test_normalize_rejects_invalid_utf8() -> None:
+    with pytest.raises(UnicodeDecodeError):
+        normalize(b"\xff")
+
+
+def test_cached_property() -> None:
+    calls = []
+
+    class Thing:
+        @cached_property
+        def value(self) -> int:
+            """The value, computed once."""
+            calls.append(self)
+            return len(calls) * 10
+
+    assert isinstance(Thing.value, cached_property)  # class access: the descriptor itself
+    assert Thing.value.__doc__ == "The value, computed once."
+    assert not hasattr(cached_property, "__set__")  # non-data: the instance dict wins
+    first, second = Thing(), Thing()
+    assert first.value == 10 and first.value == 10
+    assert calls == [first]
+    assert first.__dict__["value"] == 10
+    assert second.value == 20
+    assert calls == [first, second]
+    first.value = 5
+    assert first.value == 5 and len(calls) == 2
+
+
+def test_cached_property_with_name() -> None:
+    def compute(instance: Any) -> str:
+        return "computed"
+
+    class Thing:
+        value = cached_property(compute, name="value")
+        other = cached_property(compute, name="stored")
+
+    thing = Thing()
+    assert thing.value == "computed" and thing.__dict__["value"] == "computed"
+    assert thing.other == "computed" and thing.__dict__["stored"] == "computed"
+    assert "other" not in thing.__dict__
+
+
+def test_not_provided() -> None:
+    assert isinstance(NotProvided, type)
+    assert NotProvided is utils.NotProvided
+    assert NotProvided is not None and bool(NotProvided)
+
+
+class RecordingConnection:
+    """Answer EXISTS from a set of existing keys, recording each call."""
+
+    def __init__(self, existing: set) -> None:
+        self.existing = existing
+        self.calls: list = []
+
+    def exists(self, *keys: str) -> int:
+        self.calls.append(keys)
+        return sum(key in self.existing for key in keys)
+
+
+@pytest.fixture
+def fixed_uuids(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Make ``uuid.uuid4`` (as seen by limpyd.utils) return the listed UUIDs, in order."""
+    values = [uuid.UUID(int=1), uuid.UUID(int=2), uuid.UUID(int=3)]
+    queue = list(values)
+    monkeypatch.setattr(utils.uuid, "uuid4", lambda: queue.pop(0))
+    return [value.hex for value in values]
+
+
+@pytest.mark.parametrize("prefix, expected", [(None, "{}"), ("", "{}"), ("pre", "pre:{}"), ("a:b", "a:b:{}")])
+def test_unique_key_one_exists_per_try(fixed_uuids: list, prefix: Any, expected: str) -> None:
+    first, second, _ = fixed_uuids
+    connection = RecordingConnection({expected.format(first)})
+    assert unique_key(connection, prefix) == expected.format(second)
+    assert connection.calls == [(expected.format(first),), (expected.format(second),)]
+
+
+@pytest.mark.redis
+def test_unique_key_on_redis(database: Any, count_commands: Any) -> None:
+    with count_commands(1):
+        key = unique_key(database.connection)
+    assert type(key) is str
+    assert re.fullmatch("[0-9a-f]{32}", key)
+    with count_commands(1):
+        prefixed = unique_key(database.connection, prefix="ns:tmp")
+    assert re.fullmatch("ns:tmp:[0-9a-f]{32}", prefixed)
+    assert prefixed != "ns:tmp:" + key
+
+
+@pytest.mark.redis
+def test_unique_key_skips_existing_keys_on_redis(database: Any, count_commands: Any, fixed_uuids: list) -> None:
+    first, second, third = fixed_uuids
+    database.connection.set("p:" + first, "taken")
+    database.connection.set("p:" + second, "taken")
+    with count_commands(3):
+        assert unique_key(database.connection, "p") == "p:" + third
+    with count_commands(1):
+        assert database.connection.exists("p:" + third) == 0
