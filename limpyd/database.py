@@ -46,8 +46,6 @@ class RedisDatabase:
 
     #: cache ``settings key -> redis.Redis`` shared by all databases
     _connections: Dict[str, redis.Redis] = {}
-    #: server versions read, by settings key: databases sharing a client read INFO only once
-    _versions: Dict[str, Tuple[int, ...]] = {}
     #: index classes for indexable fields declaring none (lowest priority)
     default_indexes: Optional[List[Any]] = [EqualIndex]
     #: ``COUNT`` hint sent with each ``SCAN`` by :meth:`scan_keys` when none is given (Redis'
@@ -118,18 +116,11 @@ class RedisDatabase:
 
     @property
     def redis_version(self) -> Tuple[int, ...]:
-        """Return the first three integer parts of the server's ``redis_version``.
-
-        Read once per connection settings (``INFO server``), and again after :meth:`reset` to
-        other settings.
-        """
+        """Return the first three integer parts of the server's ``redis_version`` (read once)."""
         version = self.__dict__.get("_redis_version")
         if version is None:
-            cache_key = self._connection_cache_key(self.connection_settings)
-            version = self._versions.get(cache_key)
-            if version is None:
-                raw = self.connection.info("server")["redis_version"]
-                version = self._versions[cache_key] = tuple(int(part) for part in str(raw).split(".")[:3])
+            raw = self.connection.info("server")["redis_version"]
+            version = tuple(int(part) for part in str(raw).split(".")[:3])
             self.__dict__["_redis_version"] = version
         return version
 

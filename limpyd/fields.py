@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
-from redis.exceptions import DataError
+from redis.exceptions import DataError, ResponseError
 from redis.lock import Lock
 
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
@@ -35,16 +35,19 @@ __all__ = [
 def write_hash(database: Any, key: str, mapping: Dict[str, Any]) -> Any:
     """Write ``mapping`` into the hash ``key`` with one command and return ``True`` (as ``HMSET`` did).
 
-    ``HSET key f1 v1 ...`` (``HMSET`` is deprecated) on Redis >= 4, ``HMSET`` before; an empty
+    ``HSET key f1 v1 ...`` (``HMSET`` is deprecated), or ``HMSET`` on a Redis < 4 refusing it; an empty
     mapping raises redis-py's ``DataError``. Inside a pipeline the pipeline object is returned.
     """
     connection = database.connection
     if not mapping:
-        raise DataError("%s requires at least one field to write into %r: got an empty mapping" % ("HSET", key))
-    if database.redis_version < (4,):
-        result = connection.execute_command("HMSET", key, *[part for item in mapping.items() for part in item])
-    else:
+        raise DataError("HSET requires at least one field to write into %r: got an empty mapping" % (key,))
+    try:
         result = connection.hset(key, mapping=mapping)
+    except ResponseError as exc:
+        if "wrong number of arguments" not in str(exc):
+            raise
+        # Redis < 4 takes one field per HSET: HMSET is the one-command form there
+        result = connection.execute_command("HMSET", key, *[part for item in mapping.items() for part in item])
     return True if isinstance(result, int) else result
 
 
