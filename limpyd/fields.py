@@ -484,7 +484,9 @@ class StringField(SingleValueField):
 
     proxy_getter = "get"
     proxy_setter = "set"
-    available_getters = {"get", "getbit", "getrange", "strlen", "bitcount", "bitpos"}
+    available_getters = RedisField.available_getters | {
+        "get", "getbit", "getrange", "strlen", "bitcount", "bitpos",
+    }
     available_modifiers = {
         "delete", "getset", "set", "append", "decr", "decrby", "incr", "incrby", "incrbyfloat",
         "setbit", "setnx", "setrange", "setex", "psetex",
@@ -720,7 +722,9 @@ class SetField(MultiValuesField):
     proxy_getter = "smembers"
     proxy_setter = "sadd"
     scannable = True
-    available_getters = {"scard", "sismember", "smembers", "srandmember", "sscan", "sscan_iter", "sort"}
+    available_getters = RedisField.available_getters | {
+        "scard", "sismember", "smembers", "srandmember", "sscan", "sscan_iter", "sort",
+    }
     available_modifiers = {"delete", "sadd", "srem", "spop"}
 
     _call_sadd = MultiValuesField._add
@@ -740,7 +744,9 @@ class ListField(MultiValuesField):
 
     proxy_getter = "lmembers"
     proxy_setter = "rpush"
-    available_getters = {"lindex", "llen", "lrange", "lrank", "lcontains", "lcount", "sort"}
+    available_getters = RedisField.available_getters | {
+        "lindex", "llen", "lrange", "lrank", "lcontains", "lcount", "sort",
+    }
     available_modifiers = {
         "delete", "linsert", "lpop", "lpush", "lpushx", "lrem", "rpop", "rpush", "rpushx", "lset", "ltrim",
     }
@@ -823,7 +829,7 @@ class SortedSetField(MultiValuesField):
     proxy_getter = "zmembers"
     proxy_setter = "zadd"
     scannable = True
-    available_getters = {
+    available_getters = RedisField.available_getters | {
         "zcard", "zcount", "zrange", "zrangebyscore", "zrank", "zrevrange", "zrevrangebyscore", "zrevrank",
         "zscore", "zscan", "zscan_iter", "sort", "zlexcount", "zrangebylex", "zrevrangebylex",
     }
@@ -900,7 +906,9 @@ class HashField(MultiValuesField):
     scannable = True
     _unique_supported = False
     _field_parts = 2
-    available_getters = {"hget", "hgetall", "hmget", "hkeys", "hvals", "hlen", "hscan", "hscan_iter", "hstrlen"}
+    available_getters = RedisField.available_getters | {
+        "hget", "hgetall", "hmget", "hkeys", "hvals", "hlen", "hscan", "hscan_iter", "hstrlen",
+    }
     available_modifiers = {"delete", "hdel", "hmset", "hsetnx", "hset", "hincrby", "hincrbyfloat"}
 
     _call_hscan = _call_hscan_iter = MultiValuesField._scan
