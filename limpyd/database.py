@@ -10,6 +10,7 @@ import redis
 from redis.lock import Lock
 
 from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x re-exports them here
+from limpyd._batch import batch_client, current_batch
 from limpyd.exceptions import ImplementationError, LimpydException
 from limpyd.indexes import EqualIndex
 from limpyd.speedups import decode_scan_batch, make_key, register_model
@@ -107,7 +108,14 @@ class RedisDatabase:
 
     @property
     def connection(self) -> redis.Redis:
-        """Return the client in use, connecting on first use (re-read by every Redis call)."""
+        """Return the client in use, connecting on first use (re-read by every Redis call).
+
+        While a limpyd operation runs in this thread, that is a view of the same client which
+        sends the writes nobody waits for with the next command (see ``limpyd._batch``).
+        """
+        client = batch_client(self)
+        if client is not None:
+            return client
         if self._connection is None:
             self._connection = self.connect()
         return self._connection
@@ -227,6 +235,9 @@ class RedisDatabase:
                     "argument or upgrade the server." % (type, ".".join(map(str, self.redis_version)))
                 )
             arguments += ["TYPE", type]
+        batch = current_batch(self)
+        if batch is not None:
+            batch.flush()  # the scan reads on a connection of its own: send the queued writes first
         return self._scan(self.connection.connection_pool, arguments)
 
     @staticmethod

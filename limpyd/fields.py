@@ -14,6 +14,15 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple
 from redis.exceptions import DataError, ResponseError
 from redis.lock import Lock
 
+from limpyd._batch import (
+    Pending,
+    batch_scope,
+    current_batch,
+    defer_next,
+    release_reply_checker,
+    resolve,
+    wait_for_lock,
+)
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.utils import NotProvided, cached_property, make_key, normalize
 
@@ -49,6 +58,21 @@ def write_hash(database: Any, key: str, mapping: Dict[str, Any]) -> Any:
         # Redis < 4 takes one field per HSET: HMSET is the one-command form there
         result = connection.execute_command("HMSET", key, *[part for item in mapping.items() for part in item])
     return True if isinstance(result, int) else result
+
+
+def check_fresh_reply(field: Any, reply: Any) -> None:
+    """Raise if a read of the pk an instance just allocated found data (left by another instance)."""
+    if reply is None or reply == {} or reply == [] or reply == set() or (
+        isinstance(reply, list) and all(value is None for value in reply)
+    ):
+        return
+    instance = field._instance
+    raise LimpydException(
+        "%s.%s of the new pk %s already holds %r: keys of another instance with this pk are still in "
+        "Redis (was %s reset?). Delete the keys matching %r, or set %s above the highest pk in use."
+        % (type(instance).__name__, field.name, instance._pk, reply, make_key(instance._name, "max_pk"),
+           make_key(instance._name, instance._pk, "*"), make_key(instance._name, "max_pk"))
+    )
 
 
 class MetaRedisProxy(type):
@@ -105,8 +129,41 @@ class RedisProxyCommand(metaclass=MetaRedisProxy):
         """Call the redis-py method ``name`` with the key first, then ``post_command``."""
         if name not in self.available_commands:
             raise AttributeError("%s is not an available command for %s" % (name, type(self).__name__))
-        result = getattr(self.connection, name)(self.key, *args, **kwargs)
+        connection = self.connection
+        key = self.key  # may allocate the pk: before the command is marked to be queued
+        pending = self.__dict__.pop("_limpyd_pending", None)
+        if pending is not None and defer_next(connection, on_reply=self._pending_reply(pending, name, args, kwargs)):
+            getattr(connection, name)(key, *args, **kwargs)
+            return pending
+        if self.__dict__.get("_limpyd_fresh_read") and defer_next(
+            connection, on_reply=self._fresh_read_reply(name, args, kwargs), is_write=False
+        ):
+            getattr(connection, name)(key, *args, **kwargs)
+            return None
+        result = getattr(connection, name)(key, *args, **kwargs)
         return self.post_command(sender=self, name=name, result=result, args=args, kwargs=kwargs)
+
+    def _fresh_read_reply(self, name: str, args: Any, kwargs: Any) -> Callable[[Any], None]:
+        """Return the callback checking that a queued read of a just-allocated pk found nothing."""
+
+        def on_reply(reply: Any) -> None:
+            if isinstance(reply, Exception):
+                raise reply
+            reply = self.post_command(sender=self, name=name, result=reply, args=args, kwargs=kwargs)
+            check_fresh_reply(self, reply)
+
+        return on_reply
+
+    def _pending_reply(self, pending: Pending, name: str, args: Any, kwargs: Any) -> Callable[[Any], None]:
+        """Return the callback giving ``pending`` the (post-processed) reply of a queued command."""
+
+        def on_reply(reply: Any) -> None:
+            if isinstance(reply, Exception):
+                pending.set(error=reply)
+                raise reply
+            pending.set(self.post_command(sender=self, name=name, result=reply, args=args, kwargs=kwargs))
+
+        return on_reply
 
     def post_command(self, sender: Any, name: str, result: Any, args: Any, kwargs: Any) -> Any:
         """Return the result of a command (hook: its return value replaces the result)."""
@@ -386,26 +443,85 @@ class RedisField(RedisProxyCommand):
     # ------------------------------------------------------------------ commands
 
     def _call_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Run ``name``; a modifier of an indexable field runs under the field lock, with rollback."""
+        """Run ``name``; a modifier of an indexable field runs under the field lock, with rollback.
+
+        Such a modifier runs in a write-behind batch (``limpyd._batch``): same commands, same
+        order, fewer round trips. Its final write is queued too when nobody waits for its result
+        before the batch is sent: when this call opened the batch (the result is read after
+        sending it), or when the caller said it drops the result (:meth:`_drop_next_result`).
+        """
+        drop_result = self.__dict__.pop("_limpyd_drop_result", False)
         if not (self.indexable and name in self.available_modifiers):
+            if drop_result:
+                batch = current_batch(self._model.database)
+                if batch is not None:
+                    batch.owners.add(id(self))
+                    try:
+                        return super()._call_command(name, *args, **kwargs)
+                    finally:
+                        batch.owners.discard(id(self))
             return super()._call_command(name, *args, **kwargs)
         instance = getattr(self, "_instance", self)
-        with FieldLock(self):
+        scope = batch_scope(self._model.database)
+        try:
+            with scope as batch:
+                owner = batch is not None and (scope.opened or drop_result)
+                if owner:
+                    batch.owners.add(id(self))
+                try:
+                    with FieldLock(self):
+                        result = super()._call_command(name, *args, **kwargs)
+                finally:
+                    if owner:
+                        batch.owners.discard(id(self))
+            return resolve(result) if scope.opened else result
+        except BaseException:
+            if instance.connected:
+                self._rollback_indexes()
+            raise
+        finally:
+            if instance.connected:
+                self._reset_indexes_rollback_caches(self._instance_pk)
+
+    def _drop_next_result(self) -> None:
+        """Say that the result of the next command of this field is dropped (it may be queued)."""
+        self.__dict__["_limpyd_drop_result"] = True
+
+    def _write_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Run a command whose result only goes back to the caller (queued when that is allowed)."""
+        batch = current_batch(self._model.database)
+        if batch is not None and id(self) in batch.owners:
+            self.__dict__["_limpyd_pending"] = Pending(batch)
             try:
-                return super()._call_command(name, *args, **kwargs)
-            except BaseException:
-                if instance.connected:
-                    self._rollback_indexes()
-                raise
+                return self._traverse_command(name, *args, **kwargs)
             finally:
-                if instance.connected:
-                    self._reset_indexes_rollback_caches(self._instance_pk)
+                self.__dict__.pop("_limpyd_pending", None)
+        return self._traverse_command(name, *args, **kwargs)
+
+    def _is_fresh(self) -> bool:
+        """Return whether the instance is being created on a pk it just allocated (fields empty)."""
+        instance = getattr(self, "_instance", None)
+        return bool(instance is not None and instance.__dict__.get("_limpyd_fresh") and instance.__dict__.get("_pk"))
+
+    def _read_current(self) -> Any:
+        """Return the stored value (``proxy_get``); on a fresh instance, queue the read and assume empty."""
+        if not self._is_fresh():
+            return self.proxy_get()
+        batch = current_batch(self._model.database)
+        if batch is None:
+            return self.proxy_get()
+        self.__dict__["_limpyd_fresh_read"] = True
+        try:
+            self.proxy_get()
+        finally:
+            self.__dict__.pop("_limpyd_fresh_read", None)
+        return None
 
     def _reset(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """Strategy R: deindex every stored value, run the command, index every stored value."""
         if self.indexable:
             self.deindex()
-        result = self._traverse_command(command, *args, **kwargs)
+        result = self._write_command(command, *args, **kwargs)
         if self.indexable:
             self.index()
         return result
@@ -429,7 +545,7 @@ class RedisField(RedisProxyCommand):
         """Strategy X: deindex every stored value, then run the (delete) command."""
         if self.indexable:
             self.deindex()
-        return self._traverse_command(command, *args, **kwargs)
+        return self._write_command(command, *args, **kwargs)
 
     _call_expire = _call_pexpire = _call_expireat = _call_pexpireat = _deny_if_indexable
     _call_delete = _del
@@ -443,13 +559,13 @@ class SingleValueField(RedisField):
     def _call_set(self, command: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         """Strategy S: (de)index only when the value changes, uniqueness checked before writing."""
         if self.indexable:
-            current = self.proxy_get()
+            current = self._read_current()
             if normalize(current) != normalize(value):
                 if current is not None:
                     self.deindex(current)
                 if value is not None:
                     self.index(value)
-        return self._traverse_command(command, value, *args, **kwargs)
+        return self._write_command(command, value, *args, **kwargs)
 
     def _index_if_set(self, command: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         """Strategy N: run the command, index ``value`` only if it was written."""
@@ -601,7 +717,9 @@ class PKField(SingleValueField):
         value = self._validate(value)
         self._instance._set_pk(value)
         self._set = True
-        self.connection.sadd(self.collection_key, value)
+        connection = self.connection
+        defer_next(connection)  # nobody reads the reply: sent with the next command
+        connection.sadd(self.collection_key, value)
         return 1
 
     def get(self) -> str:
@@ -660,13 +778,13 @@ class MultiValuesField(RedisField):
         """Strategy A: index the given values, then run the command."""
         if self.indexable:
             self.index(args)
-        return self._traverse_command(command, *args, **kwargs)
+        return self._write_command(command, *args, **kwargs)
 
     def _rem(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """Strategy D: deindex the given values, then run the command."""
         if self.indexable:
             self.deindex(args)
-        return self._traverse_command(command, *args, **kwargs)
+        return self._write_command(command, *args, **kwargs)
 
     def _pop(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """Strategy P: run the command, then deindex the value(s) it returned."""
@@ -879,7 +997,7 @@ class SortedSetField(MultiValuesField):
         _, kwargs = self.coerce_zadd_args(*args, **kwargs)
         if self.indexable:
             self.index(list(kwargs["mapping"]))
-        return self._traverse_command(command, **kwargs)
+        return self._write_command(command, **kwargs)
 
     def _call_zincrby(self, command: str, amount: Any, value: Any) -> Any:
         """Increment the score of ``value`` by ``amount`` (indexing ``value``)."""
@@ -941,7 +1059,14 @@ class HashField(MultiValuesField):
         """Set several keys at once (``HSET key k1 v1 ...``); returns ``True``."""
         if self.indexable and mapping:
             keys = list(mapping)
-            current = dict(zip(keys, self.connection.hmget(self.key, keys)))
+            connection = self.connection
+            if self._is_fresh() and defer_next(
+                connection, on_reply=lambda reply: check_fresh_reply(self, reply), is_write=False
+            ):
+                connection.hmget(self.key, keys)
+                current = {}
+            else:
+                current = dict(zip(keys, connection.hmget(self.key, keys)))
             self.deindex({key: value for key, value in current.items() if value is not None})
             self.index(mapping)
         result = self._write_hash(self.key, mapping)
@@ -1021,6 +1146,26 @@ class FieldLock(Lock):
             locked.discard(self.field.name)
 
     already_locked_by_model = property(_get_already_locked_by_model, _set_already_locked_by_model)
+
+    def do_acquire(self, token: Any) -> bool:
+        """Send ``SET name token NX PX``; in a batch, with the next read, and checked on its reply."""
+        instance = getattr(self.field, "_instance", None)
+        relaxed = bool(instance is not None and self.field._is_fresh() and not self.field.unique)
+        if defer_next(self.redis, guard=self, relaxed=relaxed):
+            self.redis.set(self.name, token, nx=True, px=int(self.timeout * 1000) if self.timeout else None)
+            return True
+        return super().do_acquire(token)
+
+    def _limpyd_wait_for_lock(self, token: Any) -> None:
+        """Wait for the lock after a queued ``SET NX`` found it held elsewhere."""
+        wait_for_lock(self, token)
+
+    def do_release(self, expected_token: Any) -> None:
+        """Run the release script; in a batch, queued and checked on its reply."""
+        if defer_next(self.redis, on_reply=release_reply_checker(self, expected_token)):
+            self.redis.evalsha(self.lua_release.sha, 1, self.name, expected_token)
+            return
+        super().do_release(expected_token)
 
     def acquire(self, *args: Any, **kwargs: Any) -> bool:
         """Take the lock, unless this thread already holds it for this field (sub-lock)."""

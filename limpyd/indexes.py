@@ -26,6 +26,7 @@ import logging
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+from limpyd._batch import defer_next
 from limpyd.exceptions import ImplementationError, UniquenessError
 from limpyd.utils import make_key, unique_key
 
@@ -452,12 +453,16 @@ class EqualIndex(BaseIndex):
 
     def store(self, key: str, pk: Any, **kwargs: Any) -> bool:
         """Add ``pk`` to the set ``key`` and return ``True`` (https://redis.io/commands/sadd)."""
-        self.connection.sadd(key, pk)
+        connection = self.connection
+        defer_next(connection)  # nobody reads the reply: sent with the next command
+        connection.sadd(key, pk)
         return True
 
     def unstore(self, key: str, pk: Any, **kwargs: Any) -> bool:
         """Remove ``pk`` from the set ``key`` and return ``True`` (https://redis.io/commands/srem)."""
-        self.connection.srem(key, pk)
+        connection = self.connection
+        defer_next(connection)  # nobody reads the reply: sent with the next command
+        connection.srem(key, pk)
         return True
 
     def add(self, pk: Any, *args: Any, check_uniqueness: bool = True, **kwargs: Any) -> None:
@@ -585,12 +590,16 @@ class BaseRangeIndex(BaseIndex):
         """Add ``member`` with ``score`` to ``key``; return whether it was sent (https://redis.io/commands/zadd)."""
         if score is None:
             return False
-        self.connection.zadd(key, {member: score})
+        connection = self.connection
+        defer_next(connection)  # nobody reads the reply: sent with the next command
+        connection.zadd(key, {member: score})
         return True
 
     def unstore(self, key: str, member: Any, score: Any) -> bool:
         """Remove ``member`` from ``key`` and return ``True`` (https://redis.io/commands/zrem)."""
-        self.connection.zrem(key, member)
+        connection = self.connection
+        defer_next(connection)  # nobody reads the reply: sent with the next command
+        connection.zrem(key, member)
         return True
 
     def add(self, pk: Any, *args: Any, check_uniqueness: bool = True, **kwargs: Any) -> None:

@@ -7,6 +7,7 @@ import sys
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from limpyd._batch import batch_scope, defer_next
 from limpyd.collection import CollectionManager
 from limpyd.database import RedisDatabase
 from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x exposes them here
@@ -233,22 +234,29 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         self._check_multi_fields_uniqueness(values)
 
         self._init_fields = set(values)
-        if pk_given:
-            self._init_fields.add(pk_name)
-            self.pk.set(pk_value)
-
         try:
-            for field in self.fields:
-                if field.name not in values or field.name == pk_name:
-                    continue
-                value = values[field.name]
-                if value is None or (isinstance(value, (list, tuple, set, dict)) and not value):
-                    continue
-                field.proxy_set(value)
+            with batch_scope(self.database):
+                if pk_given:
+                    self._init_fields.add(pk_name)
+                    self.pk.set(pk_value)
+                else:
+                    # the pk the first write allocates is new: its fields are known to be empty
+                    self._limpyd_fresh = True
+                for field in self.fields:
+                    if field.name not in values or field.name == pk_name:
+                        continue
+                    value = values[field.name]
+                    if value is None or (isinstance(value, (list, tuple, set, dict)) and not value):
+                        continue
+                    field._drop_next_result()
+                    field.proxy_set(value)
         except UniquenessError:
+            self.__dict__.pop("_limpyd_fresh", None)
             if self.__dict__.get("_pk"):
                 self.delete()
             raise
+        finally:
+            self.__dict__.pop("_limpyd_fresh", None)
 
     def _check_multi_fields_uniqueness(self, values: Dict[str, Any]) -> None:
         """Check the unique multi-field indexes for the values given at creation."""
@@ -444,6 +452,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
             if callable(default):
                 default = default()
             if default is not None:
+                field._drop_next_result()
                 field.proxy_set(default)
 
     # ------------------------------------------------------------------ instance hash
@@ -492,10 +501,14 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     def delete(self) -> None:
         """Delete every field of the instance (and its index entries), then the pk."""
         pk_name = self.get_field("pk").name
-        for field in self.fields:
-            if field.name != pk_name:
-                field.delete()
-        self.connection.srem(self.pk.collection_key, self._pk)
+        with batch_scope(self.database):
+            for field in self.fields:
+                if field.name != pk_name:
+                    field._drop_next_result()
+                    field.delete()
+            connection = self.connection
+            defer_next(connection)  # nobody reads the reply: sent with the next command
+            connection.srem(self.pk.collection_key, self._pk)
         del self._pk
 
     def scan_keys(self, count: Optional[int] = None) -> Iterator[str]:

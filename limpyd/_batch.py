@@ -1,0 +1,308 @@
+"""Write-behind batches: send the writes nobody waits for together with the next command that
+needs a reply, so an ORM operation costs a few round trips instead of one per command.
+
+A batch is opened (per thread and database) by the operations that send many commands: a
+modifier of an indexable field, an instance creation, a deletion, the instance-hash ``hmset`` /
+``hdel``. While it is open, ``database.connection`` returns a :class:`BatchClient`: every command
+sent through it keeps its place in the server's command order, so the server sees exactly the
+commands, in exactly the order, that sending them one by one would give; only the number of round
+trips changes. Commands whose reply is needed (reads, lock acquisitions, pk allocation) are sent
+at once with the queued ones; the writes whose replies nobody reads (index entries, the pk's
+collection entry, lock releases, field writes whose result the caller drops) wait in the queue.
+
+Two speculations keep the round trips down, both verified when the replies come back:
+- a lock acquisition (``SET NX``) is sent with the read that follows it (a read needs no lock to be
+  sent, only to be trusted): if the lock was not acquired, the lock is then waited for as usual and
+  the read sent again; a write never travels behind an unconfirmed lock;
+- while an instance is being created with a pk it has just allocated, its fields are known to be
+  empty: the reads of their current values are sent without waiting for the replies (checked when
+  they arrive), and the locks of its non-unique fields are taken without waiting (nobody else can
+  be writing the fields of a pk nobody knows yet: the lock commands are sent, as the command
+  contract wants, but a lock held elsewhere does not make the creation wait).
+
+Inside a user pipeline (``PipelineDatabase``) no batch is opened: commands go to the pipeline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, List, Optional
+
+import redis
+from redis.client import Pipeline
+from redis.exceptions import DataError, LockError, LockNotOwnedError, NoScriptError
+
+__all__ = ["Batch", "BatchClient", "Pending", "batch_scope", "current_batch", "defer_next", "resolve"]
+
+#: commands whose reply is needed but which may travel behind an unconfirmed lock: they read
+READ_COMMANDS = frozenset((
+    "GET", "HGET", "HMGET", "HGETALL", "HEXISTS", "SMEMBERS", "SISMEMBER", "SCARD", "LRANGE", "LINDEX",
+    "LLEN", "ZRANGE", "ZRANGEBYSCORE", "ZRANGEBYLEX", "ZSCORE", "ZCARD", "EXISTS", "TYPE", "STRLEN",
+))
+
+
+class Pending:
+    """The result of a command still in the batch queue; ``get()`` flushes if needed."""
+
+    __slots__ = ("batch", "value", "error", "done")
+
+    def __init__(self, batch: "Batch") -> None:
+        self.batch = batch
+        self.done = False
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
+
+    def set(self, value: Any = None, error: Optional[BaseException] = None) -> None:
+        self.value, self.error, self.done = value, error, True
+
+    def get(self) -> Any:
+        """Return the command's result (sending the queue first if it is still there)."""
+        if not self.done:
+            self.batch.flush()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def resolve(value: Any) -> Any:
+    """Return ``value``, or the result it stands for if it is a :class:`Pending`."""
+    return value.get() if isinstance(value, Pending) else value
+
+
+class _Item:
+    __slots__ = ("args", "options", "on_reply", "guard", "relaxed", "is_write")
+
+    def __init__(self, args: tuple, options: dict, on_reply: Optional[Callable[[Any], None]] = None,
+                 guard: Any = None, relaxed: bool = False, is_write: bool = True) -> None:
+        self.args = args
+        self.options = options
+        self.on_reply = on_reply
+        self.guard = guard
+        self.relaxed = relaxed
+        self.is_write = is_write
+
+
+class BatchClient(redis.Redis):
+    """The ``redis.Redis`` seen through ``database.connection`` while a batch is open.
+
+    It shares the real client's pool and callbacks (its attributes are the real client's); every
+    command goes through the batch, immediately unless :func:`defer_next` marked it.
+    """
+
+    def __init__(self, real: redis.Redis, batch: "Batch") -> None:  # no redis.Redis.__init__: a view
+        self.__dict__.update(real.__dict__)
+        self.auto_close_connection_pool = False  # the pool is the real client's: never close it
+        self._limpyd_real = real
+        self._limpyd_batch = batch
+        self._limpyd_defer: Optional[_Item] = None
+
+    def close(self) -> None:
+        """Do nothing: the connections belong to the real client."""
+
+    def __del__(self) -> None:
+        pass
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        item = self._limpyd_defer
+        if item is not None:
+            self._limpyd_defer = None
+            item.args, item.options = args, options
+            self._limpyd_batch.enqueue(item)
+            return None
+        return self._limpyd_batch.execute(args, options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        self._limpyd_batch.flush()
+        return self._limpyd_real.pipeline(transaction=transaction, shard_hint=shard_hint)
+
+
+class Batch:
+    """The queue of one thread's writes on one database, and the logic that sends it."""
+
+    def __init__(self, real: redis.Redis) -> None:
+        self.real = real
+        self.client = BatchClient(real, self)
+        self.queue: List[_Item] = []
+        self.depth = 0
+        self.strict_guard_queued = False
+        self.owners: set = set()
+
+    # ------------------------------------------------------------------ queueing
+
+    def enqueue(self, item: _Item) -> None:
+        """Queue ``item``; a write never travels behind an unconfirmed (strict) lock."""
+        if item.is_write and item.guard is None and self.strict_guard_queued:
+            self.flush()
+        self.queue.append(item)
+        if item.guard is not None and not item.relaxed:
+            self.strict_guard_queued = True
+
+    def execute(self, args: tuple, options: dict) -> Any:
+        """Send the command ``args`` now, with the queue in front of it; return its reply."""
+        if not self.queue:
+            return self.real.execute_command(*args, **options)
+        name = str(args[0]).upper()
+        is_read = name in READ_COMMANDS or (name == "INCRBY" and str(args[1]).endswith(":max_pk"))
+        if self.strict_guard_queued and not is_read:
+            self.flush()
+            return self.real.execute_command(*args, **options)
+        items = self.queue
+        self.queue = []
+        self.strict_guard_queued = False
+        replies = self._send(items + [_Item(args, options)])
+        rerun = self._process(items, replies[:-1])
+        if rerun and name != "INCRBY":  # a read sent behind a lock we did not get yet
+            return self.real.execute_command(*args, **options)
+        reply = replies[-1]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def flush(self) -> None:
+        """Send every queued command now."""
+        if not self.queue:
+            return
+        items = self.queue
+        self.queue = []
+        self.strict_guard_queued = False
+        self._process(items, self._send(items))
+
+    def _send(self, items: List[_Item]) -> list:
+        pipe = self.real.pipeline(transaction=False)
+        for item in items:
+            pipe.execute_command(*item.args, **item.options)
+        try:
+            return pipe.execute(raise_on_error=False)
+        except DataError:
+            # a value redis-py cannot encode: nothing was sent; send one by one, as without a batch
+            replies: list = []
+            for item in items:
+                try:
+                    replies.append(self.real.execute_command(*item.args, **item.options))
+                except DataError as exc:
+                    replies.append(exc)
+            return replies
+
+    def _process(self, items: List[_Item], replies: list) -> bool:
+        """Check the replies of queued commands; return whether a strict lock had to be waited for."""
+        waited = False
+        error: Optional[BaseException] = None
+        for item, reply in zip(items, replies):
+            try:
+                if item.guard is not None:
+                    if not reply and not isinstance(reply, Exception):
+                        if item.relaxed:
+                            item.guard._limpyd_not_acquired = True
+                        else:
+                            item.guard._limpyd_wait_for_lock(item.args[2])
+                            waited = True
+                    elif isinstance(reply, Exception):
+                        raise reply
+                elif item.on_reply is not None:
+                    item.on_reply(reply)
+                elif isinstance(reply, Exception):
+                    raise reply
+            except BaseException as exc:  # keep checking the others: their callbacks must run
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
+        return waited
+
+
+_local = threading.local()
+
+
+def current_batch(database: Any) -> Optional[Batch]:
+    """Return the batch open on ``database`` in this thread, if any."""
+    batches = getattr(_local, "batches", None)
+    return batches.get(id(database)) if batches else None
+
+
+def batch_client(database: Any) -> Optional[BatchClient]:
+    """Return the client of the batch open on ``database`` in this thread, if any."""
+    batches = getattr(_local, "batches", None)
+    if batches:
+        batch = batches.get(id(database))
+        if batch is not None:
+            return batch.client
+    return None
+
+
+class batch_scope:  # noqa: N801 - used as a context manager, like contextlib's helpers
+    """Open (or join) the batch of ``database`` for this thread; the outermost scope flushes it."""
+
+    __slots__ = ("database", "batch", "opened")
+
+    def __init__(self, database: Any) -> None:
+        self.database = database
+        self.batch: Optional[Batch] = None
+        self.opened = False
+
+    def __enter__(self) -> Optional[Batch]:
+        database = self.database
+        batch = current_batch(database)
+        if batch is None:
+            real = database.connection
+            if isinstance(real, Pipeline) or not isinstance(real, redis.Redis):
+                return None  # a user pipeline (or a custom client): commands go there, unbatched
+            batch = Batch(real)
+            batches = getattr(_local, "batches", None)
+            if batches is None:
+                batches = _local.batches = {}
+            batches[id(database)] = batch
+            self.opened = True
+        batch.depth += 1
+        self.batch = batch
+        return batch
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        batch = self.batch
+        if batch is None:
+            return
+        batch.depth -= 1
+        if not self.opened:
+            return
+        try:
+            batch.flush()
+        finally:
+            del _local.batches[id(self.database)]
+
+
+def defer_next(connection: Any, on_reply: Optional[Callable[[Any], None]] = None, guard: Any = None,
+               relaxed: bool = False, is_write: bool = True) -> bool:
+    """Mark the next command sent through ``connection`` to be queued; return whether it will be.
+
+    Only a :class:`BatchClient` queues commands; on any other client the command runs at once.
+    """
+    if type(connection) is not BatchClient:
+        return False
+    connection._limpyd_defer = _Item((), {}, on_reply, guard, relaxed, is_write)
+    return True
+
+
+def wait_for_lock(lock: Any, token: Any) -> None:
+    """Acquire ``lock`` with ``token`` the way redis-py's blocking ``acquire`` does (after a miss)."""
+    client = lock.redis._limpyd_real if isinstance(lock.redis, BatchClient) else lock.redis
+    timeout = int(lock.timeout * 1000) if lock.timeout else None
+    blocking_timeout = lock.blocking_timeout
+    stop_at = time.monotonic() + blocking_timeout if blocking_timeout is not None else None
+    while not client.set(lock.name, token, nx=True, px=timeout):
+        if not lock.blocking or (stop_at is not None and time.monotonic() > stop_at):
+            raise LockError("Unable to acquire the lock %r: it is held by someone else" % lock.name)
+        time.sleep(lock.sleep)
+
+
+def release_reply_checker(lock: Any, token: Any) -> Callable[[Any], None]:
+    """Return the callback checking the reply of a queued lock release (as redis-py's release)."""
+
+    def check(reply: Any) -> None:
+        if isinstance(reply, NoScriptError):  # first release on this server: load the script, retry
+            reply = lock.lua_release(keys=[lock.name], args=[token], client=lock.redis._limpyd_real)
+        elif isinstance(reply, Exception):
+            raise reply
+        if not reply and not getattr(lock, "_limpyd_not_acquired", False):
+            raise LockNotOwnedError("Cannot release a lock that's no longer owned")
+
+    return check
