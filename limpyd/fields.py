@@ -505,6 +505,9 @@ class RedisField(RedisProxyCommand):
 
     def _read_current(self) -> Any:
         """Return the stored value (``proxy_get``); on a fresh instance, queue the read and assume empty."""
+        instance = getattr(self, "_instance", None)
+        if instance is not None and instance.__dict__.get("_limpyd_fresh") and not instance.__dict__.get("_pk"):
+            instance.pk.get()  # the read would allocate the pk first anyway: do it now
         if not self._is_fresh():
             return self.proxy_get()
         batch = current_batch(self._model.database)
