@@ -28,15 +28,14 @@ SCAN_TARGET = 1.25  # scan_keys() may take at most this times the bare SCAN COUN
 MAKE_KEY_TARGET = 3.0  # compiled make_key must be at least this times faster than the twin
 
 
-def _scan_worker(socket_path: str, repeat: int, no_extensions: bool) -> Dict[str, object]:
-    """Run the scan rows in a subprocess, with the compiled speedups or the Python twin."""
+def _worker(module: str, arguments: List[str], no_extensions: bool) -> Dict[str, object]:
+    """Run ``python -m module arguments`` with the compiled speedups or the twin; return its JSON."""
     env = dict(os.environ)
     env.pop("LIMPYD_NO_EXTENSIONS", None)
     if no_extensions:
         env["LIMPYD_NO_EXTENSIONS"] = "1"
     output = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_scan", socket_path, str(repeat)],
-        env=env, check=True, capture_output=True, text=True,
+        [sys.executable, "-m", module, *arguments], env=env, check=True, capture_output=True, text=True,
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -75,6 +74,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[1])
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys to scan (default 1,000,000)")
     parser.add_argument("--repeat", type=int, default=5, help="rounds per row; the best is kept (default 5)")
+    parser.add_argument("--instances", type=int, default=10_000,
+                        help="instances created, updated and deleted by the ORM rows (default 10,000)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     args = parser.parse_args(argv)
     results: Dict[str, object] = {"keys": args.keys}
@@ -86,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         scan_rows = []
         per_mode = {}
         for mode, no_extensions in (("cython", False), ("python", True)):
-            timings = _scan_worker(server.socket_path, args.repeat, no_extensions)
+            timings = _worker("benchmarks.bench_scan", [server.socket_path, str(args.repeat)], no_extensions)
             per_mode[mode] = timings
             if timings.pop("implementation") != mode:
                 print("warning: the %s worker ran the %s speedups" % (mode, mode == "cython" and "python" or "cython"))
@@ -109,12 +110,36 @@ def main(argv: Optional[List[str]] = None) -> int:
         scan_rows.append(["SCAN loop, Redis' default COUNT 10 (as 2.1.2)", "-", "%.3f" % default_count,
                           "%.2fx" % (default_count / reference)])
         results["scan_default_count_10"] = default_count
+        client.flushall()
+
+        orm = {mode: _worker("benchmarks.bench_orm", [server.socket_path, str(args.instances)], no_ext)
+               for mode, no_ext in (("cython", False), ("python", True))}
+        results["orm"] = orm
 
     _print_table(
         "Full scan of %d keys (best of %d; ratio = time / bare SCAN COUNT 1000 loop of the same worker)"
         % (args.keys, args.repeat),
         ["row", "speedups", "seconds", "ratio"],
         scan_rows,
+    )
+
+    orm_rows = []
+    for mode, result in orm.items():
+        for row in result["rows"]:
+            ours, plain = row["limpyd"], row["redis-py"]
+            orm_rows.append([
+                row["operation"], mode,
+                "%.0f" % ours["us"], "%.1f" % ours["commands"], "%.1f" % ours["round_trips"],
+                "%.0f" % plain["us"], "%.1f" % plain["commands"], "%.1f" % plain["round_trips"],
+                "%.2fx" % (ours["us"] / plain["us"]),
+                "%d / %d" % (row["upstream_round_trips"], row["upstream_commands"]),
+            ])
+    _print_table(
+        "ORM, per operation, %d instances (limpyd vs plain redis-py sending the same commands one by one)"
+        % args.instances,
+        ["operation", "speedups", "limpyd us", "cmds", "round trips", "redis-py us", "cmds", "round trips",
+         "time ratio", "2.1.2 rt/cmds"],
+        orm_rows,
     )
 
     speedup_rows = bench_speedups.run()
@@ -138,6 +163,15 @@ def main(argv: Optional[List[str]] = None) -> int:
               % (MAKE_KEY_TARGET, worst, "met" if worst >= MAKE_KEY_TARGET else "NOT MET"))
     else:
         print("  compiled make_key: the extension is not built (pip install . with a C compiler)")
+
+    limits = {"create": (4, 20), "get+set": (4, 9), "delete": (4, 19)}
+    for row in orm["cython"]["rows"]:
+        max_round_trips, max_commands = limits[row["operation"]]
+        ours = row["limpyd"]
+        met = ours["round_trips"] <= max_round_trips and ours["commands"] <= max_commands
+        print("  %s: <= %d round trips and <= %d commands: %.1f / %.1f %s"
+              % (row["operation"], max_round_trips, max_commands, ours["round_trips"], ours["commands"],
+                 "met" if met else "NOT MET"))
 
     if args.json:
         with open(args.json, "w") as handle:
