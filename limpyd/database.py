@@ -9,8 +9,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import redis
 from redis.lock import Lock
 
-from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x re-exports them here
 from limpyd._batch import batch_client, current_batch
+from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x re-exports them here
 from limpyd.exceptions import ImplementationError, LimpydException
 from limpyd.indexes import EqualIndex
 from limpyd.speedups import decode_scan_batch, make_key, register_model
