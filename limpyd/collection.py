@@ -34,8 +34,8 @@ import operator
 from collections import namedtuple
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x exposes them here
-from limpyd.exceptions import DoesNotExist, ImplementationError
+# redis-limpyd 2.x exposes every exception here (it star-imported them)
+from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.fields import SingleValueField
 from limpyd.utils import make_key, unique_key
 
@@ -445,7 +445,8 @@ class CollectionManager(object):
             proposed: Dict[Tuple[Any, ...], Any] = {}
             for index in multi_indexes:
                 for combination in index.can_filter_fields(pairs):
-                    proposed.setdefault(tuple(combination), index)
+                    if all(pair in pairs for pair in combination):
+                        proposed.setdefault(tuple(combination), index)
             kept = [combination for combination in proposed
                     if not any(set(combination) < set(other) for other in proposed)]
             combined: List[Any] = []
