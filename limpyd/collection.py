@@ -773,8 +773,9 @@ class CollectionManager(object):
                 results, func = self._fetch_collection(apply_slice=python_slice)
             return CollectionResults(results, func)
 
+        # full fetches below pass NONE_SLICE: their result is not cached as the collection's (C2)
         if self._lazy_collection["pks"]:
-            results, func = self._fetch_collection()
+            results, func = self._fetch_collection(apply_slice=NONE_SLICE)
             position = arg
         elif arg >= 0:
             results, func = self._fetch_window(arg, 1, False)
@@ -783,7 +784,7 @@ class CollectionManager(object):
             results, func = self._fetch_window(-arg - 1, 1, True)
             position = 0
         else:  # Redis would not reverse: take the full result (C7)
-            results, func = self._fetch_collection()
+            results, func = self._fetch_collection(apply_slice=NONE_SLICE)
             position = arg
         try:
             entry = results[position]

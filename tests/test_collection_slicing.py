@@ -330,3 +330,24 @@ def test_optimize_slice_contract():
     assert optimize(slice(None, None, -1), True)[0] is False
     with pytest.raises(ValueError):
         optimize(slice(None, None, 0), True)
+
+
+def test_index_full_fetches_are_not_cached(database, namespace, count_commands):
+    """C2 also for the full fetches of a pk collection (C4) and of a non-reversible negative index (C7)."""
+    Boat = boats(database, namespace)
+    missing = Boat.collection(pk=9)
+    with pytest.raises(IndexError):
+        missing[0]
+    present = Boat.collection(pk=2)
+    assert present[-1] == "2"
+    unsorted = Boat.collection().sort(by="nosort")
+    last = unsorted[-1]
+    assert list(unsorted[-2:])[-1] == last
+    for collection in (missing, present, unsorted):
+        assert collection._collection_cache is None and collection._len is None
+    with count_commands(1):
+        assert list(missing) == []
+    with count_commands(1):
+        assert len(present) == 1
+    with count_commands(1):
+        assert list(unsorted)[-1] == last
