@@ -72,6 +72,19 @@ def _describe_suffixes(suffixes: Any) -> str:
     return ", ".join(names) if names else "(none)"
 
 
+def _execute(pipeline: Any) -> List[Any]:
+    """Run the commands queued in ``pipeline`` (all of them) and return their replies.
+
+    The first failed command raises its own error, unchanged: same exception and message as
+    when the commands are sent one by one (redis-py would prefix it with the pipeline position).
+    """
+    replies = pipeline.execute(raise_on_error=False)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 def _slice_part(value: Any, model: type) -> Optional[int]:
     """Return the slice start/stop/step ``value`` as an ``int`` (or ``None``), else raise ``TypeError``."""
     if value is None:
@@ -564,7 +577,7 @@ class CollectionManager(object):
             with pipeline:
                 pipeline.sinterstore(final_key, list(keys))
                 pipeline.delete(*tmp_keys)
-                pipeline.execute()
+                _execute(pipeline)
             return final_key, True
         try:
             final_key = self._combine_sets(keys, final_key)
@@ -605,7 +618,7 @@ class CollectionManager(object):
                 else:
                     pipeline.sort(final_set, **sort_options)
                 pipeline.delete(final_set)
-                results = pipeline.execute()[0]
+                results = _execute(pipeline)[0]
             return list(results) if sort_options is None else results
         try:
             return self._final_redis_call(final_set, sort_options)
@@ -661,7 +674,7 @@ class CollectionManager(object):
                 pipeline.scard(final_set)
                 pipeline.expire(final_set, self.FINAL_SET_TTL)
                 try:
-                    length = pipeline.execute()[0]
+                    length = _execute(pipeline)[0]
                 except BaseException:
                     self.connection.delete(final_set)
                     raise
