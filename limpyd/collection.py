@@ -413,7 +413,7 @@ class CollectionManager(object):
         return next(iter(pks))
 
     def _pk_exists(self, pk: Any) -> bool:
-        """Return whether ``pk`` is in the model's collection (1 ``SISMEMBER``)."""
+        """Return whether ``pk`` is in the model's collection (https://redis.io/commands/sismember)."""
         return bool(self.connection.sismember(make_key(self.model._name, "collection"), pk))
 
     def _is_pk_only(self, sort_options: Optional[Dict[str, Any]]) -> bool:
@@ -532,7 +532,7 @@ class CollectionManager(object):
         return keys, tmp_keys
 
     def _delete_keys(self, keys: Any) -> None:
-        """Delete the temporary ``keys`` with one ``DEL`` (nothing sent without keys)."""
+        """Delete the temporary ``keys`` with one command, none without keys (https://redis.io/commands/del)."""
         if keys:
             self.connection.delete(*keys)
 
