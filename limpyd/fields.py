@@ -60,6 +60,35 @@ def write_hash(database: Any, key: str, mapping: Dict[str, Any]) -> Any:
     return True if isinstance(result, int) else result
 
 
+def field_label(field: Any) -> str:
+    """Return ``Model.field`` for error messages (``<unbound>`` parts when not attached)."""
+    model = getattr(field, "_model", None)
+    return "%s.%s" % (model.__name__ if model is not None else "<no model>", getattr(field, "name", "<unnamed>"))
+
+
+def check_value(field: Any, value: Any, role: str = "value") -> None:
+    """Raise redis-py's ``DataError`` naming the model, field and value if Redis cannot store ``value``.
+
+    Done before any Redis command, so a bad value leaves Redis untouched: limpyd stores ``str``,
+    ``bytes`` (UTF-8: everything is read back as ``str``), ``int`` and ``float``.
+    """
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return
+    if isinstance(value, bytes):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(
+                "Invalid %s %r for %s: these bytes are not UTF-8, and limpyd reads every value back as "
+                "str. Store text (or encode the bytes, e.g. base64) first." % (role, value, field_label(field))
+            ) from None
+        return
+    raise DataError(
+        "Invalid %s %r (of type %s) for %s: Redis stores str, bytes, int or float. Convert it first "
+        "(e.g. str(value)), or skip the field to store nothing." % (role, value, type(value).__name__, field_label(field))
+    )
+
+
 def check_fresh_reply(field: Any, reply: Any) -> None:
     """Raise if a read of the pk an instance just allocated found data (left by another instance)."""
     if reply is None or reply == {} or reply == [] or reply == set() or (
@@ -487,10 +516,21 @@ class RedisField(RedisProxyCommand):
         """Say that the result of the next command of this field is dropped (it may be queued)."""
         self.__dict__["_limpyd_drop_result"] = True
 
+    def _has_default_post_command(self) -> bool:
+        """Return whether no ``post_command`` hook is overridden (on the field or its instance).
+
+        Queued commands run their hook when the batch is sent: with a hook of its own, a model
+        keeps the one-by-one timing (its hook runs while the field lock is still held).
+        """
+        instance = getattr(self, "_instance", None)
+        return type(self).post_command is RedisField.post_command and (
+            instance is None or type(instance).post_command is RedisProxyCommand.post_command
+        )
+
     def _write_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Run a command whose result only goes back to the caller (queued when that is allowed)."""
         batch = current_batch(self._model.database)
-        if batch is not None and id(self) in batch.owners:
+        if batch is not None and id(self) in batch.owners and self._has_default_post_command():
             self.__dict__["_limpyd_pending"] = Pending(batch)
             try:
                 return self._traverse_command(name, *args, **kwargs)
@@ -508,7 +548,7 @@ class RedisField(RedisProxyCommand):
         instance = getattr(self, "_instance", None)
         if instance is not None and instance.__dict__.get("_limpyd_fresh") and not instance.__dict__.get("_pk"):
             instance.pk.get()  # the read would allocate the pk first anyway: do it now
-        if not self._is_fresh():
+        if not self._is_fresh() or not self._has_default_post_command():
             return self.proxy_get()
         batch = current_batch(self._model.database)
         if batch is None:
@@ -561,6 +601,7 @@ class SingleValueField(RedisField):
 
     def _call_set(self, command: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         """Strategy S: (de)index only when the value changes, uniqueness checked before writing."""
+        check_value(self, value)
         if self.indexable:
             current = self._read_current()
             if normalize(current) != normalize(value):
@@ -572,6 +613,7 @@ class SingleValueField(RedisField):
 
     def _index_if_set(self, command: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         """Strategy N: run the command, index ``value`` only if it was written."""
+        check_value(self, value)
         result = self._traverse_command(command, value, *args, **kwargs)
         if self.indexable and result:
             self.index(value)
@@ -590,6 +632,10 @@ class SingleValueField(RedisField):
         if value is None:
             value = self._stored_values()
         self._deindex([value], only_index)
+
+    def check_creation_value(self, value: Any) -> None:
+        """Raise ``DataError`` if ``value``, given to the model's constructor, cannot be stored."""
+        check_value(self, value)
 
     def check_uniqueness(self, value: Any) -> None:
         """Raise ``UniquenessError`` if ``value`` is taken (for a unique field; no pk allocated)."""
@@ -779,6 +825,8 @@ class MultiValuesField(RedisField):
 
     def _add(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """Strategy A: index the given values, then run the command."""
+        for value in args:
+            check_value(self, value)
         if self.indexable:
             self.index(args)
         return self._write_command(command, *args, **kwargs)
@@ -798,6 +846,8 @@ class MultiValuesField(RedisField):
 
     def _index_all_if_set(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """Strategy N: run the command, index the given values only if the result is truthy."""
+        for value in args:
+            check_value(self, value)
         result = self._traverse_command(command, *args, **kwargs)
         if self.indexable and result:
             self.index(args)
@@ -822,6 +872,11 @@ class MultiValuesField(RedisField):
         if values is None:
             values = self._stored_values()
         self._deindex(values, only_index)
+
+    def check_creation_value(self, value: Any) -> None:
+        """Raise ``DataError`` if ``value`` (a value or a list/tuple/set of them) cannot be stored."""
+        for item in value if isinstance(value, (list, tuple, set)) else [value]:
+            check_value(self, item)
 
     def check_uniqueness(self, values: Any) -> None:
         """Raise ``UniquenessError`` if one of ``values`` is taken (unique field; no pk allocated)."""
@@ -927,6 +982,7 @@ class ListField(MultiValuesField):
 
     def _call_lset(self, command: str, index: Any, value: Any) -> Any:
         """Replace the element at ``index``, deindexing the old one and indexing ``value``."""
+        check_value(self, value)
         if not self.indexable:
             return self._traverse_command(command, index, value)
         old = self.connection.lindex(self.key, index)
@@ -938,6 +994,7 @@ class ListField(MultiValuesField):
 
     def _call_linsert(self, command: str, where: Any, refvalue: Any, value: Any) -> Any:
         """Insert ``value`` before/after ``refvalue``; index it unless the pivot was not found."""
+        check_value(self, value)
         result = self._traverse_command(command, where, refvalue, value)
         if self.indexable and result != -1:
             self.index([value])
@@ -962,6 +1019,16 @@ class SortedSetField(MultiValuesField):
     _call_zrem = MultiValuesField._rem
     _call_zremrangebyrank = _call_zremrangebyscore = _call_zremrangebylex = RedisField._reset
     _call_zscan = _call_zscan_iter = MultiValuesField._scan
+
+    def check_creation_value(self, value: Any) -> None:
+        """Raise ``DataError`` unless ``value`` is a ``{member: score}`` dict Redis can store."""
+        if not isinstance(value, dict):
+            raise DataError(
+                "Invalid value %r for %s: a SortedSetField takes a {member: score} dict." % (value, field_label(self))
+            )
+        for member, score in value.items():
+            check_value(self, member, "member")
+            check_value(self, score, "score")
 
     def zmembers(self) -> list:
         """Return every member, by ascending score (``ZRANGE key 0 -1``)."""
@@ -998,12 +1065,16 @@ class SortedSetField(MultiValuesField):
     def _call_zadd(self, command: str, *args: Any, **kwargs: Any) -> Any:
         """Add members with their scores (a mapping, or ``member=score`` keywords)."""
         _, kwargs = self.coerce_zadd_args(*args, **kwargs)
+        for member, score in (kwargs.get("mapping") or {}).items():
+            check_value(self, member, "member")
+            check_value(self, score, "score")
         if self.indexable:
             self.index(list(kwargs["mapping"]))
         return self._write_command(command, **kwargs)
 
     def _call_zincrby(self, command: str, amount: Any, value: Any) -> Any:
         """Increment the score of ``value`` by ``amount`` (indexing ``value``)."""
+        check_value(self, value, "member")
         if self.indexable:
             self.index([value])
         return self._traverse_command(command, amount, value)
@@ -1034,6 +1105,16 @@ class HashField(MultiValuesField):
 
     _call_hscan = _call_hscan_iter = MultiValuesField._scan
 
+    def check_creation_value(self, value: Any) -> None:
+        """Raise ``DataError`` unless ``value`` is a ``{hash key: value}`` dict Redis can store."""
+        if not isinstance(value, dict):
+            raise DataError(
+                "Invalid value %r for %s: a HashField takes a {hash key: value} dict." % (value, field_label(self))
+            )
+        for key, item in value.items():
+            check_value(self, key, "hash key")
+            check_value(self, item)
+
     def _index_parts(self, values: Any) -> list:
         """Return ``[(hash_key, value), ...]`` from a dict."""
         return list(values.items())
@@ -1049,6 +1130,8 @@ class HashField(MultiValuesField):
 
     def _call_hset(self, command: str, key: Any, value: Any) -> Any:
         """Set ``key`` to ``value``, moving its index entry when the value changes."""
+        check_value(self, key, "hash key")
+        check_value(self, value)
         if self.indexable:
             current = self.connection.hget(self.key, key)
             if current != value:
@@ -1060,6 +1143,8 @@ class HashField(MultiValuesField):
 
     def _call_hmset(self, command: str, *args: Any, **mapping: Any) -> bool:
         """Set several keys at once (``HSET key k1 v1 ...``); returns ``True``."""
+        for value in mapping.values():
+            check_value(self, value)
         if self.indexable and mapping:
             keys = list(mapping)
             connection = self.connection
@@ -1081,6 +1166,8 @@ class HashField(MultiValuesField):
 
     def _call_hsetnx(self, command: str, key: Any, value: Any) -> Any:
         """Set ``key`` only if it does not exist, indexing the value if it was set."""
+        check_value(self, key, "hash key")
+        check_value(self, value)
         result = self._traverse_command(command, key, value)
         if self.indexable and result:
             self.index({key: value})

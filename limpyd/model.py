@@ -21,6 +21,7 @@ from limpyd.fields import (
     PKField,
     RedisField,
     RedisProxyCommand,
+    check_value,
     write_hash,
 )
 from limpyd.utils import make_key
@@ -226,6 +227,9 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
                 pk_given, pk_value = True, value
                 continue
             values[field.name] = value
+            if value is None or (isinstance(value, (list, tuple, set, dict)) and not value):
+                continue  # skipped at creation: nothing written for this field
+            field.check_creation_value(value)
             if field.unique:
                 if isinstance(field, MultiValuesField):
                     field.check_uniqueness(value.keys() if isinstance(value, dict) else value)
@@ -470,6 +474,8 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     def _call_hmset(self, command: str, **values: Any) -> Any:
         """Set several InstanceHashFields in one write, maintaining their indexes (no lock)."""
         self._check_instancehash_names(values)
+        for name, value in values.items():
+            check_value(self.get_field(name), value)
         indexed = []
         try:
             for name in values:
