@@ -1012,3 +1012,81 @@ def test_multi_field_index_resolution(database, namespace, redis_settings):
     assert _PairIndex.calls == [(None, ("a",), {"second": (["b"], None)})]
     assert set(Duo.collection(first="a", second__eq="b", third="x")) == {"2"}
     assert set(Duo.collection(first="a")) == set()  # served by its EqualIndex
+
+
+# ---------------------------------------------------------------------- overridable hooks
+
+
+def test_overridden_hooks_are_called_with_the_same_commands(database, namespace, redis_settings):
+    """Subclasses overriding the command hooks see every call; the commands sent stay the same."""
+    calls = []
+
+    class Traced(CollectionManager):
+        def _combine_sets(self, sets, final_key):
+            calls.append(("combine", sorted(sets)))
+            return super()._combine_sets(sets, final_key)
+
+        def _final_redis_call(self, final_set, sort_options):
+            calls.append(("retrieve", sort_options))
+            return super()._final_redis_call(final_set, sort_options)
+
+        def _collection_length(self, final_set):
+            calls.append(("length", final_set))
+            return super()._collection_length(final_set)
+
+    Boat = boats(database, namespace)
+    client = raw_client(redis_settings)
+    logs = []
+    for manager in (CollectionManager, Traced):
+        collection = Boat.collection(manager=manager, power="sail", launched__in=[1898, 1966]).sort(by="-length")
+        with command_log(client) as log:
+            assert len(collection) == 2
+            assert list(collection) == ["3", "1"]
+            assert list(Boat.collection(manager=manager, power="sail", launched__in=[1898, 1966])[0:1]) == ["1"]
+        logs.append(log)
+    assert logs[0] == logs[1]
+    assert [entry.split(" ")[0] for entry in logs[0]] == [
+        "EXISTS", "SUNIONSTORE", "EXISTS", "SINTERSTORE", "DEL", "SCARD", "EXPIRE",  # len()
+        "EXPIRE", "SORT", "DEL",  # list()
+        "EXISTS", "SUNIONSTORE", "EXISTS", "SINTERSTORE", "DEL", "SORT", "DEL",  # [0:1]
+    ]
+    n = namespace
+    assert [name for name, _ in calls] == ["combine", "length", "retrieve", "combine", "retrieve"]
+    assert calls[2] == ("retrieve", {"by": "%s:boat:*:length" % n, "desc": True})
+    assert calls[4] == ("retrieve", {"start": 0, "num": 1})
+    assert temporary_keys(client) == []
+
+
+def test_final_set_ttl_is_a_class_attribute(database, namespace, redis_settings):
+    class Short(CollectionManager):
+        FINAL_SET_TTL = 50
+
+    Boat = boats(database, namespace)
+    client = raw_client(redis_settings)
+    collection = Boat.collection(manager=Short, power="sail", launched__in=[1898, 1966])
+    assert len(collection) == 2
+    assert 40 < client.ttl(collection._final_set) <= 50
+    with command_log(client) as log:
+        assert set(collection) == {"1", "3"}
+    assert log[0] == "EXPIRE %s:boat:__collection__:final:<a> 50" % namespace
+
+
+def test_sort_limits_never_outlive_a_window(database, namespace):
+    seen = []
+
+    class Spy(CollectionManager):
+        def _prepare_sort_options(self, has_pk):
+            options = super()._prepare_sort_options(has_pk)
+            seen.append((dict(self._sort_limits or {}), self._sort_limits_reverse, options))
+            return options
+
+    Boat = boats(database, namespace)
+    collection = Boat.collection(manager=Spy).sort(by="length")
+    assert collection[-1] == "4"
+    assert (collection._sort_limits, collection._sort_limits_reverse) == (None, False)
+    assert collection._sort == {"by": "%s:boat:*:length" % namespace}  # C1: not flipped
+    assert list(collection) == ["2", "1", "3", "4"]
+    assert seen == [
+        ({"start": 0, "num": 1}, True, {"by": "%s:boat:*:length" % namespace, "start": 0, "num": 1, "desc": True}),
+        ({}, False, {"by": "%s:boat:*:length" % namespace}),
+    ]
