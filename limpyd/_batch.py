@@ -31,7 +31,9 @@ from typing import Any, Callable, List, Optional
 
 import redis
 from redis.client import Pipeline
-from redis.exceptions import DataError, LockError, LockNotOwnedError, NoScriptError
+from redis.exceptions import DataError, LockError, LockNotOwnedError, NoScriptError, ResponseError
+
+from limpyd._pool import get_pool_connection
 
 __all__ = ["Batch", "BatchClient", "Pending", "batch_scope", "current_batch", "defer_next", "resolve"]
 
@@ -169,20 +171,47 @@ class Batch:
         self._process(items, self._send(items))
 
     def _send(self, items: List[_Item]) -> list:
-        pipe = self.real.pipeline(transaction=False)
-        for item in items:
-            pipe.execute_command(*item.args, **item.options)
+        """Send ``items`` in one write on one pooled connection; return the parsed replies (or errors).
+
+        What redis-py's non-transactional pipeline does, without its per-call bookkeeping. A value
+        redis-py cannot encode fails the packing, before anything is sent: the commands are then
+        sent one by one, as they would have been without a batch, each error in its place.
+        """
+        real = self.real
         try:
-            return pipe.execute(raise_on_error=False)
+            packed_items = [item.args for item in items]
+            pool = real.connection_pool
+            connection = get_pool_connection(pool, "PIPELINE")
+            try:
+                packed = connection.pack_commands(packed_items)
+            except BaseException:
+                pool.release(connection)
+                raise
         except DataError:
-            # a value redis-py cannot encode: nothing was sent; send one by one, as without a batch
+            return self._send_one_by_one(items)
+        try:
+            connection.send_packed_command(packed)
             replies: list = []
             for item in items:
                 try:
-                    replies.append(self.real.execute_command(*item.args, **item.options))
-                except DataError as exc:
+                    replies.append(real.parse_response(connection, item.args[0], **item.options))
+                except ResponseError as exc:
                     replies.append(exc)
             return replies
+        except BaseException:
+            connection.disconnect()  # never hand back a connection with unread replies
+            raise
+        finally:
+            pool.release(connection)
+
+    def _send_one_by_one(self, items: List[_Item]) -> list:
+        replies: list = []
+        for item in items:
+            try:
+                replies.append(self.real.execute_command(*item.args, **item.options))
+            except (DataError, ResponseError) as exc:
+                replies.append(exc)
+        return replies
 
     def _process(self, items: List[_Item], replies: list) -> bool:
         """Check the replies of queued commands; return whether a strict lock had to be waited for."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -10,6 +9,7 @@ import redis
 from redis.lock import Lock
 
 from limpyd._batch import batch_client, current_batch
+from limpyd._pool import get_pool_connection
 from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x re-exports them here
 from limpyd.exceptions import ImplementationError, LimpydException
 from limpyd.indexes import EqualIndex
@@ -243,7 +243,7 @@ class RedisDatabase:
     @staticmethod
     def _scan(pool: Any, arguments: List[Any]) -> Iterator[str]:
         """Drive a ``SCAN`` loop on a pooled connection, one request always in flight."""
-        connection = _get_pool_connection(pool)
+        connection = get_pool_connection(pool, "SCAN")
         pending = False
         try:
             connection.send_command("SCAN", 0, *arguments)
@@ -262,22 +262,6 @@ class RedisDatabase:
             if pending:
                 _drain_reply(connection)
             pool.release(connection)
-
-
-def _get_pool_connection(pool: Any) -> Any:
-    """Take a connection from ``pool``, with or without a command name as the redis-py version wants."""
-    needs_name = _POOL_NEEDS_COMMAND_NAME.get(type(pool))
-    if needs_name is None:
-        try:
-            parameter = inspect.signature(pool.get_connection).parameters.get("command_name")
-        except (TypeError, ValueError):
-            parameter = None
-        needs_name = parameter is not None and parameter.default is inspect.Parameter.empty
-        _POOL_NEEDS_COMMAND_NAME[type(pool)] = needs_name
-    return pool.get_connection("SCAN") if needs_name else pool.get_connection()
-
-
-_POOL_NEEDS_COMMAND_NAME: Dict[type, bool] = {}
 
 
 def _drain_reply(connection: Any) -> None:

@@ -9,6 +9,7 @@ sorted sets), index maintenance and ``FieldLock`` follow spec 11.
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from redis.exceptions import DataError, ResponseError
@@ -1265,6 +1266,8 @@ class FieldLock(Lock):
             self.sub_lock_mode = True
             return True
         self.already_locked_by_model = True
+        if len(args) < 4 and "token" not in kwargs:
+            kwargs["token"] = os.urandom(16).hex()  # as unique as redis-py's uuid1, much cheaper
         try:
             return super().acquire(*args, **kwargs)
         except BaseException:
