@@ -711,13 +711,15 @@ def test_uniqueness_error_while_writing_deletes_the_instance(Base, client, names
 def test_other_errors_while_writing_are_not_cleaned(Base, client, namespace):
     class M(Base):
         a = StringField()
-        b = StringField()
+        b = SetField()
 
-    with pytest.raises(redis.DataError):
-        M(a="x", b=object())
     n = namespace + ":m"
+    client.set(n + ":1:b", "not a set")  # the write of `b` will fail on the server (WRONGTYPE)
+    with pytest.raises(redis.ResponseError):
+        M(a="x", b=["v"])
     assert layout(client) == {
-        n + ":collection": ("set", {"1"}), n + ":max_pk": ("string", "1"), n + ":1:a": ("string", "x")}
+        n + ":collection": ("set", {"1"}), n + ":max_pk": ("string", "1"), n + ":1:a": ("string", "x"),
+        n + ":1:b": ("string", "not a set")}
 
 
 def test_no_value_is_cached(Base, client, count_commands):
