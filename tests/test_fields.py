@@ -1213,3 +1213,85 @@ def test_renamed_pk(Base, namespace):
     assert Named(pk="bar").name.get() == "bar"
     with pytest.raises(ValueError, match=r"^You cannot pass two values for the primary key \(pk and name\)$"):
         Named(pk="a", name="b")
+
+
+# ---------------------------------------------------------------------- values (spec 11 §3)
+
+
+def test_values_are_encoded_by_redis_py_and_read_back_as_str(Base, client, namespace):
+    class M(Base):
+        s = StringField()
+        i = StringField(indexable=True)
+        tags = SetField()
+
+    obj = M()
+    for value, stored in ((1.0, "1.0"), (0.1 + 0.2, "0.30000000000000004"), (1e20, "1e+20"),
+                          (float("inf"), "inf"), (-3, "-3"), (b"caf\xc3\xa9", "café"), ("", "")):
+        obj.s.set(value)
+        assert obj.s.get() == stored
+    obj.i.set(15.1)
+    assert client.smembers("%s:m:i:15.1" % namespace) == {"1"}
+    obj.i.set(b"rosalie")
+    assert client.smembers("%s:m:i:rosalie" % namespace) == {"1"}
+    obj.tags.sadd(1, 2.5, 1e20)
+    assert obj.tags.smembers() == {"1", "2.5", "1e+20"}
+
+
+@pytest.mark.parametrize("call", [
+    lambda o: o.s.set("x"), lambda o: o.s.incr(), lambda o: o.s.delete(), lambda o: o.i.set("x"),
+    lambda o: o.i.setnx("x"), lambda o: o.ih.hset("x"), lambda o: o.ih.hdel(), lambda o: o.iih.hincrby(1),
+], ids=["set", "incr", "delete", "indexable set", "indexable setnx", "hset", "hdel", "indexable hincrby"])
+def test_single_value_modifiers_of_a_lazy_unknown_instance(Base, client, call):
+    class M(Base):
+        s = StringField()
+        i = StringField(indexable=True)
+        ih = InstanceHashField()
+        iih = InstanceHashField(indexable=True)
+
+    lazy = M.lazy_connect(3)
+    with pytest.raises(DoesNotExist, match="^No M found with pk 3$"):
+        call(lazy)
+    assert lazy._pk is None and client.keys("*") == []
+
+
+def test_single_value_getters_of_a_lazy_unknown_instance(Base, count_commands):
+    class M(Base):
+        s = StringField(indexable=True)
+        ih = InstanceHashField(indexable=True)
+
+    lazy = M.lazy_connect(3)
+    with count_commands(3):
+        assert lazy.s.get() is None and lazy.ih.hget() is None and lazy.s.strlen() == 0
+    assert lazy._pk == "3" and not lazy.connected
+
+
+def test_pk_normalize_is_the_hook_for_every_pk(Base, client, namespace):
+    class LowerPK(PKField):
+        def normalize(self, value):
+            return str(value).lower()
+
+    class M(Base):
+        id = LowerPK()
+
+    obj = M(id="ABC")
+    assert obj._pk == "abc" and obj.pk.get() == "abc"
+    assert client.smembers("%s:m:collection" % namespace) == {"abc"}
+    assert M("ABC")._pk == "abc" and M.get("Abc") == obj
+    assert M.lazy_connect("ABC")._pk == "abc"
+    with pytest.raises(UniquenessError):
+        M(id="aBc")
+
+
+def test_pk_allocation_by_eq_hash_and_scan_keys(Base, count_commands):
+    class M(Base):
+        pass
+
+    a, b = M(), M()
+    with count_commands(4):  # both sides get a pk (INCRBY + SADD each)
+        assert a != b
+    c = M()
+    with count_commands(2 + 1):  # the pk, then one SCAN
+        assert list(c.scan_keys()) == []
+    d = M()
+    hash(d)
+    assert {a._pk, b._pk} == {"1", "2"} and (c._pk, d._pk) == ("3", "4")

@@ -675,3 +675,15 @@ def test_unique_multi_value_fields(Base, client, namespace):
             call()
     assert index_keys(client, namespace) == before
     assert other.tags.smembers() == {"x"} and other.items.lmembers() == [] and other.scores.zmembers() == []
+
+
+def test_hash_hset_compares_raw_values(Base, client, namespace, count_commands):
+    class M(Base):
+        h = HashField(indexable=True)
+
+    obj = M(h={"n": "5"})
+    with count_commands(4 + 4):  # 5 != "5": deindexed and indexed again (raw comparison)
+        obj.h.hset("n", 5)
+    with count_commands(4 + 2):
+        obj.h.hset("n", "5")
+    assert client.smembers(namespace + ":m:h:n:5") == {"1"}

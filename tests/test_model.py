@@ -754,3 +754,24 @@ def test_lazy_instance_modifier_checks_existence_once(Base, client, count_comman
     assert missing._pk is None
     assert missing.s.get() is None and missing._pk == "2"  # a later command allocates a new pk
     assert client.smembers(M.get_field("pk").collection_key) == {"1", "2"}
+
+
+def test_database_connection_is_read_at_every_command(Base, database, redis_settings):
+    class M(Base):
+        s = StringField(indexable=True)
+        plain = StringField()
+
+    obj = M(s="a", plain="b")
+    database.reset(**dict(redis_settings, db=1))  # the models follow at once: no client cached on them
+    try:
+        db1 = redis.Redis(**dict(redis_settings, db=1), decode_responses=True)
+        obj.plain.set("c")
+        obj.s.set("d")
+        assert db1.get(obj.plain.key) == "c" and db1.get(obj.s.key) == "d"
+        assert db1.smembers("%s:s:d" % M._name) == {"1"}
+        assert M.get_connection() is database.connection and obj.connection is database.connection
+        db1.flushdb()
+        db1.close()
+    finally:
+        database.reset(**redis_settings)
+    assert obj.plain.get() == "b" and obj.s.get() == "a"
