@@ -35,7 +35,17 @@ from redis.exceptions import DataError, LockError, LockNotOwnedError, NoScriptEr
 
 from limpyd._pool import get_pool_connection
 
-__all__ = ["Batch", "BatchClient", "Pending", "batch_scope", "current_batch", "defer_next", "resolve"]
+__all__ = [
+    "Batch",
+    "BatchClient",
+    "Pending",
+    "assume_exists",
+    "batch_scope",
+    "current_batch",
+    "defer_next",
+    "queue_command",
+    "resolve",
+]
 
 #: commands whose reply is needed but which may travel behind an unconfirmed lock: they read
 READ_COMMANDS = frozenset((
@@ -335,3 +345,51 @@ def release_reply_checker(lock: Any, token: Any) -> Callable[[Any], None]:
             raise LockNotOwnedError("Cannot release a lock that's no longer owned")
 
     return check
+
+
+def queue_command(connection: Any, name: str, *args: Any, **kwargs: Any) -> Optional[Pending]:
+    """Queue the redis-py command ``name`` on ``connection`` and return its :class:`Pending` result.
+
+    Returns ``None`` (and sends nothing) when ``connection`` is not a :class:`BatchClient`: the
+    caller then sends the command its usual way. An error reply is raised when the batch is sent.
+    """
+    if type(connection) is not BatchClient:
+        return None
+    pending = Pending(connection._limpyd_batch)
+
+    def on_reply(reply: Any) -> None:
+        if isinstance(reply, Exception):
+            pending.set(error=reply)
+            raise reply
+        pending.set(reply)
+
+    connection._limpyd_defer = _Item((), {}, on_reply)
+    getattr(connection, name)(*args, **kwargs)
+    return pending
+
+
+class assume_exists:  # noqa: N801 - a context manager
+    """Let ``connect()`` of the next instance of ``model_name``/``pk`` in this thread skip its check.
+
+    Used when the existence of many pks was checked in one round trip (same ``SISMEMBER``s, sent
+    together): the instance is then built as usual, its check answered from that reply.
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, model_name: str, pk: Any) -> None:
+        self.key = (model_name, pk)
+
+    def __enter__(self) -> None:
+        _local.assumed = self.key
+
+    def __exit__(self, *exc: Any) -> None:
+        _local.assumed = None
+
+
+def take_assumed_existence(model_name: str, pk: Any) -> bool:
+    """Return (and forget) whether ``connect()`` may skip its check for ``model_name``/``pk``."""
+    if getattr(_local, "assumed", None) == (model_name, pk):
+        _local.assumed = None
+        return True
+    return False

@@ -31,10 +31,14 @@ from __future__ import annotations
 import copy
 import itertools
 import operator
+import uuid
 from collections import namedtuple
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 # redis-limpyd 2.x exposes every exception here (it star-imported them)
+from redis.client import Pipeline
+
+from limpyd._batch import assume_exists, batch_scope, current_batch, defer_next, queue_command
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.fields import SingleValueField
 from limpyd.utils import make_key, unique_key
@@ -85,6 +89,70 @@ def _execute(pipeline: Any) -> List[Any]:
     return replies
 
 
+def _check_free_key(key: str) -> Callable[[Any], None]:
+    """Return the callback checking the reply of the ``EXISTS`` sent for a new temporary key."""
+
+    def check(reply: Any) -> None:
+        if isinstance(reply, Exception):
+            raise reply
+        if reply:
+            raise LimpydException(
+                "The temporary key %r already existed (a uuid4 collision?) and was overwritten: "
+                "retry the operation." % key
+            )
+
+    return check
+
+
+class _CheckedInstances:
+    """Convert pks to instances with ``Model(pk)``, checking the existence of upcoming pks in batches.
+
+    The same ``SISMEMBER`` per pk as converting them one by one, sent ``CHUNK`` at a time in one
+    round trip when iteration starts; each instance is then built by ``Model(pk)`` with its check
+    answered from that reply (a missing pk raises ``DoesNotExist`` as usual).
+    """
+
+    CHUNK = 1000
+
+    def __init__(self, model: type) -> None:
+        self.model = model
+        self.entries: List[Any] = []
+        self.position = 0
+        self.known: Dict[Any, bool] = {}
+
+    def prefetch(self, entries: List[Any]) -> None:
+        """Get ready to convert ``entries``, in this order."""
+        self.entries, self.position, self.known = entries, 0, {}
+
+    def _check_next_chunk(self) -> None:
+        chunk = [pk for pk in self.entries[self.position:self.position + self.CHUNK] if pk not in self.known]
+        if not chunk:
+            return
+        model = self.model
+        connection = model.get_connection()
+        if isinstance(connection, Pipeline):  # a user pipeline: collections are not evaluated there
+            return
+        pipeline = connection.pipeline(transaction=False)
+        collection_key = model.get_field("pk").collection_key
+        for pk in chunk:
+            pipeline.sismember(collection_key, model.get_field("pk").normalize(pk))
+        for pk, exists in zip(chunk, pipeline.execute()):
+            self.known[pk] = bool(exists)
+
+    def __call__(self, pk: Any) -> Any:
+        if self.entries:
+            if pk not in self.known:
+                self._check_next_chunk()
+            self.position += 1
+            exists = self.known.pop(pk, None)
+            if exists is not None:
+                if not exists:
+                    raise DoesNotExist("No %s found with pk %s" % (self.model.__name__, pk))
+                with assume_exists(self.model._name, self.model.get_field("pk").normalize(pk)):
+                    return self.model(pk)
+        return self.model(pk)
+
+
 def _slice_part(value: Any, model: type) -> Optional[int]:
     """Return the slice start/stop/step ``value`` as an ``int`` (or ``None``), else raise ``TypeError``."""
     if value is None:
@@ -131,6 +199,9 @@ class CollectionResults(object):
         if func is None:
             yield from entries
             return
+        prefetch = getattr(func, "prefetch", None)
+        if prefetch is not None:
+            prefetch(entries)
         for entry in entries:
             try:
                 yield func(entry)
@@ -142,6 +213,10 @@ class CollectionResults(object):
         return self._converted(self.data)
 
     def __next__(self) -> Any:
+        if self._cursor == -1:
+            prefetch = getattr(self.func, "prefetch", None)
+            if prefetch is not None:
+                prefetch(self.data)
         while True:
             if self._cursor + 1 >= self.length:
                 self._cursor = self.length
@@ -236,7 +311,14 @@ class CollectionManager(object):
         parts = [self.model._name, "__collection__"]
         if prefix:
             parts.append(prefix)
-        return unique_key(self.connection, make_key(*parts))
+        connection = self.connection
+        if current_batch(self.model.database) is not None:
+            # the EXISTS travels with the commands using the key: a uuid4 is free (checked on reply)
+            key = make_key(*parts, uuid.uuid4().hex)
+            defer_next(connection, on_reply=_check_free_key(key), is_write=False)
+            connection.exists(key)
+            return key
+        return unique_key(connection, make_key(*parts))
 
     def _get_simple_fields(self) -> List[str]:
         """Return the names of the model's ``SingleValueField`` fields (pk included), in model order."""
@@ -560,7 +642,9 @@ class CollectionManager(object):
                     return None, False
                 pk_key = self._unique_key("tmp")
                 tmp_keys.add(pk_key)
-                self.connection.sadd(pk_key, pk)
+                connection = self.connection
+                defer_next(connection)  # nobody reads the reply: sent with the next command
+                connection.sadd(pk_key, pk)
                 keys.add(pk_key)
             elif not keys:
                 return make_key(self.model._name, "collection"), False
@@ -571,6 +655,14 @@ class CollectionManager(object):
         except BaseException:
             self._delete_keys(tmp_keys)
             raise
+        connection = self.connection
+        if type(self)._combine_sets is CollectionManager._combine_sets and queue_command(
+            connection, "sinterstore", final_key, list(keys)
+        ):
+            # queued: sent with the retrieval (the DEL runs even if SINTERSTORE fails, as sequentially)
+            if tmp_keys:
+                queue_command(connection, "delete", *tmp_keys)
+            return final_key, True
         if tmp_keys and type(self)._combine_sets is CollectionManager._combine_sets:
             # one round trip; the DEL runs even if SINTERSTORE fails, as the sequential version
             pipeline = self.connection.pipeline(transaction=False)
@@ -610,7 +702,18 @@ class CollectionManager(object):
 
     def _retrieve(self, final_set: str, deletable: bool, sort_options: Optional[Dict[str, Any]]) -> List[Any]:
         """Return the raw results of ``final_set``, deleting it afterwards (even on error) if ``deletable``."""
-        if deletable and type(self)._final_redis_call is CollectionManager._final_redis_call:
+        default_call = type(self)._final_redis_call is CollectionManager._final_redis_call
+        connection = self.connection
+        if default_call and current_batch(self.model.database) is not None:
+            if sort_options is None:
+                pending = queue_command(connection, "smembers", final_set)
+            else:
+                pending = queue_command(connection, "sort", final_set, **sort_options)
+            if deletable:
+                queue_command(connection, "delete", final_set)
+            results = pending.get()  # sends the batch: queued commands, retrieval, DEL
+            return list(results) if sort_options is None else results
+        if deletable and default_call:
             pipeline = self.connection.pipeline(transaction=False)
             with pipeline:
                 if sort_options is None:
@@ -627,6 +730,15 @@ class CollectionManager(object):
                 self.connection.delete(final_set)
 
     def _fetch_collection(self, apply_slice: Optional[slice] = None) -> Tuple[List[Any], Converter]:
+        """Evaluate the collection (spec 21 §3) and return ``(results, converter)``.
+
+        Runs in a write-behind batch: the commands whose replies are not needed before the
+        retrieval (temporary keys, intersections) travel with it.
+        """
+        with batch_scope(self.model.database):
+            return self._fetch_collection_now(apply_slice)
+
+    def _fetch_collection_now(self, apply_slice: Optional[slice] = None) -> Tuple[List[Any], Converter]:
         """Evaluate the collection (spec 21 §3) and return ``(results, converter)``.
 
         The window in ``_sort_limits`` (if any) limits the retrieval; ``apply_slice`` is then
@@ -651,6 +763,11 @@ class CollectionManager(object):
         return self._prepare_results(results, _len_hint=len(results) if full else None, apply_slice=apply_slice)
 
     def _count(self) -> int:
+        """Return the number of results without retrieving them (spec 21 §3 step 5, count mode)."""
+        with batch_scope(self.model.database):
+            return self._count_now()
+
+    def _count_now(self) -> int:
         """Return the number of results without retrieving them (spec 21 §3 step 5, count mode).
 
         A temporary final key is kept ``FINAL_SET_TTL`` seconds and remembered, for the
@@ -668,7 +785,19 @@ class CollectionManager(object):
         final_set, deletable = self._get_final_set(self._lazy_collection["sets"], pk, None)
         if final_set is None:
             return 0
-        if deletable and type(self)._collection_length is CollectionManager._collection_length:
+        default_length = type(self)._collection_length is CollectionManager._collection_length
+        connection = self.connection
+        if deletable and default_length and current_batch(self.model.database) is not None:
+            pending = queue_command(connection, "scard", final_set)
+            queue_command(connection, "expire", final_set, self.FINAL_SET_TTL)
+            try:
+                length = pending.get()
+            except BaseException:
+                connection.delete(final_set)
+                raise
+            self._final_set, self._final_set_deletable = final_set, True
+            return length
+        if deletable and default_length:
             pipeline = self.connection.pipeline(transaction=False)
             with pipeline:
                 pipeline.scard(final_set)
@@ -698,7 +827,11 @@ class CollectionManager(object):
             self._len = _len_hint
         if apply_slice is not None:
             results = results[apply_slice]
-        return results, (self._to_instance if self._instances else None)
+        if not self._instances:
+            return results, None
+        if self._lazy_instances or type(self)._to_instance is not CollectionManager._to_instance:
+            return results, self._to_instance
+        return results, _CheckedInstances(self.model)
 
     def _to_instance(self, pk: Any) -> Any:
         """Return the instance of ``pk``: checked (``Model(pk)``) or lazy (``Model.lazy_connect(pk)``)."""

@@ -7,7 +7,7 @@ import sys
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from limpyd._batch import batch_scope, defer_next
+from limpyd._batch import batch_scope, defer_next, take_assumed_existence
 from limpyd.collection import CollectionManager
 from limpyd.database import RedisDatabase
 from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x exposes them here
@@ -413,7 +413,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         """Check that the pk exists (``SISMEMBER``), or raise ``DoesNotExist``."""
         if self._connected:
             return
-        if self.pk.exists(self._pk):
+        if take_assumed_existence(self._name, self._pk) or self.pk.exists(self._pk):
             self._connected = True
             return
         pk, self._pk = self._pk, None
