@@ -551,3 +551,41 @@ def test_downstream_call_shapes(database, client):
     for field in (obj.fk, obj.items, obj.tags, obj.scores, obj.h):
         field.delete()
     assert set(layout(client)) == {"ds:m:collection", "ds:m:max_pk"}
+
+
+DOWNSTREAM_NAMES = [
+    "name", "priority", "status", "identifier", "start", "end", "tries", "queued", "added", "type", "code",
+    "message", "traceback", "date", "time", "date_time", "waiting", "success", "errors", "delayed",
+    "delayed_until", "cancel_on_error", "job_pk", "job_model_repr", "queue_name", "on_started", "on_success",
+    "on_error", "on_skipped", "on_requeued", "on_delayed", "duration", "ident", "datetime", "run", "requeue",
+    "set_fields",
+]
+
+
+@pytest.mark.parametrize("name", DOWNSTREAM_NAMES)
+def test_model_base_has_no_attribute_named_like_downstream_fields(name):
+    assert not hasattr(model.RedisModel, name)
+
+
+def test_downstream_instance_usage(database):
+    db = database
+
+    class Job(model.RedisModel):
+        database = db
+        namespace = "jq"
+        status = StringField()
+        queued = InstanceHashField()
+
+    job = Job(status="waiting")
+    job._cached_status = "waiting"  # arbitrary attributes: no __slots__, no __setattr__ restriction
+    assert job._cached_status == "waiting"
+    assert not hasattr(job, "on_error")
+    assert job._name == "jq:job" and job.database is db
+    assert Job.make_key("jq", 1) == job.make_key("jq", 1) == "jq:1"
+    assert job.pk.get() == job._pk == "1"
+    assert Job.get("1") == job and Job.get(1) == job
+    with pytest.raises(Job.DoesNotExist):
+        Job.get(2)
+    lazy = Job.lazy_connect(7)
+    with pytest.raises(Job.DoesNotExist):  # a model-level modifier checks existence too
+        lazy.hmset(queued="1")
