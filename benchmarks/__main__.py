@@ -115,6 +115,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         orm = {mode: _worker("benchmarks.bench_orm", [server.socket_path, str(args.instances)], no_ext)
                for mode, no_ext in (("cython", False), ("python", True))}
         results["orm"] = orm
+        client.flushall()
+        collections = {mode: _worker("benchmarks.bench_collection", [server.socket_path, str(args.instances)], no_ext)
+                       for mode, no_ext in (("cython", False), ("python", True))}
+        results["collections"] = collections
 
     _print_table(
         "Full scan of %d keys (best of %d; ratio = time / bare SCAN COUNT 1000 loop of the same worker)"
@@ -140,6 +144,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         ["operation", "speedups", "limpyd us", "cmds", "round trips", "redis-py us", "cmds", "round trips",
          "time ratio", "2.1.2 rt/cmds"],
         orm_rows,
+    )
+
+    collection_rows = []
+    for mode, result in collections.items():
+        for row in result["rows"]:
+            ours, plain = row["limpyd"], row["redis-py"]
+            collection_rows.append([
+                row["operation"], mode, str(row["results"]),
+                "%.0f" % ours["us"], "%.1f" % ours["commands"], "%.1f" % ours["round_trips"],
+                "%.0f" % plain["us"], "%.1f" % plain["commands"], "%.1f" % plain["round_trips"],
+                "%.2fx" % (ours["us"] / plain["us"]),
+            ])
+    _print_table(
+        "Collections over %d instances, per operation (limpyd vs plain redis-py sending the same commands one "
+        "by one)" % args.instances,
+        ["operation", "speedups", "results", "limpyd us", "cmds", "round trips", "redis-py us", "cmds",
+         "round trips", "time ratio"],
+        collection_rows,
     )
 
     speedup_rows = bench_speedups.run()
@@ -172,6 +194,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("  %s: <= %d round trips and <= %d commands: %.1f / %.1f %s"
               % (row["operation"], max_round_trips, max_commands, ours["round_trips"], ours["commands"],
                  "met" if met else "NOT MET"))
+
+    for row in collections["cython"]["rows"]:
+        if row["operation"] == "filter 2 fields, .instances()":
+            trips = row["limpyd"]["round_trips"]
+            print("  filter by two fields then .instances(): <= 2 round trips (2.1.2: 5): %.1f %s"
+                  % (trips, "met" if trips <= 2 else "NOT MET"))
 
     if args.json:
         with open(args.json, "w") as handle:

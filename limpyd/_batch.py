@@ -200,7 +200,8 @@ class Batch:
         except DataError:
             return self._send_one_by_one(items)
         try:
-            connection.send_packed_command(packed)
+            # one write: redis-py cuts large packings into several buffers, each its own sendall
+            connection.send_packed_command([b"".join(packed)] if len(packed) > 1 else packed)
             replies: list = []
             for item in items:
                 try:
@@ -213,6 +214,10 @@ class Batch:
             raise
         finally:
             pool.release(connection)
+
+    def send_now(self, commands: List[tuple]) -> list:
+        """Send ``commands`` (tuples of command arguments) in one round trip; return their replies."""
+        return self._send([_Item(args, {}) for args in commands])
 
     def _send_one_by_one(self, items: List[_Item]) -> list:
         replies: list = []

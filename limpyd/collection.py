@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 # redis-limpyd 2.x exposes every exception here (it star-imported them)
 from redis.client import Pipeline
 
-from limpyd._batch import assume_exists, batch_scope, current_batch, defer_next, queue_command
+from limpyd._batch import Batch, assume_exists, batch_scope, current_batch, defer_next, queue_command
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.fields import SingleValueField
 from limpyd.utils import make_key, unique_key
@@ -132,11 +132,12 @@ class _CheckedInstances:
         connection = model.get_connection()
         if isinstance(connection, Pipeline):  # a user pipeline: collections are not evaluated there
             return
-        pipeline = connection.pipeline(transaction=False)
-        collection_key = model.get_field("pk").collection_key
-        for pk in chunk:
-            pipeline.sismember(collection_key, model.get_field("pk").normalize(pk))
-        for pk, exists in zip(chunk, pipeline.execute()):
+        pk_field = model.get_field("pk")
+        collection_key = pk_field.collection_key
+        replies = Batch(connection).send_now([("SISMEMBER", collection_key, pk_field.normalize(pk)) for pk in chunk])
+        for pk, exists in zip(chunk, replies):
+            if isinstance(exists, Exception):
+                raise exists
             self.known[pk] = bool(exists)
 
     def __call__(self, pk: Any) -> Any:

@@ -1,0 +1,122 @@
+"""Time collection operations, counting Redis commands and round trips, beside plain redis-py.
+
+``python -m benchmarks.bench_collection SOCKET INSTANCES`` prints a JSON list of rows. Each row
+runs one collection operation through limpyd and through a plain redis-py program sending the
+same commands one by one, in the same process and the same run (figures per operation).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from typing import Dict, List
+
+import redis
+
+import limpyd.speedups
+from benchmarks.bench_orm import Counters, measure
+from limpyd import fields, model
+from limpyd.database import RedisDatabase
+
+CITIES = 100  # filtering by one city gives INSTANCES / 100 results
+KINDS = 7  # a city and a kind together give about INSTANCES / 700 results
+
+
+def define_model(database: RedisDatabase) -> type:
+    """Return the benchmark model: a sortable name, two indexed fields."""
+    bench_database = database
+
+    class BenchPerson(model.RedisModel):
+        database = bench_database
+        namespace = "bench"
+        name = fields.InstanceHashField()
+        city = fields.InstanceHashField(indexable=True)
+        kind = fields.StringField(indexable=True)
+
+    return BenchPerson
+
+
+class PlainRedisPy:
+    """The commands limpyd sends for each operation, written with redis-py, one round trip each."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.r = client
+        self.prefix = prefix
+
+    def filter_pks(self, city: str) -> list:
+        return list(self.r.smembers("%s:city:%s" % (self.prefix, city)))
+
+    def filter_instances(self, city: str) -> list:
+        pks = self.filter_pks(city)
+        return [pk for pk in pks if self.r.sismember("%s:collection" % self.prefix, pk)]
+
+    def two_filters_instances(self, city: str, kind: str) -> list:
+        tmp = "%s:__collection__:final:%s" % (self.prefix, uuid.uuid4().hex)
+        self.r.exists(tmp)
+        self.r.sinterstore(tmp, ["%s:city:%s" % (self.prefix, city), "%s:kind:%s" % (self.prefix, kind)])
+        pks = list(self.r.smembers(tmp))
+        self.r.delete(tmp)
+        return [pk for pk in pks if self.r.sismember("%s:collection" % self.prefix, pk)]
+
+    def length(self, city: str) -> int:
+        return self.r.scard("%s:city:%s" % (self.prefix, city))
+
+    def sorted_slice(self) -> list:
+        return self.r.sort("%s:collection" % self.prefix, by="%s:*:hash->name" % self.prefix, alpha=True,
+                           start=10, num=10)
+
+
+def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
+    """Create ``instances`` instances, then time each collection operation; return one row each."""
+    settings = {"unix_socket_path": socket_path}
+    database = RedisDatabase(**settings)
+    database.connection.flushdb()
+    counters = Counters(redis.Redis(**settings))
+    Person = define_model(database)
+    for index in range(instances):
+        Person(name="person-%06d" % ((index * 7919) % instances), city="c%d" % (index % CITIES),
+               kind="k%d" % (index % KINDS))
+    plain = PlainRedisPy(redis.Redis(decode_responses=True, **settings), Person._name)
+    rows = []
+    workloads = [
+        ("filter 1 field, pks", 200,
+         lambda: list(Person.collection(city="c1")), lambda: plain.filter_pks("c1")),
+        ("filter 1 field, .instances()", 20,
+         lambda: list(Person.collection(city="c1").instances()), lambda: plain.filter_instances("c1")),
+        ("filter 2 fields, .instances()", 100,
+         lambda: list(Person.collection(city="c1", kind="k1").instances()),
+         lambda: plain.two_filters_instances("c1", "k1")),
+        ("len() of a filtered collection", 500,
+         lambda: len(Person.collection(city="c1")), lambda: plain.length("c1")),
+        ("alpha sort by hash field, [10:20]", 20,
+         lambda: Person.collection().sort(by="name", alpha=True)[10:20], plain.sorted_slice),
+    ]
+    for name, repeat, limpyd_run, plain_run in workloads:
+        expected = plain_run()
+        got = limpyd_run()
+        got_pks = [getattr(item, "_pk", item) for item in got] if not isinstance(got, int) else got
+        if (sorted(got_pks) if isinstance(got_pks, list) else got_pks) != (
+                sorted(expected) if isinstance(expected, list) else expected):
+            sys.exit("limpyd and redis-py disagree on %r: %r != %r" % (name, got_pks, expected))
+
+        def repeat_limpyd(run=limpyd_run, times=repeat) -> None:
+            for _ in range(times):
+                run()
+
+        def repeat_plain(run=plain_run, times=repeat) -> None:
+            for _ in range(times):
+                run()
+
+        rows.append({
+            "operation": name,
+            "results": got if isinstance(got, int) else len(got),
+            "limpyd": measure(counters, repeat, repeat_limpyd),
+            "redis-py": measure(counters, repeat, repeat_plain),
+        })
+    return rows
+
+
+if __name__ == "__main__":
+    result = {"implementation": limpyd.speedups.IMPLEMENTATION, "rows": run(sys.argv[1], int(sys.argv[2]))}
+    print(json.dumps(result))
