@@ -79,6 +79,7 @@ def command_log(client: redis.Redis) -> Iterator[List[str]]:
     inside Lua scripts appear (lower-cased, as Redis logs them) before the ``EVALSHA`` running them;
     lock tokens become ``<token>`` and script SHAs ``<sha>``.
     """
+    saved = {name: next(iter(client.config_get(name).values())) for name in ("slowlog-max-len", "slowlog-log-slower-than")}
     client.config_set("slowlog-max-len", 100000)
     client.config_set("slowlog-log-slower-than", 0)
     client.slowlog_reset()
@@ -87,7 +88,8 @@ def command_log(client: redis.Redis) -> Iterator[List[str]]:
         yield log
     finally:
         entries = client.slowlog_get(100000)
-        client.config_set("slowlog-log-slower-than", 10000)
+        for name, value in saved.items():
+            client.config_set(name, value)
         client.slowlog_reset()
         for entry in reversed(entries):
             text = _normalize(entry["command"])
