@@ -105,6 +105,7 @@ class RedisDatabase:
         self.connection_settings = connection_settings
         self._connection = None
         self.__dict__.pop("_redis_version", None)
+        self.__dict__.pop("_limpyd_hmset_only", None)
 
     @property
     def connection(self) -> redis.Redis:

@@ -51,12 +51,17 @@ def write_hash(database: Any, key: str, mapping: Dict[str, Any]) -> Any:
     connection = database.connection
     if not mapping:
         raise DataError("HSET requires at least one field to write into %r: got an empty mapping" % (key,))
+    version = database.__dict__.get("_redis_version")  # known without a command once connected
+    if (version is not None and version < (4,)) or getattr(database, "_limpyd_hmset_only", False):
+        result = connection.execute_command("HMSET", key, *[part for item in mapping.items() for part in item])
+        return True if isinstance(result, int) else result
     try:
         result = connection.hset(key, mapping=mapping)
     except ResponseError as exc:
         if "wrong number of arguments" not in str(exc):
             raise
-        # Redis < 4 takes one field per HSET: HMSET is the one-command form there
+        # Redis < 4 takes one field per HSET: HMSET is the one-command form there (remembered)
+        database._limpyd_hmset_only = True
         result = connection.execute_command("HMSET", key, *[part for item in mapping.items() for part in item])
     return True if isinstance(result, int) else result
 

@@ -522,11 +522,10 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         return self.database.scan_keys(make_key(self._name, self.pk.get(), "*"), count)
 
     def __eq__(self, other: Any) -> bool:
-        try:
-            other_identity = (type(other), other.pk.get())
-        except AttributeError:
+        if not isinstance(getattr(other, "pk", None), PKField):
             return NotImplemented
-        return (type(self), self.pk.get()) == other_identity
+        own_identity = (type(self), self.pk.get())
+        return own_identity == (type(other), other.pk.get())
 
     def __ne__(self, other: Any) -> bool:
         result = self.__eq__(other)

@@ -1,0 +1,779 @@
+"""More indexes (``limpyd.contrib.indexes``): composed, date/time, scored and multi-field indexes.
+
+- :class:`MultiIndexes`: one entry of a field's ``indexes``, several real indexes behind it
+  (``MultiIndexes.compose([EqualIndex, TextRangeIndex], key=..., transform=...)``);
+- date and time indexes built with it: :data:`DateIndex`, :data:`TimeIndex`,
+  :data:`DateTimeIndex`, :data:`SimpleDateTimeIndex` (and their building blocks), for string
+  values ``YYYY-MM-DD``, ``HH:MM:SS``, ``YYYY-MM-DD HH:MM:SS`` (extra trailing characters cut);
+- :class:`ScoredEqualIndex`: an equality index stored in sorted sets scored by another field of
+  the instance, so filtered results come back ordered by that field (needs an
+  ``ExtendedCollectionManager``);
+- :class:`EqualIndexWith`: an equality index on several fields together, used when all of them
+  are filtered, optionally unique together.
+
+Key layout, commands and messages follow redis-limpyd 2.1.2 (spec 30 §4), with one deliberate
+difference (Decision): removing a value from a unique :class:`ScoredEqualIndex` frees it (its pk
+leaves the ``<key>:__uniqueness__`` set; upstream kept the value "taken" forever).
+
+Known limitation, shared with upstream: the scored and multi-field indexes read the other
+fields' values from Redis, so an instance-hash ``hmset`` changing *both* an indexed field and
+its score field (or two fields of one ``EqualIndexWith``) in one call indexes with the values
+stored before the call. Change them with separate calls.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+
+from limpyd._batch import defer_next
+from limpyd.exceptions import ImplementationError
+from limpyd.fields import HashField, PKField, SingleValueField
+from limpyd.indexes import (
+    BaseIndex,
+    EqualIndex,
+    NumberRangeIndex,
+    TextRangeIndex,
+    _MultiFieldsIndexMixin,
+)
+from limpyd.model import RedisModel
+from limpyd.utils import NotProvided, cached_property, make_key
+
+__all__ = [
+    "MultiIndexes",
+    "DateIndexParts",
+    "DateRangeIndex",
+    "DateIndex",
+    "TimeIndexParts",
+    "TimeRangeIndex",
+    "TimeIndex",
+    "DateSimpleTimeIndex",
+    "DateTimeIndex",
+    "SimpleDateTimeIndex",
+    "ScoredEqualIndex",
+    "EqualIndexWith",
+    # re-exported from limpyd.indexes
+    "BaseIndex",
+    "EqualIndex",
+    "NumberRangeIndex",
+    "TextRangeIndex",
+]
+
+
+def _model_path(model: Any) -> str:
+    """Return ``module.qualname`` of ``model`` for error messages."""
+    return "%s.%s" % (model.__module__, model.__qualname__)
+
+
+def _field_path(model: Any, field: Any) -> str:
+    """Return ``module.Model.field`` for error messages."""
+    return "%s.%s" % (_model_path(model), getattr(field, "name", field))
+
+
+def _field_parts(field: Any, value: Any) -> List[Tuple[Any, ...]]:
+    """Return the index parts of ``value`` for ``field``: ``[(value,)]``, one per member, or ``(key, value)``.
+
+    ``None`` and empty containers give ``[]``.
+    """
+    if value is None:
+        return []
+    if isinstance(field, SingleValueField):
+        return [(value,)]
+    if isinstance(value, (str, bytes)):  # a single member
+        return [(value,)]
+    return [parts for parts in field._index_parts(value) if parts[-1] is not None]
+
+
+def _attach_related_index(target: Any, related_base: type, related_field: Any, index_class: type) -> None:
+    """Make ``target`` indexable with a related index pointing to ``index_class`` on ``related_field``.
+
+    Nothing is added when ``target`` already has it (a subclass copies its parent's fields with
+    their index classes, and the model-ready hooks run again for it).
+    """
+    for existing in target.index_classes:
+        if (
+            isinstance(existing, type)
+            and issubclass(existing, related_base)
+            and existing.related_index_class is index_class
+            and getattr(existing.related_field, "name", None) == related_field.name
+        ):
+            return
+    target.indexable = True
+    target.index_classes.append(related_base.configure(related_field=related_field, related_index_class=index_class))
+
+
+# ---------------------------------------------------------------------------------------------
+# MultiIndexes
+
+
+class MultiIndexes(BaseIndex):
+    """A proxy index: one entry in a field's ``indexes``, several real indexes (``index_classes``).
+
+    Values are transformed by the multi-index (``transform``) then passed, with its ``key`` as an
+    extra key part, to every sub-index; filters go to the first sub-index handling their suffix.
+    The model-ready hook is not forwarded: ``ScoredEqualIndex``/``EqualIndexWith`` cannot be used
+    inside.
+    """
+
+    index_classes: List[type] = []
+
+    @classmethod
+    def compose(cls, index_classes: List[type], key: Optional[str] = None, transform: Any = None,
+                name: Optional[str] = None) -> type:
+        """Return a new multi-index class made of ``index_classes`` (optionally with a key and transform)."""
+        attrs: Dict[str, Any] = {}
+        if index_classes:
+            attrs["index_classes"] = index_classes
+        composed = type(name or cls.__name__, (cls,), attrs)
+        options: Dict[str, Any] = {}
+        if key:
+            options["key"] = key
+        if transform:
+            options["transform"] = transform
+        if options:
+            composed = composed.configure(**options)
+        return composed
+
+    @cached_property
+    def _indexes(self) -> List[BaseIndex]:
+        """Return the sub-index objects (one per class of ``index_classes``)."""
+        return [index_class(self.field) for index_class in self.index_classes]
+
+    def can_handle_suffix(self, suffix: Optional[str]) -> bool:  # type: ignore[override]
+        """Return whether a sub-index can serve a filter with the full suffix ``suffix``."""
+        return any(index.can_handle_suffix(suffix) for index in self._indexes)
+
+    @property
+    def handle_uniqueness(self) -> bool:  # type: ignore[override]
+        """Return whether a sub-index can check uniqueness."""
+        return any(index.handle_uniqueness for index in self._indexes)
+
+    def get_unique_index(self) -> BaseIndex:
+        """Return the first sub-index able to check uniqueness (``IndexError`` if none)."""
+        for index in self._indexes:
+            if index.handle_uniqueness:
+                return index
+        raise IndexError(
+            "No sub-index of %s on %s can check uniqueness" % (type(self).__name__, _field_path(self.model, self.field))
+        )
+
+    def prepare_args(self, args: Iterable[Any], transform: bool = True) -> List[Any]:
+        """Return ``args`` with the value transformed (if asked) and ``key`` inserted before it."""
+        args = list(args)
+        if transform:
+            args[-1] = self.transform_value(args[-1])
+        if self.key:
+            args.insert(len(args) - 1, self.key)
+        return args
+
+    def add(self, pk: Any, *args: Any, check_uniqueness: bool = False, **kwargs: Any) -> None:
+        """Index ``pk`` in every sub-index; only the first uniqueness-capable one checks."""
+        args = self.prepare_args(args)
+        unique_index = None
+        if check_uniqueness:
+            unique_index = next((index for index in self._indexes if index.handle_uniqueness), None)
+        for index in self._indexes:
+            index.add(pk, *args, check_uniqueness=index is unique_index, **kwargs)
+
+    def remove(self, pk: Any, *args: Any, **kwargs: Any) -> None:
+        """Deindex ``pk`` from every sub-index."""
+        args = self.prepare_args(args)
+        for index in self._indexes:
+            index.remove(pk, *args, **kwargs)
+
+    def check_uniqueness(self, pk: Any, *args: Any) -> None:
+        """Check uniqueness with the unique sub-index (args prepared without transform)."""
+        self.get_unique_index().check_uniqueness(pk, *self.prepare_args(args, transform=False))
+
+    def get_filtered_keys(self, suffix: Optional[str], *args: Any, **kwargs: Any) -> List[Tuple[str, str, bool]]:
+        """Return the keys of the first sub-index handling ``suffix`` (filter values are not transformed)."""
+        args = self.prepare_args(args, transform=False)
+        for index in self._indexes:
+            if index.can_handle_suffix(suffix):
+                return index.get_filtered_keys(suffix, *args, **kwargs)
+        raise ImplementationError(
+            'No index found to manage filter suffix %r for field %s: no sub-index of %s handles it'
+            % (suffix, _field_path(self.model, self.field), type(self).__name__)
+        )
+
+    def get_all_storage_keys(self) -> Set[str]:
+        """Return the keys of every sub-index."""
+        keys: Set[str] = set()
+        for index in self._indexes:
+            keys.update(index.get_all_storage_keys())
+        return keys
+
+    def _rollback(self, pk: Any) -> None:
+        """Undo, in every sub-index, what was (de)indexed for ``pk`` in this thread."""
+        for index in self._indexes:
+            index._rollback(pk)
+
+    def _reset_rollback_cache(self, pk: Any) -> None:
+        """Forget the rollback cache of ``pk`` in every sub-index."""
+        for index in self._indexes:
+            index._reset_rollback_cache(pk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Date and time indexes (string values; non-string values make the transforms raise TypeError)
+
+
+def _number_part(name: str, start: int, end: int) -> type:
+    """Return a ``NumberRangeIndex`` prefixed ``name`` on ``value[start:end]``, without uniqueness."""
+    return NumberRangeIndex.configure(
+        prefix=name.lower()[: -len("index")],
+        transform=lambda value: value[start:end],
+        handle_uniqueness=False,
+        name=name,
+    )
+
+
+YearIndex = _number_part("YearIndex", 0, 4)
+MonthIndex = _number_part("MonthIndex", 5, 7)
+DayIndex = _number_part("DayIndex", 8, 10)
+DateIndexParts = MultiIndexes.compose([YearIndex, MonthIndex, DayIndex], name="DateIndexParts")
+DateRangeIndex = TextRangeIndex.configure(key="date", transform=lambda value: value[:10], name="DateRangeIndex")
+DateIndex = MultiIndexes.compose([DateRangeIndex, DateIndexParts], name="DateIndex")
+
+HourIndex = _number_part("HourIndex", 0, 2)
+MinuteIndex = _number_part("MinuteIndex", 3, 5)
+SecondIndex = _number_part("SecondIndex", 6, 8)
+TimeIndexParts = MultiIndexes.compose([HourIndex, MinuteIndex, SecondIndex], name="TimeIndexParts")
+TimeRangeIndex = TextRangeIndex.configure(key="time", transform=lambda value: value[:8], name="TimeRangeIndex")
+TimeIndex = MultiIndexes.compose([TimeRangeIndex, TimeIndexParts], name="TimeIndex")
+
+FullDateTimeRangeIndex = TextRangeIndex.configure(key="full", name="FullDateTimeRangeIndex")
+DateSimpleTimeIndex = MultiIndexes.compose(
+    [
+        FullDateTimeRangeIndex,
+        DateRangeIndex.configure(prefix="date"),
+        DateIndexParts,
+        TimeRangeIndex.configure(prefix="time", transform=lambda value: value[11:]),
+    ],
+    transform=lambda value: value[:19],
+    name="DateSimpleTimeIndex",
+)
+DateTimeIndex = MultiIndexes.compose(
+    [DateSimpleTimeIndex, TimeIndexParts.configure(transform=lambda value: value[11:])],
+    name="DateTimeIndex",
+)
+SimpleDateTimeIndex = MultiIndexes.compose(
+    [
+        FullDateTimeRangeIndex,
+        DateRangeIndex.configure(prefix="date"),
+        TimeRangeIndex.configure(prefix="time", transform=lambda value: value[11:]),
+    ],
+    transform=lambda value: value[:19],
+    name="SimpleDateTimeIndex",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Related indexes: attached to the fields another index depends on
+
+
+class _BaseRelatedIndex(BaseIndex):
+    """Base of the indexes that forward the changes of a field to an index of another field.
+
+    ``related_field`` (configured: a field of the model) is re-bound at init to the model-level
+    field of the same name; ``related_index`` is its index of class ``related_index_class``.
+    Stores nothing itself, and serves no filter.
+    """
+
+    related_field: Any = None
+    related_index_class: Optional[type] = None
+    configurable_attrs = BaseIndex.configurable_attrs | {"related_field", "related_index_class"}
+
+    @classmethod
+    def handle_configurable_attrs(cls, **kwargs: Any) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+        """Extract ``related_field`` and ``related_index_class``, then the base attributes."""
+        related = {name: kwargs.pop(name) for name in ("related_field", "related_index_class") if name in kwargs}
+        name, attrs, remaining = super().handle_configurable_attrs(**kwargs)
+        attrs.update(related)
+        return name, attrs, remaining
+
+    def __init__(self, field: Any) -> None:
+        super().__init__(field)
+        if self.related_field is not None:
+            self.related_field = self.model.get_field(self.related_field.name)
+
+    @cached_property
+    def related_index(self) -> Any:
+        """Return the index of ``related_field`` this index forwards to."""
+        index_class = self.related_index_class
+        return self.related_field.get_index(index_class=index_class, key=index_class.key, prefix=index_class.prefix)
+
+    def check_uniqueness(self, pk: Any, *args: Any) -> None:
+        """Do nothing: a related index checks no uniqueness of its own."""
+
+    def get_filtered_keys(self, suffix: Optional[str], *args: Any, **kwargs: Any) -> List[Tuple[str, str, bool]]:
+        """Refuse: a related index cannot filter its field."""
+        raise ImplementationError(
+            "%s on %s only maintains %s of %s: it cannot filter"
+            % (type(self).__name__, _field_path(self.model, self.field), getattr(self.related_index_class, "__name__", None),
+               _field_path(self.model, self.related_field))
+        )
+
+    def get_all_storage_keys(self) -> Set[str]:
+        """Return no key: a related index stores nothing itself."""
+        return set()
+
+
+class _ScoredEqualIndex_RelatedIndex(_BaseRelatedIndex):  # noqa: N801 - redis-limpyd 2.x name
+    """Attached to the score field of a :class:`ScoredEqualIndex`: updates its scores."""
+
+    def add(self, pk: Any, *args: Any, check_uniqueness: bool = False, **kwargs: Any) -> None:
+        """Give every entry of ``pk`` in the scored index the new score ``float(value)``."""
+        value = args[-1]
+        self.related_index.score_updated(pk, None if value is None else float(value))
+        self._record_indexed(pk, args)
+
+    def remove(self, pk: Any, *args: Any, **kwargs: Any) -> None:
+        """Remove every entry of ``pk`` from the scored index (its score is gone)."""
+        self.related_index.score_updated(pk, None)
+        self._record_deindexed(pk, args)
+
+
+class _EqualIndexWith_RelatedIndex(_MultiFieldsIndexMixin, _BaseRelatedIndex):  # noqa: N801
+    """Attached to each other field of an :class:`EqualIndexWith`: updates its combinations."""
+
+    handled_suffixes = {None, "eq", "in"}
+    supported_key_types = {"set"}
+
+    def _can_filter_fields(self, fields_and_suffixes: List[Tuple[str, Optional[str]]]) -> List[Tuple[str, Set[Optional[str]]]]:
+        """Return ``[]``: the combinations are served by the main index."""
+        return []
+
+    def check_uniqueness_at_init(self, values: Dict[str, Any]) -> None:
+        """Do nothing: the main index checks."""
+
+    def add(self, pk: Any, *args: Any, check_uniqueness: bool = False, **kwargs: Any) -> None:
+        """Add the combinations using this field's value ``args``."""
+        self.related_index.other_add(pk, self.field.name, *args)
+        self._record_indexed(pk, args)
+
+    def remove(self, pk: Any, *args: Any, **kwargs: Any) -> None:
+        """Remove the combinations using this field's value ``args``."""
+        self.related_index.other_remove(pk, self.field.name, *args)
+        self._record_deindexed(pk, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# ScoredEqualIndex
+
+
+def _is_extended_collection_manager(manager: Any) -> bool:
+    """Return whether ``manager`` is an ``ExtendedCollectionManager`` (sub)class."""
+    try:
+        from limpyd.contrib.collection import ExtendedCollectionManager
+    except ImportError:  # pragma: no cover - only while limpyd.contrib.collection is not installed
+        return isinstance(manager, type) and "zset" in getattr(manager, "_accepted_key_types", ())
+    return isinstance(manager, type) and issubclass(manager, ExtendedCollectionManager)
+
+
+class ScoredEqualIndex(EqualIndex):
+    """An equality index in sorted sets, each pk scored by the value of ``score_field``.
+
+    ``ScoredEqualIndex.configure(score_field='prio')``. Key
+    ``M:F[:H][:P]:equal-scored:<value>`` (zset of pks); no entry while the score is empty.
+    Filtering (``None``, ``eq``, ``in``) returns sorted sets, so results come ordered by score.
+    A unique field also keeps ``<key>:__uniqueness__`` (set of the pks using the value).
+    """
+
+    key = "equal-scored"
+    supported_key_types = {"zset"}
+    score_field: Any = None
+    configurable_attrs = EqualIndex.configurable_attrs | {"score_field"}
+    RelatedIndex = _ScoredEqualIndex_RelatedIndex
+
+    @classmethod
+    def handle_configurable_attrs(cls, **kwargs: Any) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+        """Extract ``score_field``, then the base attributes."""
+        score_field = kwargs.pop("score_field", NotProvided)
+        name, attrs, remaining = super().handle_configurable_attrs(**kwargs)
+        if score_field is not NotProvided:
+            attrs["score_field"] = score_field
+        return name, attrs, remaining
+
+    @classmethod
+    def _field_model_ready(cls, model: type, field: Any) -> None:
+        """Check the configuration and attach the related index to the score field."""
+        where = "%s on %s" % (cls.__name__, _field_path(model, field))
+        if not _is_extended_collection_manager(model.collection_manager):
+            raise ImplementationError(
+                "%s: the model's collection_manager %s cannot use sorted sets; set `collection_manager = "
+                "ExtendedCollectionManager` (from limpyd.contrib.collection) on %s"
+                % (where, getattr(model.collection_manager, "__name__", model.collection_manager), model.__name__)
+            )
+        score_name = getattr(cls.score_field, "name", cls.score_field)
+        if not score_name or not isinstance(score_name, str) or not model.has_field(score_name):
+            raise ImplementationError(
+                "%s: score_field %r is not a field of %s; use ScoredEqualIndex.configure(score_field='<field name>')"
+                % (where, score_name, model.__name__)
+            )
+        if score_name == field.name:
+            raise ImplementationError(
+                "%s: score_field %r is the indexed field itself; score it by another field of %s"
+                % (where, score_name, model.__name__)
+            )
+        score_field = model.get_field(score_name)
+        if not isinstance(score_field, SingleValueField) or isinstance(score_field, PKField):
+            raise ImplementationError(
+                "%s: score_field %r is a %s; use a StringField or InstanceHashField holding a number"
+                % (where, score_name, type(score_field).__name__)
+            )
+        cls.score_field = score_field
+        _attach_related_index(score_field, cls.RelatedIndex, field, cls)
+
+    def normalize_value(self, value: Any, transform: bool = True) -> Any:
+        """Return the stored form of ``value`` (a model instance gives its pk)."""
+        if isinstance(value, RedisModel):
+            value = value.pk.get()
+        return super().normalize_value(value, transform=transform)
+
+    @cached_property
+    def _score_field(self) -> Any:
+        """Return the model-level score field of this index's model (re-bound by name)."""
+        return self.model.get_field(getattr(self.score_field, "name", self.score_field))
+
+    def _read_score(self, pk: Any) -> Optional[float]:
+        """Return the score of ``pk`` (its score field's value as a float), ``None`` when empty."""
+        value = self._score_field.get_for_instance(pk).proxy_get()
+        return None if value is None else float(value)
+
+    @staticmethod
+    def uniqueness_key(key: str) -> str:
+        """Return the set of the pks using the value stored at ``key``: ``<key>:__uniqueness__``."""
+        return make_key(key, "__uniqueness__")
+
+    def get_uniqueness_members(self, key: str) -> List[str]:
+        """Return the pks using the value of ``key`` (https://redis.io/commands/smembers)."""
+        return list(self.connection.smembers(self.uniqueness_key(key)))
+
+    def store(self, key: str, pk: Any, score: Any = NotProvided, **kwargs: Any) -> bool:
+        """Add ``pk`` to ``key`` with its score (read unless given); return whether a write was sent.
+
+        The uniqueness set of a unique field is written even without a score
+        (https://redis.io/commands/zadd).
+        """
+        if score is NotProvided:
+            score = self._read_score(pk)
+        connection = self.connection
+        sent = False
+        if self.field.unique:
+            defer_next(connection)  # nobody reads the reply: sent with the next command
+            connection.sadd(self.uniqueness_key(key), pk)
+            sent = True
+        if score is not None:
+            defer_next(connection)
+            connection.zadd(key, {pk: score})
+            sent = True
+        return sent
+
+    def unstore(self, key: str, pk: Any, **kwargs: Any) -> bool:
+        """Remove ``pk`` from ``key`` (and from the uniqueness set: the value is free again).
+
+        https://redis.io/commands/zrem
+        """
+        connection = self.connection
+        defer_next(connection)
+        connection.zrem(key, pk)
+        if self.field.unique:
+            defer_next(connection)
+            connection.srem(self.uniqueness_key(key), pk)
+        return True
+
+    def score_updated(self, pk: Any, new_score: Optional[float]) -> None:
+        """Re-add every entry of ``pk`` with ``new_score``, or remove them all when it is ``None``."""
+        field = self.field.get_for_instance(pk)
+        connection = self.connection
+        for parts in _field_parts(self.field, field.proxy_get()):
+            key = self.get_storage_key(*parts)
+            defer_next(connection)  # nobody reads the reply: sent with the next command
+            if new_score is None:
+                connection.zrem(key, pk)
+            else:
+                connection.zadd(key, {pk: new_score})
+
+    def union_filtered_in_keys(self, dest_key: str, *source_keys: str) -> None:
+        """Store the union of the sorted sets ``source_keys`` into ``dest_key`` (https://redis.io/commands/zunionstore)."""
+        self.connection.zunionstore(dest_key, list(source_keys))
+
+    def get_filtered_keys(self, suffix: Optional[str], *args: Any, **kwargs: Any) -> List[Tuple[str, str, bool]]:
+        """Return the sorted set answering the filter (``in``: their union in a temporary key)."""
+        self._check_key_accepted_key_types(kwargs.get("accepted_key_types"))
+        return [(key, "zset", temporary) for key, _, temporary in super().get_filtered_keys(suffix, *args)]
+
+
+# ---------------------------------------------------------------------------------------------
+# EqualIndexWith
+
+
+class EqualIndexWith(_MultiFieldsIndexMixin, EqualIndex):
+    """An equality index on a field together with ``other_fields``, optionally unique together.
+
+    ``EqualIndexWith.configure(other_fields=['bar', 'baz'], unique=True)``. One set of pks per
+    combination of values: ``M:F[:P]:equal-with:<main parts>:<other1 parts>:...`` (the cartesian
+    product over multi-value fields; a hash gives ``<key>:<value>`` parts). Nothing is indexed
+    while any of the fields has no value. Used by collections only when every field is filtered
+    (suffixes ``None``, ``eq``, ``in``).
+    """
+
+    key = "equal-with"
+    handled_suffixes = {None, "eq", "in"}
+    supported_key_types = {"set", "zset"}
+    filter_single_field = False
+    unique = False
+    handle_uniqueness = False
+    other_fields: Any = None
+    configurable_attrs = (EqualIndex.configurable_attrs - {"handle_uniqueness"}) | {"other_fields", "unique"}
+    RelatedIndex = _EqualIndexWith_RelatedIndex
+
+    @classmethod
+    def configure(cls, other_fields: Any, unique: bool = False, **kwargs: Any) -> type:  # type: ignore[override]
+        """Return a subclass indexing its field with ``other_fields`` (names), ``unique`` together or not.
+
+        Also accepts ``prefix``, ``key``, ``transform`` and ``name``.
+        """
+        return super().configure(other_fields=other_fields, unique=unique, **kwargs)
+
+    @classmethod
+    def handle_configurable_attrs(cls, **kwargs: Any) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+        """Extract ``other_fields`` and ``unique``, then the base attributes."""
+        own: Dict[str, Any] = {}
+        if "other_fields" in kwargs:
+            own["other_fields"] = list(kwargs.pop("other_fields"))
+        if "unique" in kwargs:
+            own["unique"] = bool(kwargs.pop("unique"))
+        name, attrs, remaining = super().handle_configurable_attrs(**kwargs)
+        attrs.update(own)
+        return name, attrs, remaining
+
+    @classmethod
+    def _field_model_ready(cls, model: type, field: Any) -> None:
+        """Check ``other_fields`` and attach the related index to each of them."""
+        where = "%s on %s" % (cls.__name__, _field_path(model, field))
+        names = [getattr(other, "name", other) for other in (cls.other_fields or [])]
+        if not names:
+            raise ImplementationError(
+                "%s: no other fields; use EqualIndexWith.configure(other_fields=['<field name>', ...])" % where
+            )
+        for name in names:
+            if not isinstance(name, str) or not model.has_field(name):
+                raise ImplementationError(
+                    "%s: %r in other_fields is not a field of %s (fields: %s)"
+                    % (where, name, model.__name__, ", ".join(model._fields))
+                )
+            if name == field.name:
+                raise ImplementationError(
+                    "%s: other_fields names the indexed field %r itself; list only the other fields" % (where, name)
+                )
+        others = [model.get_field(name) for name in names]
+        if cls.unique:
+            hashes = [other.name for other in others if isinstance(other, HashField)]
+            if hashes:
+                raise ImplementationError(
+                    "%s: a unique EqualIndexWith cannot include the HashField %s; remove it or drop unique=True"
+                    % (where, ", ".join(hashes))
+                )
+        cls.other_fields = others
+        for other in others:
+            if not isinstance(other, PKField):  # a pk never changes: nothing to forward
+                _attach_related_index(other, cls.RelatedIndex, field, cls)
+
+    # ------------------------------------------------------------------ fields and values
+
+    @cached_property
+    def _other_fields(self) -> List[Any]:
+        """Return the model-level other fields of this index's model (re-bound by name)."""
+        return [self.model.get_field(getattr(other, "name", other)) for other in self.other_fields or []]
+
+    @property
+    def _field_names(self) -> List[str]:
+        return [self.field.name] + [other.name for other in self._other_fields]
+
+    @property
+    def unique_index_name(self) -> str:
+        """Return ``unique together fields [<f1>, <f2>, ...] on <Model>`` for error messages."""
+        return "unique together fields [%s] on %s" % (", ".join(self._field_names), self.model.__name__)
+
+    def _main_parts(self, parts: Tuple[Any, ...], transform: bool = True) -> Tuple[str, ...]:
+        """Return the key parts of a value of the main field (value normalized as by ``EqualIndex``)."""
+        *extra, value = parts
+        return tuple(str(part) for part in extra) + (self.normalize_value(value, transform=transform),)
+
+    @staticmethod
+    def _other_parts(field: Any, parts: Tuple[Any, ...]) -> Tuple[str, ...]:
+        """Return the key parts of a value of another field (as stored)."""
+        return tuple(str(field.from_python(part)) for part in parts)
+
+    def _stored_parts(self, field: Any, pk: Any) -> List[Tuple[Any, ...]]:
+        """Return the index parts of the value currently stored for ``pk`` in ``field`` (1 read)."""
+        return _field_parts(field, field.get_for_instance(pk).proxy_get())
+
+    def _make_storage_key(self, combination: Iterable[Tuple[str, ...]]) -> str:
+        """Return the set of a combination: ``M:F[:P][:K]:<main parts>:<other parts>...``."""
+        parts: List[Any] = [self.model._name, self.field.name]
+        if self.prefix:
+            parts.append(self.prefix)
+        if self.key:
+            parts.append(self.key)
+        for field_parts in combination:
+            parts.extend(field_parts)
+        return make_key(*parts)
+
+    def _combinations(self, per_field: List[List[Tuple[str, ...]]]) -> List[List[Tuple[str, ...]]]:
+        """Return the cartesian product of the parts of each field (main first)."""
+        return [list(combination) for combination in itertools.product(*per_field)]
+
+    def _display(self, combination: List[Tuple[str, ...]]) -> str:
+        return ", ".join("%s=%s" % (name, ":".join(parts)) for name, parts in zip(self._field_names, combination))
+
+    def _keys_for_pk(self, pk: Any, main: List[Tuple[str, ...]], replaced: Optional[str] = None,
+                     replacement: Optional[Tuple[Any, ...]] = None) -> List[List[Tuple[str, ...]]]:
+        """Return the combinations of ``pk`` with the main parts ``main`` and the stored other values.
+
+        The other field named ``replaced`` (if any) takes the single value ``replacement``.
+        """
+        per_field = [main]
+        for other in self._other_fields:
+            if other.name == replaced:
+                per_field.append([self._other_parts(other, replacement)])
+            else:
+                per_field.append([self._other_parts(other, parts) for parts in self._stored_parts(other, pk)])
+            if not per_field[-1]:
+                return []
+        return self._combinations(per_field)
+
+    def _check_combinations(self, combinations: List[List[Tuple[str, ...]]], pk: Any) -> None:
+        """Raise ``UniquenessError`` if a combination is already used by another pk (1 ``SMEMBERS`` each)."""
+        for combination in combinations:
+            pks = self.get_uniqueness_members(self._make_storage_key(combination))
+            self.assert_pks_uniqueness(pks, pk, lambda combination=combination: self._display(combination))
+
+    def _write(self, combinations: List[List[Tuple[str, ...]]], pk: Any, add: bool) -> bool:
+        """Add ``pk`` to (or remove it from) the set of each combination; return whether any was sent."""
+        if add and self.unique:
+            self._check_combinations(combinations, pk)
+        for combination in combinations:
+            key = self._make_storage_key(combination)
+            if add:
+                self.store(key, pk)
+            else:
+                self.unstore(key, pk)
+        return bool(combinations)
+
+    # ------------------------------------------------------------------ writing
+
+    def add(self, pk: Any, *args: Any, check_uniqueness: bool = True, **kwargs: Any) -> None:
+        """Index ``pk`` for the main value ``args`` combined with the stored values of the other fields.
+
+        When the index is unique, each combination is checked first (whatever ``check_uniqueness``
+        says: the field itself is not unique).
+        """
+        if self._write(self._keys_for_pk(pk, [self._main_parts(args)]), pk, add=True):
+            self._record_indexed(pk, args)
+
+    def remove(self, pk: Any, *args: Any, **kwargs: Any) -> None:
+        """Deindex ``pk`` for the main value ``args`` combined with the stored values of the other fields."""
+        if self._write(self._keys_for_pk(pk, [self._main_parts(args)]), pk, add=False):
+            self._record_deindexed(pk, args)
+
+    def _main_stored_parts(self, pk: Any) -> List[Tuple[str, ...]]:
+        return [self._main_parts(parts) for parts in self._stored_parts(self.field, pk)]
+
+    def other_add(self, pk: Any, field_name: str, *args: Any) -> None:
+        """Index ``pk`` for the new value ``args`` of the other field ``field_name``."""
+        main = self._main_stored_parts(pk)
+        if main:
+            self._write(self._keys_for_pk(pk, main, field_name, args), pk, add=True)
+
+    def other_remove(self, pk: Any, field_name: str, *args: Any) -> None:
+        """Deindex ``pk`` for the old value ``args`` of the other field ``field_name``."""
+        main = self._main_stored_parts(pk)
+        if main:
+            self._write(self._keys_for_pk(pk, main, field_name, args), pk, add=False)
+
+    def check_uniqueness(self, pk: Any, *args: Any, key: Optional[str] = None) -> None:
+        """Do nothing: uniqueness is checked together, in :meth:`add` and :meth:`check_uniqueness_at_init`."""
+
+    def check_uniqueness_at_init(self, values: Dict[str, Any]) -> None:
+        """Raise ``UniquenessError`` if the values given at creation are already used together.
+
+        ``values`` maps field names to the values given to the constructor; nothing is checked
+        unless every field of the index has a value (pk ``None``: any owner is a conflict).
+        """
+        if not self.unique:
+            return
+        per_field: List[List[Tuple[str, ...]]] = []
+        for position, field in enumerate([self.field] + self._other_fields):
+            if field.name not in values:
+                return
+            parts_list = _field_parts(field, values[field.name])
+            if not parts_list:
+                return
+            if position == 0:
+                per_field.append([self._main_parts(parts) for parts in parts_list])
+            else:
+                per_field.append([self._other_parts(field, parts) for parts in parts_list])
+        self._check_combinations(self._combinations(per_field), None)
+
+    # ------------------------------------------------------------------ filtering
+
+    def _can_filter_fields(self, fields_and_suffixes: List[Tuple[str, Optional[str]]]) -> List[Tuple[str, Set[Optional[str]]]]:
+        """Return ``[(field name, {suffixes}), ...]`` (main first) when every field is filtered, else ``[]``."""
+        given: Dict[str, Set[Optional[str]]] = {}
+        for name, suffix in fields_and_suffixes:
+            given.setdefault(name, set()).add(suffix)
+        result: List[Tuple[str, Set[Optional[str]]]] = []
+        main_suffixes = {suffix for suffix in given.get(self.field.name, ()) if self.can_handle_suffix(suffix)}
+        if not main_suffixes:
+            return []
+        result.append((self.field.name, main_suffixes))
+        for other in self._other_fields:
+            suffixes = {suffix for suffix in given.get(other.name, ()) if suffix in (None, "eq", "in")}
+            if not suffixes:
+                return []
+            result.append((other.name, suffixes))
+        return result
+
+    def get_filtered_keys(self, suffix: Optional[str], *args: Any, **kwargs: Any) -> List[Tuple[str, str, bool]]:
+        """Return the set of the filtered combination, or the union of all of them with ``in``.
+
+        ``related_filters`` (keyword) maps each other field name to ``(parts + [value], suffix)``.
+        Without ``in`` no command is sent; with ``in`` on any field the sets of every combination
+        are united (``EXISTS`` + ``SUNIONSTORE``) into a temporary key; an empty ``in`` gives ``[]``.
+        """
+        self._check_key_accepted_key_types(kwargs.get("accepted_key_types"))
+        related_filters = kwargs.get("related_filters") or {}
+        use_union = False
+
+        def values_of(filter_suffix: Optional[str], value: Any) -> List[Any]:
+            nonlocal use_union
+            if filter_suffix == "in":
+                use_union = True
+                return list(dict.fromkeys(value))
+            return [value]
+
+        *extra, value = args
+        per_field = [[self._main_parts((*extra, one), transform=False)
+                      for one in values_of(self.remove_prefix(suffix), value)]]
+        for other in self._other_fields:
+            if other.name not in related_filters:
+                raise ImplementationError(
+                    'No index found to manage filter "%s" for field %s: %s needs a filter on %s too'
+                    % (self.field.name, _field_path(self.model, self.field), type(self).__name__,
+                       ", ".join(self._field_names[1:]))
+                )
+            other_args, other_suffix = related_filters[other.name]
+            *other_extra, other_value = other_args
+            per_field.append([self._other_parts(other, (*other_extra, one))
+                              for one in values_of(other_suffix, other_value)])
+        if any(not parts for parts in per_field):
+            return []
+        keys = list(dict.fromkeys(self._make_storage_key(c) for c in self._combinations(per_field)))
+        if not use_union:
+            return [(keys[0], "set", False)]
+        tmp_key = self._unique_key("tmp")
+        self.union_filtered_in_keys(tmp_key, *keys)
+        return [(tmp_key, "set", True)]
