@@ -15,8 +15,9 @@ from typing import Iterator
 
 import pytest
 import redis
+from _redis_dump import raw_client, warm_scripts
 
-from limpyd import _speedups_py
+from limpyd import _speedups_py, model
 from limpyd.database import RedisDatabase
 
 REQUIRE_EXTENSIONS = os.environ.get("LIMPYD_REQUIRE_EXTENSIONS", "").strip() not in ("", "0")
@@ -130,6 +131,33 @@ _namespace_counter = itertools.count()
 def namespace(request: pytest.FixtureRequest) -> str:
     """Return a namespace unique to this test, so models never collide across tests."""
     return "t%d" % next(_namespace_counter)
+
+
+@pytest.fixture
+def client(redis_settings: dict, database: RedisDatabase) -> Iterator[redis.Redis]:
+    """Return a plain redis-py client on the private server, with limpyd's Lua scripts loaded.
+
+    The scripts are loaded and the database's server version read now, so that command counts
+    inside a test see only the commands of the operation under test.
+    """
+    raw = raw_client(redis_settings)
+    warm_scripts(raw)
+    database.redis_version
+    yield raw
+    raw.close()
+
+
+@pytest.fixture
+def Base(database: RedisDatabase, namespace: str) -> type:
+    """Return an abstract model on the test database and namespace, to derive test models from."""
+    db, ns = database, namespace
+
+    class Base(model.RedisModel):
+        database = db
+        namespace = ns
+        abstract = True
+
+    return Base
 
 
 # ---------------------------------------------------------------------- helpers

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _concurrency_worker import define_model
 from _redis_dump import dump
 

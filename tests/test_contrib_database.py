@@ -11,7 +11,7 @@ import threading
 
 import pytest
 import redis
-from _redis_dump import command_log, layout, raw_client, warm_scripts
+from _redis_dump import command_log, layout
 from redis.client import Pipeline
 from redis.exceptions import ResponseError, WatchError
 
@@ -21,14 +21,6 @@ from limpyd.contrib.database import PipelineDatabase, _Pipeline
 from limpyd.database import DEFAULT_CONNECTION_SETTINGS, RedisDatabase
 from limpyd.exceptions import DoesNotExist, UniquenessError
 from limpyd.indexes import EqualIndex, TextRangeIndex
-
-
-@pytest.fixture
-def client(redis_settings, database):
-    raw = raw_client(redis_settings)
-    warm_scripts(raw)
-    yield raw
-    raw.close()
 
 
 @pytest.fixture

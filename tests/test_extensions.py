@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from _redis_dump import command_log, layout, locked, raw_client, warm_scripts
+from _redis_dump import command_log, layout, locked
 
 from limpyd import model
 from limpyd.exceptions import ImplementationError
@@ -23,16 +23,6 @@ from limpyd.fields import (
     StringField,
 )
 from limpyd.indexes import EqualIndex, TextRangeIndex
-
-
-@pytest.fixture
-def client(redis_settings, database):
-    raw = raw_client(redis_settings)
-    warm_scripts(raw)
-    database.redis_version
-    yield raw
-    raw.close()
-
 
 # ---------------------------------------------------------------------- a dynamic-fields extension
 

@@ -10,33 +10,11 @@ import time
 
 import pytest
 import redis
-from _redis_dump import command_log, locked, raw_client, warm_scripts
+from _redis_dump import command_log, locked
 from redis.exceptions import LockNotOwnedError
 
-from limpyd import model
 from limpyd.database import Lock
 from limpyd.fields import FieldLock, InstanceHashField, PKField, SetField, StringField
-
-
-@pytest.fixture
-def client(redis_settings, database):
-    raw = raw_client(redis_settings)
-    warm_scripts(raw)
-    database.redis_version
-    yield raw
-    raw.close()
-
-
-@pytest.fixture
-def Base(database, namespace):
-    db, ns = database, namespace
-
-    class Base(model.RedisModel):
-        database = db
-        namespace = ns
-        abstract = True
-
-    return Base
 
 
 def test_fieldlock_is_a_redis_py_lock(Base):

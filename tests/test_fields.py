@@ -10,7 +10,6 @@ import copy
 import re
 
 import pytest
-from _redis_dump import raw_client, warm_scripts
 
 from limpyd import fields, model
 from limpyd.exceptions import ImplementationError, UniquenessError
@@ -32,26 +31,6 @@ from limpyd.fields import (
 from limpyd.indexes import EqualIndex
 
 EXP = {"expire", "expireat", "pexpire", "pexpireat", "ttl", "pttl", "persist"}
-
-
-@pytest.fixture
-def client(redis_settings, database):
-    raw = raw_client(redis_settings)
-    warm_scripts(raw)
-    yield raw
-    raw.close()
-
-
-@pytest.fixture
-def Base(database, namespace):
-    db, ns = database, namespace
-
-    class Base(model.RedisModel):
-        database = db
-        namespace = ns
-        abstract = True
-
-    return Base
 
 
 # ---------------------------------------------------------------------- module, hierarchy, command sets

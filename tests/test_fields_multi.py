@@ -9,32 +9,10 @@ import types
 
 import pytest
 import redis
-from _redis_dump import command_log, locked, raw_client, warm_scripts
+from _redis_dump import command_log, locked
 
-from limpyd import model
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.fields import HashField, ListField, SetField, SortedSetField
-
-
-@pytest.fixture
-def client(redis_settings, database):
-    raw = raw_client(redis_settings)
-    warm_scripts(raw)
-    database.redis_version  # read once per database object (INFO): not part of the counted commands
-    yield raw
-    raw.close()
-
-
-@pytest.fixture
-def Base(database, namespace):
-    db, ns = database, namespace
-
-    class Base(model.RedisModel):
-        database = db
-        namespace = ns
-        abstract = True
-
-    return Base
 
 
 @pytest.fixture

@@ -7,9 +7,8 @@ multi-value fields: ``test_fields_multi.py``.
 from __future__ import annotations
 
 import pytest
-from _redis_dump import command_log, locked, raw_client, warm_scripts
+from _redis_dump import command_log, locked
 
-from limpyd import model
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.fields import (
     AutoPKField,
@@ -21,28 +20,6 @@ from limpyd.fields import (
     SortedSetField,
     StringField,
 )
-
-
-@pytest.fixture
-def client(redis_settings, database):
-    raw = raw_client(redis_settings)
-    warm_scripts(raw)
-    database.redis_version  # read once per database object (INFO): not part of the counted commands
-    yield raw
-    raw.close()
-
-
-@pytest.fixture
-def Base(database, namespace):
-    db, ns = database, namespace
-
-    class Base(model.RedisModel):
-        database = db
-        namespace = ns
-        abstract = True
-
-    return Base
-
 
 # ---------------------------------------------------------------------- StringField
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from _redis_dump import layout, raw_client, warm_scripts
+from _redis_dump import layout
 
 from limpyd import model
 from limpyd.fields import (
@@ -23,14 +23,6 @@ from limpyd.fields import (
     StringField,
 )
 from limpyd.indexes import EqualIndex, NumberRangeIndex, TextRangeIndex
-
-
-@pytest.fixture
-def client(redis_settings, database):
-    raw = raw_client(redis_settings)
-    warm_scripts(raw)
-    yield raw
-    raw.close()
 
 
 def everything_model(db, ns):
