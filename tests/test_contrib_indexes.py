@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from _redis_dump import layout, raw_client, warm_scripts
+from _redis_dump import layout
 
 import limpyd.contrib.indexes as contrib_indexes
-from limpyd import fields, indexes, model
+from limpyd import fields, indexes
 from limpyd.collection import CollectionManager
 from limpyd.contrib.indexes import (
     DateIndex,
@@ -45,26 +45,6 @@ else:
 
 TMP = "[0-9a-f]{32}"
 SEP = ":TEXT-RANGE-SEPARATOR:"
-
-
-@pytest.fixture
-def client(redis_settings, database):
-    raw = raw_client(redis_settings)
-    warm_scripts(raw)
-    yield raw
-    raw.close()
-
-
-@pytest.fixture
-def Base(database, namespace):
-    db, ns = database, namespace
-
-    class Base(model.RedisModel):
-        database = db
-        namespace = ns
-        abstract = True
-
-    return Base
 
 
 @pytest.fixture
