@@ -170,6 +170,19 @@ def test_pipeline_on_a_never_used_database(redis_settings, database):
     assert db.connection is pipe._original_connection
 
 
+def test_pipeline_sends_the_writes_queued_by_a_running_operation_first(pdb, client):
+    with _batch.batch_scope(pdb) as batch:
+        assert batch is not None
+        connection = pdb.connection
+        assert _batch.defer_next(connection)
+        connection.set("queued", 1)
+        assert client.exists("queued") == 0
+        with pdb.pipeline(transaction=False) as pipe:
+            assert client.get("queued") == "1"
+            pipe.get("queued")
+            assert pipe.execute() == ["1"]
+
+
 def test_nested_pipelines_restore_the_outer_one(pdb):
     direct = pdb.connection
     with pdb.pipeline() as outer:

@@ -227,6 +227,8 @@ def test_multi_indexes_check_uniqueness_and_filters_do_not_transform(Base, clien
     index.check_uniqueness(None, "foo")  # not transformed: another key
     assert index.get_filtered_keys(None, "FOO") == [("%s:a:kk:FOO" % M._name, "set", False)]
     assert index.get_filtered_keys("eq", "foo") == [("%s:a:kk:foo" % M._name, "set", False)]
+    with pytest.raises(ImplementationError, match="^EqualIndex can only return keys of type set$"):
+        index.get_filtered_keys(None, "FOO", accepted_key_types={"zset"})  # keywords reach the sub-index
 
 
 def test_multi_indexes_unknown_suffix_and_storage_keys(Base, client):
