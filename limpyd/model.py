@@ -56,6 +56,19 @@ def _is_metaclass_frame(frame: Any) -> bool:
     return "metaclass" in described and ("six." in described or "future." in described)
 
 
+def _forget_failed_model(model: Any) -> None:
+    """Undo the registration of a model whose class creation failed, so a fixed definition can run.
+
+    Removes it from its database's registry, and the relations its related fields registered
+    (``database._relations``, spec 30 §3.2).
+    """
+    database = model.database
+    if database._models.get(model._name) is model:
+        del database._models[model._name]
+    for relations in getattr(database, "_relations", {}).values():
+        relations[:] = [relation for relation in relations if relation[0] != model._name]
+
+
 class MetaRedisModel(MetaRedisProxy):
     """Build a model class: registration on its database, fields, primary key, indexes."""
 
@@ -78,7 +91,12 @@ class MetaRedisModel(MetaRedisProxy):
             if registered is not cls:
                 return registered
 
-        mcs._build_fields(cls, name, attrs)
+        try:
+            mcs._build_fields(cls, name, attrs)
+        except BaseException:
+            if not cls.abstract:
+                _forget_failed_model(cls)
+            raise
         return cls
 
     @staticmethod
