@@ -639,7 +639,7 @@ class CollectionManager(object):
                 return None, False
         try:
             if pk is not None:
-                if not keys and not (sort_options and sort_options.get("get")):
+                if not keys and self._is_pk_only(sort_options):
                     return None, False
                 pk_key = self._unique_key("tmp")
                 tmp_keys.add(pk_key)
