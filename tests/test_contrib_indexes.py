@@ -992,3 +992,95 @@ def test_equal_index_with_on_an_inherited_model(Together, client):
     child = Child(foo={"F": "v"}, bar=["b"], baz="z")
     assert pks(Child.collection(foo__F="v", bar="b", baz="z")) == {child._pk}
     assert pks(Together.collection(foo__F="v", bar="b", baz="z")) == set()
+
+
+# ---------------------------------------------------------------------- several fields in one operation
+
+
+@pytest.mark.parametrize("order", ["main first", "other first"])
+def test_equal_index_with_hmset_of_several_fields(Base, client, order):
+    class M(Base):
+        foo = fields.InstanceHashField(indexable=True, indexes=[EqualIndexWith.configure(["bar"])])
+        bar = fields.InstanceHashField()
+        email = fields.InstanceHashField(unique=True)
+
+    n = M._name
+    M(email="taken")
+    m = M(foo="x", bar="a")
+    values = {"foo": "y", "bar": "b"} if order == "main first" else {"bar": "b", "foo": "y"}
+    before = layout(client)
+    with pytest.raises(UniquenessError):
+        m.hmset(**values, email="taken")
+    assert layout(client) == before
+    m.hmset(**values)
+    assert {k: v for k, v in keys_of(client, M).items() if ":equal-with:" in k} == {
+        "%s:foo:equal-with:y:b" % n: ("set", {m._pk})}
+    empty = M(foo="x")
+    empty.hmset(**values)  # bar had no value
+    assert keys_of(client, M)["%s:foo:equal-with:y:b" % n] == ("set", {m._pk, empty._pk})
+    assert pks(M.collection(foo="y", bar="b")) == {m._pk, empty._pk}
+
+
+@pytest.mark.parametrize("order", ["main first", "score first"])
+def test_scored_equal_index_hmset_of_value_and_score(ZBase, client, order):
+    Index = ScoredEqualIndex.configure(score_field="prio")
+
+    class R(ZBase):
+        label = fields.InstanceHashField(unique=True, indexes=[Index])
+        prio = fields.InstanceHashField()
+        email = fields.InstanceHashField(unique=True)
+
+    n = R._name
+    R(email="taken")
+    r = R(label="x", prio=3)
+    values = {"label": "y", "prio": 5} if order == "main first" else {"prio": 5, "label": "y"}
+    before = layout(client)
+    with pytest.raises(UniquenessError):
+        r.hmset(**values, email="taken")
+    assert layout(client) == before
+    r.hmset(**values)
+    assert keys_of(client, R) == {
+        "%s:label:equal-scored:y" % n: ("zset", [(r._pk, 5.0)]),
+        "%s:label:equal-scored:y:__uniqueness__" % n: ("set", {r._pk}),
+        "%s:email:taken" % n: ("set", {"1"}),
+    }
+    no_score = R(label="z")
+    no_score.hmset(**{"label": "w", "prio": 1} if order == "main first" else {"prio": 1, "label": "w"})
+    assert keys_of(client, R)["%s:label:equal-scored:w" % n] == ("zset", [(no_score._pk, 1.0)])
+
+
+def test_indexes_stay_consistent_through_random_operations(ZBase, client):
+    import random
+
+    class C(ZBase):
+        a = fields.InstanceHashField(indexable=True, indexes=[EqualIndexWith.configure(["b"], unique=True)])
+        b = fields.InstanceHashField()
+        s = fields.InstanceHashField(indexable=True, indexes=[ScoredEqualIndex.configure(score_field="p")])
+        p = fields.InstanceHashField()
+        t = fields.SetField(indexable=True, indexes=[EqualIndexWith.configure(["a", "s"])])
+        email = fields.InstanceHashField(unique=True)
+
+    rng = random.Random(20151216)
+    instances = [C(email="e%d" % i) for i in range(4)]
+    failures = 0
+    for _ in range(300):
+        instance = rng.choice(instances)
+        values = {name: rng.choice(["1", "2", "3"]) for name in rng.sample(["a", "b", "s", "p"], rng.randint(1, 4))}
+        if rng.random() < 0.3:
+            values["email"] = rng.choice(["e0", "e1", "e2", "e3"])
+        try:
+            if rng.random() < 0.2:
+                instance.t.sadd(rng.choice(["t1", "t2"]))
+            elif rng.random() < 0.2:
+                instance.get_field(rng.choice(["a", "b", "s", "p"])).delete()
+            else:
+                instance.hmset(**values)
+        except UniquenessError:
+            failures += 1
+    assert failures > 20
+    current = keys_of(client, C)
+    for name in ("a", "b", "s", "p", "t"):
+        C.get_field(name).clear_indexes(aggressive=True)
+    for name in ("a", "b", "s", "p", "t", "email"):
+        C.get_field(name).rebuild_indexes()
+    assert keys_of(client, C) == current

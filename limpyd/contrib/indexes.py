@@ -11,19 +11,25 @@
 - :class:`EqualIndexWith`: an equality index on several fields together, used when all of them
   are filtered, optionally unique together.
 
-Key layout, commands and messages follow redis-limpyd 2.1.2 (spec 30 §4), with one deliberate
-difference (Decision): removing a value from a unique :class:`ScoredEqualIndex` frees it (its pk
-leaves the ``<key>:__uniqueness__`` set; upstream kept the value "taken" forever).
+Key layout, commands and messages follow redis-limpyd 2.1.2 (spec 30 §4), with these
+differences:
 
-Known limitation, shared with upstream: the scored and multi-field indexes read the other
-fields' values from Redis, so an instance-hash ``hmset`` changing *both* an indexed field and
-its score field (or two fields of one ``EqualIndexWith``) in one call indexes with the values
-stored before the call. Change them with separate calls.
+- (Decision) removing a value from a unique :class:`ScoredEqualIndex` frees it (its pk leaves the
+  ``<key>:__uniqueness__`` set; upstream kept the value "taken" forever);
+- the scored and multi-field indexes depend on several fields. When one operation changes
+  several of them (an instance-hash ``hmset`` of a field and its score field, or of two fields of
+  one ``EqualIndexWith``), the values already (de)indexed by that operation, recorded in the
+  rollback caches, are taken into account instead of the stored ones, which are only written at
+  the end (upstream indexed with the old values, leaving wrong entries);
+- their rollback removes the pk from every key the failed operation touched, then indexes the
+  stored values again (upstream replayed the recorded values one field at a time, which cannot
+  undo entries made of several fields' values).
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from limpyd._batch import defer_next
@@ -100,6 +106,73 @@ def _attach_related_index(target: Any, related_base: type, related_field: Any, i
             return
     target.indexable = True
     target.index_classes.append(related_base.configure(related_field=related_field, related_index_class=index_class))
+
+
+def _pending_changes(index: Any, pk: Any) -> Tuple[Iterable[Tuple[Any, ...]], Iterable[Tuple[Any, ...]]]:
+    """Return ``(indexed, deindexed)``: the args ``index`` recorded for ``pk`` in this thread's operation."""
+    per_thread = index._rollback_cache.get(threading.get_ident())
+    cache = per_thread.get(pk) if per_thread else None
+    if not cache:
+        return (), ()
+    return cache["indexed_values"], cache["deindexed_values"]
+
+
+def _apply_pending(stored: List[Tuple[Any, ...]], index: Any, pk: Any, normalize: Any) -> List[Any]:
+    """Return the normalized ``stored`` parts, minus those ``index`` deindexed, plus those it indexed.
+
+    ``index`` records the changes of the running operation (``None``: stored parts only); the
+    stored value is written at the end of the operation, after every index was maintained.
+    """
+    values = list(dict.fromkeys(normalize(parts) for parts in stored))
+    if index is None:
+        return values
+    indexed, deindexed = _pending_changes(index, pk)
+    if deindexed:
+        removed = {normalize(args) for args in deindexed}
+        values = [value for value in values if value not in removed]
+    for args in indexed:
+        value = normalize(args)
+        if value not in values:
+            values.append(value)
+    return values
+
+
+class _RecomputedRollbackMixin:
+    """Rollback of an index whose entries combine several fields: undo by recomputation.
+
+    Every key written for a pk is journaled (with the rollback cache, per thread); ``_rollback``
+    removes the pk from all of them, then indexes the stored values again with
+    :meth:`_reindex_stored`. The related indexes of the other fields forward their ``_rollback``
+    and ``_reset_rollback_cache`` here, so the first rollback of an operation undoes all of it.
+    """
+
+    def _journal(self, pk: Any, kind: str, key: str) -> None:
+        """Remember that the pk was written in ``key`` (of Redis type ``kind``) by this operation."""
+        self._get_rollback_cache(pk).setdefault("touched_keys", set()).add((kind, key))  # type: ignore[attr-defined]
+
+    def _take_journal(self, pk: Any) -> Set[Tuple[str, str]]:
+        """Return and forget the keys journaled for ``pk`` in this thread."""
+        per_thread = self._rollback_cache.get(threading.get_ident())  # type: ignore[attr-defined]
+        cache = per_thread.get(pk) if per_thread else None
+        return cache.pop("touched_keys", set()) if cache else set()
+
+    def _rollback(self, pk: Any) -> None:
+        """Remove ``pk`` from every key the operation touched, then index its stored values again."""
+        touched = self._take_journal(pk)
+        if not touched:
+            return
+        connection = self.connection  # type: ignore[attr-defined]
+        for kind, key in sorted(touched):
+            defer_next(connection)  # nobody reads the reply: sent with the next command
+            if kind == "zset":
+                connection.zrem(key, pk)
+            else:
+                connection.srem(key, pk)
+        self._reindex_stored(pk)
+
+    def _reindex_stored(self, pk: Any) -> None:
+        """Write the entries of the values stored for ``pk`` (no uniqueness check, no journal)."""
+        raise NotImplementedError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +379,15 @@ class _BaseRelatedIndex(BaseIndex):
     def check_uniqueness(self, pk: Any, *args: Any) -> None:
         """Do nothing: a related index checks no uniqueness of its own."""
 
+    def _rollback(self, pk: Any) -> None:
+        """Undo the operation on ``pk`` in the related index (which undoes all of it)."""
+        self.related_index._rollback(pk)
+
+    def _reset_rollback_cache(self, pk: Any) -> None:
+        """Forget the rollback cache of ``pk``, here and in the related index."""
+        super()._reset_rollback_cache(pk)
+        self.related_index._reset_rollback_cache(pk)
+
     def get_filtered_keys(self, suffix: Optional[str], *args: Any, **kwargs: Any) -> List[Tuple[str, str, bool]]:
         """Refuse: a related index cannot filter its field."""
         raise ImplementationError(
@@ -371,7 +453,7 @@ def _is_extended_collection_manager(manager: Any) -> bool:
     return isinstance(manager, type) and issubclass(manager, ExtendedCollectionManager)
 
 
-class ScoredEqualIndex(EqualIndex):
+class ScoredEqualIndex(_RecomputedRollbackMixin, EqualIndex):
     """An equality index in sorted sets, each pk scored by the value of ``score_field``.
 
     ``ScoredEqualIndex.configure(score_field='prio')``. Key
@@ -436,10 +518,29 @@ class ScoredEqualIndex(EqualIndex):
         """Return the model-level score field of this index's model (re-bound by name)."""
         return self.model.get_field(getattr(self.score_field, "name", self.score_field))
 
-    def _read_score(self, pk: Any) -> Optional[float]:
-        """Return the score of ``pk`` (its score field's value as a float), ``None`` when empty."""
+    @cached_property
+    def _score_related_index(self) -> Any:
+        """Return the related index the score field has for this index (``None`` if missing)."""
+        for index in self._score_field._indexes:
+            if isinstance(index, _ScoredEqualIndex_RelatedIndex) and index.related_index is self:
+                return index
+        return None
+
+    def _current_score(self, pk: Any, pending: bool = True) -> Optional[float]:
+        """Return the score of ``pk``: its score field's value as a float, ``None`` when empty.
+
+        With ``pending``, a score (de)indexed by the running operation replaces the stored one.
+        """
         value = self._score_field.get_for_instance(pk).proxy_get()
-        return None if value is None else float(value)
+        stored = [] if value is None else [(value,)]
+        values = _apply_pending(stored, self._score_related_index if pending else None, pk,
+                                lambda parts: str(self._score_field.from_python(parts[-1])))
+        return float(values[-1]) if values else None
+
+    def _current_keys(self, pk: Any, pending: bool = True) -> List[str]:
+        """Return the storage keys of the values of ``pk`` (with the running operation's changes)."""
+        stored = _field_parts(self.field, self.field.get_for_instance(pk).proxy_get())
+        return _apply_pending(stored, self if pending else None, pk, lambda parts: self.get_storage_key(*parts))
 
     @staticmethod
     def uniqueness_key(key: str) -> str:
@@ -451,24 +552,25 @@ class ScoredEqualIndex(EqualIndex):
         return list(self.connection.smembers(self.uniqueness_key(key)))
 
     def store(self, key: str, pk: Any, score: Any = NotProvided, **kwargs: Any) -> bool:
-        """Add ``pk`` to ``key`` with its score (read unless given); return whether a write was sent.
+        """Add ``pk`` to ``key`` with its score (read unless given) and return ``True``.
 
-        The uniqueness set of a unique field is written even without a score
-        (https://redis.io/commands/zadd).
+        Nothing is added to the sorted set without a score, but the uniqueness set of a unique
+        field is written anyway, and the value is recorded as indexed (a score set later in the
+        same operation finds it) (https://redis.io/commands/zadd).
         """
         if score is NotProvided:
-            score = self._read_score(pk)
+            score = self._current_score(pk)
         connection = self.connection
-        sent = False
         if self.field.unique:
+            uniqueness_key = self.uniqueness_key(key)
+            self._journal(pk, "set", uniqueness_key)
             defer_next(connection)  # nobody reads the reply: sent with the next command
-            connection.sadd(self.uniqueness_key(key), pk)
-            sent = True
+            connection.sadd(uniqueness_key, pk)
         if score is not None:
+            self._journal(pk, "zset", key)
             defer_next(connection)
             connection.zadd(key, {pk: score})
-            sent = True
-        return sent
+        return True
 
     def unstore(self, key: str, pk: Any, **kwargs: Any) -> bool:
         """Remove ``pk`` from ``key`` (and from the uniqueness set: the value is free again).
@@ -476,24 +578,41 @@ class ScoredEqualIndex(EqualIndex):
         https://redis.io/commands/zrem
         """
         connection = self.connection
+        self._journal(pk, "zset", key)
         defer_next(connection)
         connection.zrem(key, pk)
         if self.field.unique:
+            uniqueness_key = self.uniqueness_key(key)
+            self._journal(pk, "set", uniqueness_key)
             defer_next(connection)
-            connection.srem(self.uniqueness_key(key), pk)
+            connection.srem(uniqueness_key, pk)
         return True
 
     def score_updated(self, pk: Any, new_score: Optional[float]) -> None:
         """Re-add every entry of ``pk`` with ``new_score``, or remove them all when it is ``None``."""
-        field = self.field.get_for_instance(pk)
         connection = self.connection
-        for parts in _field_parts(self.field, field.proxy_get()):
-            key = self.get_storage_key(*parts)
+        for key in self._current_keys(pk):
+            self._journal(pk, "zset", key)
             defer_next(connection)  # nobody reads the reply: sent with the next command
             if new_score is None:
                 connection.zrem(key, pk)
             else:
                 connection.zadd(key, {pk: new_score})
+
+    def _reindex_stored(self, pk: Any) -> None:
+        """Write the entries (and uniqueness records) of the values stored for ``pk``."""
+        try:
+            score = self._current_score(pk, pending=False)
+        except ValueError:  # a non-numeric score written behind limpyd's back: no entry
+            score = None
+        connection = self.connection
+        for key in self._current_keys(pk, pending=False):
+            if self.field.unique:
+                defer_next(connection)
+                connection.sadd(self.uniqueness_key(key), pk)
+            if score is not None:
+                defer_next(connection)
+                connection.zadd(key, {pk: score})
 
     def union_filtered_in_keys(self, dest_key: str, *source_keys: str) -> None:
         """Store the union of the sorted sets ``source_keys`` into ``dest_key`` (https://redis.io/commands/zunionstore)."""
@@ -509,7 +628,7 @@ class ScoredEqualIndex(EqualIndex):
 # EqualIndexWith
 
 
-class EqualIndexWith(_MultiFieldsIndexMixin, EqualIndex):
+class EqualIndexWith(_RecomputedRollbackMixin, _MultiFieldsIndexMixin, EqualIndex):
     """An equality index on a field together with ``other_fields``, optionally unique together.
 
     ``EqualIndexWith.configure(other_fields=['bar', 'baz'], unique=True)``. One set of pks per
@@ -629,9 +748,30 @@ class EqualIndexWith(_MultiFieldsIndexMixin, EqualIndex):
     def _display(self, combination: List[Tuple[str, ...]]) -> str:
         return ", ".join("%s=%s" % (name, ":".join(parts)) for name, parts in zip(self._field_names, combination))
 
+    @cached_property
+    def _related_indexes(self) -> Dict[str, Any]:
+        """Return ``{other field name: its related index for this index}``."""
+        related = {}
+        for other in self._other_fields:
+            for index in other._indexes:
+                if isinstance(index, _EqualIndexWith_RelatedIndex) and index.related_index is self:
+                    related[other.name] = index
+        return related
+
+    def _main_values(self, pk: Any, pending: bool = True) -> List[Tuple[str, ...]]:
+        """Return the key parts of the main field's values of ``pk`` (with the operation's changes)."""
+        return _apply_pending(self._stored_parts(self.field, pk), self if pending else None, pk, self._main_parts)
+
+    def _other_values(self, other: Any, pk: Any, pending: bool = True) -> List[Tuple[str, ...]]:
+        """Return the key parts of ``other``'s values of ``pk`` (with the operation's changes)."""
+        related = self._related_indexes.get(other.name) if pending else None
+        return _apply_pending(self._stored_parts(other, pk), related, pk,
+                              lambda parts: self._other_parts(other, parts))
+
     def _keys_for_pk(self, pk: Any, main: List[Tuple[str, ...]], replaced: Optional[str] = None,
-                     replacement: Optional[Tuple[Any, ...]] = None) -> List[List[Tuple[str, ...]]]:
-        """Return the combinations of ``pk`` with the main parts ``main`` and the stored other values.
+                     replacement: Optional[Tuple[Any, ...]] = None,
+                     pending: bool = True) -> List[List[Tuple[str, ...]]]:
+        """Return the combinations of ``pk`` with the main parts ``main`` and the other fields' values.
 
         The other field named ``replaced`` (if any) takes the single value ``replacement``.
         """
@@ -640,7 +780,7 @@ class EqualIndexWith(_MultiFieldsIndexMixin, EqualIndex):
             if other.name == replaced:
                 per_field.append([self._other_parts(other, replacement)])
             else:
-                per_field.append([self._other_parts(other, parts) for parts in self._stored_parts(other, pk)])
+                per_field.append(self._other_values(other, pk, pending))
             if not per_field[-1]:
                 return []
         return self._combinations(per_field)
@@ -651,48 +791,53 @@ class EqualIndexWith(_MultiFieldsIndexMixin, EqualIndex):
             pks = self.get_uniqueness_members(self._make_storage_key(combination))
             self.assert_pks_uniqueness(pks, pk, lambda combination=combination: self._display(combination))
 
-    def _write(self, combinations: List[List[Tuple[str, ...]]], pk: Any, add: bool) -> bool:
-        """Add ``pk`` to (or remove it from) the set of each combination; return whether any was sent."""
+    def _write(self, combinations: List[List[Tuple[str, ...]]], pk: Any, add: bool) -> None:
+        """Add ``pk`` to (or remove it from) the set of each combination (checked first if unique)."""
         if add and self.unique:
             self._check_combinations(combinations, pk)
         for combination in combinations:
             key = self._make_storage_key(combination)
+            self._journal(pk, "set", key)
             if add:
                 self.store(key, pk)
             else:
                 self.unstore(key, pk)
-        return bool(combinations)
 
     # ------------------------------------------------------------------ writing
 
     def add(self, pk: Any, *args: Any, check_uniqueness: bool = True, **kwargs: Any) -> None:
-        """Index ``pk`` for the main value ``args`` combined with the stored values of the other fields.
+        """Index ``pk`` for the main value ``args`` combined with the other fields' values.
 
         When the index is unique, each combination is checked first (whatever ``check_uniqueness``
-        says: the field itself is not unique).
+        says: the field itself is not unique). The value is recorded even when a field has no
+        value yet (nothing written), for the other fields changed later in the same operation.
         """
-        if self._write(self._keys_for_pk(pk, [self._main_parts(args)]), pk, add=True):
-            self._record_indexed(pk, args)
+        self._write(self._keys_for_pk(pk, [self._main_parts(args)]), pk, add=True)
+        self._record_indexed(pk, args)
 
     def remove(self, pk: Any, *args: Any, **kwargs: Any) -> None:
-        """Deindex ``pk`` for the main value ``args`` combined with the stored values of the other fields."""
-        if self._write(self._keys_for_pk(pk, [self._main_parts(args)]), pk, add=False):
-            self._record_deindexed(pk, args)
-
-    def _main_stored_parts(self, pk: Any) -> List[Tuple[str, ...]]:
-        return [self._main_parts(parts) for parts in self._stored_parts(self.field, pk)]
+        """Deindex ``pk`` for the main value ``args`` combined with the other fields' values."""
+        self._write(self._keys_for_pk(pk, [self._main_parts(args)]), pk, add=False)
+        self._record_deindexed(pk, args)
 
     def other_add(self, pk: Any, field_name: str, *args: Any) -> None:
         """Index ``pk`` for the new value ``args`` of the other field ``field_name``."""
-        main = self._main_stored_parts(pk)
+        main = self._main_values(pk)
         if main:
             self._write(self._keys_for_pk(pk, main, field_name, args), pk, add=True)
 
     def other_remove(self, pk: Any, field_name: str, *args: Any) -> None:
         """Deindex ``pk`` for the old value ``args`` of the other field ``field_name``."""
-        main = self._main_stored_parts(pk)
+        main = self._main_values(pk)
         if main:
             self._write(self._keys_for_pk(pk, main, field_name, args), pk, add=False)
+
+    def _reindex_stored(self, pk: Any) -> None:
+        """Add ``pk`` to the set of every combination of its stored values."""
+        main = self._main_values(pk, pending=False)
+        if main:
+            for combination in self._keys_for_pk(pk, main, pending=False):
+                self.store(self._make_storage_key(combination), pk)
 
     def check_uniqueness(self, pk: Any, *args: Any, key: Optional[str] = None) -> None:
         """Do nothing: uniqueness is checked together, in :meth:`add` and :meth:`check_uniqueness_at_init`."""
