@@ -13,6 +13,7 @@ from _redis_dump import layout
 import limpyd.contrib.indexes as contrib_indexes
 from limpyd import fields, indexes
 from limpyd.collection import CollectionManager
+from limpyd.contrib.collection import ExtendedCollectionManager
 from limpyd.contrib.indexes import (
     DateIndex,
     DateIndexParts,
@@ -33,16 +34,6 @@ from limpyd.contrib.indexes import (
 from limpyd.exceptions import ImplementationError, UniquenessError
 from limpyd.indexes import EqualIndex, NumberRangeIndex, TextRangeIndex
 
-try:
-    from limpyd.contrib.collection import ExtendedCollectionManager
-except ImportError:  # until limpyd.contrib.collection exists: a manager accepting sorted sets
-    ExtendedCollectionManager = None
-
-    class ZsetCollectionManager(CollectionManager):
-        _accepted_key_types = {"set", "zset"}
-else:
-    ZsetCollectionManager = ExtendedCollectionManager
-
 TMP = "[0-9a-f]{32}"
 SEP = ":TEXT-RANGE-SEPARATOR:"
 
@@ -51,7 +42,7 @@ SEP = ":TEXT-RANGE-SEPARATOR:"
 def ZBase(Base):
     class ZBase(Base):
         abstract = True
-        collection_manager = ZsetCollectionManager
+        collection_manager = ExtendedCollectionManager
 
     return ZBase
 
@@ -482,7 +473,7 @@ def test_scored_equal_index_class_attributes():
 def test_scored_equal_index_definition_errors(Base, manager, score_field, field_class, message):
     Index = ScoredEqualIndex.configure(score_field=score_field)
     attrs = {
-        "collection_manager": manager or ZsetCollectionManager,
+        "collection_manager": manager or ExtendedCollectionManager,
         "name": fields.StringField(indexable=True, indexes=[Index]),
         "prio": fields.StringField(),
         "tags": fields.SetField(),
@@ -602,8 +593,6 @@ def test_scored_equal_index_filtered_keys(Scored, client, count_commands):
     assert index.get_filtered_keys("in", []) == []
     with pytest.raises(ImplementationError, match="^ScoredEqualIndex can only return keys of type zset$"):
         index.get_filtered_keys(None, "x", accepted_key_types={"set"})
-    if ExtendedCollectionManager is None:
-        return  # the ordered collections need limpyd.contrib.collection
     assert list(Scored.collection(name__in=["x", "y", "z"])) == [b._pk, "3", a._pk]
 
 
@@ -1084,3 +1073,25 @@ def test_indexes_stay_consistent_through_random_operations(ZBase, client):
     for name in ("a", "b", "s", "p", "t", "email"):
         C.get_field(name).rebuild_indexes()
     assert keys_of(client, C) == current
+
+
+def test_scored_equal_index_collections_come_ordered_by_score(Scored):
+    a = Scored(name="x", prio=30, rank=1)
+    b = Scored(name="x", prio=10, rank=1)
+    c = Scored(name="x", prio=20, rank=2)
+    d = Scored(name="y", prio=15, rank=1)
+    Scored(name="x")  # no score: not in the index
+    assert list(Scored.collection(name="x")) == [b._pk, c._pk, a._pk]
+    assert list(Scored.collection(name__eq="y")) == [d._pk]
+    assert list(Scored.collection(name__in=["x", "y"])) == [b._pk, d._pk, c._pk, a._pk]
+    assert list(Scored.collection(name="x", rank=1)) == [b._pk, a._pk]  # a plain set counts 1 for all
+    assert Scored.collection(name="x")[0] == b._pk
+    assert Scored.collection(name="x")[1:] == [c._pk, a._pk]
+    assert len(Scored.collection(name="x")) == 3
+    b.prio.hset(40)
+    assert list(Scored.collection(name="x")) == [c._pk, a._pk, b._pk]
+    assert [i.pk.get() for i in Scored.collection(name="x").instances()] == [c._pk, a._pk, b._pk]
+    # combined with another scored filter: scores are summed
+    e = Scored(name="z", prio=1, tags=["t"], rank=100)
+    f = Scored(name="z", prio=50, tags=["t"], rank=10)
+    assert list(Scored.collection(name="z", tags="t")) == [f._pk, e._pk]  # 60 < 101

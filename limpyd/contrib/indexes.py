@@ -33,6 +33,7 @@ import threading
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from limpyd._batch import defer_next
+from limpyd.contrib.collection import ExtendedCollectionManager
 from limpyd.exceptions import ImplementationError
 from limpyd.fields import HashField, PKField, SingleValueField
 from limpyd.indexes import (
@@ -444,15 +445,6 @@ class _EqualIndexWith_RelatedIndex(_MultiFieldsIndexMixin, _BaseRelatedIndex):  
 # ScoredEqualIndex
 
 
-def _is_extended_collection_manager(manager: Any) -> bool:
-    """Return whether ``manager`` is an ``ExtendedCollectionManager`` (sub)class."""
-    try:
-        from limpyd.contrib.collection import ExtendedCollectionManager
-    except ImportError:  # pragma: no cover - only while limpyd.contrib.collection is not installed
-        return isinstance(manager, type) and "zset" in getattr(manager, "_accepted_key_types", ())
-    return isinstance(manager, type) and issubclass(manager, ExtendedCollectionManager)
-
-
 class ScoredEqualIndex(_RecomputedRollbackMixin, EqualIndex):
     """An equality index in sorted sets, each pk scored by the value of ``score_field``.
 
@@ -481,7 +473,8 @@ class ScoredEqualIndex(_RecomputedRollbackMixin, EqualIndex):
     def _field_model_ready(cls, model: type, field: Any) -> None:
         """Check the configuration and attach the related index to the score field."""
         where = "%s on %s" % (cls.__name__, _field_path(model, field))
-        if not _is_extended_collection_manager(model.collection_manager):
+        manager = model.collection_manager
+        if not (isinstance(manager, type) and issubclass(manager, ExtendedCollectionManager)):
             raise ImplementationError(
                 "%s: the model's collection_manager %s cannot use sorted sets; set `collection_manager = "
                 "ExtendedCollectionManager` (from limpyd.contrib.collection) on %s"
