@@ -540,6 +540,30 @@ def test_aggressive_clear_uses_a_pipeline_and_restores_the_connection(pdb, names
     assert set(Person.collection(name="a")) == {"1"}
 
 
+def test_score_sorting_of_extended_collections_on_a_pipeline_database(pdb, namespace, client):
+    from limpyd.contrib.collection import ExtendedCollectionManager
+
+    db, ns = pdb, namespace
+
+    class Player(model.RedisModel):
+        database = db
+        namespace = ns
+        collection_manager = ExtendedCollectionManager
+        name = fields.StringField(indexable=True)
+
+    class Board(model.RedisModel):
+        database = db
+        namespace = ns
+        scores = fields.SortedSetField()
+
+    players = [Player(name="p%d" % i) for i in range(3)]
+    board = Board(scores={players[0]._pk: 30, players[1]._pk: 10, players[2]._pk: 20})
+    direct = pdb.connection
+    assert list(Player.collection().sort(by_score=board.scores)) == [players[1]._pk, players[2]._pk, players[0]._pk]
+    assert pdb.connection is direct and pdb._pipelined_connection is None
+    assert [key for key in client.keys("*") if "__collection__" in key] == []
+
+
 # ---------------------------------------------------------------------- same behaviour as RedisDatabase
 
 
