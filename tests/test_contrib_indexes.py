@@ -1100,3 +1100,31 @@ def test_scored_equal_index_collections_come_ordered_by_score(Scored):
     e = Scored(name="z", prio=1, tags=["t"], rank=100)
     f = Scored(name="z", prio=50, tags=["t"], rank=10)
     assert list(Scored.collection(name="z", tags="t")) == [f._pk, e._pk]  # 60 < 101
+
+
+def test_scored_equal_index_on_a_foreign_key(database, namespace, client):
+    from limpyd.contrib.related import FKInstanceHashField, RelatedModel
+
+    db, ns = database, namespace
+
+    class Client(RelatedModel):
+        database = db
+        namespace = ns
+        name = fields.StringField()
+
+    class Order(RelatedModel):  # RelatedModel: an ExtendedCollectionManager by default
+        database = db
+        namespace = ns
+        client = FKInstanceHashField(Client, indexes=[ScoredEqualIndex.configure(score_field="amount")])
+        amount = fields.InstanceHashField()
+
+    alice, bob = Client(name="alice"), Client(name="bob")
+    first = Order(client=alice, amount=30)
+    second = Order(client=alice, amount=10)
+    Order(client=bob, amount=20)
+    index = Order.get_field("client").get_index()
+    assert index.get_storage_key(alice) == "%s:order:client:equal-scored:%s" % (ns, alice._pk)
+    assert client.zrange(index.get_storage_key(alice), 0, -1, withscores=True) == [
+        (second._pk, 10.0), (first._pk, 30.0)]
+    assert list(Order.collection(client=alice)) == [second._pk, first._pk]
+    assert list(alice.order_set()) == [second._pk, first._pk]  # the reverse collection, by amount
