@@ -746,3 +746,31 @@ def test_collection_manager_default_is_extended(league):
     assert Team.collection_manager is ExtendedCollectionManager
     assert not issubclass(CollectionManager, ExtendedCollectionManager)
     assert isinstance(Team.collection(), ExtendedCollectionManager)
+
+
+def test_model_hmset_accepts_instances(RBase, client, namespace):
+    """The instance-hash ``hmset`` of a RelatedModel converts the values of its related fields."""
+
+    class Player(RBase):
+        id = PKField()
+
+    class Team(RBase):
+        id = PKField()
+        captain = FKInstanceHashField(Player, related_name="captained")
+        label = InstanceHashField()
+
+    p1 = Player(id="p1")
+    team = Team(id="t", captain="p0")
+    n = namespace + ":team"
+    with command_log(client) as log:
+        assert team.hmset(captain=p1, label="x") is True
+    assert log == ["HGET %s:t:hash captain" % n, "SREM %s:captain:p0 t" % n, "SADD %s:captain:p1 t" % n,
+                   "HSET %s:t:hash captain p1 label x" % n]
+    assert team.hmget("captain", "label") == ["p1", "x"] and list(p1.captained()) == ["t"]
+    before = dump(client)
+    with pytest.raises(DataError):
+        team.hmset(captain=Player(), label="y")  # an instance without pk
+    assert dump(client) == before
+    with pytest.raises(AttributeError):
+        team.hmset(captain=p1, unknown=1)
+    assert dump(client) == before

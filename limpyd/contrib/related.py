@@ -206,6 +206,15 @@ class RelatedModel(RedisModel):
             setattr(self, field.related_name, field.related_collection_class(self, field))
             self.related_collections.append(field.related_name)
 
+    def _call_hmset(self, command: str, **values: Any) -> Any:
+        """Set several InstanceHashFields at once; related ones accept instances (converted first)."""
+        for name, value in values.items():
+            if self.has_field(name):
+                field = self.get_field(name)
+                if isinstance(field, RelatedFieldMixin):
+                    values[name] = field.from_python(value)
+        return super()._call_hmset(command, **values)
+
     def delete(self) -> None:
         """Remove the instance from the related fields pointing to it, then delete it."""
         with batch_scope(self.database):
