@@ -39,7 +39,7 @@ from limpyd.fields import (
     SortedSetField,
     StringField,
 )
-from limpyd.indexes import EqualIndex
+from limpyd.indexes import EqualIndex, TextRangeIndex
 from limpyd.model import RedisModel
 
 
@@ -774,3 +774,30 @@ def test_model_hmset_accepts_instances(RBase, client, namespace):
     with pytest.raises(AttributeError):
         team.hmset(captain=p1, unknown=1)
     assert dump(client) == before
+
+
+def test_indexes_and_unique_options(RBase, client, namespace):
+    """``indexes`` and ``unique`` work as on the base field (the field stays indexable)."""
+
+    class Player(RBase):
+        id = PKField()
+
+    class Team(RBase):
+        id = PKField()
+        players = M2MSetField(Player, unique=True, related_name="team")
+        bench = M2MListField(Player, indexes=[EqualIndex, TextRangeIndex], related_name="benches")
+
+    p1, p2 = Player(id="p1"), Player(id="p2")
+    team = Team(id="t", players=[p1], bench=[p2, "x9"])
+    other = Team(id="u")
+    before = dump(client)
+    with pytest.raises(UniquenessError):
+        other.players.sadd(p2, p1)  # a player belongs to one team at most
+    assert dump(client) == before
+    assert other.players.sadd(p2) == 1
+    assert set(Team.collection(bench__startswith="p")) == {"t"} and set(Team.collection(bench=p2)) == {"t"}
+    assert client.zrange(namespace + ":team:bench:text-range", 0, -1) == [
+        "p2:TEXT-RANGE-SEPARATOR:t", "x9:TEXT-RANGE-SEPARATOR:t"]
+    p2.delete()
+    assert other.players.smembers() == set() and team.bench.lmembers() == ["x9"]
+    assert client.zrange(namespace + ":team:bench:text-range", 0, -1) == ["x9:TEXT-RANGE-SEPARATOR:t"]
