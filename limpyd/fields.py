@@ -152,7 +152,7 @@ class RedisProxyCommand(metaclass=MetaRedisProxy):
         )
         return command
 
-    def _call_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    def _call_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run the command ``name``: existence check for modifiers, then its ``_call_`` method."""
         obj = getattr(self, "_instance", self)
         if name in self.available_modifiers and obj._pk and not obj.connected:
@@ -160,7 +160,7 @@ class RedisProxyCommand(metaclass=MetaRedisProxy):
         meth = getattr(self, "_call_" + name, self._traverse_command)
         return meth(name, *args, **kwargs)
 
-    def _traverse_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    def _traverse_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call the redis-py method ``name`` with the key first, then ``post_command``."""
         if name not in self.available_commands:
             raise AttributeError("%s is not an available command for %s" % (name, type(self).__name__))
@@ -477,7 +477,7 @@ class RedisField(RedisProxyCommand):
 
     # ------------------------------------------------------------------ commands
 
-    def _call_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    def _call_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run ``name``; a modifier of an indexable field runs under the field lock, with rollback.
 
         Such a modifier runs in a write-behind batch (``limpyd._batch``): same commands, same
@@ -533,7 +533,7 @@ class RedisField(RedisProxyCommand):
             instance is None or type(instance).post_command is RedisProxyCommand.post_command
         )
 
-    def _write_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    def _write_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run a command whose result only goes back to the caller (queued when that is allowed)."""
         batch = current_batch(self._model.database)
         if batch is not None and id(self) in batch.owners and self._has_default_post_command():
@@ -566,7 +566,7 @@ class RedisField(RedisProxyCommand):
             self.__dict__.pop("_limpyd_fresh_read", None)
         return None
 
-    def _reset(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    def _reset(self, command: str, /, *args: Any, **kwargs: Any) -> Any:
         """Strategy R: deindex every stored value, run the command, index every stored value."""
         if self.indexable:
             self.deindex()
@@ -575,7 +575,7 @@ class RedisField(RedisProxyCommand):
             self.index()
         return result
 
-    def _reindex_from_result(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    def _reindex_from_result(self, command: str, /, *args: Any, **kwargs: Any) -> Any:
         """Strategy F: deindex the stored value, run the command, index the value it returned."""
         if self.indexable:
             self.deindex()
@@ -584,13 +584,13 @@ class RedisField(RedisProxyCommand):
             self.index(result)
         return result
 
-    def _deny_if_indexable(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    def _deny_if_indexable(self, command: str, /, *args: Any, **kwargs: Any) -> Any:
         """Strategy E: refuse expiring commands on indexable fields (their index would go stale)."""
         if self.indexable:
             raise ImplementationError("Indexable fields cannot be expired")
         return self._traverse_command(command, *args, **kwargs)
 
-    def _del(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    def _del(self, command: str, /, *args: Any, **kwargs: Any) -> Any:
         """Strategy X: deindex every stored value, then run the (delete) command."""
         if self.indexable:
             self.deindex()
@@ -605,7 +605,7 @@ class RedisField(RedisProxyCommand):
 class SingleValueField(RedisField):
     """Base of fields holding one value."""
 
-    def _call_set(self, command: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call_set(self, command: str, /, value: Any, *args: Any, **kwargs: Any) -> Any:
         """Strategy S: (de)index only when the value changes, uniqueness checked before writing."""
         check_value(self, value)
         if self.indexable:
@@ -617,7 +617,7 @@ class SingleValueField(RedisField):
                     self.index(value)
         return self._write_command(command, value, *args, **kwargs)
 
-    def _index_if_set(self, command: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+    def _index_if_set(self, command: str, /, value: Any, *args: Any, **kwargs: Any) -> Any:
         """Strategy N: run the command, index ``value`` only if it was written."""
         check_value(self, value)
         result = self._traverse_command(command, value, *args, **kwargs)
@@ -663,7 +663,7 @@ class StringField(SingleValueField):
         "setbit", "setnx", "setrange", "setex", "psetex",
     }
 
-    def _call_set(self, command: str, value: Any, ex: Any = None, px: Any = None, nx: bool = False,
+    def _call_set(self, command: str, /, value: Any, ex: Any = None, px: Any = None, nx: bool = False,
                   xx: bool = False, **kwargs: Any) -> Any:
         """Set the value (``SET key value [EX|PX]``); ``nx``/``xx`` are not supported by limpyd."""
         if kwargs:
@@ -706,7 +706,7 @@ class InstanceHashField(SingleValueField):
         """Return the ``SORT ... BY`` pattern for this field: ``N:*:hash-><name>``."""
         return "%s->%s" % (self._model.sort_wildcard(), self.name)
 
-    def _traverse_command(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    def _traverse_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call the redis-py hash command ``name`` on the instance hash, the field name first."""
         return super()._traverse_command(name, self.name, *args, **kwargs)
 
@@ -829,7 +829,7 @@ class MultiValuesField(RedisField):
 
     scannable = False
 
-    def _add(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    def _add(self, command: str, /, *args: Any, **kwargs: Any) -> Any:
         """Strategy A: index the given values, then run the command."""
         for value in args:
             check_value(self, value)
@@ -837,20 +837,20 @@ class MultiValuesField(RedisField):
             self.index(args)
         return self._write_command(command, *args, **kwargs)
 
-    def _rem(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    def _rem(self, command: str, /, *args: Any, **kwargs: Any) -> Any:
         """Strategy D: deindex the given values, then run the command."""
         if self.indexable:
             self.deindex(args)
         return self._write_command(command, *args, **kwargs)
 
-    def _pop(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    def _pop(self, command: str, /, *args: Any, **kwargs: Any) -> Any:
         """Strategy P: run the command, then deindex the value(s) it returned."""
         result = self._traverse_command(command, *args, **kwargs)
         if self.indexable and result is not None:
             self.deindex(result if isinstance(result, list) else [result])
         return result
 
-    def _index_all_if_set(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    def _index_all_if_set(self, command: str, /, *args: Any, **kwargs: Any) -> Any:
         """Strategy N: run the command, index the given values only if the result is truthy."""
         for value in args:
             check_value(self, value)
@@ -859,7 +859,7 @@ class MultiValuesField(RedisField):
             self.index(args)
         return result
 
-    def _scan(self, command: str, match: Any = None, count: Any = None) -> Any:
+    def _scan(self, command: str, /, match: Any = None, count: Any = None) -> Any:
         """Return the redis-py ``*scan_iter`` generator over the field's key."""
         assert self.scannable, "Field is not scannable"
         assert not command.endswith("_iter"), "Use %s instead of %s" % (command[:-5], command)
@@ -913,7 +913,7 @@ class SetField(MultiValuesField):
     _call_srem = MultiValuesField._rem
     _call_sscan = _call_sscan_iter = MultiValuesField._scan
 
-    def _call_spop(self, command: str, count: Any = None, **kwargs: Any) -> Any:
+    def _call_spop(self, command: str, /, count: Any = None, **kwargs: Any) -> Any:
         """Pop one member (or ``count`` members, as a list) and deindex what was popped."""
         if count is None:
             return self._pop(command, **kwargs)
@@ -963,30 +963,30 @@ class ListField(MultiValuesField):
         """Return every element of the list (``LRANGE key 0 -1``)."""
         return self.lrange(0, -1)
 
-    def _call_lrank(self, command: str, value: Any) -> Any:
+    def _call_lrank(self, command: str, /, value: Any) -> Any:
         """Return the position of the first element equal to ``value``, or ``None``."""
         return self.database.call_script(ListField.scripts["lrank"], keys=[self.key], args=[value])
 
-    def _call_lcount(self, command: str, value: Any) -> int:
+    def _call_lcount(self, command: str, /, value: Any) -> int:
         """Return how many elements equal ``value``."""
         return self.database.call_script(ListField.scripts["lcount"], keys=[self.key], args=[value])
 
-    def _call_lcontains(self, command: str, value: Any) -> bool:
+    def _call_lcontains(self, command: str, /, value: Any) -> bool:
         """Return whether an element equals ``value``."""
         return self.lrank(value) is not None
 
-    def _call_lrem(self, command: str, count: Any, value: Any) -> Any:
+    def _call_lrem(self, command: str, /, count: Any, value: Any) -> Any:
         """Remove elements equal to ``value``: all of them (``count == 0``) or ``count`` of them."""
         if count == 0:
             return self._rem_value(command, count, value)
         return self._reset(command, count, value)
 
-    def _rem_value(self, command: str, count: Any, value: Any) -> Any:
+    def _rem_value(self, command: str, /, count: Any, value: Any) -> Any:
         if self.indexable:
             self.deindex([value])
         return self._traverse_command(command, count, value)
 
-    def _call_lset(self, command: str, index: Any, value: Any) -> Any:
+    def _call_lset(self, command: str, /, index: Any, value: Any) -> Any:
         """Replace the element at ``index``, deindexing the old one and indexing ``value``."""
         check_value(self, value)
         if not self.indexable:
@@ -998,7 +998,7 @@ class ListField(MultiValuesField):
         self.index([value])
         return result
 
-    def _call_linsert(self, command: str, where: Any, refvalue: Any, value: Any) -> Any:
+    def _call_linsert(self, command: str, /, where: Any, refvalue: Any, value: Any) -> Any:
         """Insert ``value`` before/after ``refvalue``; index it unless the pivot was not found."""
         check_value(self, value)
         result = self._traverse_command(command, where, refvalue, value)
@@ -1068,7 +1068,7 @@ class SortedSetField(MultiValuesField):
         options["mapping"] = mapping
         return [], options
 
-    def _call_zadd(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    def _call_zadd(self, command: str, /, *args: Any, **kwargs: Any) -> Any:
         """Add members with their scores (a mapping, or ``member=score`` keywords)."""
         _, kwargs = self.coerce_zadd_args(*args, **kwargs)
         for member, score in (kwargs.get("mapping") or {}).items():
@@ -1078,19 +1078,19 @@ class SortedSetField(MultiValuesField):
             self.index(list(kwargs["mapping"]))
         return self._write_command(command, **kwargs)
 
-    def _call_zincrby(self, command: str, amount: Any, value: Any) -> Any:
+    def _call_zincrby(self, command: str, /, amount: Any, value: Any) -> Any:
         """Increment the score of ``value`` by ``amount`` (indexing ``value``)."""
         check_value(self, value, "member")
         if self.indexable:
             self.index([value])
         return self._traverse_command(command, amount, value)
 
-    def _call_zpopmin(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    def _call_zpopmin(self, command: str, /, *args: Any, **kwargs: Any) -> Any:
         """Pop the members with the lowest scores (Redis >= 5)."""
         self._check_server_version((5,), "ZPOPMIN is not a valid command for redis-server version < 5")
         return self._reset(command, *args, **kwargs)
 
-    def _call_zpopmax(self, command: str, *args: Any, **kwargs: Any) -> Any:
+    def _call_zpopmax(self, command: str, /, *args: Any, **kwargs: Any) -> Any:
         """Pop the members with the highest scores (Redis >= 5)."""
         self._check_server_version((5,), "ZPOPMAX is not a valid command for redis-server version < 5")
         return self._reset(command, *args, **kwargs)
@@ -1125,16 +1125,16 @@ class HashField(MultiValuesField):
         """Return ``[(hash_key, value), ...]`` from a dict."""
         return list(values.items())
 
-    def _call_hmget(self, command: str, *keys: Any) -> Any:
+    def _call_hmget(self, command: str, /, *keys: Any) -> Any:
         """Return the values of ``keys`` (``None`` for missing ones)."""
         return self._traverse_command(command, keys)
 
-    def _call_hstrlen(self, command: str, key: Any) -> int:
+    def _call_hstrlen(self, command: str, /, key: Any) -> int:
         """Return the length of the value of ``key`` (Redis >= 3.2)."""
         self._check_server_version((3, 2), "HSTRLEN is not a valid command for redis-server version < 3.2")
         return self._traverse_command(command, key)
 
-    def _call_hset(self, command: str, key: Any, value: Any) -> Any:
+    def _call_hset(self, command: str, /, key: Any, value: Any) -> Any:
         """Set ``key`` to ``value``, moving its index entry when the value changes."""
         check_value(self, key, "hash key")
         check_value(self, value)
@@ -1147,7 +1147,7 @@ class HashField(MultiValuesField):
                     self.index({key: value})
         return self._traverse_command(command, key, value)
 
-    def _call_hmset(self, command: str, *args: Any, **mapping: Any) -> bool:
+    def _call_hmset(self, command: str, /, *args: Any, **mapping: Any) -> bool:
         """Set several keys at once (``HSET key k1 v1 ...``); returns ``True``."""
         for value in mapping.values():
             check_value(self, value)
@@ -1170,7 +1170,7 @@ class HashField(MultiValuesField):
         """Write ``mapping`` into the hash ``key`` in one command; ``True`` (the pipeline when pipelined)."""
         return write_hash(self.database, key, mapping)
 
-    def _call_hsetnx(self, command: str, key: Any, value: Any) -> Any:
+    def _call_hsetnx(self, command: str, /, key: Any, value: Any) -> Any:
         """Set ``key`` only if it does not exist, indexing the value if it was set."""
         check_value(self, key, "hash key")
         check_value(self, value)
@@ -1179,7 +1179,7 @@ class HashField(MultiValuesField):
             self.index({key: value})
         return result
 
-    def _call_hincrby(self, command: str, key: Any, amount: Any) -> Any:
+    def _call_hincrby(self, command: str, /, key: Any, amount: Any) -> Any:
         """Increment ``key`` by ``amount`` and index the value returned."""
         if self.indexable:
             current = self.connection.hget(self.key, key)
@@ -1192,7 +1192,7 @@ class HashField(MultiValuesField):
 
     _call_hincrbyfloat = _call_hincrby
 
-    def _call_hdel(self, command: str, *keys: Any) -> Any:
+    def _call_hdel(self, command: str, /, *keys: Any) -> Any:
         """Remove ``keys`` (missing ones are fine), deindexing their values."""
         if self.indexable and keys:
             current = dict(zip(keys, self.connection.hmget(self.key, list(keys))))

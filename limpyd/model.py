@@ -483,13 +483,13 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         if names and not any(name in self._instancehash_fields for name in names):
             raise ValueError("Only InstanceHashField can be used here.")
 
-    def _call_hmget(self, command: str, *names: str) -> Any:
+    def _call_hmget(self, command: str, /, *names: str) -> Any:
         """Return the values of the InstanceHashFields ``names`` (``None`` when not set)."""
         self._check_instancehash_names(names)
         result = self.connection.hmget(self.key, list(names))
         return self.post_command(sender=self, name=command, result=result, args=names, kwargs={})
 
-    def _call_hmset(self, command: str, **values: Any) -> Any:
+    def _call_hmset(self, command: str, /, **values: Any) -> Any:
         """Set several InstanceHashFields in one write, maintaining their indexes (no lock)."""
         self._check_instancehash_names(values)
         for name, value in values.items():
@@ -513,7 +513,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
                 field._reset_indexes_rollback_caches(self._pk)
         return self.post_command(sender=self, name=command, result=result, args=(), kwargs=values)
 
-    def _call_hdel(self, command: str, *names: str) -> Any:
+    def _call_hdel(self, command: str, /, *names: str) -> Any:
         """Remove the InstanceHashFields ``names`` from the instance hash, deindexing them."""
         self._check_instancehash_names(names)
         for name in names:

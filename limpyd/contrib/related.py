@@ -206,7 +206,7 @@ class RelatedModel(RedisModel):
             setattr(self, field.related_name, field.related_collection_class(self, field))
             self.related_collections.append(field.related_name)
 
-    def _call_hmset(self, command: str, **values: Any) -> Any:
+    def _call_hmset(self, command: str, /, **values: Any) -> Any:
         """Set several InstanceHashFields at once; related ones accept instances (converted first)."""
         for name, value in values.items():
             if self.has_field(name):
