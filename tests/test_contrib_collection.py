@@ -610,10 +610,19 @@ def test_sort_by_score_sequence(database, namespace, redis_settings, count_comma
     assert temporary_keys(client) == []
 
 
-def test_sort_by_score_on_a_pipeline_database(database, namespace, redis_settings, count_commands):
+def test_sort_by_score_on_a_pipeline_database(database, namespace, redis_settings, count_commands, monkeypatch):
     """On a ``PipelineDatabase`` the ZSCOREs go through a non-transactional pipeline: same commands."""
     client = raw_client(redis_settings)
     logs = []
+    opened = []
+    original = PipelineDatabase.pipeline
+
+    def spy(self, *args, **kwargs):
+        pipeline = original(self, *args, **kwargs)
+        opened.append((args, kwargs, pipeline.transaction))
+        return pipeline
+
+    monkeypatch.setattr(PipelineDatabase, "pipeline", spy)
     for kind, db in (("plain", database), ("pipeline", PipelineDatabase(**redis_settings))):
         Product = shop(db, namespace + kind)
         board = Product(6)
@@ -626,6 +635,7 @@ def test_sort_by_score_on_a_pipeline_database(database, namespace, redis_setting
     assert logs[0] == logs[1]
     assert verbs(logs[0]).count("ZSCORE") == 6
     assert "MULTI" not in verbs(logs[1])
+    assert [transaction for _, _, transaction in opened] == [False, False]  # one pipeline per score sort
 
 
 def test_sort_by_score_with_a_pk_filter(database, namespace, count_commands):
@@ -742,3 +752,41 @@ def test_sort_by_score_no_temporary_key_left_after_errors(database, namespace, r
         with pytest.raises(redis.exceptions.ResponseError, match="^WRONGTYPE"):
             collection[-1]
         assert dump(client) == before
+
+
+# ---------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("operation", [
+    "list(M.collection(cat='x').intersect([2, 4, 5], board.history, board.ranks))",
+    "len(M.collection(cat='x').intersect([2, 4, 5], board.ranks))",
+    "list(M.collection(cat='x', price__in=[20, 40]).sort(by_score=board.ranks).values('name', SORTED_SCORE))",
+    "list(M.collection(cat='x', price__in=[20, 40]).sort(by_score=board.ranks, desc=True)[0:1])",
+    "list(M.collection(pk=2).sort(by_score=board.ranks).values_list('pk', SORTED_SCORE))",
+    "list(M.collection(cat='x').sort(by_score=board.ranks).store(key='k'))",
+    "list(M.collection(pk=2, cat='x').store(key='k'))",
+    "list(M.collection(cat='z').store(key='k'))",
+    "list(M.collection().from_stored('k')(cat='x'))",
+    "len(M.collection().from_stored('k'))",
+])
+def test_batched_round_trips_keep_the_commands(database, namespace, redis_settings, monkeypatch, operation):
+    """The commands sent one by one (no write-behind batch) are exactly those sent batched."""
+    client = raw_client(redis_settings)
+    warm_list_script(client)
+    logs, results = [], []
+    for batched in (True, False):
+        M = shop(database, namespace + ("b" if batched else "s"))
+        board = M(6)
+        board.history.rpush("2", "4")
+        client.rpush("k", "2", "4", "1")
+        with monkeypatch.context() as patch:
+            if not batched:
+                patch.setattr(contrib_collection, "queue_command", lambda *args, **kwargs: None)
+                patch.setattr(contrib_collection, "defer_next", lambda *args, **kwargs: False)
+                patch.setattr(contrib_collection, "current_batch", lambda database: None)
+            with command_log(client) as log:
+                results.append(eval(operation, {"M": M, "board": board, "SORTED_SCORE": SORTED_SCORE}))
+        logs.append([entry.replace(M._name, "M") for entry in log])
+        client.delete("k")
+    assert logs[0] == logs[1]
+    assert results[0] == results[1]
