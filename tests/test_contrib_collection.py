@@ -474,6 +474,12 @@ def test_zset_order_iteration_and_len(database, namespace, redis_settings, count
         assert len(Product.collection().intersect(board.ranks)) == 5
     assert verbs(log) == ["EXISTS", "ZINTERSTORE", "ZCARD", "EXPIRE"]
     assert log[2] == "ZCARD %s:__collection__:final:<a>" % n
+    counted = Product.collection().intersect(board.ranks.key)  # a key: its type is read when counting
+    assert len(counted) == 5
+    with command_log(client) as log:  # the kept final key is a sorted set: read in score order
+        assert list(counted) == ["2", "4", "3", "5", "1"]
+    assert log == ["EXPIRE %s:__collection__:final:<a> 300" % n, "ZRANGE %s:__collection__:final:<a> 0 -1" % n,
+                   "DEL %s:__collection__:final:<a>" % n]
     # sort() and values() go through SORT and follow its order
     assert list(collection.sort()) == ["1", "2", "3", "4", "5"]
     assert list(collection.sort(by="-pk")) == ["5", "4", "3", "2", "1"]
