@@ -14,13 +14,14 @@ import sys
 from datetime import datetime, timedelta
 
 import pytest
+import redis
 from _redis_dump import dump, layout
 from example_package import catalog, extensions, jobs
 from example_package.catalog import Book, Person
 from example_package.jobs import STATUSES, Error, Job, Queue, Worker
 
 import limpyd
-from limpyd.database import DEFAULT_CONNECTION_SETTINGS
+from limpyd.database import DEFAULT_CONNECTION_SETTINGS, Lock
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException
 
 START = datetime(2024, 2, 29, 13, 14, 15, 123456)
@@ -128,6 +129,8 @@ def test_use_database_moves_models_and_relations(jobs_db, count_commands):
 
 
 def test_worker_banner_and_lock(jobs_db, client):
+    assert limpyd.VERSION == (3, 0, 0) and Lock is redis.lock.Lock is redis.client.Lock
+    assert all(issubclass(error, LimpydException) for error in (DoesNotExist, ImplementationError))
     worker = Worker("default")
     assert worker.banner() == "limpyd %s, redis %s on %s:%s, db %s" % (
         limpyd.EXACT_VERSION, client.info()["redis_version"], jobs_db.connection_settings["host"],
@@ -209,6 +212,7 @@ def test_delayed_jobs_and_retry_delay(jobs_db, clock, client):
     timestamp = (START + timedelta(minutes=5)).timestamp()
     assert later.hmget("status", "queued", "delayed_until") == ["delayed", "1", str(START + timedelta(minutes=5))]
     assert queue.delayed.zrange(0, -1, withscores=True) == [(later.pk.get(), timestamp)] and queue.waiting.llen() == 0
+    assert queue.delayed.zrange(0, -1) == pks(later)
     assert list(Job.collection(delayed_until__date="2024-02-29")) == pks(later)
     assert list(Job.collection(delayed_until__time__gte="13:19")) == pks(later)
     assert list(Job.collection(delayed_until__time__gte="13:20")) == []
@@ -357,7 +361,8 @@ def test_deletion_cascades(jobs_db, clock, client):
 # ---------------------------------------------------------------------- catalog: dynamic fields
 
 
-def test_dynamic_fields_at_model_level(catalog_db, count_commands):
+def test_dynamic_fields_at_model_level(catalog_db, redis_settings, count_commands):
+    assert catalog_db is catalog.database.connection and catalog.database.connection_settings == redis_settings
     assert Book.tags is Book.get_field("tags") and not hasattr(Book.tags, "_instance")
     with count_commands(0):
         field = Book.get_field("tags_de")
@@ -416,7 +421,7 @@ def test_dynamic_fields_at_instance_level(catalog_db, client, count_commands):
     assert layout(client) == {"catalog:book:max_pk": ("string", "1")}
 
 
-def test_dynamic_filters(catalog_db, client, count_commands):
+def test_dynamic_filters(catalog_db, client, count_commands, monkeypatch):
     dune = Book(title="Dune", tags_en=["scifi"], notes_fr={"review": "bien"})
     emma = Book(title="Emma", tags_en=["romance"], tags_fr=["roman"], notes_fr={"review": "superbe"})
     with count_commands(0):
@@ -430,6 +435,9 @@ def test_dynamic_filters(catalog_db, client, count_commands):
     assert list(Book.collection().dynamic_filter("notes", "fr", "bien", "review").instances()) == [dune]
     assert list(Book.collection(tags_en__lt="s", notes_fr__review="superbe")) == pks(emma)
     assert list(Book.collection().dynamic_filter("tags", "de", "x")) == []
+    monkeypatch.delattr(Book, "_redis_attr_tags_it", raising=False)
+    assert list(Book.collection(tags_it="x")) == []  # the filter itself creates the field, through get_field
+    assert Book.__dict__["_redis_attr_tags_it"]._dynamic_base == "tags"
     assert list(Book.collection().dynamic_filter("tags", "en", "scifi").values_list("title", flat=True)) == ["Dune"]
     intersected = Book.collection().intersect(pks(emma)).dynamic_filter("notes", "fr", "bien", "review")
     assert type(intersected) is extensions.ExtendedCollectionManagerWithDynamicFields and list(intersected) == []

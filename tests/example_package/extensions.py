@@ -259,7 +259,8 @@ class RelatedCollectionWithWriters(RelatedCollection):
         _, kwargs = fields.SortedSetField.coerce_zadd_args(
             *args, values_callback=lambda *owners: [self._owner_field(owner) for owner in owners], **kwargs)
         mapping = kwargs.pop("mapping")  # {owner field: score}
-        return sum(field.zadd({self.instance: score}, values_callback=None, **kwargs) for field, score in mapping.items())
+        return sum(field.zadd(mapping={self.instance: score}, values_callback=None, **kwargs)
+                   for field, score in mapping.items())
 
     def zrem(self, *owners: Any) -> None:
         for owner in owners:
