@@ -106,7 +106,7 @@ def test_import_never_contacts_redis():
         "print(jobs.database.connection_settings, sorted(jobs.database._models), sorted(jobs.database._relations))\n"
         "print(catalog.database.connection_settings, sorted(catalog.database._models))\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")])))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
@@ -488,6 +488,8 @@ def test_dynamic_related_fields(catalog_db, client):
     authors = book.get_field("authors_writer")()  # built by Person's collection manager
     assert type(authors) is extensions.ExtendedCollectionManagerWithDynamicFields and set(authors) == set(pks(ann, bob))
     assert list(Book.collection().dynamic_filter("authors", "writer", bob)) == pks(book)
+    other = Book(title="Other", authors_illustrator=[bob], readers={bob: 2})  # instances as creation values
+    assert list(bob.books("illustrator")) == pks(other) and list(bob.read_books()) == pks(other)
 
     writer = Book.get_field("authors_writer")
     related_name = "books__writer__%d" % id(writer)
@@ -504,6 +506,7 @@ def test_dynamic_related_fields(catalog_db, client):
     assert book.get_field("authors_illustrator").smembers() == set()
     assert list(Book.collection(authors_writer=ann.pk.get())) == []
     book.delete()
+    other.delete()
     assert sorted(client.keys("catalog:book:*")) == ["catalog:book:max_pk"]
 
 
