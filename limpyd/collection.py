@@ -214,22 +214,27 @@ class CollectionResults(object):
         return self._converted(self.data)
 
     def __next__(self) -> Any:
-        if self._cursor == -1:
-            prefetch = getattr(self.func, "prefetch", None)
+        func = self.func
+        cursor = self._cursor + 1
+        if func is None:  # raw pks: the common case, kept short (``list(collection)`` runs it per entry)
+            if cursor >= self.length:
+                self._cursor = self.length
+                raise StopIteration
+            self._cursor = cursor
+            return self.data[cursor]
+        if cursor == 0:
+            prefetch = getattr(func, "prefetch", None)
             if prefetch is not None:
                 prefetch(self.data)
         while True:
-            if self._cursor + 1 >= self.length:
+            if cursor >= self.length:
                 self._cursor = self.length
                 raise StopIteration
-            self._cursor += 1
-            entry = self.data[self._cursor]
-            if self.func is None:
-                return entry
+            self._cursor = cursor
             try:
-                return self.func(entry)
+                return func(self.data[cursor])
             except DoesNotExist:
-                continue
+                cursor += 1
 
     def __getitem__(self, arg: Any) -> Any:
         if isinstance(arg, slice):
