@@ -692,9 +692,13 @@ class CollectionManager(object):
             return list(self.connection.smembers(final_set))
         return self.connection.sort(final_set, **sort_options)
 
+    def _length_command(self) -> str:
+        """Return the redis-py method counting the final key (``scard``; other key types in contrib)."""
+        return "scard"
+
     def _collection_length(self, final_set: str) -> int:
         """Return the number of members of ``final_set`` (https://redis.io/commands/scard)."""
-        return self.connection.scard(final_set)
+        return getattr(self.connection, self._length_command())(final_set)
 
     def _take_final_set(self) -> Tuple[Optional[str], bool]:
         """Return the final key kept by ``len()`` if it still exists (``EXPIRE`` renews it), else ``(None, False)``."""
@@ -793,20 +797,23 @@ class CollectionManager(object):
             return 0
         default_length = type(self)._collection_length is CollectionManager._collection_length
         connection = self.connection
-        if deletable and default_length and current_batch(self.model.database) is not None:
-            pending = queue_command(connection, "scard", final_set)
-            queue_command(connection, "expire", final_set, self.FINAL_SET_TTL)
+        if default_length and current_batch(self.model.database) is not None:
+            pending = queue_command(connection, self._length_command(), final_set)
+            if deletable:
+                queue_command(connection, "expire", final_set, self.FINAL_SET_TTL)
             try:
                 length = pending.get()
             except BaseException:
-                connection.delete(final_set)
+                if deletable:
+                    self._delete_keys([final_set])
                 raise
-            self._final_set, self._final_set_deletable = final_set, True
+            if deletable:
+                self._final_set, self._final_set_deletable = final_set, True
             return length
         if deletable and default_length:
             pipeline = self.connection.pipeline(transaction=False)
             with pipeline:
-                pipeline.scard(final_set)
+                getattr(pipeline, self._length_command())(final_set)
                 pipeline.expire(final_set, self.FINAL_SET_TTL)
                 try:
                     length = _execute(pipeline)[0]

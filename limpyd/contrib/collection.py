@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from limpyd._batch import batch_scope, current_batch, defer_next, queue_command
+from limpyd._batch import batch_scope, defer_next, queue_command
 from limpyd.collection import CollectionManager, Converter, ParsedFilter, _execute, _model_path
 from limpyd.contrib.database import PipelineDatabase
 from limpyd.exceptions import DoesNotExist
@@ -707,13 +707,6 @@ class ExtendedCollectionManager(CollectionManager):
             return "llen"
         return "scard"
 
-    def _collection_length(self, final_set: str) -> int:
-        """Return the number of members of ``final_set`` (``ZCARD``, ``LLEN`` or ``SCARD``).
-
-        https://redis.io/commands/zcard - https://redis.io/commands/llen - https://redis.io/commands/scard
-        """
-        return getattr(self.connection, self._length_command())(final_set)
-
     def _send_and_delete(self, name: str, args: tuple, kwargs: Dict[str, Any], to_delete: List[str]) -> Any:
         """Run one retrieval command then ``DEL to_delete`` (even if it fails), in one round trip if batched."""
         connection = self.connection
@@ -865,38 +858,7 @@ class ExtendedCollectionManager(CollectionManager):
             self._score_plan = None
 
     def _count_now(self) -> int:
-        """Return the number of results without retrieving them (``ZCARD``/``LLEN``/``SCARD``).
-
-        A temporary final key is kept ``FINAL_SET_TTL`` seconds for the retrieval that usually
-        follows, as in the base manager.
-        """
+        """Return the number of results without retrieving them (``ZCARD``/``LLEN``/``SCARD``)."""
         if self._stored_is_empty():
             return 0
-        connection = self.connection
-        if (type(self)._collection_length is not ExtendedCollectionManager._collection_length
-                or current_batch(self.model.database) is None):
-            return super()._count_now()
-        try:
-            pk = self._get_pk()
-        except ValueError:
-            return 0
-        if pk is not None:
-            if not self._pk_exists(pk):
-                return 0
-            if self._is_pk_only(None):
-                return 1
-        final_set, deletable = self._get_final_set(self._lazy_collection["sets"], pk, None)
-        if final_set is None:
-            return 0
-        pending = queue_command(connection, self._length_command(), final_set)
-        if deletable:
-            queue_command(connection, "expire", final_set, self.FINAL_SET_TTL)
-        try:
-            length = pending.get()  # type: ignore[union-attr]
-        except BaseException:
-            if deletable:
-                self._delete_keys([final_set])
-            raise
-        if deletable:
-            self._final_set, self._final_set_deletable = final_set, True
-        return length
+        return super()._count_now()
