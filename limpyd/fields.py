@@ -163,7 +163,10 @@ class RedisProxyCommand(metaclass=MetaRedisProxy):
     def _traverse_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call the redis-py method ``name`` with the key first, then ``post_command``."""
         if name not in self.available_commands:
-            raise AttributeError("%s is not an available command for %s" % (name, type(self).__name__))
+            raise AttributeError(
+                "%s is not an available command for %s (%s): use one of %s"
+                % (name, type(self).__name__, self._command_owner_label(), ", ".join(sorted(self.available_commands)))
+            )
         connection = self.connection
         key = self.key  # may allocate the pk: before the command is marked to be queued
         pending = self.__dict__.pop("_limpyd_pending", None)
@@ -177,6 +180,12 @@ class RedisProxyCommand(metaclass=MetaRedisProxy):
             return None
         result = getattr(connection, name)(key, *args, **kwargs)
         return self.post_command(sender=self, name=name, result=result, args=args, kwargs=kwargs)
+
+    def _command_owner_label(self) -> str:
+        """Return what runs the command, for error messages: ``field Model.name`` or ``model Model``."""
+        if isinstance(self, RedisField):
+            return "field %s" % field_label(self)
+        return "model %s" % type(self).__name__
 
     def _fresh_read_reply(self, name: str, args: Any, kwargs: Any) -> Callable[[Any], None]:
         """Return the callback checking that a queued read of a just-allocated pk found nothing."""

@@ -179,9 +179,9 @@ def test_unknown_field_names(raw, M, objects):
 NOT_ALLOWED = [
     ("instance hash expire", lambda o: o.ih.expire(10), (AttributeError, ImplementationError), None),
     ("instance hash ttl", lambda o: o.uih.ttl(), AttributeError, None),
-    ("pk ttl", lambda o: o.pk.ttl(), AttributeError, "^ttl is not an available command for AutoPKField$"),
+    ("pk ttl", lambda o: o.pk.ttl(), AttributeError, "^ttl is not an available command for AutoPKField "),
     ("traverse unknown", lambda o: o.s._traverse_command("hget", "x"), AttributeError,
-     "^hget is not an available command for StringField$"),
+     "^hget is not an available command for StringField "),
     ("expire indexable", lambda o: o.i.expire(10), ImplementationError, "^Indexable fields cannot be expired$"),
     ("pexpire set", lambda o: o.tags.pexpire(10000), ImplementationError, "^Indexable fields cannot be expired$"),
     ("expireat list", lambda o: o.items.expireat(2 ** 40), ImplementationError, None),

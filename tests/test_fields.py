@@ -136,9 +136,9 @@ def test_generated_methods_are_inherited_and_dispatch_refuses_them(Base):
 
     obj = M(pk_name="a")
     assert hasattr(InstanceHashField, "expire") and "expire" not in InstanceHashField.__dict__
-    with pytest.raises(AttributeError, match="^expire is not an available command for InstanceHashField$"):
+    with pytest.raises(AttributeError, match="^expire is not an available command for InstanceHashField "):
         obj.ih.expire(10)
-    with pytest.raises(AttributeError, match="^ttl is not an available command for PKField$"):
+    with pytest.raises(AttributeError, match="^ttl is not an available command for PKField "):
         obj.pk_name.ttl()
 
 
@@ -213,9 +213,9 @@ def test_traverse_command_refuses_unknown_commands(Base):
         s = StringField()
 
     obj = M()
-    with pytest.raises(AttributeError, match="^hget is not an available command for StringField$"):
+    with pytest.raises(AttributeError, match="^hget is not an available command for StringField "):
         obj.s._traverse_command("hget")
-    with pytest.raises(AttributeError, match="^set is not an available command for M$"):
+    with pytest.raises(AttributeError, match="^set is not an available command for M "):
         obj._traverse_command("set", "x")
 
 
