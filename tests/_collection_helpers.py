@@ -11,6 +11,7 @@ import re
 from typing import Dict, Iterator, List
 
 import redis
+from _redis_dump import client_commands, slowlog_entries
 
 from limpyd.fields import InstanceHashField, StringField
 from limpyd.model import RedisModel
@@ -60,28 +61,10 @@ def command_log(client: redis.Redis) -> Iterator[List[str]]:
     script SHAs ``<sha>``; the source keys of ``SINTERSTORE``/``SUNIONSTORE`` and the keys of ``DEL``
     are sorted, and ``EVALSHA`` keeps only its key names.
     """
-    client.config_set("slowlog-max-len", 100000)
-    client.config_set("slowlog-log-slower-than", 0)
-    client.slowlog_reset()
     log: List[str] = []
-    try:
+    with slowlog_entries(client) as entries:
         yield log
-    finally:
-        entries = client.slowlog_get(100000)
-        client.config_set("slowlog-log-slower-than", 10000)
-        client.slowlog_reset()
-        commands = []
-        for entry in reversed(entries):
-            address = entry.get("client_address") or b""
-            address = address.decode() if isinstance(address, bytes) else address
-            if address.startswith("?"):  # run by a Lua script
-                continue
-            command = entry["command"]
-            command = command.decode("utf-8", "replace") if isinstance(command, bytes) else command
-            if command.split(" ")[0].upper() in ("SLOWLOG", "CONFIG", "INFO", "PING"):
-                continue
-            commands.append(command)
-        log.extend(_canonical(commands))
+    log.extend(_canonical(client_commands(entries)))
 
 
 def keys_of(client: redis.Redis) -> Dict[str, int]:

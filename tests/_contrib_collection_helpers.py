@@ -10,6 +10,7 @@ import re
 from typing import Dict, Iterator, List
 
 import redis
+from _redis_dump import client_commands, slowlog_entries
 
 from limpyd.contrib.collection import ExtendedCollectionManager
 from limpyd.fields import InstanceHashField, ListField, SetField, SortedSetField, StringField
@@ -67,30 +68,10 @@ def _canonical(commands: List[str]) -> List[str]:
 @contextlib.contextmanager
 def command_log(client: redis.Redis) -> Iterator[List[str]]:
     """Record the commands clients send inside the block (not those run by Lua scripts), canonical."""
-    saved = {name: next(iter(client.config_get(name).values())) for name in ("slowlog-max-len", "slowlog-log-slower-than")}
-    client.config_set("slowlog-max-len", 100000)
-    client.config_set("slowlog-log-slower-than", 0)
-    client.slowlog_reset()
     log: List[str] = []
-    try:
+    with slowlog_entries(client) as entries:
         yield log
-    finally:
-        entries = client.slowlog_get(100000)
-        for setting, value in saved.items():
-            client.config_set(setting, value)
-        client.slowlog_reset()
-        commands = []
-        for entry in reversed(entries):
-            address = entry.get("client_address") or b""
-            address = address.decode() if isinstance(address, bytes) else address
-            if address.startswith("?"):  # run by a Lua script
-                continue
-            command = entry["command"]
-            command = command.decode("utf-8", "replace") if isinstance(command, bytes) else command
-            if command.split(" ")[0].upper() in ("SLOWLOG", "CONFIG", "INFO", "PING"):
-                continue
-            commands.append(command)
-        log.extend(_canonical(commands))
+    log.extend(_canonical(client_commands(entries)))
 
 
 def verbs(log: List[str]) -> List[str]:

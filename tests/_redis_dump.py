@@ -72,6 +72,43 @@ def _normalize(command: Any) -> str:
 
 
 @contextlib.contextmanager
+def slowlog_entries(client: redis.Redis) -> Iterator[List[dict]]:
+    """Record every command the server runs inside the block (SLOWLOG, threshold 0), oldest first.
+
+    Yields a list filled at exit with the SLOWLOG entries; the server's settings are restored.
+    """
+    saved = {name: next(iter(client.config_get(name).values())) for name in ("slowlog-max-len", "slowlog-log-slower-than")}
+    client.config_set("slowlog-max-len", 100000)
+    client.config_set("slowlog-log-slower-than", 0)
+    client.slowlog_reset()
+    recorded: List[dict] = []
+    try:
+        yield recorded
+    finally:
+        entries = client.slowlog_get(100000)
+        for name, value in saved.items():
+            client.config_set(name, value)
+        client.slowlog_reset()
+        recorded.extend(reversed(entries))
+
+
+def client_commands(entries: List[dict]) -> List[str]:
+    """Return the commands clients sent (not those run by Lua scripts, nor the recorder's own)."""
+    commands = []
+    for entry in entries:
+        address = entry.get("client_address") or b""
+        address = address.decode() if isinstance(address, bytes) else address
+        if address.startswith("?"):  # run by a Lua script
+            continue
+        command = entry["command"]
+        command = command.decode("utf-8", "replace") if isinstance(command, bytes) else command
+        if command.split(" ")[0].upper() in ("SLOWLOG", "CONFIG", "INFO", "PING"):
+            continue
+        commands.append(command)
+    return commands
+
+
+@contextlib.contextmanager
 def command_log(client: redis.Redis) -> Iterator[List[str]]:
     """Record, in order, every command the server runs inside the block (SLOWLOG, threshold 0).
 
@@ -79,23 +116,14 @@ def command_log(client: redis.Redis) -> Iterator[List[str]]:
     inside Lua scripts appear (lower-cased, as Redis logs them) before the ``EVALSHA`` running them;
     lock tokens become ``<token>`` and script SHAs ``<sha>``.
     """
-    saved = {name: next(iter(client.config_get(name).values())) for name in ("slowlog-max-len", "slowlog-log-slower-than")}
-    client.config_set("slowlog-max-len", 100000)
-    client.config_set("slowlog-log-slower-than", 0)
-    client.slowlog_reset()
     log: List[str] = []
-    try:
+    with slowlog_entries(client) as entries:
         yield log
-    finally:
-        entries = client.slowlog_get(100000)
-        for name, value in saved.items():
-            client.config_set(name, value)
-        client.slowlog_reset()
-        for entry in reversed(entries):
-            text = _normalize(entry["command"])
-            if text.upper().startswith("SLOWLOG"):
-                continue
-            log.append(text)
+    for entry in entries:
+        text = _normalize(entry["command"])
+        if text.upper().startswith("SLOWLOG"):
+            continue
+        log.append(text)
 
 
 LOCK = ["SET {lock} <token> NX PX 5000"]
