@@ -43,6 +43,7 @@ __all__ = [
     "batch_scope",
     "current_batch",
     "defer_next",
+    "lock_command",
     "queue_command",
     "resolve",
 ]
@@ -326,13 +327,20 @@ def defer_next(connection: Any, on_reply: Optional[Callable[[Any], None]] = None
     return True
 
 
+def lock_command(lock: Any, token: Any) -> tuple:
+    """Return the ``SET name token NX [PX ms]`` taking ``lock`` (one argument order, any redis-py)."""
+    if lock.timeout:
+        return ("SET", lock.name, token, "NX", "PX", int(lock.timeout * 1000))
+    return ("SET", lock.name, token, "NX")
+
+
 def wait_for_lock(lock: Any, token: Any) -> None:
     """Acquire ``lock`` with ``token`` the way redis-py's blocking ``acquire`` does (after a miss)."""
     client = lock.redis._limpyd_real if isinstance(lock.redis, BatchClient) else lock.redis
-    timeout = int(lock.timeout * 1000) if lock.timeout else None
+    command = lock_command(lock, token)
     blocking_timeout = lock.blocking_timeout
     stop_at = time.monotonic() + blocking_timeout if blocking_timeout is not None else None
-    while not client.set(lock.name, token, nx=True, px=timeout):
+    while not client.execute_command(*command):
         if not lock.blocking or (stop_at is not None and time.monotonic() > stop_at):
             raise LockError("Unable to acquire the lock %r: it is held by someone else" % lock.name)
         time.sleep(lock.sleep)

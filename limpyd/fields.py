@@ -20,6 +20,7 @@ from limpyd._batch import (
     batch_scope,
     current_batch,
     defer_next,
+    lock_command,
     release_reply_checker,
     resolve,
     wait_for_lock,
@@ -1256,10 +1257,11 @@ class FieldLock(Lock):
         """Send ``SET name token NX PX``; in a batch, with the next read, and checked on its reply."""
         instance = getattr(self.field, "_instance", None)
         relaxed = bool(instance is not None and self.field._is_fresh() and not self.field.unique)
+        command = lock_command(self, token)  # the same arguments, in the same order, for every redis-py
         if defer_next(self.redis, guard=self, relaxed=relaxed):
-            self.redis.set(self.name, token, nx=True, px=int(self.timeout * 1000) if self.timeout else None)
+            self.redis.execute_command(*command)
             return True
-        return super().do_acquire(token)
+        return bool(self.redis.execute_command(*command))
 
     def _limpyd_wait_for_lock(self, token: Any) -> None:
         """Wait for the lock after a queued ``SET NX`` found it held elsewhere."""

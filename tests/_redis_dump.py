@@ -7,6 +7,7 @@ puts ``tests/`` on ``sys.path`` (rootdir-relative, no ``__init__.py``).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -17,6 +18,9 @@ from limpyd.fields import ListField
 
 _TOKEN = re.compile(r"\b[0-9a-f]{32}\b")
 _SHA = re.compile(r"\b[0-9a-f]{40}\b")
+
+#: redis-py >= 5 pushes several values with LPUSHX/RPUSHX; redis-py 4 takes one
+PUSHX_TAKES_SEVERAL_VALUES = "values" in inspect.signature(redis.Redis.rpushx).parameters
 
 
 def raw_client(redis_settings: dict, decode: bool = True) -> redis.Redis:
