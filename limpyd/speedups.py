@@ -9,7 +9,7 @@ compiled module falls back to the twin silently: the runtime never fails over it
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 __all__ = ["make_key", "register_model", "decode_scan_batch"]
 
@@ -35,4 +35,4 @@ else:
 
         USING_EXTENSIONS = False
 
-IMPLEMENTATION = "cython" if USING_EXTENSIONS else "python"
+IMPLEMENTATION: Literal["cython", "python"] = "cython" if USING_EXTENSIONS else "python"
