@@ -497,6 +497,21 @@ class EqualIndex(BaseIndex):
 # Kept pks of each page of 100 members go to the destination: SADD for a set, ZADD with the
 # 0-based position within the page's kept pks as score otherwise. Returns the destination name.
 
+#: Lua: send the pks kept from one page to the destination (shared by both filter scripts)
+_STORE_PAGE_LUA = """    if #pks > 0 then
+        if dest_type == 'set' then
+            redis.call('SADD', dest, unpack(pks))
+        else
+            local zargs = {}
+            for position, pk in ipairs(pks) do
+                zargs[#zargs + 1] = position - 1
+                zargs[#zargs + 1] = pk
+            end
+            redis.call('ZADD', dest, unpack(zargs))
+        end
+    end
+"""
+
 _TEXT_FILTER_LUA = """
 local source, dest = KEYS[1], KEYS[2]
 local dest_type, start, stop, exclusion, separator = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -526,19 +541,7 @@ repeat
             end
         end
     end
-    if #pks > 0 then
-        if dest_type == 'set' then
-            redis.call('SADD', dest, unpack(pks))
-        else
-            local zargs = {}
-            for position, pk in ipairs(pks) do
-                zargs[#zargs + 1] = position - 1
-                zargs[#zargs + 1] = pk
-            end
-            redis.call('ZADD', dest, unpack(zargs))
-        end
-    end
-    offset = offset + page_size
+""" + _STORE_PAGE_LUA + """    offset = offset + page_size
 until count < page_size
 return dest
 """
@@ -552,19 +555,7 @@ local count
 repeat
     local pks = redis.call('ZRANGEBYSCORE', source, start, stop, 'LIMIT', offset, page_size)
     count = #pks
-    if count > 0 then
-        if dest_type == 'set' then
-            redis.call('SADD', dest, unpack(pks))
-        else
-            local zargs = {}
-            for position, pk in ipairs(pks) do
-                zargs[#zargs + 1] = position - 1
-                zargs[#zargs + 1] = pk
-            end
-            redis.call('ZADD', dest, unpack(zargs))
-        end
-    end
-    offset = offset + page_size
+""" + _STORE_PAGE_LUA + """    offset = offset + page_size
 until count < page_size
 return dest
 """
