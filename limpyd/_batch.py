@@ -46,6 +46,7 @@ __all__ = [
     "lock_command",
     "queue_command",
     "resolve",
+    "send_commands",
 ]
 
 #: commands whose reply is needed but which may travel behind an unconfirmed lock: they read
@@ -130,6 +131,51 @@ class BatchClient(redis.Redis):
         return self._limpyd_real.pipeline(transaction=transaction, shard_hint=shard_hint)
 
 
+def send_commands(client: redis.Redis, commands: List[tuple]) -> list:
+    """Send ``commands`` (``(args, options)`` pairs) in one write on one pooled connection of ``client``.
+
+    Returns the parsed replies, an error reply in its place. What redis-py's non-transactional
+    pipeline does, without its per-call bookkeeping. A value redis-py cannot encode fails the
+    packing, before anything is sent: the commands are then sent one by one, as they would have
+    been without batching, each error in its place.
+    """
+    pool = client.connection_pool
+    connection = get_pool_connection(pool, "PIPELINE")
+    try:
+        packed = connection.pack_commands([args for args, _ in commands])
+    except DataError:
+        pool.release(connection)
+        return _send_one_by_one(client, commands)
+    except BaseException:
+        pool.release(connection)
+        raise
+    try:
+        # one write: redis-py cuts large packings into several buffers, each its own sendall
+        connection.send_packed_command([b"".join(packed)] if len(packed) > 1 else packed)
+        replies: list = []
+        for args, options in commands:
+            try:
+                replies.append(client.parse_response(connection, args[0], **options))
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        connection.disconnect()  # never hand back a connection with unread replies
+        raise
+    finally:
+        pool.release(connection)
+
+
+def _send_one_by_one(client: redis.Redis, commands: List[tuple]) -> list:
+    replies: list = []
+    for args, options in commands:
+        try:
+            replies.append(client.execute_command(*args, **options))
+        except (DataError, ResponseError) as exc:
+            replies.append(exc)
+    return replies
+
+
 class Batch:
     """The queue of one thread's writes on one database, and the logic that sends it."""
 
@@ -182,52 +228,8 @@ class Batch:
         self._process(items, self._send(items))
 
     def _send(self, items: List[_Item]) -> list:
-        """Send ``items`` in one write on one pooled connection; return the parsed replies (or errors).
-
-        What redis-py's non-transactional pipeline does, without its per-call bookkeeping. A value
-        redis-py cannot encode fails the packing, before anything is sent: the commands are then
-        sent one by one, as they would have been without a batch, each error in its place.
-        """
-        real = self.real
-        try:
-            packed_items = [item.args for item in items]
-            pool = real.connection_pool
-            connection = get_pool_connection(pool, "PIPELINE")
-            try:
-                packed = connection.pack_commands(packed_items)
-            except BaseException:
-                pool.release(connection)
-                raise
-        except DataError:
-            return self._send_one_by_one(items)
-        try:
-            # one write: redis-py cuts large packings into several buffers, each its own sendall
-            connection.send_packed_command([b"".join(packed)] if len(packed) > 1 else packed)
-            replies: list = []
-            for item in items:
-                try:
-                    replies.append(real.parse_response(connection, item.args[0], **item.options))
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            connection.disconnect()  # never hand back a connection with unread replies
-            raise
-        finally:
-            pool.release(connection)
-
-    def send_now(self, commands: List[tuple]) -> list:
-        """Send ``commands`` (tuples of command arguments) in one round trip; return their replies."""
-        return self._send([_Item(args, {}) for args in commands])
-
-    def _send_one_by_one(self, items: List[_Item]) -> list:
-        replies: list = []
-        for item in items:
-            try:
-                replies.append(self.real.execute_command(*item.args, **item.options))
-            except (DataError, ResponseError) as exc:
-                replies.append(exc)
-        return replies
+        """Send ``items`` in one round trip; return the parsed replies (or errors)."""
+        return send_commands(self.real, [(item.args, item.options) for item in items])
 
     def _process(self, items: List[_Item], replies: list) -> bool:
         """Check the replies of queued commands; return whether a strict lock had to be waited for."""

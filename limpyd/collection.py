@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 # redis-limpyd 2.x exposes every exception here (it star-imported them)
 from redis.client import Pipeline
 
-from limpyd._batch import Batch, assume_exists, batch_scope, current_batch, defer_next, queue_command
+from limpyd._batch import assume_exists, batch_scope, current_batch, defer_next, queue_command, send_commands
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.fields import SingleValueField
 from limpyd.utils import make_key, unique_key
@@ -134,7 +134,7 @@ class _CheckedInstances:
             return
         pk_field = model.get_field("pk")
         collection_key = pk_field.collection_key
-        replies = Batch(connection).send_now([("SISMEMBER", collection_key, pk_field.normalize(pk)) for pk in chunk])
+        replies = send_commands(connection, [(("SISMEMBER", collection_key, pk_field.normalize(pk)), {}) for pk in chunk])
         for pk, exists in zip(chunk, replies):
             if isinstance(exists, Exception):
                 raise exists

@@ -127,8 +127,8 @@ def test_the_release_script_is_loaded_when_the_server_lost_it(Base, client, data
 
 def test_values_redis_py_cannot_encode_are_sent_one_by_one(database):
     connection = database.connection
-    batch = _batch.Batch(connection)
-    replies = batch.send_now([("SET", "k1", "v1"), ("SET", "k2", object()), ("GET", "k1")])
+    replies = _batch.send_commands(connection, [(("SET", "k1", "v1"), {}), (("SET", "k2", object()), {}),
+                                                (("GET", "k1"), {})])
     assert replies[0] is True and replies[2] == "v1"
     assert isinstance(replies[1], redis.DataError)
     assert connection.get("k2") is None
