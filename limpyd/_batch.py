@@ -294,10 +294,14 @@ class batch_scope:  # noqa: N801 - used as a context manager, like contextlib's 
             real = database.connection
             if isinstance(real, Pipeline) or not isinstance(real, redis.Redis):
                 return None  # a user pipeline (or a custom client): commands go there, unbatched
-            batch = Batch(real)
             batches = getattr(_local, "batches", None)
             if batches is None:
                 batches = _local.batches = {}
+                _local.spares = {}
+            # an emptied batch of this thread is reused: its client view costs a copy to build
+            batch = _local.spares.pop(id(real), None)
+            if batch is None or batch.real is not real:
+                batch = Batch(real)
             batches[id(database)] = batch
             self.opened = True
         batch.depth += 1
@@ -315,6 +319,11 @@ class batch_scope:  # noqa: N801 - used as a context manager, like contextlib's 
             batch.flush()
         finally:
             del _local.batches[id(self.database)]
+            if not batch.queue:
+                batch.owners.clear()
+                batch.strict_guard_queued = False
+                batch.client._limpyd_defer = None
+                _local.spares[id(batch.real)] = batch
 
 
 def defer_next(connection: Any, on_reply: Optional[Callable[[Any], None]] = None, guard: Any = None,
