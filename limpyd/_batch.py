@@ -70,6 +70,17 @@ class Pending:
     def set(self, value: Any = None, error: Optional[BaseException] = None) -> None:
         self.value, self.error, self.done = value, error, True
 
+    def reply_handler(self, transform: Optional[Callable[[Any], Any]] = None) -> Callable[[Any], None]:
+        """Return the callback setting this result from a reply (``transform``-ed); error replies raise."""
+
+        def on_reply(reply: Any) -> None:
+            if isinstance(reply, Exception):
+                self.set(error=reply)
+                raise reply
+            self.set(transform(reply) if transform is not None else reply)
+
+        return on_reply
+
     def get(self) -> Any:
         """Return the command's result (sending the queue first if it is still there)."""
         if not self.done:
@@ -183,7 +194,6 @@ class Batch:
         self.real = real
         self.client = BatchClient(real, self)
         self.queue: List[_Item] = []
-        self.depth = 0
         self.strict_guard_queued = False
         self.owners: set = set()
 
@@ -304,17 +314,13 @@ class batch_scope:  # noqa: N801 - used as a context manager, like contextlib's 
                 batch = Batch(real)
             batches[id(database)] = batch
             self.opened = True
-        batch.depth += 1
         self.batch = batch
         return batch
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         batch = self.batch
-        if batch is None:
-            return
-        batch.depth -= 1
-        if not self.opened:
-            return
+        if batch is None or not self.opened:
+            return  # a user pipeline, or an inner scope: the outermost one sends the batch
         try:
             batch.flush()
         finally:
@@ -380,14 +386,7 @@ def queue_command(connection: Any, name: str, *args: Any, **kwargs: Any) -> Opti
     if type(connection) is not BatchClient:
         return None
     pending = Pending(connection._limpyd_batch)
-
-    def on_reply(reply: Any) -> None:
-        if isinstance(reply, Exception):
-            pending.set(error=reply)
-            raise reply
-        pending.set(reply)
-
-    connection._limpyd_defer = _Item((), {}, on_reply)
+    connection._limpyd_defer = _Item((), {}, pending.reply_handler())
     getattr(connection, name)(*args, **kwargs)
     return pending
 

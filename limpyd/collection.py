@@ -21,9 +21,10 @@ decisions of spec 21 §10:
   the pk type;
 - C9: iteration returns a :class:`CollectionResults` (length, indexing, iteration).
 
-Round trips: where this class owns both commands, a retrieval and the ``DEL`` of its temporary
-final key are sent in one non-transactional pipeline (same commands, same order, and the ``DEL``
-still runs when the retrieval fails, like the ``finally`` of the sequential version).
+Round trips: evaluation runs in a write-behind batch (``limpyd._batch``): where this class owns
+the commands, the temporary keys, the intersection, the retrieval and the ``DEL`` of the final key
+travel in one write (same commands, same order; the ``DEL`` still runs when the retrieval fails,
+like the ``finally`` of the sequential version, used when a hook is overridden).
 """
 
 from __future__ import annotations
@@ -669,14 +670,6 @@ class CollectionManager(object):
             if tmp_keys:
                 queue_command(connection, "delete", *tmp_keys)
             return final_key, True
-        if tmp_keys and type(self)._combine_sets is CollectionManager._combine_sets:
-            # one round trip; the DEL runs even if SINTERSTORE fails, as the sequential version
-            pipeline = self.connection.pipeline(transaction=False)
-            with pipeline:
-                pipeline.sinterstore(final_key, list(keys))
-                pipeline.delete(*tmp_keys)
-                _execute(pipeline)
-            return final_key, True
         try:
             final_key = self._combine_sets(keys, final_key)
         finally:
@@ -722,16 +715,6 @@ class CollectionManager(object):
             if deletable:
                 queue_command(connection, "delete", final_set)
             results = pending.get()  # sends the batch: queued commands, retrieval, DEL
-            return list(results) if sort_options is None else results
-        if deletable and default_call:
-            pipeline = self.connection.pipeline(transaction=False)
-            with pipeline:
-                if sort_options is None:
-                    pipeline.smembers(final_set)
-                else:
-                    pipeline.sort(final_set, **sort_options)
-                pipeline.delete(final_set)
-                results = _execute(pipeline)[0]
             return list(results) if sort_options is None else results
         try:
             return self._final_redis_call(final_set, sort_options)
@@ -809,18 +792,6 @@ class CollectionManager(object):
                 raise
             if deletable:
                 self._final_set, self._final_set_deletable = final_set, True
-            return length
-        if deletable and default_length:
-            pipeline = self.connection.pipeline(transaction=False)
-            with pipeline:
-                getattr(pipeline, self._length_command())(final_set)
-                pipeline.expire(final_set, self.FINAL_SET_TTL)
-                try:
-                    length = _execute(pipeline)[0]
-                except BaseException:
-                    self.connection.delete(final_set)
-                    raise
-            self._final_set, self._final_set_deletable = final_set, True
             return length
         try:
             length = self._collection_length(final_set)

@@ -8,7 +8,6 @@ sorted sets), index maintenance and ``FieldLock`` follow spec 11.
 
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
@@ -201,14 +200,9 @@ class RedisProxyCommand(metaclass=MetaRedisProxy):
 
     def _pending_reply(self, pending: Pending, name: str, args: Any, kwargs: Any) -> Callable[[Any], None]:
         """Return the callback giving ``pending`` the (post-processed) reply of a queued command."""
-
-        def on_reply(reply: Any) -> None:
-            if isinstance(reply, Exception):
-                pending.set(error=reply)
-                raise reply
-            pending.set(self.post_command(sender=self, name=name, result=reply, args=args, kwargs=kwargs))
-
-        return on_reply
+        return pending.reply_handler(
+            lambda reply: self.post_command(sender=self, name=name, result=reply, args=args, kwargs=kwargs)
+        )
 
     def post_command(self, sender: Any, name: str, result: Any, args: Any, kwargs: Any) -> Any:
         """Return the result of a command (hook: its return value replaces the result)."""
@@ -245,7 +239,6 @@ class RedisField(RedisProxyCommand):
     available_getters = {"expire", "expireat", "pexpire", "pexpireat", "ttl", "pttl", "persist"}
     available_modifiers: Set[str] = set()
 
-    _creation_counter = itertools.count(1)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.lockable = kwargs.get("lockable", True)
@@ -262,7 +255,8 @@ class RedisField(RedisProxyCommand):
         self.index_classes = list(kwargs.get("indexes") or [])
         if self.index_classes and not self.indexable:
             raise ImplementationError("Cannot pass indexes if not indexable")
-        self._creation_order = RedisField._creation_order = next(RedisField._creation_counter)
+        RedisField._creation_order += 1
+        self._creation_order = RedisField._creation_order
 
     # ------------------------------------------------------------------ binding
 
@@ -994,7 +988,7 @@ class ListField(MultiValuesField):
     def _rem_value(self, command: str, /, count: Any, value: Any) -> Any:
         if self.indexable:
             self.deindex([value])
-        return self._traverse_command(command, count, value)
+        return self._write_command(command, count, value)
 
     def _call_lset(self, command: str, /, index: Any, value: Any) -> Any:
         """Replace the element at ``index``, deindexing the old one and indexing ``value``."""
@@ -1093,7 +1087,7 @@ class SortedSetField(MultiValuesField):
         check_value(self, value, "member")
         if self.indexable:
             self.index([value])
-        return self._traverse_command(command, amount, value)
+        return self._write_command(command, amount, value)
 
     def _call_zpopmin(self, command: str, /, *args: Any, **kwargs: Any) -> Any:
         """Pop the members with the lowest scores (Redis >= 5)."""
@@ -1155,7 +1149,7 @@ class HashField(MultiValuesField):
                     self.deindex({key: current})
                 if value is not None:
                     self.index({key: value})
-        return self._traverse_command(command, key, value)
+        return self._write_command(command, key, value)
 
     def _call_hmset(self, command: str, /, *args: Any, **mapping: Any) -> bool:
         """Set several keys at once (``HSET key k1 v1 ...``); returns ``True``."""
@@ -1207,7 +1201,7 @@ class HashField(MultiValuesField):
         if self.indexable and keys:
             current = dict(zip(keys, self.connection.hmget(self.key, list(keys))))
             self.deindex({key: value for key, value in current.items() if value is not None})
-        return self._traverse_command(command, *keys)
+        return self._write_command(command, *keys)
 
     def hexists(self, key: Any) -> bool:
         """Return whether ``key`` exists in the hash (``False`` for a deleted instance)."""
