@@ -1,13 +1,12 @@
-"""Declare the optional compiled speedups; all metadata lives in pyproject.toml.
-
-``LIMPYD_NO_EXTENSIONS`` skips the extension, ``LIMPYD_REQUIRE_EXTENSIONS`` makes a failed
-build fatal. Without a C compiler a normal install warns and stays pure Python.
-"""
+"""Declare the optional compiled speedups; a skipped build says why in one stderr line (docs/install.rst)."""
 
 import os
 import platform
+import sys
 
 from setuptools import Extension, setup
+
+NAME = "limpyd._speedups"
 
 
 def _env_flag(name):
@@ -15,33 +14,46 @@ def _env_flag(name):
     return os.environ.get(name, "").strip() not in ("", "0")
 
 
+def _say_skipped(reason):
+    """Print the one stderr line telling why the extension is not built."""
+    print(f"limpyd: {NAME} not built ({reason}): the pure-Python twin will be used", file=sys.stderr)
+
+
 DISABLE = _env_flag("LIMPYD_NO_EXTENSIONS")
 REQUIRE = _env_flag("LIMPYD_REQUIRE_EXTENSIONS")
-
 if DISABLE and REQUIRE:
-    raise RuntimeError(
-        "LIMPYD_NO_EXTENSIONS and LIMPYD_REQUIRE_EXTENSIONS are both set: unset one of them"
-    )
+    raise RuntimeError("LIMPYD_NO_EXTENSIONS and LIMPYD_REQUIRE_EXTENSIONS are both set: unset one of them")
 
-reasons = []
-if DISABLE:
-    reasons.append("LIMPYD_NO_EXTENSIONS is set")
+reasons = ["LIMPYD_NO_EXTENSIONS is set"] if DISABLE else []
 if platform.python_implementation() != "CPython":
-    reasons.append("the interpreter is %s, not CPython" % platform.python_implementation())
+    reasons.append(f"the interpreter is {platform.python_implementation()}, not CPython")
 try:
-    from Cython.Build import build_ext
+    from Cython.Build import build_ext as CythonBuildExt
 except ImportError:
-    build_ext = None
     reasons.append("Cython is not installed")
 
 if reasons:
     if REQUIRE:
         raise RuntimeError(
-            "LIMPYD_REQUIRE_EXTENSIONS is set but limpyd._speedups cannot be built: " + "; ".join(reasons)
+            f"LIMPYD_REQUIRE_EXTENSIONS is set but {NAME} cannot be built: {'; '.join(reasons)}"
         )
+    _say_skipped("; ".join(reasons))
     ext_modules, cmdclass = [], {}
 else:
-    ext_modules = [Extension("limpyd._speedups", ["limpyd/_speedups.pyx"], optional=not REQUIRE)]
-    cmdclass = {"build_ext": build_ext}
+
+    class BuildExt(CythonBuildExt):
+        """Cython's ``build_ext`` (which keeps ``optional``), saying in one line why it failed."""
+
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as exc:  # no compiler, missing headers: the twin is used instead
+                if not ext.optional:
+                    raise
+                detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                _say_skipped(f"the build failed: {detail}")
+
+    ext_modules = [Extension(NAME, ["limpyd/_speedups.pyx"], optional=not REQUIRE)]
+    cmdclass = {"build_ext": BuildExt}
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

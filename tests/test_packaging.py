@@ -77,7 +77,8 @@ def test_setup_lists_every_compiled_module(monkeypatch: pytest.MonkeyPatch) -> N
         name: [source] for name, source in _pyx_modules().items()
     }
     assert all(ext.optional for ext in kwargs["ext_modules"])  # no compiler: warn, stay pure Python
-    assert kwargs["cmdclass"] == {"build_ext": build_ext}  # Cython's build_ext keeps ``optional``
+    assert list(kwargs["cmdclass"]) == ["build_ext"]
+    assert issubclass(kwargs["cmdclass"]["build_ext"], build_ext)  # Cython's build_ext keeps ``optional``
 
 
 @pytest.mark.parametrize("value", ["1", "yes"])
@@ -88,9 +89,53 @@ def test_setup_require_makes_failures_fatal(monkeypatch: pytest.MonkeyPatch, val
 
 
 @pytest.mark.parametrize("value", ["1", "yes", " 1"])
-def test_setup_no_extensions_builds_nothing(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+def test_setup_no_extensions_builds_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, value: str
+) -> None:
     kwargs = run_setup(monkeypatch, LIMPYD_NO_EXTENSIONS=value)
     assert kwargs == {"ext_modules": [], "cmdclass": {}}
+    assert_one_skip_line(capsys, "LIMPYD_NO_EXTENSIONS is set")
+
+
+def assert_one_skip_line(capsys: pytest.CaptureFixture, reason: str) -> None:
+    """Assert setup.py printed exactly one stderr line, naming ``reason``, and nothing on stdout."""
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("limpyd: limpyd._speedups not built (")
+    assert reason in lines[0] and lines[0].endswith("the pure-Python twin will be used")
+
+
+def test_setup_building_prints_nothing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    run_setup(monkeypatch)
+    assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("optional", [True, False])
+def test_setup_failed_compile_says_why_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, optional: bool
+) -> None:
+    from Cython.Build import build_ext
+    from setuptools import Distribution
+    from setuptools.errors import CompileError
+
+    kwargs = run_setup(monkeypatch)
+    command = kwargs["cmdclass"]["build_ext"](Distribution())
+    extension = kwargs["ext_modules"][0]
+    extension.optional = optional
+
+    def failing_build(self: Any, ext: Any) -> None:
+        raise CompileError("command 'cc' failed: No such file or directory")
+
+    monkeypatch.setattr(build_ext, "build_extension", failing_build)
+    if optional:
+        command.build_extension(extension)
+        assert_one_skip_line(capsys, "the build failed: command 'cc' failed: No such file or directory")
+    else:  # LIMPYD_REQUIRE_EXTENSIONS: the failure is fatal
+        with pytest.raises(CompileError):
+            command.build_extension(extension)
+        assert capsys.readouterr() == ("", "")
 
 
 @pytest.mark.parametrize("value", ["0", "", " ", " 0 "])
@@ -106,20 +151,22 @@ def test_setup_refuses_both_vars(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "LIMPYD_REQUIRE_EXTENSIONS" in str(info.value)
 
 
-def test_setup_without_cython(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_setup_without_cython(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "Cython.Build", None)  # makes the import fail
     assert run_setup(monkeypatch) == {"ext_modules": [], "cmdclass": {}}
+    assert_one_skip_line(capsys, "Cython is not installed")
     with pytest.raises(RuntimeError) as info:
         run_setup(monkeypatch, LIMPYD_REQUIRE_EXTENSIONS="1")
     assert "LIMPYD_REQUIRE_EXTENSIONS" in str(info.value)
     assert "Cython is not installed" in str(info.value)
 
 
-def test_setup_on_another_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_setup_on_another_interpreter(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import platform
 
     monkeypatch.setattr(platform, "python_implementation", lambda: "PyPy")
     assert run_setup(monkeypatch) == {"ext_modules": [], "cmdclass": {}}
+    assert_one_skip_line(capsys, "the interpreter is PyPy, not CPython")
     with pytest.raises(RuntimeError) as info:
         run_setup(monkeypatch, LIMPYD_REQUIRE_EXTENSIONS="1")
     assert "PyPy" in str(info.value) and "CPython" in str(info.value)
@@ -140,11 +187,15 @@ def test_setup_is_small_and_never_cythonizes_at_module_level() -> None:
 def test_pyproject_build_settings() -> None:
     pyproject = _load_toml(ROOT / "pyproject.toml")
     assert pyproject["build-system"] == {
-        "requires": ["setuptools>=64", "Cython>=3.0; platform_python_implementation == 'CPython'"],
+        # setuptools 77 reads the SPDX ``license``; Cython 4 may break the .pyx: bounded
+        "requires": ["setuptools>=77", "Cython>=3.0,<4; platform_python_implementation == 'CPython'"],
         "build-backend": "setuptools.build_meta",
     }
     assert pyproject["project"]["name"] == "redis-limpyd"
-    assert pyproject["project"]["version"] == limpyd.EXACT_VERSION
+    # one source for the version: limpyd/__init__.py
+    assert "version" not in pyproject["project"]
+    assert pyproject["project"]["dynamic"] == ["version"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "limpyd.__version__"}
     excluded = pyproject["tool"]["setuptools"]["exclude-package-data"]["limpyd"]
     assert "*.pyx" in excluded and "*.c" in excluded  # wheels carry neither
     pytest_options = pyproject["tool"]["pytest"]["ini_options"]
@@ -152,6 +203,74 @@ def test_pyproject_build_settings() -> None:
     assert pytest_options["filterwarnings"] == ["error"]
     assert pytest_options["xfail_strict"] is True
     assert sorted(marker.split(":")[0] for marker in pytest_options["markers"]) == ["cython", "redis", "slow"]
+
+
+def test_version_is_a_literal_setuptools_reads_without_importing() -> None:
+    """``attr = "limpyd.__version__"`` is read statically when it is a plain string literal."""
+    tree = ast.parse((ROOT / "limpyd" / "__init__.py").read_text(encoding="utf-8"))
+    literals = [
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [getattr(target, "id", None) for target in node.targets] == ["__version__"]
+        and isinstance(node.value, ast.Constant)
+    ]
+    assert literals == [limpyd.__version__]
+
+
+def test_python_versions_claimed() -> None:
+    project = _load_toml(ROOT / "pyproject.toml")["project"]
+    assert project["requires-python"] == ">=3.10"  # 3.9 is past its end of life (October 2025)
+    claimed = sorted(
+        tuple(int(part) for part in classifier.rsplit(" ", 1)[1].split("."))
+        for classifier in project["classifiers"]
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", classifier)
+    )
+    assert claimed == [(3, 10), (3, 11), (3, 12), (3, 13)]  # the versions .ci/run tests
+    run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "3.10" in run and "3.13" in run
+
+
+def test_license() -> None:
+    project = _load_toml(ROOT / "pyproject.toml")["project"]
+    assert project["license"] == "BSD-3-Clause"
+    assert project["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("BSD 3-Clause License\n")
+    assert not any(classifier.startswith("License ::") for classifier in project["classifiers"])
+
+
+def test_hiredis_is_the_default_where_it_has_wheels_and_an_extra_elsewhere() -> None:
+    from packaging.requirements import Requirement
+
+    project = _load_toml(ROOT / "pyproject.toml")["project"]
+    requirements = {Requirement(text).name: Requirement(text) for text in project["dependencies"]}
+    assert sorted(requirements) == ["hiredis", "redis"]
+    assert str(requirements["redis"].specifier) == ">=4"
+    marker = requirements["hiredis"].marker
+    base = {"platform_python_implementation": "CPython"}
+    for machine in ("x86_64", "AMD64", "aarch64", "arm64"):
+        assert marker.evaluate({**base, "platform_machine": machine}), machine
+    for machine in ("riscv64", "armv7l", "s390x"):
+        assert not marker.evaluate({**base, "platform_machine": machine}), machine
+    assert not marker.evaluate({"platform_python_implementation": "PyPy", "platform_machine": "x86_64"})
+    assert project["optional-dependencies"]["hiredis"] == ["hiredis>=1"]
+
+
+def test_limpyd_never_imports_hiredis() -> None:
+    """redis-py picks hiredis when it is installed and its own parser otherwise: limpyd needs neither."""
+    sources = [path.read_text(encoding="utf-8") for path in (ROOT / "limpyd").rglob("*.py*")]
+    assert sources and not any(re.search(r"^\s*(import|from) hiredis", text, re.M) for text in sources)
+
+
+def test_every_private_module_is_imported() -> None:
+    """A private module (``limpyd/_x.py``) that no other module imports is dead code."""
+    package = ROOT / "limpyd"
+    files = [*package.rglob("*.py"), package / "_speedups.pyx"]
+    for path in package.rglob("_*.py"):
+        if path.name == "__init__.py":
+            continue
+        others = "\n".join(other.read_text(encoding="utf-8") for other in files if other != path)
+        assert re.search(r"^\s*(from|import) .*\b%s\b" % re.escape(path.stem), others, re.M), path.name
 
 
 def test_sdist_carries_the_pyx() -> None:
