@@ -237,3 +237,16 @@ def speedups(request: pytest.FixtureRequest):
         if REQUIRE_EXTENSIONS:
             pytest.fail("LIMPYD_REQUIRE_EXTENSIONS is set but limpyd._speedups is not importable: %s" % exc)
         pytest.skip("limpyd._speedups is not compiled: %s" % exc)
+
+
+# ---------------------------------------------------------------------- markers
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """Mark ``redis`` every test that uses the private redis-server, through any of its fixtures.
+
+    ``-m "not redis"`` then runs the tests that need no server.
+    """
+    for item in items:
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)
