@@ -62,8 +62,12 @@ class RedisDatabase:
 
     @staticmethod
     def _connection_cache_key(settings: Dict[str, Any]) -> str:
-        """Return the cache key of ``settings``: their values, ordered by setting name, joined by ``:``."""
-        return make_key(*[settings[name] for name in sorted(settings)])
+        """Return the cache key of ``settings``: ``name=value`` pairs ordered by name, joined by ``:``.
+
+        Names are part of the key: ``{"port": 6379}`` and ``{"password": "6379"}`` must not share a
+        client (redis-limpyd 2.x joined the values alone; see docs/migrating.md).
+        """
+        return make_key(*["%s=%s" % (name, settings[name]) for name in sorted(settings)])
 
     def connect(self, **settings: Any) -> redis.Redis:
         """Return the client for the current settings, or switch to ``settings`` and return theirs.

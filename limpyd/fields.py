@@ -78,7 +78,30 @@ def check_value(field: Any, value: Any, role: str = "value") -> None:
     Done before any Redis command, so a bad value leaves Redis untouched: limpyd stores ``str``,
     ``bytes`` (UTF-8: everything is read back as ``str``), ``int`` and ``float``.
     """
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(
+                "Invalid %s %r for %s: this str cannot be encoded in UTF-8 (%s). Remove the lone "
+                "surrogates (e.g. value.encode('utf-8', 'replace').decode())." % (role, value, field_label(field), exc.reason)
+            ) from None
+        _check_index_values(field, value, role)
+        return
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > 256:
+            try:
+                str(value)
+            except ValueError:
+                raise DataError(
+                    "Invalid %s (an int of %d bits) for %s: Python cannot write it as decimal digits. Store "
+                    "it as a hex str (hex(value)) or raise sys.set_int_max_str_digits()."
+                    % (role, value.bit_length(), field_label(field))
+                ) from None
+        _check_index_values(field, value, role)
+        return
+    if isinstance(value, float):
+        _check_index_values(field, value, role)
         return
     if isinstance(value, bytes):
         try:
@@ -88,11 +111,19 @@ def check_value(field: Any, value: Any, role: str = "value") -> None:
                 "Invalid %s %r for %s: these bytes are not UTF-8, and limpyd reads every value back as "
                 "str. Store text (or encode the bytes, e.g. base64) first." % (role, value, field_label(field))
             ) from None
+        _check_index_values(field, value, role)
         return
     raise DataError(
         "Invalid %s %r (of type %s) for %s: Redis stores str, bytes, int or float. Convert it first "
         "(e.g. str(value)), or skip the field to store nothing." % (role, value, type(value).__name__, field_label(field))
     )
+
+
+def _check_index_values(field: Any, value: Any, role: str) -> None:
+    """Let each index of ``field`` refuse ``value`` before anything is written (``check_storable``)."""
+    if role in ("value", "member") and getattr(field, "indexable", False):
+        for index in field._indexes:
+            index.check_storable(value)
 
 
 def check_fresh_reply(field: Any, reply: Any) -> None:
@@ -751,9 +782,54 @@ class PKField(SingleValueField):
         RedisField._copy_conf, attrs=RedisField._copy_conf["attrs"] + ["_auto_increment", "_auto_added"]
     )
 
+    #: key parts that follow the model name in keys of the model itself: a pk equal to one of them
+    #: (or to a field name) would share keys with the collection, counter, locks or indexes
+    reserved_pks = frozenset(("collection", "max_pk", "lock-for-update", "__index__", "__collection__"))
+
     def normalize(self, value: Any) -> str:
-        """Return ``value`` as a pk (``str``)."""
+        """Return ``value`` as a pk (``str``; UTF-8 ``bytes`` are decoded, as values are)."""
+        if isinstance(value, bytes):
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
         return str(value)
+
+    def _model_label(self) -> str:
+        model = getattr(self, "_model", None)
+        return model.__name__ if model is not None else "<no model>"
+
+    def check_new_pk(self, value: Any) -> None:
+        """Raise ``ValueError`` if ``value`` cannot be the pk of a new instance.
+
+        Refused: what is not a ``str``, an ``int`` or UTF-8 ``bytes`` (``bool`` and other objects would
+        be stored as their ``str()``, which no later lookup with the same object finds reliably), the
+        empty string, and a pk whose first ``:``-separated part is a field name of the
+        model or a reserved key part (``reserved_pks``): its keys would be those of an index, the
+        collection, the pk counter or a lock of the model.
+        """
+        if type(self).normalize is PKField.normalize and (
+            isinstance(value, bool) or not isinstance(value, (str, int, bytes))
+        ) or (
+            isinstance(value, bytes) and self.normalize(value) == str(value)
+        ):
+            raise ValueError(
+                "Invalid pk %r (of type %s) for %s: a pk is a str, an int or UTF-8 bytes. Pass str(value) "
+                "if that text is really the pk you want." % (value, type(value).__name__, self._model_label())
+            )
+        pk = self.normalize(value)
+        if pk == "":
+            raise ValueError("Invalid pk '' for %s: a pk cannot be empty." % self._model_label())
+        head = pk.split(":", 1)[0]
+        model = getattr(self, "_model", None)
+        if head in self.reserved_pks or (model is not None and head in model._fields):
+            raise ValueError(
+                "Invalid pk %r for %s: %r is %s, so the keys of this instance would collide with the "
+                "model's own keys (%s). Choose another pk (e.g. prefix it: 'id-%s')."
+                % (pk, self._model_label(), head,
+                   "a field name of the model" if head not in self.reserved_pks else "a reserved key part",
+                   make_key(model._name if model is not None else "<model>", head, "..."), pk)
+            )
 
     @property
     def collection_key(self) -> str:
@@ -764,6 +840,7 @@ class PKField(SingleValueField):
         """Return the normalized ``value`` if it can be used as a new pk."""
         if value is None:
             raise ValueError('The pk for %s is not "auto-increment", you must fill it' % self._model.__name__)
+        self.check_new_pk(value)
         value = self.normalize(value)
         if self.exists(value):
             raise UniquenessError("PKField %s already exists for model %s)" % (value, self._instance.__class__))

@@ -26,6 +26,8 @@ import logging
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
+from redis.exceptions import DataError
+
 from limpyd._batch import defer_next
 from limpyd.exceptions import ImplementationError, UniquenessError
 from limpyd.utils import make_key, unique_key
@@ -207,6 +209,13 @@ class BaseIndex:
             if "argument" not in str(exc):
                 raise
         return transform(value)
+
+    def check_storable(self, value: Any) -> None:
+        """Raise redis-py's ``DataError`` if this index cannot hold ``value`` (hook; nothing by default).
+
+        Called with every value given to a write of the field, before any command is sent, so a
+        value the index would fail on never leaves the stored value and the index apart.
+        """
 
     def normalize_value(self, value: Any, transform: bool = True) -> Any:
         """Return ``value`` as stored in the index: transformed (if asked), then ``str(from_python(v))``."""
@@ -774,6 +783,20 @@ class NumberRangeIndex(BaseRangeIndex):
                     "Invalid value %s for field %s.%s" % (value, self.model.__name__, self.field.name)
                 ) from exc
             return 0
+
+    def check_storable(self, value: Any) -> None:
+        """Refuse values whose score Redis would refuse (``nan``) or Python cannot compute (overflow)."""
+        try:
+            score = self.normalize_value(value)
+        except OverflowError:
+            score = None
+        if score is None or score != score:  # OverflowError, or nan (the only float unequal to itself)
+            raise DataError(
+                "Invalid value %r for %s.%s: its %s score would be %s, which a Redis sorted set cannot "
+                "hold. Store a finite number (or inf/-inf), or use another index for this field."
+                % (value, self.model.__name__, self.field.name, type(self).__name__,
+                   "an overflow" if score is None else "nan")
+            )
 
     def prepare_data_to_store(self, pk: Any, value: Any, **kwargs: Any) -> Tuple[Any, Any]:
         """Return ``(pk, normalized value)``."""

@@ -56,6 +56,39 @@ def _is_metaclass_frame(frame: Any) -> bool:
     return "metaclass" in described and ("six." in described or "future." in described)
 
 
+#: Names of the model's own attributes in 3.0: a field of one of these names would hide it (or be
+#: hidden by it) and break the model later. Frozen on purpose: methods added after 3.0 lose to a
+#: field of their name instead, so existing models keep working.
+RESERVED_FIELD_NAMES = frozenset((
+    "DoesNotExist", "abstract", "available_commands", "available_getters", "available_modifiers",
+    "collection", "collection_manager", "connect", "connected", "connection", "database",
+    "default_indexes", "delete", "exists", "fields", "from_pks", "get", "get_class_field",
+    "get_class_fields", "get_connection", "get_default_indexes", "get_field", "get_fields",
+    "get_instance_field", "get_instance_fields", "get_or_connect", "has_field", "hdel", "hgetall",
+    "hkeys", "hlen", "hmget", "hmset", "hvals", "instances", "key", "lazy_connect", "lockable",
+    "make_key", "namespace", "pk", "post_command", "scan_keys", "scan_model_keys", "sort_wildcard",
+    "use_database",
+))
+
+
+def _check_field_name(model_name: str, name: str, field: Any) -> None:
+    """Raise ``ImplementationError`` if the field ``name`` clashes with an attribute of ``RedisModel``."""
+    if name not in RESERVED_FIELD_NAMES or (name == "pk" and isinstance(field, PKField)):
+        return
+    raise ImplementationError(
+        "The field %s.%s (%s) clashes with the model attribute %r that limpyd itself uses (%s). Rename "
+        "the field (e.g. %r)%s."
+        % (model_name, name, type(field).__name__, name,
+           "the primary key" if name == "pk" else "RedisModel.%s" % name, name + "_",
+           "; a primary key named pk must be a PKField" if name == "pk" else "")
+    )
+
+
+def _glob_escape(text: str) -> str:
+    """Return ``text`` with the glob characters of ``SCAN MATCH`` escaped (``*?[]\\``)."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
 def _forget_failed_model(model: Any) -> None:
     """Undo the registration of a model whose class creation failed, so a fixed definition can run.
 
@@ -114,6 +147,7 @@ class MetaRedisModel(MetaRedisProxy):
             key=lambda item: item[1]._creation_order,
         )
         for attr_name, field in own_fields:
+            _check_field_name(name, attr_name, field)
             field.name = attr_name
 
         inherited_pk = getattr(cls, "_redis_attr_pk", None)
@@ -536,8 +570,14 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         del self._pk
 
     def scan_keys(self, count: Optional[int] = None) -> Iterator[str]:
-        """Yield every existing key of this instance (fields with a value, the instance hash)."""
-        return self.database.scan_keys(make_key(self._name, self.pk.get(), "*"), count)
+        """Yield every existing key of this instance (fields with a value, the instance hash).
+
+        Glob characters of the pk are escaped, and keys of other pks starting with this pk and a
+        ``:`` (``"1:a"`` for ``"1"``) are left out.
+        """
+        prefix = make_key(self._name, self.pk.get(), "")
+        start = len(prefix)
+        return (key for key in self.database.scan_keys(_glob_escape(prefix) + "*", count) if ":" not in key[start:])
 
     def __eq__(self, other: Any) -> bool:
         if not isinstance(getattr(other, "pk", None), PKField):

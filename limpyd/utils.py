@@ -24,8 +24,8 @@ def unique_key(connection: Any, prefix: Optional[str] = None) -> str:
 
 
 def normalize(value: Any) -> Any:
-    """Return ``value`` decoded from UTF-8 if it is non-empty ``bytes``, else unchanged."""
-    if value and isinstance(value, bytes):
+    """Return ``value`` decoded from UTF-8 if it is ``bytes`` (``b''`` too: it is stored as ``''``)."""
+    if isinstance(value, bytes):
         return value.decode("utf-8")
     return value
 

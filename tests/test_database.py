@@ -143,16 +143,24 @@ def test_connection_cache_key_format(redis_settings):
     settings = dict(redis_settings, db=3)
     db = RedisDatabase(**settings)
     connection = db.connection
-    expected_key = ":".join(str(settings[name]) for name in sorted(settings))
+    expected_key = ":".join("%s=%s" % (name, settings[name]) for name in sorted(settings))
     assert RedisDatabase._connections[expected_key] is connection
 
 
 def test_connection_cache_key_example(monkeypatch):
     sentinel = object()
-    monkeypatch.setitem(RedisDatabase._connections, "3:h:6379", sentinel)
+    monkeypatch.setitem(RedisDatabase._connections, "db=3:host=h:port=6379", sentinel)
     db = RedisDatabase(host="h", port=6379, db=3)
     assert db.connect() is sentinel
     assert db.connection is sentinel
+
+
+def test_connection_cache_key_names_the_settings(redis_settings):
+    """Equal values under different names never share a client."""
+    first = RedisDatabase._connection_cache_key({"host": "localhost", "port": 6379, "db": 0})
+    second = RedisDatabase._connection_cache_key({"host": "localhost", "password": "6379", "db": 0})
+    assert first != second
+    assert first == "db=0:host=localhost:port=6379"
 
 
 def test_connection_cache_key_of_empty_settings(monkeypatch):
@@ -349,7 +357,7 @@ def test_versions_are_checked_when_a_client_is_created(redis_settings, monkeypat
     with pytest.raises(LimpydException, match="redis-py"):
         db.connection
     # the client was cached before the check (the check reads the version through the cache)
-    cache_key = ":".join(str(settings[name]) for name in sorted(settings))
+    cache_key = ":".join("%s=%s" % (name, settings[name]) for name in sorted(settings))
     assert isinstance(RedisDatabase._connections[cache_key], redis.Redis)
 
 
