@@ -121,6 +121,43 @@ class BatchClient(redis.Redis):
         self._limpyd_real = real
         self._limpyd_batch = batch
         self._limpyd_defer: Optional[_Item] = None
+        self._limpyd_sync_overrides()
+
+    def _limpyd_sync_overrides(self) -> None:
+        """Route the command methods replaced on the real client (``client.sadd = wrapper``) here.
+
+        Instrumentation replaces methods on the client object; a copy taken once would miss the
+        later ones. Each such method is called through :meth:`_limpyd_call_override`, which sends
+        the queue first (so the server still sees every command in order) and gives a queued
+        call's reply to its callback.
+        """
+        real_dict = self._limpyd_real.__dict__
+        overrides = {name: value for name, value in real_dict.items()
+                     if callable(value) and not name.startswith("_") and hasattr(redis.Redis, name)}
+        own = self.__dict__
+        for name in [name for name in own.get("_limpyd_overrides", ()) if name not in overrides]:
+            own.pop(name, None)
+        for name, method in overrides.items():
+            own[name] = self._limpyd_override_caller(method)
+        own["_limpyd_overrides"] = tuple(overrides)
+
+    def _limpyd_override_caller(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            item, self._limpyd_defer = self._limpyd_defer, None
+            self._limpyd_batch.flush()
+            try:
+                result = method(*args, **kwargs)
+            except ResponseError as exc:
+                if item is not None and item.on_reply is not None:
+                    item.on_reply(exc)
+                raise
+            if item is None:
+                return result
+            if item.on_reply is not None:
+                item.on_reply(result)
+            return None
+
+        return call
 
     def close(self) -> None:
         """Do nothing: the connections belong to the real client."""
@@ -302,8 +339,10 @@ class batch_scope:  # noqa: N801 - used as a context manager, like contextlib's 
         batch = current_batch(database)
         if batch is None:
             real = database.connection
-            if isinstance(real, Pipeline) or not isinstance(real, redis.Redis):
-                return None  # a user pipeline (or a custom client): commands go there, unbatched
+            if isinstance(real, Pipeline) or not isinstance(real, redis.Redis) or "execute_command" in real.__dict__:
+                # a user pipeline, a custom client, or one whose execute_command is wrapped: every
+                # command goes there, one by one
+                return None
             batches = getattr(_local, "batches", None)
             if batches is None:
                 batches = _local.batches = {}
@@ -312,6 +351,8 @@ class batch_scope:  # noqa: N801 - used as a context manager, like contextlib's 
             batch = _local.spares.pop(id(real), None)
             if batch is None or batch.real is not real:
                 batch = Batch(real)
+            else:
+                batch.client._limpyd_sync_overrides()  # methods may have been replaced since
             batches[id(database)] = batch
             self.opened = True
         self.batch = batch

@@ -1,13 +1,13 @@
 """Collections: filter, sort and slice a model's instances (``limpyd.collection``).
 
 A :class:`CollectionManager` is a lazy description of a set of primary keys: building, filtering,
-sorting, cloning it never touches Redis (spec 21 §1). Evaluation (iteration, ``len()``, indexing,
+sorting, cloning it never touches Redis. Evaluation (iteration, ``len()``, indexing,
 slicing, ``repr()``, ``==``) turns the filters into Redis keys with the indexes' ``get_filtered_keys``,
 intersects them into a temporary key when there are several, then counts (``SCARD``) or retrieves
-(``SMEMBERS``, or ``SORT`` when sorted or windowed) and deletes every temporary key (spec 21 §3).
+(``SMEMBERS``, or ``SORT`` when sorted or windowed) and deletes every temporary key.
 
-Command sequences and counts are those of redis-limpyd 2.1.2 (spec 21 §3, §8), with the
-decisions of spec 21 §10:
+Command sequences and counts are those of redis-limpyd 2.1.2, with the
+decisions listed in docs/collections.rst (reasons in docs/migrating.rst):
 
 - C1: a negative index or reversed window inverts the direction of that one ``SORT`` only;
 - C2: the result of an index or slice is never cached as the whole collection;
@@ -362,6 +362,7 @@ class CollectionManager(object):
                 pks.append(self.model.get_field("pk").normalize(value))
             else:
                 index, suffix, extra_field_parts = self._parse_filter_key(key)
+                self._check_filter_value_type(key, suffix is not None and (suffix == "in" or suffix.endswith("__in")), value)
                 parsed.append(ParsedFilter(index, suffix, extra_field_parts, value, None))
         if filters:
             self._lazy_collection["pks"].update(pks)
@@ -373,6 +374,34 @@ class CollectionManager(object):
             self._final_set_deletable = False
         return self
 
+    def _check_filter_value_type(self, key: str, is_in: bool, value: Any) -> None:
+        """Raise ``TypeError`` for a filter value no stored value can equal (before any command).
+
+        ``None``, ``True``/``False`` and containers would be compared as their ``str()``
+        (``'None'``, ``'True'``, ``"['a']"``), which is never what was meant; ``__in`` takes an
+        iterable of such values.
+        """
+        if is_in:
+            if value is None or isinstance(value, (bool, int, float)) or not hasattr(value, "__iter__"):
+                raise TypeError(
+                    "Invalid value %r for the filter %s on %s: __in takes an iterable of values, e.g. "
+                    "%s=[%r]" % (value, key, _model_path(self.model), key, value)
+                )
+            for item in value if not isinstance(value, (str, bytes)) else ():
+                self._check_filter_value_type(key[: -len("__in")] if key.endswith("__in") else key, False, item)
+            return
+        if value is None or isinstance(value, (bool, list, tuple, set, frozenset, dict)):
+            fix = (
+                "to match several values use %s__in=[...]" % key if isinstance(value, (list, tuple, set, frozenset))
+                else "stored values are str, so filter with the text stored (e.g. %s=%r)" % (key, str(value))
+                if isinstance(value, bool)
+                else "an absent value is not indexed: filter on a value, or use a collection without this filter"
+            )
+            raise TypeError(
+                "Invalid value %r (of type %s) for the filter %s on %s: %s."
+                % (value, type(value).__name__, key, _model_path(self.model), fix)
+            )
+
     def _field_is_pk(self, name: str) -> bool:
         """Return whether the filter ``name`` is on the pk: ``pk`` or its real name, maybe ``__eq``."""
         if name.endswith("__eq"):
@@ -380,7 +409,7 @@ class CollectionManager(object):
         return self.model._field_is_pk(name)
 
     def _parse_filter_key(self, key: str) -> Tuple[Any, Optional[str], List[str]]:
-        """Return ``(index, suffix, extra_field_parts)`` serving the filter ``key`` (spec 21 §2.1)."""
+        """Return ``(index, suffix, extra_field_parts)`` serving the filter ``key`` (docs/collections.rst, Filters)."""
         model = self.model
         parts = key.split("__")
         try:
@@ -430,7 +459,7 @@ class CollectionManager(object):
         )
 
     def sort(self, **parameters: Any) -> "CollectionManager":
-        """Return a clone sorted with the redis-py ``SORT`` keywords ``parameters`` (spec 21 §4).
+        """Return a clone sorted with the redis-py ``SORT`` keywords ``parameters`` (docs/collections.rst, Sorting).
 
         ``by`` may name the pk or a field (a leading ``-`` sorts descending), or be a raw Redis
         pattern (``'nosort'``: keep the set order). Unknown keywords raise ``TypeError`` now.
@@ -447,6 +476,15 @@ class CollectionManager(object):
                 "The `by` argument of sort() on a collection of %s must be a field name, 'pk' or a Redis "
                 "pattern (str), got %r" % (_model_path(self.model), by)
             )
+        if by is not None:
+            name = by[1:] if by.startswith("-") else by
+            if not (self.model._field_is_pk(name) or self.model.has_field(name) or "*" in name or name == "nosort"):
+                raise ValueError(
+                    "sort(by=%r) on a collection of %s: %r is neither a field nor a Redis pattern (with *). "
+                    "Use one of %s (prefix with - for descending), a pattern such as %r, or 'nosort'."
+                    % (by, _model_path(self.model), name, ", ".join(map(repr, self.model._fields)),
+                       make_key(self.model._name, "*", "<field>"))
+                )
         collection = self.clone()
         collection._apply_sort(**parameters)
         return collection
@@ -456,7 +494,7 @@ class CollectionManager(object):
         self._sort = self._coerce_by_parameter(parameters)
 
     def _coerce_by_parameter(self, parameters: Dict[str, Any]) -> Dict[str, Any]:
-        """Return ``parameters`` with ``by`` turned into what Redis expects (spec 21 §4, C6)."""
+        """Return ``parameters`` with ``by`` turned into what Redis expects (C6)."""
         parameters = dict(parameters)
         by = parameters.get("by")
         if not isinstance(by, str):
@@ -508,6 +546,10 @@ class CollectionManager(object):
     def _is_pk_only(self, sort_options: Optional[Dict[str, Any]]) -> bool:
         """Return whether the pk filter is the only thing to evaluate (the result is ``[pk]``)."""
         return not self._lazy_collection["sets"] and not (sort_options and sort_options.get("get"))
+
+    def _in_set_order(self) -> bool:
+        """Return whether nothing orders this collection (its full fetch is an ``SMEMBERS``)."""
+        return self._sort is None
 
     def _can_reverse(self) -> bool:
         """Return whether ``SORT ... DESC`` reverses this collection (Redis does not sort a ``by`` without ``*``)."""
@@ -631,7 +673,7 @@ class CollectionManager(object):
         return final_key
 
     def _get_final_set(self, sets: List[Any], pk: Any, sort_options: Optional[Dict[str, Any]]) -> Tuple[Optional[str], bool]:
-        """Return ``(final key or None, whether to delete it after use)`` (spec 21 §3 steps 3-4).
+        """Return ``(final key or None, whether to delete it after use)``.
 
         ``None`` means "no key": the result is ``[pk]`` for a pk filter alone, else empty (an
         empty ``__in``). With several keys their intersection is stored in a temporary key
@@ -723,7 +765,7 @@ class CollectionManager(object):
                 self.connection.delete(final_set)
 
     def _fetch_collection(self, apply_slice: Optional[slice] = None) -> Tuple[List[Any], Converter]:
-        """Evaluate the collection (spec 21 §3) and return ``(results, converter)``.
+        """Evaluate the collection and return ``(results, converter)``.
 
         Runs in a write-behind batch: the commands whose replies are not needed before the
         retrieval (temporary keys, intersections) travel with it.
@@ -732,7 +774,7 @@ class CollectionManager(object):
             return self._fetch_collection_now(apply_slice)
 
     def _fetch_collection_now(self, apply_slice: Optional[slice] = None) -> Tuple[List[Any], Converter]:
-        """Evaluate the collection (spec 21 §3) and return ``(results, converter)``.
+        """Evaluate the collection and return ``(results, converter)``.
 
         The window in ``_sort_limits`` (if any) limits the retrieval; ``apply_slice`` is then
         applied in Python. Neither is stored anywhere: the caller decides what to cache.
@@ -756,12 +798,12 @@ class CollectionManager(object):
         return self._prepare_results(results, _len_hint=len(results) if full else None, apply_slice=apply_slice)
 
     def _count(self) -> int:
-        """Return the number of results without retrieving them (spec 21 §3 step 5, count mode)."""
+        """Return the number of results without retrieving them (count mode)."""
         with batch_scope(self.model.database):
             return self._count_now()
 
     def _count_now(self) -> int:
-        """Return the number of results without retrieving them (spec 21 §3 step 5, count mode).
+        """Return the number of results without retrieving them (count mode).
 
         A temporary final key is kept ``FINAL_SET_TTL`` seconds and remembered, for the
         retrieval that usually follows.
@@ -850,7 +892,7 @@ class CollectionManager(object):
 
     @staticmethod
     def _optimize_slice(the_slice: slice, can_reverse: bool) -> Tuple[bool, Optional[int], Optional[int], bool, Optional[slice]]:
-        """Return ``(optimized, start, count, rev, python_slice)`` for ``the_slice`` (spec 21 §7).
+        """Return ``(optimized, start, count, rev, python_slice)`` for ``the_slice`` (Python's slicing, sent as ``SORT ... LIMIT`` windows where possible).
 
         ``optimized`` with ``count == 0``: known empty, nothing to fetch (rule 1). ``optimized``:
         fetch the window ``LIMIT start count`` (``count == -1``: up to the end), read in reverse
@@ -876,6 +918,9 @@ class CollectionManager(object):
                 return True, -b, b - a, True, slice(None, None, -k)
         if k > 0 and a is not None and a >= 0 and (b is None or b < 0):
             return True, a, -1, False, slice(None, b, k)
+        if k > 0 and a is not None and a < 0 and b is None and can_reverse:
+            # the last -a entries: read backwards from the end, then turned around
+            return True, 0, -a, True, slice(None, None, -k)
         if k < 0 and (a is None or a < 0) and b is not None and b >= 0:
             return True, b + 1, -1, False, slice(a, None, k)
         return False, None, None, False, slice(a, b, k)
@@ -890,7 +935,7 @@ class CollectionManager(object):
             self._reset_if_sort_limits(True)
 
     def _getitem(self, arg: Any) -> Any:
-        """Answer ``self[arg]`` (``int`` or ``slice`` of ints) from Redis, as spec 21 §7 says."""
+        """Answer ``self[arg]`` (``int`` or ``slice`` of ints) from Redis, as Python would slice the full result."""
         if isinstance(arg, slice):
             optimized, start, count, rev, python_slice = self._optimize_slice(arg, self._can_reverse())
             if optimized and count == 0:
@@ -899,6 +944,10 @@ class CollectionManager(object):
                 results, func = self._fetch_collection(apply_slice=arg)
             elif optimized:
                 results, func = self._fetch_window(start, count, rev, python_slice)
+            elif self._in_set_order():
+                # the whole result in the order the windows of an unsorted collection use (a
+                # numeric SORT), so that its slices and indexes agree with each other
+                results, func = self._fetch_window(0, -1, False, python_slice)
             else:
                 results, func = self._fetch_collection(apply_slice=python_slice)
             return CollectionResults(results, func)
@@ -977,4 +1026,17 @@ class CollectionManager(object):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return "<%s %r>" % (type(self).__name__, self.__iter__()._repr_items())
+        """Show at most ``CollectionResults.MAX_REPR_ITEMS`` entries, fetching only those (and the length).
+
+        A collection that Redis can only sort numerically by pk (no ``sort()``, pks not auto) is
+        fetched whole, as before: its window would need a numeric ``SORT`` of its pks.
+        """
+        if self._collection_cache is not None or (
+            self._sort is None and not getattr(self.model.get_field("pk"), "_auto_increment", False)
+        ):
+            return "<%s %r>" % (type(self).__name__, self.__iter__()._repr_items())
+        max_items = CollectionResults.MAX_REPR_ITEMS
+        items = list(self[: max_items + 1])
+        if len(items) > max_items:
+            items[-1] = "... (%s remaining elements truncated)..." % (len(self) - max_items)
+        return "<%s %r>" % (type(self).__name__, items)

@@ -3,7 +3,7 @@
 Every Redis command of a model or field goes through ``_call_command``, then ``_call_<name>``
 (the per-command extension point) or ``_traverse_command`` (the redis-py method of the same
 name, with the field's key prepended). The remaining field types (strings, hashes, sets, lists,
-sorted sets), index maintenance and ``FieldLock`` follow spec 11.
+sorted sets), index maintenance and ``FieldLock`` are described in docs/models.rst.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ One index object exists per (model-level field, index class); it is shared by ev
 thread. Fields call :meth:`BaseIndex.add` / :meth:`BaseIndex.remove` with the *parts* of a value
 (``(value,)``, or ``(hash_key, value)`` for a ``HashField``), collections call
 :meth:`BaseIndex.get_filtered_keys`. Key names, Redis commands and command counts are those of
-redis-limpyd 2.1.2 (spec 20), with these deliberate differences:
+redis-limpyd 2.1.2 (docs/indexes.rst), with these deliberate differences (reasons in docs/migrating.rst):
 
 - D1: ``__in`` on a prefixed index is recognised after the prefix is removed;
 - D2: text-range filters match entries whose value is the empty string ("no exclusion" excludes

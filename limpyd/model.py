@@ -93,7 +93,7 @@ def _forget_failed_model(model: Any) -> None:
     """Undo the registration of a model whose class creation failed, so a fixed definition can run.
 
     Removes it from its database's registry, and the relations its related fields registered
-    (``database._relations``, spec 30 §3.2).
+    (``database._relations``, docs/contrib.rst).
     """
     database = model.database
     if database._models.get(model._name) is model:

@@ -49,6 +49,8 @@ def _windowed(s: slice, reversible: bool) -> bool:
         return True
     if k > 0 and a is not None and a >= 0 and (b is None or b < 0):
         return True
+    if k > 0 and a is not None and a < 0 and b is None and reversible:
+        return True  # the last -a entries, read backwards
     return k < 0 and (a is None or a < 0) and b is not None and b >= 0
 
 
@@ -185,8 +187,8 @@ def test_score_sorted_windows_commands(database, namespace, redis_settings):
         assert desc[-2] == BY_SCORE[1]
     assert log[4] == "SORT %s:tag:x BY %s:__collection__:tmp:<a>:* LIMIT 1 1" % (n, n)
     with command_log(client) as log:
-        assert list(desc[-3:]) == BY_SCORE[2::-1]  # rule 6: a full fetch sorted by score
-    assert log[0] == "SMEMBERS %s:tag:x" % n
+        assert list(desc[-3:]) == BY_SCORE[2::-1]  # the last 3 only: a window read backwards
+    assert log[4] == "SORT %s:tag:x BY %s:__collection__:tmp:<a>:* LIMIT 0 3" % (n, n)
     values = collection.values_list("pk", SORTED_SCORE)
     with command_log(client) as log:
         assert values[-1] == ("2", "9.0")

@@ -1,7 +1,7 @@
 """Extended collections: intersections, score sorting, values, stored collections (``limpyd.contrib.collection``).
 
 :class:`ExtendedCollectionManager` is a :class:`~limpyd.collection.CollectionManager` (everything of
-spec 21 keeps working: filters, ``sort``, slicing, ``instances``, ``len``, caching, laziness) with:
+docs/collections.rst keeps working: filters, ``sort``, slicing, ``instances``, ``len``, caching, laziness) with:
 
 - ``filter(**filters)``: the same as calling the collection; filter values may be model instances
   (their pk) or bound single-value fields (their value), both read when the collection is evaluated;
@@ -19,7 +19,7 @@ filter) makes the intersection a ``ZINTERSTORE`` (scores summed, sets count 1) a
 ``sort()`` and ``values*()``, the collection iterates by ascending score (``ZRANGE``); ``len()`` is a
 ``ZCARD`` then (``LLEN`` for a plain stored collection, ``SCARD`` otherwise) and never sorts.
 
-Decisions taken over redis-limpyd 2.1.2 (spec 30 §2, spec 21 §10):
+Decisions taken over redis-limpyd 2.1.2 (labels of docs/collections.rst, reasons in docs/migrating.rst):
 
 - an index or slice of a score-sorted or zset-ordered collection returns the slice of that order
   (``ZRANGE``/``ZREVRANGE`` windows; the score sort's direction inverted for that call only) and never
@@ -174,6 +174,11 @@ class ExtendedCollectionManager(CollectionManager):
         collection._values = _copy_values(self._values)
         return collection  # type: ignore[return-value]
 
+    def _in_set_order(self) -> bool:
+        """Return whether nothing orders this collection: no sort, no sorted set, no stored list."""
+        return (super()._in_set_order() and self._sort_by_sortedset is None and not self._has_sortedsets
+                and not self.stored_key and self._values is None)
+
     def filter(self, **filters: Any) -> "ExtendedCollectionManager":
         """Return a new collection with ``filters`` added (AND-ed with the existing ones)."""
         return self(**filters)  # type: ignore[return-value]
@@ -279,7 +284,7 @@ class ExtendedCollectionManager(CollectionManager):
         )
 
     def sort(self, **parameters: Any) -> "ExtendedCollectionManager":
-        """Return a clone sorted with ``parameters`` (spec 21 §4), or by score with ``by_score``.
+        """Return a clone sorted with ``parameters`` (docs/collections.rst, Sorting), or by score with ``by_score``.
 
         ``by`` may also be a field object (its name is used). ``sort(by_score=X, desc=False,
         alpha=False)`` orders the pks by their score in the sorted set ``X`` (a bound
@@ -532,7 +537,7 @@ class ExtendedCollectionManager(CollectionManager):
         return options
 
     def _get_final_set(self, sets: List[Any], pk: Any, sort_options: Optional[Dict[str, Any]]) -> Tuple[Optional[str], bool]:
-        """Return ``(final key or None, delete it after use)``, intersections included (spec 30 §2.3).
+        """Return ``(final key or None, delete it after use)``, intersections included.
 
         Without index filter and stored list, an intersection also keeps to the model's pks
         (``<M._name>:collection``).
@@ -848,7 +853,7 @@ class ExtendedCollectionManager(CollectionManager):
         return super()._prepare_results(results, _len_hint=_len_hint, apply_slice=apply_slice)
 
     def _fetch_collection_now(self, apply_slice: Optional[slice] = None) -> Tuple[List[Any], Converter]:
-        """Evaluate the collection (spec 21 §3, 30 §2.3) and return ``(results, converter)``."""
+        """Evaluate the collection and return ``(results, converter)``."""
         if self._stored_is_empty():
             return self._cache_empty_collection(self._sort_limits is None and apply_slice is None, apply_slice)
         self._score_plan = None

@@ -22,7 +22,7 @@ With no pipeline open, a ``PipelineDatabase`` behaves exactly as a ``RedisDataba
 commands, same write-behind batches of ``limpyd._batch``). Inside a pipeline no batch is opened:
 every command goes to the pipeline.
 
-Differences from redis-limpyd 2.1.2 (spec 30 §1.2, Decision): ``pipeline()`` works on a database
+Differences from redis-limpyd 2.1.2 (docs/migrating.rst): ``pipeline()`` works on a database
 that was never used (upstream raised ``AttributeError``): the real connection is obtained first.
 """
 

@@ -11,7 +11,7 @@
 - :class:`EqualIndexWith`: an equality index on several fields together, used when all of them
   are filtered, optionally unique together.
 
-Key layout, commands and messages follow redis-limpyd 2.1.2 (spec 30 §4), with these
+Key layout, commands and messages follow redis-limpyd 2.1.2 (docs/contrib.rst, More indexes), with these
 differences:
 
 - (Decision) removing a value from a unique :class:`ScoredEqualIndex` frees it (its pk leaves the

@@ -26,9 +26,10 @@ related name, holding a :class:`RelatedCollection`.
 
 Deleting a ``RelatedModel`` instance first removes it from every related field pointing to it (FKs
 are deleted, the pk is removed from M2M fields; the owners themselves are kept), then deletes its
-own fields (spec 30 §3.5).
+own fields (docs/contrib.rst, Related models).
 
-Choices where the spec is silent (see also the docstrings below):
+Choices beyond redis-limpyd 2.1.2 (see also the docstrings below):
+
 - conversion of instances covers a superset of the spec's commands: every argument of ``lpushx`` /
   ``rpushx``, the value of the ``lrank`` / ``lcount`` / ``lcontains`` getters, ``linsert``'s pivot;
   ``zadd`` converts its keys unless the caller passes a callable ``values_callback`` (``None`` counts
