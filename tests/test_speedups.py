@@ -42,7 +42,7 @@ def outcome(func: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple:
     """Return a comparable summary of calling ``func``: its result, or its exception."""
     try:
         result = func(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - we compare whatever is raised
+    except Exception as exc:  # we compare whatever is raised
         cause = exc.__cause__
         return ("raise", type(exc), str(exc), type(cause) if cause is not None else None,
                 exc.__suppress_context__)
