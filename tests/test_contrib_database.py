@@ -36,7 +36,7 @@ def make_models(db, ns):
     database = db
 
     class Person(model.RedisModel):
-        database = db  # noqa: F841 - the class attribute is what matters
+        database = db
         namespace = ns
         name = fields.StringField(indexable=True)
         email = fields.InstanceHashField(unique=True)
@@ -45,7 +45,7 @@ def make_models(db, ns):
         tags = fields.SetField(indexable=True)
 
     class Counter(model.RedisModel):
-        database = db  # noqa: F841
+        database = db
         namespace = ns
         name = fields.StringField()
         value = fields.StringField()

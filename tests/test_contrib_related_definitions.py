@@ -271,7 +271,7 @@ def test_two_fks_without_names_collide(RBase, database, namespace):
     assert database._relations == {namespace + ":person": []}
     assert namespace + ":team" not in database._models
 
-    class Team(RBase):  # noqa: F811 - the fixed definition
+    class Team(RBase):
         captain = FKStringField(Person)
         coach = FKStringField(Person, related_name="coached")
 
@@ -416,7 +416,7 @@ def test_failed_class_is_not_registered(RBase, database, namespace):
     assert namespace + ":team" not in database._models
     assert Person().related_collections == []
 
-    class Team(RBase):  # noqa: F811 - the fixed definition, from another line
+    class Team(RBase):
         captain = FKStringField(Person, related_name="captained")
 
     assert database._models[namespace + ":team"] is Team
@@ -436,7 +436,7 @@ def test_failed_plain_model_is_not_registered(database, namespace):
 
     assert ns + ":failing" not in db._models
 
-    class Failing(RedisModel):  # noqa: F811
+    class Failing(RedisModel):
         database = db
         namespace = ns
         name = StringField(indexable=True)

@@ -201,14 +201,14 @@ def test_same_name_same_namespace_is_refused(database):
     db = database
 
     first_line = _line() + 1
-    class Bike(model.RedisModel):  # noqa: E301
+    class Bike(model.RedisModel):
         database = db
         namespace = "clash"
 
     first = Bike
     second_line = _line() + 2
     with pytest.raises(ImplementationError) as excinfo:
-        class Bike(model.RedisModel):  # noqa: F811
+        class Bike(model.RedisModel):
             database = db
             namespace = "clash"
 
@@ -225,7 +225,7 @@ def test_collision_is_case_insensitive(database):
     db = database
 
     first_line = _line() + 1
-    class Bike(model.RedisModel):  # noqa: E301
+    class Bike(model.RedisModel):
         database = db
         namespace = "case"
 
@@ -249,7 +249,7 @@ def test_collision_without_namespace(database):
         database = db
 
     with pytest.raises(ImplementationError, match=r'^A model with namespace "" and name "Plain" is already'):
-        class Plain(model.RedisModel):  # noqa: F811
+        class Plain(model.RedisModel):
             database = db
 
 
@@ -323,7 +323,7 @@ def test_same_name_different_namespaces_coexist(database):
 
     first = Bike
 
-    class Bike(model.RedisModel):  # noqa: F811
+    class Bike(model.RedisModel):
         database = db
         namespace = "second"
 
@@ -341,7 +341,7 @@ def test_same_name_different_databases_coexist(database, redis_settings):
 
     first = Bike
 
-    class Bike(model.RedisModel):  # noqa: F811
+    class Bike(model.RedisModel):
         database = db2
         namespace = "dbs"
 
@@ -357,7 +357,7 @@ def test_creation_source_is_the_class_statement(database):
     db = database
 
     line = _line() + 1
-    class Located(model.RedisModel):  # noqa: E301
+    class Located(model.RedisModel):
         database = db
         namespace = "src"
         name = InstanceHashField()
@@ -369,7 +369,7 @@ def test_creation_source_of_a_multi_line_class_header(database):
     db = database
 
     line = _line() + 1
-    class MultiLine(  # noqa: E301
+    class MultiLine(
         model.RedisModel,
     ):
         database = db
@@ -392,12 +392,12 @@ def test_creation_source_with_a_user_metaclass(database):
             return super().__new__(mcs, name, bases, attrs)
 
     line = _line() + 1
-    class WithMeta(model.RedisModel, metaclass=UserMeta):  # noqa: E301
+    class WithMeta(model.RedisModel, metaclass=UserMeta):
         database = db
         namespace = "src"
 
     deeper_line = _line() + 1
-    class WithDeeperMeta(model.RedisModel, metaclass=DeeperMeta):  # noqa: E301
+    class WithDeeperMeta(model.RedisModel, metaclass=DeeperMeta):
         database = db
         namespace = "src"
 
@@ -427,7 +427,7 @@ def test_creation_source_through_six_with_metaclass(database):
     db = database
 
     line = _line() + 1
-    class SixModel(with_metaclass(MetaRedisModel, model.RedisModel)):  # noqa: E301
+    class SixModel(with_metaclass(MetaRedisModel, model.RedisModel)):
         database = db
         namespace = "src"
 
@@ -460,7 +460,7 @@ def test_use_database_moves_a_concrete_model(database, other_database, redis_set
     assert db.connection.get("move:moving:max_pk") is None
 
     # the old database accepts another model of that name now
-    class Moving(model.RedisModel):  # noqa: F811
+    class Moving(model.RedisModel):
         database = db
         namespace = "move"
 
@@ -577,7 +577,7 @@ def test_use_database_collision_on_the_target(database, other_database):
 
     target = Clashing
 
-    class Clashing(model.RedisModel):  # noqa: F811
+    class Clashing(model.RedisModel):
         database = db
         namespace = "move"
 
