@@ -6,8 +6,6 @@ from limpyd import fields
 from limpyd.model import RedisModel
 
 
-
-
 def _define(database, namespace):
     attrs = {
         "database": database,
