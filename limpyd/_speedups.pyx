@@ -6,11 +6,12 @@ signatures, results, exception types and messages. Import the functions from
 ``limpyd.speedups``, which picks one of the two implementations once.
 """
 
-from cpython.unicode cimport PyUnicode_DecodeASCII
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 
 from limpyd.exceptions import ImplementationError
 
-__all__ = ["make_key", "register_model", "decode_scan_batch"]
+__all__ = ["make_key", "register_model", "decode_scan_batch", "parse_scan_header", "decode_scan_keys"]
 
 
 def make_key(*args):
@@ -161,3 +162,199 @@ cdef inline str _decode_key(key):
     raise TypeError(
         "Invalid key %r of type %s in a SCAN reply: expected str or bytes." % (key, type(key).__name__)
     )
+
+
+# ---------------------------------------------------------------------- raw SCAN replies
+#
+# ``limpyd._scan`` reads SCAN replies straight from the connection's socket: it reads the cursor
+# from the first bytes of a reply, sends the next SCAN, then decodes the keys while Redis works.
+# These two functions are its RESP reader. ``data`` is a ``bytes`` buffer that may end anywhere:
+# both report how far they got (a byte offset), so the bytes of the next reply are never lost.
+
+#: digits accepted in a RESP length or cursor (a longer number is a broken reply, not a big one)
+cdef Py_ssize_t _MAX_DIGITS = 18
+
+
+cdef inline object _invalid_reply(bytes data, Py_ssize_t index, str expected):
+    """Return the ``ValueError`` for a SCAN reply holding something else than ``expected`` at ``index``."""
+    return ValueError(
+        "Invalid SCAN reply: expected %s at byte %d, got %r. The connection is out of sync "
+        "with Redis (a proxy or another reader on the same socket?): it is dropped."
+        % (expected, index, data[index:index + 16])
+    )
+
+
+cdef inline Py_ssize_t _read_number(bytes data, Py_ssize_t position, str what, Py_ssize_t* value) except -2:
+    """Return the offset after the ``digits CRLF`` at ``position`` (``*value``: the number), or -1 if incomplete."""
+    cdef const unsigned char* buffer = data
+    cdef Py_ssize_t end = len(data)
+    cdef Py_ssize_t index = position
+    cdef Py_ssize_t number = 0
+    cdef unsigned char byte
+    while True:
+        if index >= end:
+            return -1
+        byte = buffer[index]
+        if 48 <= byte <= 57:
+            if index - position >= _MAX_DIGITS:
+                raise _invalid_reply(data, index, "%s of at most %d digits" % (what, _MAX_DIGITS))
+            number = number * 10 + (byte - 48)
+            index += 1
+            continue
+        if byte == 13 and index > position:
+            if index + 1 >= end:
+                return -1
+            if buffer[index + 1] == 10:
+                value[0] = number
+                return index + 2
+            raise _invalid_reply(data, index, "CRLF after %s" % what)
+        raise _invalid_reply(data, index, what)
+
+
+cdef inline int _check_buffer(object data, object start, str function) except -1:
+    """Raise ``TypeError``/``ValueError`` unless ``data`` is bytes and ``start`` an offset inside it."""
+    if type(data) is not bytes:
+        raise TypeError(
+            "%s() reads a bytes buffer, got %s: pass the bytes received from the socket."
+            % (function, type(data).__name__)
+        )
+    if type(start) is not int or start < 0 or start > len(data):
+        raise ValueError(
+            "%s(start=%r): start must be an int offset from 0 to len(data) (%d)." % (function, start, len(data))
+        )
+    return 0
+
+
+def parse_scan_header(data, start):
+    """Return ``(cursor, key_count, end)`` for the SCAN reply header starting at ``data[start]``.
+
+    The header is ``*2``, the cursor (a bulk string, or an integer), then the ``*N`` of the keys
+    array: ``cursor`` is its ASCII digits as ``bytes`` (``b"0"`` ends the scan), ``key_count`` is
+    ``N`` and ``end`` the offset of the first key. Return ``None`` when ``data`` ends before the
+    header does (read more bytes and call again). An error reply ``-MESSAGE`` gives
+    ``(None, "MESSAGE", end)``. RESP2 and RESP3 send the same header; anything else raises
+    ``ValueError`` naming the offset.
+    """
+    _check_buffer(data, start, "parse_scan_header")
+    cdef bytes raw = data
+    cdef const unsigned char* buffer = raw
+    cdef Py_ssize_t end = len(raw)
+    cdef Py_ssize_t position = start
+    cdef Py_ssize_t newline, after, number = 0, length = 0, index
+    cdef bytes cursor
+    if position >= end:
+        return None
+    cdef unsigned char kind = buffer[position]
+    if kind == 45:  # "-": an error reply, one line
+        newline = raw.find(b"\r\n", position)
+        if newline < 0:
+            return None
+        return None, raw[position + 1:newline].decode("utf-8", "replace"), newline + 2
+    if kind != 42:
+        raise _invalid_reply(raw, position, "a SCAN reply (*2)")
+    after = _read_number(raw, position + 1, "the length of the reply", &number)
+    if after < 0:
+        return None
+    if number != 2 or after - position != 4:
+        raise _invalid_reply(raw, position, "a SCAN reply of 2 elements")
+    position = after
+    if position >= end:
+        return None
+    kind = buffer[position]
+    if kind == 58:  # ":" an integer cursor
+        after = _read_number(raw, position + 1, "a cursor", &number)
+        if after < 0:
+            return None
+        cursor = PyBytes_FromStringAndSize(<const char*>buffer + position + 1, after - 2 - position - 1)
+        position = after
+    elif kind == 36:  # "$" a bulk string cursor
+        after = _read_number(raw, position + 1, "the length of the cursor", &length)
+        if after < 0:
+            return None
+        if length < 1 or length > _MAX_DIGITS:
+            raise _invalid_reply(raw, position, "a cursor of 1 to %d digits" % _MAX_DIGITS)
+        if after + length + 2 > end:
+            return None
+        for index in range(after, after + length):
+            if not (48 <= buffer[index] <= 57):
+                raise _invalid_reply(raw, after, "a cursor of 1 to %d digits" % _MAX_DIGITS)
+        cursor = PyBytes_FromStringAndSize(<const char*>buffer + after, length)
+        position = after + length
+        if buffer[position] != 13 or buffer[position + 1] != 10:
+            raise _invalid_reply(raw, position, "CRLF after the cursor")
+        position += 2
+    else:
+        raise _invalid_reply(raw, position, "a cursor")
+    if position >= end:
+        return None
+    if buffer[position] != 42:
+        raise _invalid_reply(raw, position, "the keys array (*)")
+    after = _read_number(raw, position + 1, "the number of keys", &number)
+    if after < 0:
+        return None
+    return cursor, number, after
+
+
+def decode_scan_keys(data, start, count):
+    """Return ``(keys, end)``: up to ``count`` keys decoded from the bulk strings at ``data[start]``.
+
+    Decoding stops at the first key ``data`` does not hold whole: ``end`` is the offset of that
+    key (or just after the last one), where the next call starts once more bytes arrived. Keys
+    are UTF-8, as ``decode_scan_batch`` wants them; a key that is not raises ``ValueError``, and
+    so does anything but a bulk string.
+    """
+    _check_buffer(data, start, "decode_scan_keys")
+    if type(count) is not int or count < 0:
+        raise ValueError("decode_scan_keys(count=%r): count must be an int >= 0." % (count,))
+    cdef bytes raw = data
+    cdef const unsigned char* buffer = raw
+    cdef Py_ssize_t end = len(raw)
+    cdef Py_ssize_t position = start
+    cdef Py_ssize_t remaining = end if count > end else count
+    cdef Py_ssize_t index, digits_start, length, first, stop
+    cdef unsigned char byte
+    cdef list keys = []
+    while remaining > 0:
+        if position >= end:
+            break
+        if buffer[position] != 36:  # "$"
+            raise _invalid_reply(raw, position, "a key ($)")
+        digits_start = position + 1
+        index = digits_start
+        length = 0
+        first = -1
+        while index < end:
+            byte = buffer[index]
+            if 48 <= byte <= 57:
+                if index - digits_start >= _MAX_DIGITS:
+                    raise _invalid_reply(
+                        raw, index, "the length of a key of at most %d digits" % _MAX_DIGITS)
+                length = length * 10 + (byte - 48)
+                index += 1
+                continue
+            if byte == 13 and index > digits_start:
+                if index + 1 >= end:
+                    break
+                if buffer[index + 1] == 10:
+                    first = index + 2
+                    break
+                raise _invalid_reply(raw, index, "CRLF after the length of a key")
+            raise _invalid_reply(raw, index, "the length of a key")
+        if first < 0:
+            break
+        stop = first + length
+        if stop + 2 > end:
+            break
+        if buffer[stop] != 13 or buffer[stop + 1] != 10:
+            raise _invalid_reply(raw, stop, "CRLF after a key")
+        try:
+            key = PyUnicode_DecodeUTF8(<const char*>buffer + first, length, NULL)
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                "SCAN returned the key %r, which is not valid UTF-8: limpyd keys are str. "
+                "Rename or delete that key, or scan it with a client not using limpyd." % (raw[first:stop],)
+            ) from exc
+        keys.append(key)
+        position = stop + 2
+        remaining -= 1
+    return keys, position

@@ -9,11 +9,11 @@ import redis
 from redis.lock import Lock
 
 from limpyd._batch import batch_client, current_batch
-from limpyd._pool import get_pool_connection
+from limpyd._scan import scan_pool
 from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x re-exports them here
 from limpyd.exceptions import ImplementationError, LimpydException
 from limpyd.indexes import EqualIndex
-from limpyd.speedups import decode_scan_batch, make_key, register_model
+from limpyd.speedups import make_key, register_model
 
 __all__ = ["DEFAULT_CONNECTION_SETTINGS", "RedisDatabase", "Lock"]
 
@@ -247,31 +247,9 @@ class RedisDatabase:
 
     @staticmethod
     def _scan(pool: Any, arguments: List[Any]) -> Iterator[str]:
-        """Drive a ``SCAN`` loop on a pooled connection, one request always in flight."""
-        connection = get_pool_connection(pool, "SCAN")
-        pending = False
-        try:
-            connection.send_command("SCAN", 0, *arguments)
-            pending = True
-            while True:
-                pending = False  # read_response consumes the reply, or disconnects on failure
-                reply = connection.read_response()
-                cursor, keys = decode_scan_batch(reply)
-                if not cursor:
-                    yield from keys
-                    return
-                connection.send_command("SCAN", cursor, *arguments)
-                pending = True
-                yield from keys
-        finally:
-            if pending:
-                _drain_reply(connection)
-            pool.release(connection)
+        """Drive a ``SCAN`` loop on a pooled connection, one request always in flight.
 
-
-def _drain_reply(connection: Any) -> None:
-    """Read and drop the reply of a request still in flight, or drop the connection if that fails."""
-    try:
-        connection.read_response()
-    except Exception:  # a broken connection must not go back to the pool as is
-        connection.disconnect()
+        The cursor is read from the first bytes of each reply and the next ``SCAN`` sent before
+        the keys are decoded (see ``limpyd._scan``).
+        """
+        return scan_pool(pool, arguments)

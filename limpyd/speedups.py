@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Literal
 
-__all__ = ["make_key", "register_model", "decode_scan_batch"]
+__all__ = ["make_key", "register_model", "decode_scan_batch", "parse_scan_header", "decode_scan_keys"]
 
 
 def _env_flag(name: str) -> bool:
@@ -22,16 +22,34 @@ def _env_flag(name: str) -> bool:
 NO_EXTENSIONS = _env_flag("LIMPYD_NO_EXTENSIONS")
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from limpyd._speedups_py import decode_scan_batch, make_key, register_model
+    from limpyd._speedups_py import (
+        decode_scan_batch,
+        decode_scan_keys,
+        make_key,
+        parse_scan_header,
+        register_model,
+    )
 
     USING_EXTENSIONS = False
 else:
     try:
-        from limpyd._speedups import decode_scan_batch, make_key, register_model
+        from limpyd._speedups import (
+            decode_scan_batch,
+            decode_scan_keys,
+            make_key,
+            parse_scan_header,
+            register_model,
+        )
 
         USING_EXTENSIONS = True
     except ImportError:  # no compiler at install time, or a non-CPython interpreter
-        from limpyd._speedups_py import decode_scan_batch, make_key, register_model
+        from limpyd._speedups_py import (
+            decode_scan_batch,
+            decode_scan_keys,
+            make_key,
+            parse_scan_header,
+            register_model,
+        )
 
         USING_EXTENSIONS = False
 

@@ -454,7 +454,7 @@ def test_decode_scan_batch_copies_other_lists(speedups: Any) -> None:
 # ---------------------------------------------------------------------- guards
 
 
-MODULE_NAMES = ["make_key", "register_model", "decode_scan_batch"]
+MODULE_NAMES = ["make_key", "register_model", "decode_scan_batch", "parse_scan_header", "decode_scan_keys"]
 
 
 def _compiled_module() -> Any:
