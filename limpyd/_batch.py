@@ -96,16 +96,19 @@ def resolve(value: Any) -> Any:
 
 
 class _Item:
-    __slots__ = ("args", "options", "on_reply", "guard", "relaxed", "is_write")
+    __slots__ = ("args", "options", "on_reply", "guard", "relaxed", "is_write", "on_lost")
 
     def __init__(self, args: tuple, options: dict, on_reply: Optional[Callable[[Any], None]] = None,
-                 guard: Any = None, relaxed: bool = False, is_write: bool = True) -> None:
+                 guard: Any = None, relaxed: bool = False, is_write: bool = True,
+                 on_lost: Optional[Callable[[], None]] = None) -> None:
         self.args = args
         self.options = options
         self.on_reply = on_reply
         self.guard = guard
         self.relaxed = relaxed
         self.is_write = is_write
+        #: called when the round trip carrying the command is lost (lock releases redo theirs)
+        self.on_lost = on_lost
 
 
 class BatchClient(redis.Redis):
@@ -275,8 +278,22 @@ class Batch:
         self._process(items, self._send(items))
 
     def _send(self, items: List[_Item]) -> list:
-        """Send ``items`` in one round trip; return the parsed replies (or errors)."""
-        return send_commands(self.real, [(item.args, item.options) for item in items])
+        """Send ``items`` in one round trip; return the parsed replies (or errors).
+
+        When the round trip is lost (connection or timeout error), the commands may or may not
+        have run: the ``on_lost`` callbacks of the items run (a lock release is sent again on a
+        fresh connection), then the error propagates.
+        """
+        try:
+            return send_commands(self.real, [(item.args, item.options) for item in items])
+        except (redis.ConnectionError, redis.TimeoutError):
+            for item in items:
+                if item.on_lost is not None:
+                    try:
+                        item.on_lost()
+                    except Exception:  # noqa: S110 - the lost round trip's error is the one raised
+                        pass
+            raise
 
     def _process(self, items: List[_Item], replies: list) -> bool:
         """Check the replies of queued commands; return whether a strict lock had to be waited for."""
@@ -374,14 +391,14 @@ class batch_scope:  # noqa: N801 - used as a context manager, like contextlib's 
 
 
 def defer_next(connection: Any, on_reply: Optional[Callable[[Any], None]] = None, guard: Any = None,
-               relaxed: bool = False, is_write: bool = True) -> bool:
+               relaxed: bool = False, is_write: bool = True, on_lost: Optional[Callable[[], None]] = None) -> bool:
     """Mark the next command sent through ``connection`` to be queued; return whether it will be.
 
     Only a :class:`BatchClient` queues commands; on any other client the command runs at once.
     """
     if type(connection) is not BatchClient:
         return False
-    connection._limpyd_defer = _Item((), {}, on_reply, guard, relaxed, is_write)
+    connection._limpyd_defer = _Item((), {}, on_reply, guard, relaxed, is_write, on_lost)
     return True
 
 

@@ -9,6 +9,7 @@ sorted sets), index maintenance and ``FieldLock`` are described in docs/models.r
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from redis.exceptions import DataError, ResponseError
@@ -24,6 +25,7 @@ from limpyd._batch import (
     resolve,
     wait_for_lock,
 )
+from limpyd._recovery import UNKNOWN_OUTCOME, is_unknown_outcome, real_client, with_retries
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.utils import NotProvided, cached_property, make_key, normalize
 
@@ -483,6 +485,56 @@ class RedisField(RedisProxyCommand):
         except (ImplementationError, DoesNotExist):
             return None
 
+    def _recover_indexes(self, error: BaseException) -> None:
+        """Undo the index changes of a failed write (its error is ``error``).
+
+        A known failure (uniqueness, a refused command) rolls back what was (de)indexed. After a
+        lost connection the write may have happened or not: the entries touched are then made to
+        match the value actually stored, read again under the field lock on a fresh connection.
+        An instance being created is cleaned whole by its creation instead.
+        """
+        if not is_unknown_outcome(error):
+            self._rollback_indexes()
+            return
+        try:
+            with_retries(self._reconcile_indexes)
+        except UNKNOWN_OUTCOME:
+            pass  # the server is unreachable: the caller gets the connection error
+
+    def _touched_index_parts(self) -> list:
+        """Return the index parts (de)indexed by this thread for this instance since the last reset."""
+        pk = self._instance.pk.get()
+        touched: list = []
+        for index in self._indexes:
+            cache = index._get_rollback_cache(pk)
+            for parts in cache["indexed_values"] | cache["deindexed_values"]:
+                if parts not in touched:
+                    touched.append(parts)
+        return touched
+
+    def _reconcile_indexes(self) -> None:
+        """Make the index entries this operation touched match the stored value (under the field lock)."""
+        touched = self._touched_index_parts()
+        if not touched:
+            return
+        with FieldLock(self):
+            stored = self._stored_values()
+            if stored is None or isinstance(stored, (list, set, dict, tuple)) and not stored:
+                stored_parts = set()
+            else:
+                stored_parts = {
+                    tuple(str(normalize(part)) for part in parts)
+                    for parts in self._index_parts(stored if isinstance(stored, (list, set, dict, tuple)) else [stored])
+                }
+            pk = self._instance.pk.get()
+            for parts in touched:
+                is_stored = tuple(str(normalize(part)) for part in parts) in stored_parts
+                for index in self._indexes:
+                    if is_stored:
+                        index.add(pk, *parts, check_uniqueness=False)
+                    else:
+                        index.remove(pk, *parts)
+
     def _rollback_indexes(self) -> None:
         """Undo the index changes recorded since the last reset of the rollback caches."""
         pk = self._instance.pk.get()
@@ -545,9 +597,9 @@ class RedisField(RedisProxyCommand):
                     if owner:
                         batch.owners.discard(id(self))
             return resolve(result) if scope.opened else result
-        except BaseException:
-            if instance.connected:
-                self._rollback_indexes()
+        except BaseException as error:
+            if instance.connected and not instance.__dict__.get("_limpyd_creating"):
+                self._recover_indexes(error)
             raise
         finally:
             if instance.connected:
@@ -1332,7 +1384,7 @@ class FieldLock(Lock):
         if defer_next(self.redis, guard=self, relaxed=relaxed):
             self.redis.execute_command(*command)
             return True
-        return bool(self.redis.execute_command(*command))
+        return bool(self.redis.execute_command(*command)) or holds_lock(self, token)
 
     def _limpyd_wait_for_lock(self, token: Any) -> None:
         """Wait for the lock after a queued ``SET NX`` found it held elsewhere."""
@@ -1340,7 +1392,8 @@ class FieldLock(Lock):
 
     def do_release(self, expected_token: Any) -> None:
         """Run the release script; in a batch, queued and checked on its reply."""
-        if defer_next(self.redis, on_reply=release_reply_checker(self, expected_token)):
+        if defer_next(self.redis, on_reply=release_reply_checker(self, expected_token),
+                      on_lost=lambda: self._release_now(expected_token)):
             self.redis.evalsha(self.lua_release.sha, 1, self.name, expected_token)
             return
         super().do_release(expected_token)
@@ -1361,18 +1414,110 @@ class FieldLock(Lock):
             self.already_locked_by_model = False
             raise
 
+    #: per thread: the locks whose release waits for the end of an instance deletion
+    _held = threading.local()
+
     def release(self) -> None:
-        """Release the lock (nothing to do for a sub-lock or a non-lockable field)."""
+        """Release the lock (nothing to do for a sub-lock or a non-lockable field).
+
+        During an instance deletion (:func:`hold_released_locks`) the release waits for the end of
+        the deletion, so no writer of these fields runs before the pk has left the collection.
+        """
         if not self.field.lockable or self.sub_lock_mode:
+            return
+        held = getattr(FieldLock._held, "locks", None)
+        if held is not None:
+            held.append(self)
             return
         try:
             super().release()
         finally:
             self.already_locked_by_model = False
 
-    def __exit__(self, *exc: Any) -> None:
+    def _release_now(self, token: Any) -> None:
+        """Run the release script for ``token`` on the real client, retried on a lost connection."""
+        client = real_client(self.redis)
+        with_retries(lambda: self.lua_release(keys=[self.name], args=[token], client=client))
+
+    def release_after_error(self) -> None:
+        """Release the lock now, whatever happened: on a fresh connection, never raising "not owned".
+
+        After a failed operation the lock may never have been taken (a lost ``SET NX``), or be
+        held with our token: the release script deletes it only in the second case. A lost
+        connection is retried; if the server stays unreachable the lock expires on its own.
+        """
         try:
-            super().__exit__(*exc)
+            if not self.field.lockable or self.sub_lock_mode:
+                return
+            token, self.local.token = self.local.token, None
+            if token is None:
+                return
+            batch = current_batch(self.field._model.database)
+            if batch is not None:
+                try:
+                    batch.flush()  # what the operation queued goes before the release, as usual
+                except UNKNOWN_OUTCOME:
+                    pass
+                except Exception:  # noqa: S110 - the operation's own error is the one to raise
+                    pass
+            self._release_now(token)
         finally:
             if self.field.lockable and not self.sub_lock_mode:
                 self.already_locked_by_model = False
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is not None:
+            held = getattr(FieldLock._held, "locks", None)
+            if held is None:
+                try:
+                    self.release_after_error()
+                except UNKNOWN_OUTCOME:
+                    pass  # the operation's error propagates; the lock expires after its timeout
+                return
+        try:
+            super().__exit__(*exc)
+        finally:
+            if self.field.lockable and not self.sub_lock_mode and getattr(FieldLock._held, "locks", None) is None:
+                self.already_locked_by_model = False
+
+
+class hold_released_locks:  # noqa: N801 - a context manager
+    """Keep the field locks released inside the block until its end (an instance deletion).
+
+    A writer of a deleted instance's field takes the field lock then checks that the pk exists:
+    holding every lock of the deletion until the pk has left the collection makes that check
+    reliable. The releases are sent at the end, in the order of the acquisitions.
+    """
+
+    def __enter__(self) -> None:
+        self.outer = getattr(FieldLock._held, "locks", None)
+        if self.outer is None:
+            FieldLock._held.locks = []
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.outer is not None:
+            return  # an outer deletion releases them
+        locks, FieldLock._held.locks = FieldLock._held.locks, None
+        error: Optional[BaseException] = None
+        for lock in locks:
+            try:
+                if exc_type is None and error is None:
+                    lock.release()
+                else:
+                    lock.release_after_error()
+            except BaseException as release_error:  # release the others anyway
+                if error is None:
+                    error = release_error
+                lock.already_locked_by_model = False
+        if error is not None and exc_type is None:
+            raise error
+
+
+def holds_lock(lock: Lock, token: Any) -> bool:
+    """Return whether ``lock`` is held with ``token`` (a ``SET NX`` retried by redis-py after a lost reply).
+
+    Only asked when a ``SET NX`` was refused, so it costs nothing in the usual case.
+    """
+    if isinstance(token, bytes):
+        token = token.decode()
+    return real_client(lock.redis).get(lock.name) == token

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from limpyd._batch import batch_scope, defer_next, take_assumed_existence
+from limpyd._recovery import UNKNOWN_OUTCOME, with_retries
 from limpyd.collection import CollectionManager
 from limpyd.database import RedisDatabase
 from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x exposes them here
@@ -15,6 +17,7 @@ from limpyd.exceptions import DoesNotExist, ImplementationError, UniquenessError
 from limpyd.fields import *  # noqa: F403 - redis-limpyd 2.x exposes every field here
 from limpyd.fields import (
     AutoPKField,
+    FieldLock,
     InstanceHashField,
     MetaRedisProxy,
     MultiValuesField,
@@ -22,6 +25,7 @@ from limpyd.fields import (
     RedisField,
     RedisProxyCommand,
     check_value,
+    hold_released_locks,
     write_hash,
 )
 from limpyd.utils import make_key
@@ -290,6 +294,8 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         self._check_multi_fields_uniqueness(values)
 
         self._init_fields = set(values)
+        self.__dict__["_limpyd_creating"] = True
+        self.__dict__["_limpyd_written"] = {}
         try:
             with batch_scope(self.database):
                 if pk_given:
@@ -304,15 +310,59 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
                     value = values[field.name]
                     if value is None or (isinstance(value, (list, tuple, set, dict)) and not value):
                         continue
+                    self._limpyd_written[field.name] = value
                     field._drop_next_result()
                     field.proxy_set(value)
         except UniquenessError:
             self.__dict__.pop("_limpyd_fresh", None)
+            self.__dict__.pop("_limpyd_creating", None)
             if self.__dict__.get("_pk"):
                 self.delete()
             raise
+        except BaseException:
+            self.__dict__.pop("_limpyd_fresh", None)
+            self.__dict__.pop("_limpyd_creating", None)
+            if self.__dict__.get("_pk"):
+                self._abort_creation()
+            raise
         finally:
             self.__dict__.pop("_limpyd_fresh", None)
+            self.__dict__.pop("_limpyd_creating", None)
+            self.__dict__.pop("_limpyd_written", None)
+
+    def _abort_creation(self) -> None:
+        """Remove everything a failed creation may have written: a creation completes or leaves nothing.
+
+        Whatever failed (a lost connection, a value refused by Redis), the index entries of the
+        values given and of the values stored, the field keys and the collection entry of the
+        new pk are removed, on a fresh connection, retried while the connection is lost. No lock
+        is needed: every entry removed belongs to this pk, which no one else knows yet.
+        """
+        written = dict(self.__dict__.get("_limpyd_written") or {})
+        pk = self._pk
+
+        def clean() -> None:
+            with batch_scope(self.database):
+                keys = []
+                for field in self.fields:
+                    if isinstance(field, PKField):
+                        continue
+                    if field.indexable:
+                        for value in (written.get(field.name), field.proxy_get()):
+                            if value is not None and not (isinstance(value, (list, tuple, set, dict)) and not value):
+                                field.deindex(value)
+                        for index in field._indexes:
+                            index._reset_rollback_cache(pk)
+                    keys.append(field.key)
+                connection = self.connection
+                connection.delete(*dict.fromkeys(keys))
+                connection.srem(self.pk.collection_key, pk)
+
+        try:
+            with_retries(clean)
+        except UNKNOWN_OUTCOME:
+            pass  # unreachable server: the creation's own error propagates (see docs/failure-semantics.md)
+        self._connected = False
 
     def _check_multi_fields_uniqueness(self, values: Dict[str, Any]) -> None:
         """Check the unique multi-field indexes for the values given at creation."""
@@ -508,6 +558,9 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
             if callable(default):
                 default = default()
             if default is not None:
+                written = self.__dict__.get("_limpyd_written")
+                if written is not None:
+                    written[field.name] = default
                 field._drop_next_result()
                 field.proxy_set(default)
 
@@ -530,17 +583,23 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
             check_value(self.get_field(name), value)
         indexed = []
         try:
-            for name in values:
-                field = self.get_field(name)
-                if field.indexable:
-                    indexed.append(field)
-                    field.deindex()
-                    field.index(values[name])
-            result = write_hash(self.database, self.key, values)
-        except BaseException:
+            # the unique fields are locked, as by their own writes: uniqueness holds on every path
+            with contextlib.ExitStack() as locks:
+                for name in sorted(values):
+                    field = self.get_field(name)
+                    if field.unique:
+                        locks.enter_context(FieldLock(field))
+                for name in values:
+                    field = self.get_field(name)
+                    if field.indexable:
+                        indexed.append(field)
+                        field.deindex()
+                        field.index(values[name])
+                result = write_hash(self.database, self.key, values)
+        except BaseException as error:
             if self.connected:
                 for field in indexed:
-                    field._rollback_indexes()
+                    field._recover_indexes(error)
             raise
         finally:
             for field in indexed:
@@ -559,7 +618,9 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     def delete(self) -> None:
         """Delete every field of the instance (and its index entries), then the pk."""
         pk_name = self.get_field("pk").name
-        with batch_scope(self.database):
+        # the field locks are released once the pk has left the collection: a writer of one of
+        # these fields, which checks the pk under the lock, then finds it gone
+        with batch_scope(self.database), hold_released_locks():
             for field in self.fields:
                 if field.name != pk_name:
                     field._drop_next_result()
