@@ -245,11 +245,34 @@ def decode_scan_keys(data: bytes, start: int, count: int) -> Tuple[List[str], in
     _check_buffer(data, start, "decode_scan_keys")
     if type(count) is not int or count < 0:
         raise ValueError("decode_scan_keys(count=%r): count must be an int >= 0." % (count,))
-    keys: List[str] = []
-    append = keys.append
-    find = data.find
     end = len(data)
     position = start
+    keys: List[str] = []
+    if count > 1 and end - start > 8:
+        # Fast path, with C-level loops only: split at CRLF, then check that the pieces alternate
+        # "$<len(key)>" and key (a key holding CRLF breaks that, and the loop below takes over).
+        parts = data[start:].split(b"\r\n", 2 * min(count, end))
+        whole = (len(parts) - 1) // 2  # pairs followed by their CRLF
+        if whole > count:
+            whole = count
+        heads = parts[0:2 * whole:2]
+        values = parts[1:2 * whole:2]
+        lengths = list(map(len, values))
+        if heads == list(map(b"$%d".__mod__, lengths)):
+            stop = start + sum(map(len, heads)) + sum(lengths) + 4 * whole
+            region = data[start:stop]
+            try:
+                if region.isascii():
+                    keys = region.decode("ascii").split("\r\n")[1::2]
+                else:
+                    keys = list(map(bytes.decode, values))
+            except UnicodeDecodeError:
+                keys = []  # the loop below names the key
+            else:
+                position = stop
+                count -= whole
+    append = keys.append
+    find = data.find
     while count:
         if position >= end:
             break

@@ -180,6 +180,39 @@ def test_decode_scan_keys_every_prefix(speedups: Any) -> None:
         assert rest == (ODD_STR[whole:], len(ODD_DATA))
 
 
+@pytest.mark.parametrize("keys", [
+    [b"plain:%d" % index for index in range(20)],
+    [("clé:%d" % index).encode() for index in range(20)],
+    [b"k:%d" % index for index in range(5)] + [b"bad\xff"] + [b"k:%d" % index for index in range(5)],
+    [b"k:%d" % index for index in range(5)] + [b"a\r\nb", b"$2\r\nab"] + [b"k:%d" % index for index in range(5)],
+    [b"", b"", b"x", b""],
+])
+def test_decode_scan_keys_every_prefix_and_count(speedups: Any, keys: list) -> None:
+    """Whole keys, counts and cuts anywhere: the result is the twin's key by key loop."""
+    data = b"".join(bulk(key) for key in keys) + reply(b"0", [b"next"])
+    for cut in range(len(data) + 1):
+        for count in (1, 2, 7, len(keys), 1000):
+            tested = check(speedups, "decode_scan_keys", (data[:cut], 0, count))
+            assert tested == outcome(_one_key_at_a_time, data[:cut], 0, count), (cut, count)
+
+
+def _one_key_at_a_time(data: bytes, start: int, count: int) -> tuple:
+    """Return what ``decode_scan_keys`` gives, asking the twin for one key per call (its plain loop)."""
+    keys: list = []
+    while len(keys) < count:
+        more, following = _speedups_py.decode_scan_keys(data, start, 1)
+        if not more:
+            break
+        keys += more
+        start = following
+    return keys, start
+
+
+def test_decode_scan_keys_leading_zero_length(speedups: Any) -> None:
+    data = b"$01\r\na\r\n" + bulk(b"bc") * 3
+    check(speedups, "decode_scan_keys", (data, 0, 10), (["a", "bc", "bc", "bc"], len(data)))
+
+
 def test_decode_scan_keys_leaves_the_next_reply(speedups: Any) -> None:
     data = b"junk" + bulk(b"k1") + bulk(b"k2") + reply(b"0", [b"k3"])
     assert check(speedups, "decode_scan_keys", (data, 4, 2))[2] == (["k1", "k2"], 20)
