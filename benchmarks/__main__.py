@@ -1,10 +1,16 @@
-"""Run the limpyd benchmark suite on a private redis-server and print ratios.
+"""Run the limpyd benchmark suite on a private redis-server and print the figures.
 
-    python -m benchmarks [--keys N] [--repeat R] [--json FILE]
+    python -m benchmarks [--only GROUPS] [--quick] [--json FILE] [--compare BASE.json]
+                         [--keys N] [--repeat R] [--instances N]
 
-Every ratio compares two measurements taken in the same run: the scan rows against a bare
-client loop sending ``SCAN cursor COUNT 1000`` (timed interleaved with them, in the same
-process), the compiled speedups against the pure-Python twin. Nothing here asserts: targets are
+Groups (``--only scan,speedups``): scan, orm, collections, pipeline, speedups. Each group runs in
+worker processes (``python -m benchmarks.bench_*``, see their ``--help``), once with the compiled
+speedups and once with the pure-Python twin where that matters. Progress goes to stderr (what
+runs, n of N, elapsed), results to stdout. Every ratio compares measurements of the same run:
+the scan rows against a minimal C client compiled now (``benchmarks/scan_client.c``), the ORM
+rows against plain redis-py sending the same commands, the compiled speedups against the twin.
+Every row is checked for a wrong result: a worker finding one fails, its stderr is shown, and the
+suite exits with status 1 after the other groups ran. Nothing here asserts timings: targets are
 printed beside the figures.
 """
 
@@ -13,34 +19,192 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import redis
 
-from benchmarks import bench_scan, bench_speedups
+from benchmarks import bench_scan
 from benchmarks._server import PrivateRedisServer, load_keys
 
-SCAN_TARGET = 1.25  # scan_keys() may take at most this times the bare SCAN COUNT 1000 loop
+GROUPS = ["scan", "orm", "collections", "pipeline", "speedups"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: scan_keys() may take at most this times the C client (same worker), per speedups mode
+SCAN_TARGETS = {"cython": 1.05, "python": 1.25}
 MAKE_KEY_TARGET = 3.0  # compiled make_key must be at least this times faster than the twin
+OVERHEAD_TARGET = 1.3  # one-command collection operations: at most this times plain redis-py
+
+_started = time.perf_counter()
 
 
-def _worker(module: str, arguments: List[str], no_extensions: bool) -> Dict[str, object]:
-    """Run ``python -m module arguments`` with the compiled speedups or the twin; return its JSON."""
+def progress(message: str) -> None:
+    """Write a progress line on stderr, with the time elapsed since the suite started."""
+    sys.stderr.write("[%6.1fs] %s\n" % (time.perf_counter() - _started, message))
+    sys.stderr.flush()
+
+
+class WorkerFailed(Exception):
+    """A worker exited with an error (a wrong result, or a crash); its stderr is in the message."""
+
+
+def run_worker(label: str, module: str, arguments: List[str], no_extensions: bool = False) -> Dict[str, Any]:
+    """Run ``python -m module arguments``, relaying its stderr live; return the JSON it printed."""
     env = dict(os.environ)
     env.pop("LIMPYD_NO_EXTENSIONS", None)
     if no_extensions:
         env["LIMPYD_NO_EXTENSIONS"] = "1"
-    output = subprocess.run(
-        [sys.executable, "-m", module, *arguments], env=env, check=True, capture_output=True, text=True,
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    command = [sys.executable, "-m", module, *arguments]
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    stderr_lines: List[str] = []
+
+    def relay() -> None:
+        for line in process.stderr:  # type: ignore[union-attr]
+            stderr_lines.append(line)
+            for part in line.rstrip("\n").split("\r"):
+                if part.strip():
+                    progress("  %s: %s" % (label, part.strip()))
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    stdout = process.stdout.read()  # type: ignore[union-attr]
+    process.wait()
+    thread.join()
+    if process.returncode:
+        raise WorkerFailed("%s (%s) exited with status %d; its stderr:\n%s"
+                           % (label, " ".join(command[1:]), process.returncode,
+                              "".join(stderr_lines).strip() or "(empty)"))
+    try:
+        return json.loads(stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError) as exc:
+        raise WorkerFailed("%s printed no JSON result: %r; its stderr:\n%s"
+                           % (label, stdout[-500:], "".join(stderr_lines))) from exc
 
 
-def _redis_cli_scan(socket_path: str, repeat: int) -> Optional[Dict[str, object]]:
+def print_table(title: str, header: List[str], rows: List[List[Any]]) -> None:
+    """Print an aligned table on stdout."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    print("\n" + title)
+    print("  ".join(str(cell).ljust(width) for cell, width in zip(header, widths)).rstrip())
+    print("  ".join("-" * width for width in widths))
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    sys.stdout.flush()
+
+
+def _command_output(command: List[str]) -> str:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    except OSError:
+        return ""
+
+
+def metadata(args: argparse.Namespace, server_version: str) -> Dict[str, Any]:
+    """Return what the figures depend on: versions, commit, arguments, machine."""
+    import limpyd
+    import limpyd.speedups
+
+    try:
+        import hiredis
+
+        hiredis_version: Optional[str] = hiredis.__version__
+    except ImportError:
+        hiredis_version = None
+    commit = _command_output(["git", "rev-parse", "HEAD"])
+    dirty = bool(_command_output(["git", "status", "--porcelain", "--untracked-files=no"]))
+    try:
+        usable_cpus: Optional[int] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable_cpus = None
+    return {
+        "versions": {
+            "limpyd": limpyd.__version__,
+            "redis-py": redis.__version__,
+            "hiredis": hiredis_version,
+            "redis-server": server_version,
+            "python": platform.python_version(),
+            "python_implementation": platform.python_implementation(),
+            "speedups": limpyd.speedups.IMPLEMENTATION,
+        },
+        "git_commit": commit + ("+dirty" if dirty and commit else ""),
+        "arguments": vars(args),
+        "argv": sys.argv[1:],
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus,
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# ---------------------------------------------------------------------- groups
+#
+# Each group returns its rows: {"key": group/row/mode, "value": the figure to compare, "unit", ...}
+
+
+def _modes() -> List[tuple]:
+    return [("cython", False), ("python", True)]
+
+
+def group_scan(args: argparse.Namespace, server: PrivateRedisServer, client: redis.Redis,
+               notes: List[str]) -> List[Dict[str, Any]]:
+    progress("scan: loading %d keys" % args.keys)
+    client.flushall()
+    load_keys(client, args.keys)
+    progress("scan: compiling benchmarks/scan_client.c (the C reference)")
+    c_client, why = bench_scan.build_c_client()
+    if why:
+        notes.append("C reference not run: %s" % why)
+        progress("scan: C reference not run: %s" % why)
+    rows, table = [], []
+    for index, (mode, no_extensions) in enumerate(_modes(), 1):
+        names = [bench_scan.C_ROW, bench_scan.BARE_ROW, bench_scan.SCAN_KEYS_ROW]
+        if mode == "cython":
+            names.append(bench_scan.SCAN_ITER_ROW)
+            if not args.quick:
+                names.append(bench_scan.DEFAULT_COUNT_ROW)
+        progress("scan: worker %d of 2 (%s speedups), %d rounds of %d rows" % (index, mode, args.repeat, len(names)))
+        arguments = ["--socket", server.socket_path, "--repeat", str(args.repeat), "--rows", *names]
+        if c_client:
+            arguments += ["--c-client", c_client]
+        result = run_worker("scan[%s]" % mode, "benchmarks.bench_scan", arguments, no_extensions)
+        if result["implementation"] != mode:
+            notes.append("the %s scan worker ran the %s speedups (is the extension built?)"
+                         % (mode, result["implementation"]))
+        timings = result["rows"]
+        reference = timings.get(bench_scan.C_ROW)
+        for name, seconds in timings.items():
+            ratio = seconds / reference if reference else None
+            target = ""
+            if name == bench_scan.SCAN_KEYS_ROW:
+                limit = SCAN_TARGETS[mode]
+                target = ("<= %.2fx: %s" % (limit, "met" if ratio <= limit else "NOT MET")) if ratio else \
+                    "<= %.2fx: no C reference (%s)" % (limit, why)
+            rows.append({"key": "scan/%s/%s" % (name, mode), "group": "scan", "row": name, "speedups": mode,
+                         "value": seconds, "unit": "s", "ratio_to_c": ratio})
+            table.append([name, mode, "%.3f" % seconds, "%.2fx" % ratio if ratio else "n/a", target])
+        for name, why_not in result.get("notes", {}).items():
+            table.append([name, mode, "not run", "", why_not])
+    if not args.quick:
+        cli = _redis_cli_scan(server.socket_path, min(args.repeat, 3))
+        if cli:
+            rows.append({"key": "scan/%s/-" % cli["label"], "group": "scan", "row": cli["label"], "speedups": "-",
+                         "value": cli["seconds"], "unit": "s"})
+            table.append([cli["label"], "-", "%.3f" % cli["seconds"], "", ""])
+    client.flushall()
+    print_table("Full scan of %d keys, best of %d rounds (ratio: time / the C client's in the same worker)"
+                % (args.keys, args.repeat), ["row", "speedups", "seconds", "ratio", "target"], table)
+    return rows
+
+
+def _redis_cli_scan(socket_path: str, repeat: int) -> Optional[Dict[str, Any]]:
     """Time ``redis-cli --scan`` (with ``--count 1000`` where this redis-cli supports it)."""
     cli = shutil.which("redis-cli")
     if not cli:
@@ -60,151 +224,226 @@ def _redis_cli_scan(socket_path: str, repeat: int) -> Optional[Dict[str, object]
     return {"label": label, "seconds": best}
 
 
-def _print_table(title: str, header: List[str], rows: List[List[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    print("\n" + title)
-    print("  ".join(str(cell).ljust(width) for cell, width in zip(header, widths)))
-    print("  ".join("-" * width for width in widths))
+def _overhead_rows(group: str, results: Dict[str, Any], with_results: bool) -> tuple:
+    rows, table = [], []
+    for mode, result in results.items():
+        for row in result["rows"]:
+            ours, plain = row["limpyd"], row["redis-py"]
+            ratio = ours["us"] / plain["us"]
+            rows.append({"key": "%s/%s/%s" % (group, row["operation"], mode), "group": group,
+                         "row": row["operation"], "speedups": mode, "value": ours["us"], "unit": "us",
+                         "redis_py_us": plain["us"], "ratio_to_redis_py": ratio,
+                         "commands": ours["commands"], "round_trips": ours["round_trips"]})
+            line = [row["operation"], mode]
+            if with_results:
+                line.append(str(row["results"]))
+            line += ["%.0f" % ours["us"], "%.1f" % ours["commands"], "%.1f" % ours["round_trips"],
+                     "%.0f" % plain["us"], "%.1f" % plain["commands"], "%.1f" % plain["round_trips"],
+                     "%.2fx" % ratio]
+            if group == "orm":
+                line.append("%d / %d" % (row["upstream_round_trips"], row["upstream_commands"]))
+            table.append(line)
+    return rows, table
+
+
+def group_orm(args: argparse.Namespace, server: PrivateRedisServer, client: redis.Redis,
+              notes: List[str]) -> List[Dict[str, Any]]:
+    results = {}
+    for index, (mode, no_extensions) in enumerate(_modes(), 1):
+        progress("orm: worker %d of 2 (%s speedups), %d instances" % (index, mode, args.instances))
+        client.flushall()
+        results[mode] = run_worker("orm[%s]" % mode, "benchmarks.bench_orm",
+                                   ["--socket", server.socket_path, "--instances", str(args.instances)],
+                                   no_extensions)
+    rows, table = _overhead_rows("orm", results, with_results=False)
+    print_table("ORM, per operation, %d instances (limpyd vs plain redis-py sending the same commands one by one)"
+                % args.instances,
+                ["operation", "speedups", "limpyd us", "cmds", "round trips", "redis-py us", "cmds",
+                 "round trips", "time ratio", "2.1.2 rt/cmds"], table)
+    limits = {"create": (4, 20), "get+set": (4, 9), "delete": (4, 19)}
+    for row in results["cython"]["rows"]:
+        max_round_trips, max_commands = limits.get(row["operation"], (None, None))
+        if max_round_trips is None:
+            continue
+        ours = row["limpyd"]
+        met = ours["round_trips"] <= max_round_trips and ours["commands"] <= max_commands
+        notes.append("%s: <= %d round trips and <= %d commands: %.1f / %.1f %s"
+                     % (row["operation"], max_round_trips, max_commands, ours["round_trips"], ours["commands"],
+                        "met" if met else "NOT MET"))
+    return rows
+
+
+def group_collections(args: argparse.Namespace, server: PrivateRedisServer, client: redis.Redis,
+                      notes: List[str]) -> List[Dict[str, Any]]:
+    results = {}
+    for index, (mode, no_extensions) in enumerate(_modes(), 1):
+        progress("collections: worker %d of 2 (%s speedups), %d instances" % (index, mode, args.instances))
+        client.flushall()
+        results[mode] = run_worker("collections[%s]" % mode, "benchmarks.bench_collection",
+                                   ["--socket", server.socket_path, "--instances", str(args.instances)],
+                                   no_extensions)
+    rows, table = _overhead_rows("collections", results, with_results=True)
+    print_table("Collections over %d instances, per operation (limpyd vs plain redis-py sending the same "
+                "commands one by one; target <= %.1fx)" % (args.instances, OVERHEAD_TARGET),
+                ["operation", "speedups", "results", "limpyd us", "cmds", "round trips", "redis-py us", "cmds",
+                 "round trips", "time ratio"], table)
+    for row in results["cython"]["rows"]:
+        if row["operation"] == "filter 2 fields, .instances()":
+            trips = row["limpyd"]["round_trips"]
+            notes.append("filter by two fields then .instances(): <= 2 round trips (2.1.2: 5): %.1f %s"
+                         % (trips, "met" if trips <= 2 else "NOT MET"))
+    return rows
+
+
+def group_pipeline(args: argparse.Namespace, server: PrivateRedisServer, client: redis.Redis,
+                   notes: List[str]) -> List[Dict[str, Any]]:
+    progress("pipeline: worker 1 of 1, %d instances" % args.instances)
+    client.flushall()
+    result = run_worker("pipeline", "benchmarks.bench_pipeline",
+                        ["--socket", server.socket_path, "--instances", str(args.instances)])
+    rows, table = [], []
+    for row in result["rows"]:
+        rows.append({"key": "pipeline/%s/cython" % row["workload"], "group": "pipeline", "row": row["workload"],
+                     "speedups": "cython", "value": row["us"], "unit": "us", "commands": row["commands"],
+                     "round_trips": row["round_trips"]})
+        table.append([row["workload"], "%.0f" % row["us"], "%.2f" % row["commands"], "%.3f" % row["round_trips"]])
+    print_table("Pipelined writes, per instance (%d instances); Model(...) inside a pipeline: %s"
+                % (result["instances"], result["Model(...) inside a pipeline"]),
+                ["workload", "us", "cmds", "round trips"], table)
+    return rows
+
+
+def group_speedups(args: argparse.Namespace, server: PrivateRedisServer, client: redis.Redis,
+                   notes: List[str]) -> List[Dict[str, Any]]:
+    progress("speedups: worker 1 of 1, every compiled function against the twin")
+    result = run_worker("speedups", "benchmarks.bench_speedups", ["--quick"] if args.quick else [])
+    rows, table = [], []
+    for row in result["rows"]:
+        rows.append({"key": "speedups/%s/cython" % row["case"], "group": "speedups", "row": row["case"],
+                     "speedups": "cython", "value": row["cython_ns"], "unit": "ns", "python_ns": row["python_ns"],
+                     "ratio_py_cy": row["ratio"]})
+        table.append([row["case"], "%.0f" % row["python_ns"],
+                      "%.0f" % row["cython_ns"] if row["cython_ns"] else "n/a",
+                      "%.2fx" % row["ratio"] if row["ratio"] else "n/a"])
+    print_table("Speedups: ns per call, Python twin vs compiled", ["function", "python ns", "cython ns", "py/cy"],
+                table)
+    make_key = [row["ratio"] for row in result["rows"] if row["function"] == "make_key" and row["ratio"]]
+    if make_key:
+        notes.append("compiled make_key >= %.1fx the twin: %.2fx (worst case) %s"
+                     % (MAKE_KEY_TARGET, min(make_key), "met" if min(make_key) >= MAKE_KEY_TARGET else "NOT MET"))
+    else:
+        notes.append("compiled speedups: the extension is not built (pip install . with a C compiler)")
+    return rows
+
+
+RUNNERS = {"scan": group_scan, "orm": group_orm, "collections": group_collections, "pipeline": group_pipeline,
+           "speedups": group_speedups}
+
+
+# ---------------------------------------------------------------------- compare
+
+
+def compare(rows: List[Dict[str, Any]], base_path: str) -> None:
+    """Print each row's value against the same row of a saved ``--json`` run."""
+    with open(base_path) as handle:
+        base = json.load(handle)
+    base_rows = {row["key"]: row for row in base.get("rows", [])}
+    table = []
     for row in rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+        before = base_rows.get(row["key"])
+        if before is None or not before.get("value") or row.get("value") is None:
+            table.append([row["key"], "-", _figure(row), "new row" if before is None else "n/a"])
+            continue
+        table.append([row["key"], _figure(before), _figure(row), "%.2fx" % (row["value"] / before["value"])])
+    missing = sorted(set(base_rows) - {row["key"] for row in rows})
+    base_meta = base.get("meta", {})
+    print_table("Compared with %s (commit %s, %s): ratio = now / then (below 1: faster now)"
+                % (base_path, base_meta.get("git_commit", "?"), base_meta.get("date", "?")),
+                ["row", "then", "now", "ratio"], table)
+    if missing:
+        print("rows of %s not run now: %s" % (base_path, ", ".join(missing)))
+
+
+def _figure(row: Dict[str, Any]) -> str:
+    value = row.get("value")
+    if value is None:
+        return "n/a"
+    return ("%.3f %s" if row.get("unit") == "s" else "%.0f %s") % (value, row.get("unit", ""))
+
+
+# ---------------------------------------------------------------------- main
+
+
+def parse_arguments(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[4:]))
+    parser.add_argument("--only", metavar="GROUPS", default=",".join(GROUPS),
+                        help="comma-separated groups to run, among %s (default: all)" % ", ".join(GROUPS))
+    parser.add_argument("--quick", action="store_true",
+                        help="reduced sizes (100,000 keys, 2 rounds, 1,000 instances): under a minute")
+    parser.add_argument("--keys", type=int, help="keys to scan (default 1,000,000; --quick 100,000)")
+    parser.add_argument("--repeat", type=int, help="scan rounds, the best is kept (default 5; --quick 2)")
+    parser.add_argument("--instances", type=int,
+                        help="instances of the ORM, collection and pipeline rows (default 10,000; --quick 1,000)")
+    parser.add_argument("--json", metavar="FILE", help="write every figure, the versions and the arguments to FILE")
+    parser.add_argument("--compare", metavar="BASE.json", help="print each row's ratio to a saved --json run")
+    args = parser.parse_args(argv)
+    groups = [group.strip() for group in args.only.split(",") if group.strip()]
+    unknown = [group for group in groups if group not in GROUPS]
+    if unknown or not groups:
+        parser.error("--only %s: unknown group %s; choose among %s"
+                     % (args.only, ", ".join(map(repr, unknown)) or "(none)", ", ".join(GROUPS)))
+    args.only = groups
+    if args.keys is None:
+        args.keys = 100_000 if args.quick else 1_000_000
+    if args.repeat is None:
+        args.repeat = 2 if args.quick else 5
+    if args.instances is None:
+        args.instances = 1_000 if args.quick else 10_000
+    if args.compare and not os.path.exists(args.compare):
+        parser.error("--compare %s: no such file (write one with --json FILE first)" % args.compare)
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the benchmarks; return the process exit code."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[1])
-    parser.add_argument("--keys", type=int, default=1_000_000, help="keys to scan (default 1,000,000)")
-    parser.add_argument("--repeat", type=int, default=5, help="rounds per row; the best is kept (default 5)")
-    parser.add_argument("--instances", type=int, default=10_000,
-                        help="instances created, updated and deleted by the ORM rows (default 10,000)")
-    parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
-    args = parser.parse_args(argv)
-    results: Dict[str, object] = {"keys": args.keys}
-
+    """Run the selected groups; return the process exit code (1 if a worker failed)."""
+    args = parse_arguments(argv)
+    groups = [group for group in GROUPS if group in args.only]
+    notes: List[str] = []
+    failures: List[str] = []
+    rows: List[Dict[str, Any]] = []
+    progress("starting a private redis-server; groups: %s" % ", ".join(groups))
     with PrivateRedisServer() as server:
         client = redis.Redis(decode_responses=True, **server.settings)
-        load_keys(client, args.keys)
+        server_version = client.info("server")["redis_version"]
+        meta = metadata(args, server_version)
+        progress("limpyd %(limpyd)s (%(speedups)s speedups), redis-py %(redis-py)s, hiredis %(hiredis)s, "
+                 "redis-server %(redis-server)s, %(python_implementation)s %(python)s" % meta["versions"])
+        for index, group in enumerate(groups, 1):
+            progress("group %d of %d: %s" % (index, len(groups), group))
+            try:
+                rows.extend(RUNNERS[group](args, server, client, notes))
+            except WorkerFailed as exc:
+                failures.append("%s: %s" % (group, exc))
+                progress("FAILED: %s" % exc)
+                print("\n%s: FAILED (see stderr)" % group)
+            progress("group %d of %d: %s done" % (index, len(groups), group))
 
-        scan_rows = []
-        per_mode = {}
-        for mode, no_extensions in (("cython", False), ("python", True)):
-            timings = _worker("benchmarks.bench_scan", [server.socket_path, str(args.repeat)], no_extensions)
-            per_mode[mode] = timings
-            if timings.pop("implementation") != mode:
-                print("warning: the %s worker ran the %s speedups" % (mode, mode == "cython" and "python" or "cython"))
-            reference = timings["reference: SCAN COUNT 1000 loop"]
-            for name, seconds in timings.items():
-                if name.startswith("redis-py") and mode == "python":
-                    continue
-                scan_rows.append([name, mode, "%.3f" % seconds, "%.2fx" % (seconds / reference)])
-        results["scan"] = per_mode
-
-        cli = _redis_cli_scan(server.socket_path, min(args.repeat, 3))
-        if cli:
-            reference = per_mode["cython"]["reference: SCAN COUNT 1000 loop"]
-            scan_rows.append([cli["label"], "-", "%.3f" % cli["seconds"], "%.2fx" % (cli["seconds"] / reference)])
-            results["redis_cli"] = cli
-        start = time.perf_counter()
-        bench_scan.bare_scan_loop(client, count=None)
-        default_count = time.perf_counter() - start
-        reference = per_mode["cython"]["reference: SCAN COUNT 1000 loop"]
-        scan_rows.append(["SCAN loop, Redis' default COUNT 10 (as 2.1.2)", "-", "%.3f" % default_count,
-                          "%.2fx" % (default_count / reference)])
-        results["scan_default_count_10"] = default_count
-        client.flushall()
-
-        orm = {mode: _worker("benchmarks.bench_orm", [server.socket_path, str(args.instances)], no_ext)
-               for mode, no_ext in (("cython", False), ("python", True))}
-        results["orm"] = orm
-        client.flushall()
-        collections = {mode: _worker("benchmarks.bench_collection", [server.socket_path, str(args.instances)], no_ext)
-                       for mode, no_ext in (("cython", False), ("python", True))}
-        results["collections"] = collections
-
-    _print_table(
-        "Full scan of %d keys (best of %d; ratio = time / bare SCAN COUNT 1000 loop of the same worker)"
-        % (args.keys, args.repeat),
-        ["row", "speedups", "seconds", "ratio"],
-        scan_rows,
-    )
-
-    orm_rows = []
-    for mode, result in orm.items():
-        for row in result["rows"]:
-            ours, plain = row["limpyd"], row["redis-py"]
-            orm_rows.append([
-                row["operation"], mode,
-                "%.0f" % ours["us"], "%.1f" % ours["commands"], "%.1f" % ours["round_trips"],
-                "%.0f" % plain["us"], "%.1f" % plain["commands"], "%.1f" % plain["round_trips"],
-                "%.2fx" % (ours["us"] / plain["us"]),
-                "%d / %d" % (row["upstream_round_trips"], row["upstream_commands"]),
-            ])
-    _print_table(
-        "ORM, per operation, %d instances (limpyd vs plain redis-py sending the same commands one by one)"
-        % args.instances,
-        ["operation", "speedups", "limpyd us", "cmds", "round trips", "redis-py us", "cmds", "round trips",
-         "time ratio", "2.1.2 rt/cmds"],
-        orm_rows,
-    )
-
-    collection_rows = []
-    for mode, result in collections.items():
-        for row in result["rows"]:
-            ours, plain = row["limpyd"], row["redis-py"]
-            collection_rows.append([
-                row["operation"], mode, str(row["results"]),
-                "%.0f" % ours["us"], "%.1f" % ours["commands"], "%.1f" % ours["round_trips"],
-                "%.0f" % plain["us"], "%.1f" % plain["commands"], "%.1f" % plain["round_trips"],
-                "%.2fx" % (ours["us"] / plain["us"]),
-            ])
-    _print_table(
-        "Collections over %d instances, per operation (limpyd vs plain redis-py sending the same commands one "
-        "by one)" % args.instances,
-        ["operation", "speedups", "results", "limpyd us", "cmds", "round trips", "redis-py us", "cmds",
-         "round trips", "time ratio"],
-        collection_rows,
-    )
-
-    speedup_rows = bench_speedups.run()
-    results["speedups"] = speedup_rows
-    _print_table(
-        "Speedups: ns per call, Python twin vs compiled",
-        ["function", "python ns", "cython ns", "py/cy"],
-        [[row["case"], "%.0f" % row["python_ns"],
-          "%.0f" % row["cython_ns"] if row["cython_ns"] else "n/a",
-          "%.2fx" % row["ratio"] if row["ratio"] else "n/a"] for row in speedup_rows],
-    )
-
-    scan_ratio = per_mode["cython"]["scan_keys()"] / per_mode["cython"]["reference: SCAN COUNT 1000 loop"]
-    make_key_ratios = [row["ratio"] for row in speedup_rows if row["ratio"]]
-    print("\nTargets:")
-    print("  scan_keys() <= %.2fx the bare loop: %.2fx %s"
-          % (SCAN_TARGET, scan_ratio, "met" if scan_ratio <= SCAN_TARGET else "NOT MET"))
-    if make_key_ratios:
-        worst = min(make_key_ratios)
-        print("  compiled make_key >= %.1fx the twin: %.2fx (worst case) %s"
-              % (MAKE_KEY_TARGET, worst, "met" if worst >= MAKE_KEY_TARGET else "NOT MET"))
-    else:
-        print("  compiled make_key: the extension is not built (pip install . with a C compiler)")
-
-    limits = {"create": (4, 20), "get+set": (4, 9), "delete": (4, 19)}
-    for row in orm["cython"]["rows"]:
-        max_round_trips, max_commands = limits[row["operation"]]
-        ours = row["limpyd"]
-        met = ours["round_trips"] <= max_round_trips and ours["commands"] <= max_commands
-        print("  %s: <= %d round trips and <= %d commands: %.1f / %.1f %s"
-              % (row["operation"], max_round_trips, max_commands, ours["round_trips"], ours["commands"],
-                 "met" if met else "NOT MET"))
-
-    for row in collections["cython"]["rows"]:
-        if row["operation"] == "filter 2 fields, .instances()":
-            trips = row["limpyd"]["round_trips"]
-            print("  filter by two fields then .instances(): <= 2 round trips (2.1.2: 5): %.1f %s"
-                  % (trips, "met" if trips <= 2 else "NOT MET"))
-
+    if notes:
+        print("\nTargets and notes:")
+        for note in notes:
+            print("  " + note)
+    if args.compare:
+        compare(rows, args.compare)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+            json.dump({"meta": meta, "rows": rows, "notes": notes, "failures": failures}, handle, indent=2)
         print("\nwrote %s" % args.json)
+    if failures:
+        sys.stderr.write("\n%d group(s) failed:\n%s\n" % (len(failures), "\n".join(failures)))
+        return 1
+    progress("done")
     return 0
 
 

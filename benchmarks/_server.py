@@ -62,7 +62,7 @@ class PrivateRedisServer:
 
 
 def load_keys(client: redis.Redis, count: int, prefix: str = "bench:key:", chunk: int = 50_000) -> None:
-    """Create ``count`` string keys server-side (Lua, in chunks), printing a progress line."""
+    """Create ``count`` string keys server-side (Lua, in chunks), with a progress line on stderr."""
     script = client.register_script(
         "for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do redis.call('SET', ARGV[3] .. i, i) end"
     )
@@ -72,6 +72,6 @@ def load_keys(client: redis.Redis, count: int, prefix: str = "bench:key:", chunk
         upto = min(done + chunk, count)
         script(args=[done, upto - 1, prefix])
         done = upto
-        sys.stdout.write("\rloading keys: %d/%d (%.1fs)" % (done, count, time.perf_counter() - start))
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+        sys.stderr.write("\rloading keys: %d of %d (%.1fs elapsed)" % (done, count, time.perf_counter() - start))
+        sys.stderr.flush()
+    sys.stderr.write("\n")

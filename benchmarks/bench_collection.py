@@ -1,16 +1,17 @@
 """Time collection operations, counting Redis commands and round trips, beside plain redis-py.
 
-``python -m benchmarks.bench_collection SOCKET INSTANCES`` prints a JSON list of rows. Each row
+``python -m benchmarks.bench_collection --socket PATH [--instances N]`` prints a JSON list of rows. Each row
 runs one collection operation through limpyd and through a plain redis-py program sending the
 same commands one by one, in the same process and the same run (figures per operation).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import uuid
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import redis
 
@@ -92,13 +93,13 @@ def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
         ("alpha sort by hash field, [10:20]", 20,
          lambda: Person.collection().sort(by="name", alpha=True)[10:20], plain.sorted_slice),
     ]
-    for name, repeat, limpyd_run, plain_run in workloads:
+    for index, (name, repeat, limpyd_run, plain_run) in enumerate(workloads, 1):
         expected = plain_run()
         got = limpyd_run()
         got_pks = [getattr(item, "_pk", item) for item in got] if not isinstance(got, int) else got
         if (sorted(got_pks) if isinstance(got_pks, list) else got_pks) != (
                 sorted(expected) if isinstance(expected, list) else expected):
-            sys.exit("limpyd and redis-py disagree on %r: %r != %r" % (name, got_pks, expected))
+            sys.exit("WRONG RESULT: limpyd and redis-py disagree on %r: %r != %r" % (name, got_pks, expected))
 
         def repeat_limpyd(run=limpyd_run, times=repeat) -> None:
             for _ in range(times):
@@ -114,9 +115,20 @@ def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
             "limpyd": measure(counters, repeat, repeat_limpyd),
             "redis-py": measure(counters, repeat, repeat_plain),
         })
+        sys.stderr.write("collections [%s]: %d of %d (%s) done\n"
+                         % (limpyd.speedups.IMPLEMENTATION, index, len(workloads), name))
+        sys.stderr.flush()
     return rows
 
 
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_collection",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", required=True, help="unix socket of the redis-server to use (it is flushed)")
+    parser.add_argument("--instances", type=int, default=10000, help="instances created first (default 10,000)")
+    args = parser.parse_args(argv)
+    print(json.dumps({"implementation": limpyd.speedups.IMPLEMENTATION, "rows": run(args.socket, args.instances)}))
+
+
 if __name__ == "__main__":
-    result = {"implementation": limpyd.speedups.IMPLEMENTATION, "rows": run(sys.argv[1], int(sys.argv[2]))}
-    print(json.dumps(result))
+    main()

@@ -1,6 +1,6 @@
 """Time ORM operations, counting Redis commands and round trips, beside plain redis-py.
 
-``python -m benchmarks.bench_orm SOCKET INSTANCES`` prints a JSON list of rows. Each row runs one
+``python -m benchmarks.bench_orm --socket PATH [--instances N]`` prints a JSON list of rows. Each row runs one
 workload through limpyd and through a plain redis-py program sending the same commands one by
 one (what the ORM would cost without batching), in the same process and the same run. Commands
 and round trips come from the server: ``INFO`` ``total_commands_processed`` and
@@ -9,11 +9,12 @@ and round trips come from the server: ``INFO`` ``total_commands_processed`` and
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 import uuid
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import redis
 from redis.lock import Lock
@@ -171,13 +172,32 @@ def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
         for pk in pks:
             plain.delete(pk)
 
-    for name, limpyd_run, plain_run in (
+    raw = redis.Redis(decode_responses=True, **settings)
+
+    def check(name: str) -> None:
+        """Exit when limpyd and the plain program did not leave the same data behind."""
+        limpyd_pks = raw.smembers("%s:collection" % Item._name)
+        plain_pks = raw.smembers("%s:collection" % plain.prefix)
+        expected = 0 if name == "delete" else instances
+        if len(limpyd_pks) != expected or len(plain_pks) != expected:
+            sys.exit("WRONG RESULT after %s: %d limpyd and %d plain instances, expected %d"
+                     % (name, len(limpyd_pks), len(plain_pks), expected))
+        if name == "get+set":
+            names = {item.name.get() for item in items[:50]}
+            plain_names = {raw.get("%s:%s:name" % (plain.prefix, pk)) for pk in pks[:50]}
+            if not all(value.endswith("x") for value in names | plain_names):
+                sys.exit("WRONG RESULT after get+set: names %r / %r" % (sorted(names)[:3], sorted(plain_names)[:3]))
+
+    for index, (name, limpyd_run, plain_run) in enumerate((
         ("create", limpyd_create, plain_create),
         ("get+set", limpyd_get_set, plain_get_set),
         ("delete", limpyd_delete, plain_delete),
-    ):
+    ), 1):
         limpyd_figures = measure(counters, instances, limpyd_run)
         plain_figures = measure(counters, instances, plain_run)
+        check(name)
+        sys.stderr.write("orm [%s]: %d of 3 (%s) done\n" % (limpyd.speedups.IMPLEMENTATION, index, name))
+        sys.stderr.flush()
         rows.append({"operation": name, "limpyd": limpyd_figures, "redis-py": plain_figures,
                      "upstream_round_trips": UPSTREAM[name][0], "upstream_commands": UPSTREAM[name][1]})
     leftovers = [key for key in database.connection.keys("*") if not key.endswith(":max_pk")]
@@ -186,6 +206,13 @@ def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
     return rows
 
 
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_orm", description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", required=True, help="unix socket of the redis-server to use (it is flushed)")
+    parser.add_argument("--instances", type=int, default=10000, help="instances per workload (default 10,000)")
+    args = parser.parse_args(argv)
+    print(json.dumps({"implementation": limpyd.speedups.IMPLEMENTATION, "rows": run(args.socket, args.instances)}))
+
+
 if __name__ == "__main__":
-    result = {"implementation": limpyd.speedups.IMPLEMENTATION, "rows": run(sys.argv[1], int(sys.argv[2]))}
-    print(json.dumps(result))
+    main()

@@ -1,7 +1,7 @@
 """Pipelined writes through ``PipelineDatabase`` against the one-by-one ORM path.
 
-``python -m benchmarks.bench_pipeline [INSTANCES]`` starts a private redis-server and prints a
-JSON list of rows (µs, commands and round trips per instance; commands and round trips are the
+``python -m benchmarks.bench_pipeline [--instances N] [--socket PATH]`` uses the redis-server at
+``PATH`` (flushed first) or starts a private one, and prints a JSON object with a list of rows (µs, commands and round trips per instance; commands and round trips are the
 server's ``total_commands_processed`` / ``total_reads_processed`` deltas, minus the ``INFO``
 calls themselves).
 
@@ -14,10 +14,12 @@ pk into the model's collection sent on the pipeline itself. Both rows leave the 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import sys
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Optional
 
 import redis
 
@@ -60,10 +62,21 @@ def define_model(database: PipelineDatabase, namespace: str) -> type:
     return Item
 
 
-def main(count: int) -> None:
-    with PrivateRedisServer() as server:
-        client = redis.Redis(**server.settings, decode_responses=True)
-        database = PipelineDatabase(**server.settings)
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_pipeline",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=10000, help="instances written per row (default 10,000)")
+    parser.add_argument("--socket", help="unix socket of a redis-server to use and flush (default: start one)")
+    args = parser.parse_args(argv)
+    count = args.instances
+    with contextlib.ExitStack() as stack:
+        if args.socket:
+            settings = {"unix_socket_path": args.socket}
+        else:
+            settings = stack.enter_context(PrivateRedisServer()).settings
+        client = redis.Redis(**settings, decode_responses=True)
+        client.flushdb()
+        database = PipelineDatabase(**settings)
         database.connection.ping()
         one_by_one = define_model(database, "one")
         pipelined = define_model(database, "pipe")
@@ -84,10 +97,17 @@ def main(count: int) -> None:
 
         rows = [
             {"workload": "create (PKField model, 2 plain fields), one by one", **measure(client, count, create_one_by_one)},
-            {"workload": "same data written in one pipeline(transaction=False)", **measure(client, count, create_pipelined)},
         ]
-        same = {key.split(":", 1)[1] for key in client.scan_iter("one:*")} == {
-            key.split(":", 1)[1] for key in client.scan_iter("pipe:*")}
+        sys.stderr.write("pipeline: 1 of 2 (one by one) done\n")
+        rows.append(
+            {"workload": "same data written in one pipeline(transaction=False)", **measure(client, count, create_pipelined)},
+        )
+        sys.stderr.write("pipeline: 2 of 2 (pipelined) done\n")
+        one = {key.split(":", 1)[1] for key in client.scan_iter("one:*")}
+        same = one == {key.split(":", 1)[1] for key in client.scan_iter("pipe:*")}
+        if not same or client.scard(one_by_one.get_field("pk").collection_key) != count:
+            sys.exit("WRONG RESULT: the pipelined row did not write the same %d instances as the one-by-one row"
+                     % count)
         try:
             with database.pipeline(transaction=False):
                 pipelined(id="new", name="x")
@@ -95,8 +115,8 @@ def main(count: int) -> None:
         except UniquenessError as exc:
             creation_in_pipeline = "UniquenessError: %s" % exc
         print(json.dumps({"instances": count, "rows": rows, "same_keys": same,
-                          "Model(...) inside a pipeline": creation_in_pipeline}, indent=1))
+                          "Model(...) inside a pipeline": creation_in_pipeline}))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10000)
+    main()

@@ -1,69 +1,151 @@
 """Time full-database key scans; run as a worker process so each speedups mode gets its own.
 
-``python -m benchmarks.bench_scan SOCKET REPEAT`` prints a JSON dict ``{row: best seconds}``.
-The reference, a bare client loop sending ``SCAN cursor COUNT 1000`` and discarding the replies,
-is timed in the same process, interleaved with the candidates, so every ratio compares
-measurements taken side by side.
+    python -m benchmarks.bench_scan --socket PATH [--repeat R] [--c-client BINARY] [--rows ...]
+
+prints one JSON object on stdout: ``{"implementation": ..., "keys": N, "rows": {row: best seconds},
+"notes": {row: why it did not run}}``. The rows are timed interleaved, round after round, in the
+same process: every ratio compares measurements taken side by side. The reference is a minimal C
+client (``scan_client.c``, compiled at run time) sending ``SCAN cursor COUNT 1000`` one after
+another. Every row is checked: it must find every key of the database, or the worker fails.
+Progress goes to stderr.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import redis
 
 import limpyd.speedups
 from limpyd.database import RedisDatabase
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+C_SOURCE = os.path.join(HERE, "scan_client.c")
 
-def bare_scan_loop(client: redis.Redis, count: Optional[int] = 1000) -> None:
-    """Send ``SCAN cursor COUNT count`` until the cursor is 0, discarding the replies.
+C_ROW = "C client, SCAN COUNT 1000 (reference)"
+BARE_ROW = "redis-py SCAN loop, COUNT 1000"
+SCAN_KEYS_ROW = "scan_keys()"
+SCAN_ITER_ROW = "redis-py scan_iter(count=1000)"
+DEFAULT_COUNT_ROW = "redis-py SCAN loop, Redis' default COUNT 10 (as 2.1.2)"
+ALL_ROWS = [C_ROW, BARE_ROW, SCAN_KEYS_ROW, SCAN_ITER_ROW, DEFAULT_COUNT_ROW]
+
+
+def progress(message: str) -> None:
+    """Write one progress line on stderr."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def build_c_client(directory: Optional[str] = None) -> Tuple[Optional[str], str]:
+    """Compile ``scan_client.c``; return ``(binary path, "")`` or ``(None, why it was not built)``."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        return None, "no C compiler (cc, gcc or clang; or set CC) on this machine"
+    directory = directory or tempfile.mkdtemp(prefix="limpyd-bench-cc-")
+    binary = os.path.join(directory, "scan_client")
+    result = subprocess.run([compiler, "-O2", "-o", binary, C_SOURCE], capture_output=True, text=True)
+    if result.returncode:
+        return None, "%s failed to compile scan_client.c: %s" % (compiler, result.stderr.strip()[-300:])
+    return binary, ""
+
+
+def bare_scan_loop(client: redis.Redis, count: Optional[int] = 1000) -> int:
+    """Send ``SCAN cursor COUNT count`` until the cursor is 0; return the number of keys seen.
 
     ``count=None`` sends no ``COUNT``: Redis' default of 10, what redis-limpyd 2.1.2 sends.
     """
     extra = ("COUNT", count) if count else ()
     cursor = 0
+    seen = 0
     while True:
-        cursor, _ = client.execute_command("SCAN", cursor, *extra)
+        cursor, keys = client.execute_command("SCAN", cursor, *extra)
+        seen += len(keys)
         cursor = int(cursor)
         if not cursor:
-            return
+            return seen
+
+
+def distinct(iterator) -> int:
+    """Iterate ``iterator`` to the end; return how many distinct items it gave."""
+    return len(set(iterator))
 
 
 def consume(iterator) -> int:
-    """Iterate ``iterator`` to the end and return how many items it gave."""
+    """Iterate ``iterator`` to the end; return how many items it gave (what the C client does)."""
     total = 0
     for _ in iterator:
         total += 1
     return total
 
 
-def run(socket_path: str, repeat: int) -> Dict[str, float]:
-    """Return the best time of each scan row over ``repeat`` interleaved rounds."""
+def c_scan(binary: str, socket_path: str) -> int:
+    """Run the C client once; return the keys it counted (its own timing is read by the caller)."""
+    output = subprocess.run([binary, socket_path, "1000", "1"], capture_output=True, text=True, check=True)
+    keys, seconds = output.stdout.split()
+    c_scan.last_seconds = float(seconds)  # type: ignore[attr-defined]
+    return int(keys)
+
+
+def run(socket_path: str, repeat: int, c_client: Optional[str], rows: List[str]) -> Dict[str, object]:
+    """Return the best time of each row over ``repeat`` interleaved rounds, with the notes."""
     database = RedisDatabase(unix_socket_path=socket_path)
     client = database.connection
     expected = client.dbsize()
-    rows: Dict[str, Callable[[], object]] = {
-        "reference: SCAN COUNT 1000 loop": lambda: bare_scan_loop(client),
-        "scan_keys()": lambda: consume(database.scan_keys()),
-        "scan_keys(count=1000)": lambda: consume(database.scan_keys(count=1000)),
-        "redis-py scan_iter(count=1000)": lambda: consume(client.scan_iter(count=1000)),
+    notes: Dict[str, str] = {}
+    if C_ROW in rows and not c_client:
+        c_client, why = build_c_client()
+        if not c_client:
+            notes[C_ROW] = why
+    candidates: Dict[str, Callable[[], int]] = {  # row -> run, returning the number of keys seen
+        C_ROW: lambda: c_scan(c_client, socket_path),
+        BARE_ROW: lambda: bare_scan_loop(client),
+        SCAN_KEYS_ROW: lambda: consume(database.scan_keys()),
+        SCAN_ITER_ROW: lambda: consume(client.scan_iter(count=1000)),
+        DEFAULT_COUNT_ROW: lambda: bare_scan_loop(client, count=None),
     }
-    found = consume(database.scan_keys())  # warm up: connections, pages of the keyspace
-    if found < expected:
-        sys.exit("scan_keys() found %d keys of %d" % (found, expected))
-    best = {name: float("inf") for name in rows}
-    for _ in range(repeat):
-        for name, row in rows.items():
-            start = time.perf_counter()
-            row()
-            best[name] = min(best[name], time.perf_counter() - start)
-    best["implementation"] = limpyd.speedups.IMPLEMENTATION  # type: ignore[assignment]
-    return best
+    selected = {name: candidates[name] for name in rows if name not in notes}
+    progress("scan [%s]: warm-up and exact check over %d keys" % (limpyd.speedups.IMPLEMENTATION, expected))
+    for name, iterate in ((SCAN_KEYS_ROW, database.scan_keys), (SCAN_ITER_ROW, lambda: client.scan_iter(count=1000))):
+        if name in selected:
+            keys = set(iterate())
+            if len(keys) != expected or (expected and not keys >= {client.randomkey() for _ in range(100)}):
+                sys.exit("WRONG RESULT: %s found %d distinct keys, the database holds %d" % (name, len(keys), expected))
+    best = {name: float("inf") for name in selected}
+    start = time.perf_counter()
+    for round_number in range(1, repeat + 1):
+        for name, row in selected.items():
+            row_start = time.perf_counter()
+            found = row()
+            elapsed = time.perf_counter() - row_start
+            if name == C_ROW:
+                elapsed = c_scan.last_seconds  # type: ignore[attr-defined]
+            # SCAN may return a key twice while Redis rehashes: counts may exceed the keys, not miss any
+            if found < expected:
+                sys.exit("WRONG RESULT: %s saw %d keys, the database holds %d" % (name, found, expected))
+            best[name] = min(best[name], elapsed)
+        progress("scan [%s]: round %d of %d done (%.1fs elapsed)"
+                 % (limpyd.speedups.IMPLEMENTATION, round_number, repeat, time.perf_counter() - start))
+    return {"implementation": limpyd.speedups.IMPLEMENTATION, "keys": expected, "rows": best, "notes": notes}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_scan", description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", required=True, help="unix socket of a redis-server holding the keys to scan")
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds; the best is kept (default 5)")
+    parser.add_argument("--c-client", help="the compiled scan_client (default: compile it now)")
+    parser.add_argument("--rows", nargs="+", choices=ALL_ROWS, default=ALL_ROWS[:4], metavar="ROW",
+                        help="rows to time, among: %s (default: the first four)" % "; ".join(ALL_ROWS))
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.socket, args.repeat, args.c_client, args.rows)))
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(sys.argv[1], int(sys.argv[2]))))
+    main()
