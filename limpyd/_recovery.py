@@ -8,12 +8,20 @@ docs/failure-semantics.md). These helpers are shared by the field, model and col
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, TypeVar
 
 import redis
 
-__all__ = ["UNKNOWN_OUTCOME", "is_unknown_outcome", "real_client", "with_retries"]
+__all__ = [
+    "UNKNOWN_OUTCOME",
+    "is_unknown_outcome",
+    "real_client",
+    "register_temporary_key",
+    "temporary_keys",
+    "with_retries",
+]
 
 #: errors after which the commands sent may or may not have run
 UNKNOWN_OUTCOME = (redis.ConnectionError, redis.TimeoutError)
@@ -49,3 +57,43 @@ def with_retries(step: Callable[[], T]) -> T:
                 raise
             time.sleep(RECOVERY_PAUSE * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+_local = threading.local()
+
+
+def register_temporary_key(key: str) -> None:
+    """Remember ``key`` (a temporary key just named) for the evaluation running in this thread."""
+    keys = getattr(_local, "temporary_keys", None)
+    if keys is not None:
+        keys.append(key)
+
+
+class temporary_keys:  # noqa: N801 - a context manager
+    """Delete the temporary keys named inside the block if it fails on a lost connection.
+
+    A collection evaluation deletes its temporary keys itself, with its last commands; when the
+    round trip carrying them is lost they would stay forever (they have no TTL), so every
+    temporary key named during the evaluation is deleted again, on a fresh connection.
+    """
+
+    __slots__ = ("database", "outer")
+
+    def __init__(self, database: Any) -> None:
+        self.database = database
+
+    def __enter__(self) -> None:
+        self.outer = getattr(_local, "temporary_keys", None)
+        if self.outer is None:
+            _local.temporary_keys = []
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.outer is not None:
+            return  # the outermost evaluation cleans
+        keys, _local.temporary_keys = _local.temporary_keys, None
+        if keys and exc is not None and is_unknown_outcome(exc):
+            client = real_client(self.database.connection)
+            try:
+                with_retries(lambda: client.delete(*dict.fromkeys(keys)))
+            except UNKNOWN_OUTCOME:
+                pass  # unreachable server: the evaluation's own error propagates

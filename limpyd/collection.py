@@ -40,6 +40,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 from redis.client import Pipeline
 
 from limpyd._batch import assume_exists, batch_scope, current_batch, defer_next, queue_command, send_commands
+from limpyd._recovery import register_temporary_key, temporary_keys
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.fields import SingleValueField
 from limpyd.utils import make_key, unique_key
@@ -322,6 +323,7 @@ class CollectionManager(object):
         if current_batch(self.model.database) is not None:
             # the EXISTS travels with the commands using the key: a uuid4 is free (checked on reply)
             key = make_key(*parts, uuid.uuid4().hex)
+            register_temporary_key(key)
             defer_next(connection, on_reply=_check_free_key(key), is_write=False)
             connection.exists(key)
             return key
@@ -770,7 +772,7 @@ class CollectionManager(object):
         Runs in a write-behind batch: the commands whose replies are not needed before the
         retrieval (temporary keys, intersections) travel with it.
         """
-        with batch_scope(self.model.database):
+        with temporary_keys(self.model.database), batch_scope(self.model.database):
             return self._fetch_collection_now(apply_slice)
 
     def _fetch_collection_now(self, apply_slice: Optional[slice] = None) -> Tuple[List[Any], Converter]:
@@ -799,7 +801,7 @@ class CollectionManager(object):
 
     def _count(self) -> int:
         """Return the number of results without retrieving them (count mode)."""
-        with batch_scope(self.model.database):
+        with temporary_keys(self.model.database), batch_scope(self.model.database):
             return self._count_now()
 
     def _count_now(self) -> int:

@@ -12,6 +12,7 @@ import os
 import threading
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
+import redis
 from redis.exceptions import DataError, ResponseError
 from redis.lock import Lock
 
@@ -23,6 +24,7 @@ from limpyd._batch import (
     lock_command,
     release_reply_checker,
     resolve,
+    send_commands,
     wait_for_lock,
 )
 from limpyd._recovery import UNKNOWN_OUTCOME, is_unknown_outcome, real_client, with_retries
@@ -527,13 +529,15 @@ class RedisField(RedisProxyCommand):
                     for parts in self._index_parts(stored if isinstance(stored, (list, set, dict, tuple)) else [stored])
                 }
             pk = self._instance.pk.get()
+            kept = [parts for parts in touched if tuple(str(normalize(part)) for part in parts) in stored_parts]
+            # removals first: a range index holds one member per pk, which an addition replaces
             for parts in touched:
-                is_stored = tuple(str(normalize(part)) for part in parts) in stored_parts
-                for index in self._indexes:
-                    if is_stored:
-                        index.add(pk, *parts, check_uniqueness=False)
-                    else:
+                if parts not in kept:
+                    for index in self._indexes:
                         index.remove(pk, *parts)
+            for parts in kept:
+                for index in self._indexes:
+                    index.add(pk, *parts, check_uniqueness=False)
 
     def _rollback_indexes(self) -> None:
         """Undo the index changes recorded since the last reset of the rollback caches."""
@@ -1396,7 +1400,18 @@ class FieldLock(Lock):
                       on_lost=lambda: self._release_now(expected_token)):
             self.redis.evalsha(self.lua_release.sha, 1, self.name, expected_token)
             return
-        super().do_release(expected_token)
+        client = self.redis
+        if type(client) is not redis.Redis:  # a pipeline or a custom client: redis-py's own release
+            super().do_release(expected_token)
+            return
+        # sent without redis-py's retries: a release retried after a lost reply would find its
+        # lock gone and raise LockNotOwnedError for a release that worked
+        try:
+            reply = send_commands(client, [(("EVALSHA", self.lua_release.sha, 1, self.name, expected_token), {})])[0]
+        except UNKNOWN_OUTCOME:
+            self._release_now(expected_token)  # ran or not: run it again, its outcome is then known
+            return
+        release_reply_checker(self, expected_token)(reply)
 
     def acquire(self, *args: Any, **kwargs: Any) -> bool:
         """Take the lock, unless this thread already holds it for this field (sub-lock)."""

@@ -576,19 +576,28 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         result = self.connection.hmget(self.key, list(names))
         return self.post_command(sender=self, name=command, result=result, args=names, kwargs={})
 
+    def _call_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run the command ``name``; ``hmset`` of a lazy instance checks the pk under its field locks."""
+        if name == "hmset" and self._pk and not self._connected:
+            return self._call_hmset(name, *args, _limpyd_check_exists=True, **kwargs)
+        return super()._call_command(name, *args, **kwargs)
+
     def _call_hmset(self, command: str, /, **values: Any) -> Any:
         """Set several InstanceHashFields in one write, maintaining their indexes (no lock)."""
+        check_exists = values.pop("_limpyd_check_exists", False)
         self._check_instancehash_names(values)
         for name, value in values.items():
             check_value(self.get_field(name), value)
         indexed = []
         try:
-            # the unique fields are locked, as by their own writes: uniqueness holds on every path
+            # the indexable fields are locked, as by their own writes: uniqueness holds on every
+            # path, and a lazy instance is checked under the locks (a deletion holds them)
             with contextlib.ExitStack() as locks:
-                for name in sorted(values):
-                    field = self.get_field(name)
-                    if field.unique:
-                        locks.enter_context(FieldLock(field))
+                for name in self._fields:  # in the model's order, as a deletion takes them
+                    if name in values and self.get_field(name).indexable:
+                        locks.enter_context(FieldLock(self.get_field(name)))
+                if check_exists:
+                    self.connect()
                 for name in values:
                     field = self.get_field(name)
                     if field.indexable:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable, Optional
 
+from limpyd._recovery import register_temporary_key
 from limpyd.speedups import make_key
 
 __all__ = ["make_key", "unique_key", "normalize", "cached_property", "NotProvided"]
@@ -20,6 +21,7 @@ def unique_key(connection: Any, prefix: Optional[str] = None) -> str:
         if prefix:
             key = make_key(prefix, key)
         if not connection.exists(key):
+            register_temporary_key(key)
             return key
 
 

@@ -40,6 +40,7 @@ from collections import namedtuple
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from limpyd._batch import batch_scope, defer_next, queue_command
+from limpyd._recovery import temporary_keys
 from limpyd.collection import CollectionManager, Converter, ParsedFilter, _execute, _model_path
 from limpyd.contrib.database import PipelineDatabase
 from limpyd.exceptions import DoesNotExist
@@ -404,7 +405,7 @@ class ExtendedCollectionManager(CollectionManager):
                 "store(ttl=%r) on a collection of %s: the ttl must be a number of seconds (int >= 0; 0 "
                 "deletes the list at once), or None to keep the list forever" % (ttl, _model_path(self.model))
             )
-        with batch_scope(self.model.database):
+        with temporary_keys(self.model.database), batch_scope(self.model.database):
             collection = self.clone()
             collection._store = True
             collection._values = None
