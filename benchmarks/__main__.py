@@ -7,7 +7,7 @@ Groups (``--only scan,speedups``): scan, orm, collections, pipeline, speedups. E
 worker processes (``python -m benchmarks.bench_*``, see their ``--help``), once with the compiled
 speedups and once with the pure-Python twin where that matters. Progress goes to stderr (what
 runs, n of N, elapsed), results to stdout. Every ratio compares measurements of the same run:
-the scan rows against a minimal C client compiled now (``benchmarks/scan_client.c``), the ORM
+the scan rows against a minimal C client compiled now (``benchmarks/_scan_client.py``), the ORM
 rows against plain redis-py sending the same commands, the compiled speedups against the twin.
 Every row is checked for a wrong result: a worker finding one fails, its stderr is shown, and the
 suite exits with status 1 after the other groups ran. Nothing here asserts timings: targets are
@@ -158,7 +158,7 @@ def group_scan(args: argparse.Namespace, server: PrivateRedisServer, client: red
     progress("scan: loading %d keys" % args.keys)
     client.flushall()
     load_keys(client, args.keys)
-    progress("scan: compiling benchmarks/scan_client.c (the C reference)")
+    progress("scan: compiling the C reference client (benchmarks/_scan_client.py)")
     c_client, why = bench_scan.build_c_client()
     if why:
         notes.append("C reference not run: %s" % why)

@@ -5,7 +5,7 @@
 prints one JSON object on stdout: ``{"implementation": ..., "keys": N, "rows": {row: best seconds},
 "notes": {row: why it did not run}}``. The rows are timed interleaved, round after round, in the
 same process: every ratio compares measurements taken side by side. The reference is a minimal C
-client (``scan_client.c``, compiled at run time) sending ``SCAN cursor COUNT 1000`` one after
+client (``benchmarks/_scan_client.py``, compiled at run time) sending ``SCAN cursor COUNT 1000`` one after
 another. Every row is checked: it must find every key of the database, or the worker fails.
 Progress goes to stderr.
 """
@@ -25,10 +25,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import redis
 
 import limpyd.speedups
+from benchmarks._scan_client import SOURCE as C_SOURCE
 from limpyd.database import RedisDatabase
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-C_SOURCE = os.path.join(HERE, "scan_client.c")
 
 C_ROW = "C client, SCAN COUNT 1000 (reference)"
 BARE_ROW = "redis-py SCAN loop, COUNT 1000"
@@ -45,13 +43,16 @@ def progress(message: str) -> None:
 
 
 def build_c_client(directory: Optional[str] = None) -> Tuple[Optional[str], str]:
-    """Compile ``scan_client.c``; return ``(binary path, "")`` or ``(None, why it was not built)``."""
+    """Compile the C reference client; return ``(binary path, "")`` or ``(None, why it was not built)``."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not compiler:
         return None, "no C compiler (cc, gcc or clang; or set CC) on this machine"
     directory = directory or tempfile.mkdtemp(prefix="limpyd-bench-cc-")
+    source = os.path.join(directory, "scan_client.c")
+    with open(source, "w") as handle:
+        handle.write(C_SOURCE)
     binary = os.path.join(directory, "scan_client")
-    result = subprocess.run([compiler, "-O2", "-o", binary, C_SOURCE], capture_output=True, text=True)
+    result = subprocess.run([compiler, "-O2", "-o", binary, source], capture_output=True, text=True)
     if result.returncode:
         return None, "%s failed to compile scan_client.c: %s" % (compiler, result.stderr.strip()[-300:])
     return binary, ""

@@ -1,4 +1,9 @@
-/* The C reference of the scan rows: a minimal client sending SCAN cursor COUNT n one after another.
+"""The C reference of the scan rows, kept as a string (the repository commits no ``.c`` file).
+
+``benchmarks.bench_scan.build_c_client`` writes it to a temporary directory and compiles it.
+"""
+
+SOURCE = r"""/* The C reference of the scan rows: a minimal client sending SCAN cursor COUNT n one after another.
  *
  * Built by benchmarks/bench_scan.py at run time (cc -O2), with plain sockets, no hiredis:
  *
@@ -148,3 +153,4 @@ int main(int argc, char **argv) {
     }
     return 0;
 }
+"""
