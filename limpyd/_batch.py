@@ -426,7 +426,7 @@ def release_reply_checker(lock: Any, token: Any) -> Callable[[Any], None]:
 
     def check(reply: Any) -> None:
         if isinstance(reply, NoScriptError):  # first release on this server: load the script, retry
-            reply = lock.lua_release(keys=[lock.name], args=[token], client=lock.redis._limpyd_real)
+            reply = lock.lua_release(keys=[lock.name], args=[token], client=getattr(lock.redis, "_limpyd_real", lock.redis))
         elif isinstance(reply, Exception):
             raise reply
         if not reply and not getattr(lock, "_limpyd_not_acquired", False):

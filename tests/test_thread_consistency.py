@@ -48,8 +48,10 @@ def pick_operation(Item: type, rng: random.Random, pks: List[str]) -> Tuple[str,
     choices = [
         ("create", lambda: pks.append(Item(code=code, name=name, note="x", tags=[tag], size=size)._pk)),
         ("code.hset", lambda: Item.lazy_connect(pk).code.hset(code)),
-        ("hmset", lambda: Item(pk).hmset(code=code, size=size)),
-        ("hmset", lambda: Item(pk).hmset(code=code, note=name)),
+        # writes racing a deletion go through lazy instances: their pk is checked under the field
+        # locks (a loaded instance trusts its load, as in 2.x; atomic_writes closes that case)
+        ("hmset", lambda: Item.lazy_connect(pk).hmset(code=code, size=size)),
+        ("hmset", lambda: Item.lazy_connect(pk).hmset(code=code, note=name)),
         ("name.set", lambda: Item.lazy_connect(pk).name.set(name)),
         ("tags.sadd", lambda: Item.lazy_connect(pk).tags.sadd(tag)),
         ("size.hset", lambda: Item.lazy_connect(pk).size.hset(size)),
