@@ -3,7 +3,7 @@
 When a round trip is lost, the server may or may not have run its commands. The default write
 path then never guesses: it releases what it holds and makes the index entries it touched match
 what is actually stored, reading them again on a fresh pooled connection (see
-docs/failure-semantics.md). These helpers are shared by the field, model and collection code.
+docs/failure-semantics.rst). These helpers are shared by the field, model and collection code.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ class RedisDatabase:
         """Return the cache key of ``settings``: ``name=value`` pairs ordered by name, joined by ``:``.
 
         Names are part of the key: ``{"port": 6379}`` and ``{"password": "6379"}`` must not share a
-        client (redis-limpyd 2.x joined the values alone; see docs/migrating.md).
+        client (redis-limpyd 2.x joined the values alone; see docs/failure-semantics.rst).
         """
         return make_key(*["%s=%s" % (name, settings[name]) for name in sorted(settings)])
 

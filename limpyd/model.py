@@ -110,6 +110,9 @@ class MetaRedisModel(MetaRedisProxy):
     """Build a model class: registration on its database, fields, primary key, indexes."""
 
     def __new__(mcs, name: str, bases: tuple, attrs: Dict[str, Any]) -> type:
+        for attr_name, value in attrs.items():
+            if isinstance(value, RedisField) and not attr_name.startswith("_"):
+                _check_field_name(name, attr_name, value)
         cls = super().__new__(mcs, name, bases, attrs)
 
         cls.abstract = attrs.get("abstract", False)
@@ -151,7 +154,6 @@ class MetaRedisModel(MetaRedisProxy):
             key=lambda item: item[1]._creation_order,
         )
         for attr_name, field in own_fields:
-            _check_field_name(name, attr_name, field)
             field.name = attr_name
 
         inherited_pk = getattr(cls, "_redis_attr_pk", None)
@@ -361,7 +363,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         try:
             with_retries(clean)
         except UNKNOWN_OUTCOME:
-            pass  # unreachable server: the creation's own error propagates (see docs/failure-semantics.md)
+            pass  # unreachable server: the creation's own error propagates (see docs/failure-semantics.rst)
         self._connected = False
 
     def _check_multi_fields_uniqueness(self, values: Dict[str, Any]) -> None:

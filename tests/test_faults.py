@@ -460,7 +460,7 @@ def test_update_racing_delete(Item, update, injector, client):
         pytest.skip(
             "default mode: a field that is not indexable takes no lock, so its write on a lazy instance "
             "cannot be ordered against a deletion without extra commands on every write; closed by "
-            "atomic_writes (one script per write), see docs/failure-semantics.md"
+            "atomic_writes (one script per write), see docs/failure-semantics.rst"
         )
     problems, round_trips = _race_once(Item, injector, client, RACING_UPDATES[update], None)
     assert problems == []
