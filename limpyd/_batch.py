@@ -248,9 +248,16 @@ class Batch:
             self.strict_guard_queued = True
 
     def execute(self, args: tuple, options: dict) -> Any:
-        """Send the command ``args`` now, with the queue in front of it; return its reply."""
+        """Send the command ``args`` now, with the queue in front of it; return its reply.
+
+        Alone, it is sent the way queued commands are (one pooled connection, no redis-py retry
+        layer): a lost reply surfaces as a connection error, which the operation recovers from.
+        """
         if not self.queue:
-            return self.real.execute_command(*args, **options)
+            reply = send_commands(self.real, [(args, options)])[0]
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
         name = str(args[0]).upper()
         is_read = name in READ_COMMANDS or (name == "INCRBY" and str(args[1]).endswith(":max_pk"))
         if self.strict_guard_queued and not is_read:

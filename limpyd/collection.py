@@ -751,7 +751,13 @@ class CollectionManager(object):
         """Return the raw results of ``final_set``, deleting it afterwards (even on error) if ``deletable``."""
         default_call = type(self)._final_redis_call is CollectionManager._final_redis_call
         connection = self.connection
-        if default_call and current_batch(self.model.database) is not None:
+        batch = current_batch(self.model.database)
+        if default_call and batch is not None and not batch.queue and not deletable:
+            # nothing to send with it: one command, sent at once
+            if sort_options is None:
+                return list(connection.smembers(final_set))
+            return connection.sort(final_set, **sort_options)
+        if default_call and batch is not None:
             if sort_options is None:
                 pending = queue_command(connection, "smembers", final_set)
             else:
@@ -824,7 +830,10 @@ class CollectionManager(object):
             return 0
         default_length = type(self)._collection_length is CollectionManager._collection_length
         connection = self.connection
-        if default_length and current_batch(self.model.database) is not None:
+        batch = current_batch(self.model.database)
+        if default_length and batch is not None and not batch.queue and not deletable:
+            return getattr(connection, self._length_command())(final_set)  # alone: sent at once
+        if default_length and batch is not None:
             pending = queue_command(connection, self._length_command(), final_set)
             if deletable:
                 queue_command(connection, "expire", final_set, self.FINAL_SET_TTL)

@@ -106,6 +106,35 @@ def _forget_failed_model(model: Any) -> None:
         relations[:] = [relation for relation in relations if relation[0] != model._name]
 
 
+class _InstanceField:
+    """The field ``name`` of an instance, made on first access (a copy of the model's field).
+
+    Building every field of every instance up front was most of the cost of loading instances
+    (``collection.instances()``, ``Model(pk)``) that read one field or none. The copy is then a
+    plain attribute of the instance, so later accesses cost nothing. ``alias`` makes ``pk`` the same
+    object as a pk field of another name.
+    """
+
+    __slots__ = ("name", "alias")
+
+    def __init__(self, name: str, alias: Optional[str] = None) -> None:
+        self.name = name
+        self.alias = alias
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:  # on the class: the model-level field
+            return owner.get_class_field(self.name)
+        name = self.name
+        field = instance.__dict__.get(name)
+        if field is None:
+            field = copy.copy(type(instance).get_class_field(name))
+            field._attach_to_instance(instance)
+            instance.__dict__[name] = field
+        if self.alias is not None:
+            instance.__dict__[self.alias] = field
+        return field
+
+
 class MetaRedisModel(MetaRedisProxy):
     """Build a model class: registration on its database, fields, primary key, indexes."""
 
@@ -203,6 +232,10 @@ class MetaRedisModel(MetaRedisProxy):
         cls._instancehash_fields = instancehash_fields
         if pk_field.name != "pk":
             cls._redis_attr_pk = pk_field
+        if not cls.abstract:  # abstract models have no instances: their class keeps no field names
+            for field_name in fields:
+                setattr(cls, field_name, _InstanceField(field_name))
+            setattr(cls, "pk", _InstanceField(pk_field.name, alias="pk"))
 
         for field_name in fields[1:]:
             field = cls.get_class_field(field_name)
@@ -238,15 +271,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.lockable = type(self).lockable
         self._connected = False
-        pk_field = None
-        for class_field in self.get_class_fields():
-            field = copy.copy(class_field)
-            field._attach_to_instance(self)
-            setattr(self, field.name, field)
-            if isinstance(field, PKField):
-                pk_field = field
-        if pk_field is not None and pk_field.name != "pk":
-            self.pk = pk_field
+        # the fields of the instance are made on first access (see _InstanceField)
         self._pk = None
         self.get_field = self.get_instance_field
         self.get_fields = self.get_instance_fields

@@ -424,15 +424,17 @@ def test_attach_hooks_order_and_state(database):
     class Child(Parent):
         pass
 
-    Child()
+    instance = Child()
     assert seen == [
         # own field: named, plain class attribute already deleted, _redis_attr_ not set yet
         ("model", "Parent", "w", None, False),
         # inherited field: a copy attached to the subclass
         ("model", "Child", "w", None, False),
-        # instance: attached before the instance has a _pk
-        ("instance", "Child", False),
     ]
+    instance.w  # the fields of an instance are made (and attached) on first access
+    assert seen[2:] == [("instance", "Child", True)]
+    instance.w
+    assert len(seen) == 3
     assert Child.get_field("w") is not Parent.get_field("w") and Child.get_field("w")._model is Child
 
 

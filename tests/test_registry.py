@@ -837,8 +837,9 @@ def test_field_class_attributes_are_removed(database):
         name = field
         _private = InstanceHashField()
 
-    assert not hasattr(Stripped, "name")
-    assert "name" not in Stripped.__dict__
+    # the declared field moves to _redis_attr_<name>; the class attribute now makes the field of
+    # an instance on first access, and gives the model-level field on the class
+    assert Stripped.__dict__["name"] is not field and Stripped.name is field
     assert Stripped._redis_attr_name is field
     # names starting with "_" are no fields
     assert Stripped._fields == ["pk", "name"]
