@@ -778,6 +778,7 @@ class CollectionManager(object):
         Runs in a write-behind batch: the commands whose replies are not needed before the
         retrieval (temporary keys, intersections) travel with it.
         """
+        self.model._purge_due()
         with temporary_keys(self.model.database), batch_scope(self.model.database):
             return self._fetch_collection_now(apply_slice)
 
@@ -807,6 +808,7 @@ class CollectionManager(object):
 
     def _count(self) -> int:
         """Return the number of results without retrieving them (count mode)."""
+        self.model._purge_due()
         with temporary_keys(self.model.database), batch_scope(self.model.database):
             return self._count_now()
 
@@ -1023,6 +1025,14 @@ class CollectionManager(object):
 
     def __bool__(self) -> bool:
         return bool(len(self))
+
+    def delete(self, batch_size: int = 1000) -> int:
+        """Delete every instance of this collection, ``batch_size`` per round trip; return how many.
+
+        The pks are read first (one evaluation), then deleted as ``Model.delete_many`` does.
+        """
+        pks = list(self.primary_keys()._fetch_collection()[0])
+        return self.model.delete_many(pks, batch_size=batch_size)
 
     def __eq__(self, other: Any) -> bool:
         results = self.__iter__()

@@ -27,6 +27,7 @@ from limpyd._batch import (
     send_commands,
     wait_for_lock,
 )
+from limpyd import _atomic
 from limpyd._recovery import UNKNOWN_OUTCOME, is_unknown_outcome, real_client, with_retries
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.utils import NotProvided, cached_property, make_key, normalize
@@ -202,6 +203,10 @@ class RedisProxyCommand(metaclass=MetaRedisProxy):
                 "%s is not an available command for %s (%s): use one of %s"
                 % (name, type(self).__name__, self._command_owner_label(), ", ".join(sorted(self.available_commands)))
             )
+        if "_limpyd_atomic" in self.__dict__ and name in self.available_modifiers:
+            return self.post_command(sender=self, name=name, result=_atomic.modify(
+                self, self._instance.pk.get(), [self.name], name, (self.key,) + args, kwargs,
+                self.__dict__["_limpyd_atomic"]), args=args, kwargs=kwargs)
         connection = self.connection
         key = self.key  # may allocate the pk: before the command is marked to be queued
         pending = self.__dict__.pop("_limpyd_pending", None)
@@ -577,6 +582,9 @@ class RedisField(RedisProxyCommand):
         sending it), or when the caller said it drops the result (:meth:`_drop_next_result`).
         """
         drop_result = self.__dict__.pop("_limpyd_drop_result", False)
+        if self.indexable and name in self.available_modifiers and _atomic.atomic_enabled(self._model) \
+                and not _atomic.in_pipeline(self._model):
+            return self._call_atomic(name, *args, **kwargs)
         if not (self.indexable and name in self.available_modifiers):
             if drop_result:
                 batch = current_batch(self._model.database)
@@ -608,6 +616,33 @@ class RedisField(RedisProxyCommand):
         finally:
             if instance.connected:
                 self._reset_indexes_rollback_caches(self._instance_pk)
+
+    def _call_atomic(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run the modifier ``name`` as one call of the atomic-writes script (see limpyd._atomic).
+
+        The command's own method checks and shapes the arguments as usual; its reads, index
+        changes and locks are left to the script, which runs the command and maintains the
+        indexes from what it changed. A lazy instance is checked inside the script.
+        """
+        instance = self._instance
+        check = bool(instance._pk) and not instance.connected
+        self.__dict__["_limpyd_atomic"] = check
+        try:
+            meth = getattr(self, "_call_" + name, self._traverse_command)
+            result = meth(name, *args, **kwargs)
+        except DoesNotExist:
+            if check:
+                instance._pk = None
+            raise
+        finally:
+            self.__dict__.pop("_limpyd_atomic", None)
+        if check:
+            instance._connected = True
+        return result
+
+    def _atomic_capture(self) -> bool:
+        """Return whether a modifier runs as a script call (its reads and index changes are skipped)."""
+        return "_limpyd_atomic" in self.__dict__
 
     def _drop_next_result(self) -> None:
         """Say that the result of the next command of this field is dropped (it may be queued)."""
@@ -642,6 +677,8 @@ class RedisField(RedisProxyCommand):
 
     def _read_current(self) -> Any:
         """Return the stored value (``proxy_get``); on a fresh instance, queue the read and assume empty."""
+        if "_limpyd_atomic" in self.__dict__:
+            return None  # the atomic-writes script reads it
         instance = getattr(self, "_instance", None)
         if instance is not None and instance.__dict__.get("_limpyd_fresh") and not instance.__dict__.get("_pk"):
             instance.pk.get()  # the read would allocate the pk first anyway: do it now
@@ -719,6 +756,8 @@ class SingleValueField(RedisField):
     def index(self, value: Any = None, only_index: Any = None) -> None:
         """Add the instance to the indexes for ``value`` (default: the stored value)."""
         assert self.indexable, "Field not indexable"
+        if "_limpyd_atomic" in self.__dict__:
+            return  # the atomic-writes script maintains the indexes
         if value is None:
             value = self._stored_values()
         self._index([value], only_index)
@@ -726,6 +765,8 @@ class SingleValueField(RedisField):
     def deindex(self, value: Any = None, only_index: Any = None) -> None:
         """Remove the instance from the indexes for ``value`` (default: the stored value)."""
         assert self.indexable, "Field not indexable"
+        if "_limpyd_atomic" in self.__dict__:
+            return  # the atomic-writes script maintains the indexes
         if value is None:
             value = self._stored_values()
         self._deindex([value], only_index)
@@ -1005,6 +1046,8 @@ class MultiValuesField(RedisField):
     def index(self, values: Any = None, only_index: Any = None) -> None:
         """Add the instance to the indexes for each of ``values`` (default: the stored ones)."""
         assert self.indexable, "Field not indexable"
+        if "_limpyd_atomic" in self.__dict__:
+            return  # the atomic-writes script maintains the indexes
         if values is None:
             values = self._stored_values()
         self._index(values, only_index)
@@ -1012,6 +1055,8 @@ class MultiValuesField(RedisField):
     def deindex(self, values: Any = None, only_index: Any = None) -> None:
         """Remove the instance from the indexes for each of ``values`` (default: the stored ones)."""
         assert self.indexable, "Field not indexable"
+        if "_limpyd_atomic" in self.__dict__:
+            return  # the atomic-writes script maintains the indexes
         if values is None:
             values = self._stored_values()
         self._deindex(values, only_index)
@@ -1126,7 +1171,7 @@ class ListField(MultiValuesField):
     def _call_lset(self, command: str, /, index: Any, value: Any) -> Any:
         """Replace the element at ``index``, deindexing the old one and indexing ``value``."""
         check_value(self, value)
-        if not self.indexable:
+        if not self.indexable or self._atomic_capture():
             return self._traverse_command(command, index, value)
         old = self.connection.lindex(self.key, index)
         if old is not None:
@@ -1275,7 +1320,7 @@ class HashField(MultiValuesField):
         """Set ``key`` to ``value``, moving its index entry when the value changes."""
         check_value(self, key, "hash key")
         check_value(self, value)
-        if self.indexable:
+        if self.indexable and not self._atomic_capture():
             current = self.connection.hget(self.key, key)
             if current != value:
                 if current is not None:
@@ -1288,6 +1333,8 @@ class HashField(MultiValuesField):
         """Set several keys at once (``HSET key k1 v1 ...``); returns ``True``."""
         for value in mapping.values():
             check_value(self, value)
+        if self._atomic_capture():
+            return self._traverse_command("hset", mapping=mapping) and True
         if self.indexable and mapping:
             keys = list(mapping)
             connection = self.connection
@@ -1318,7 +1365,7 @@ class HashField(MultiValuesField):
 
     def _call_hincrby(self, command: str, /, key: Any, amount: Any) -> Any:
         """Increment ``key`` by ``amount`` and index the value returned."""
-        if self.indexable:
+        if self.indexable and not self._atomic_capture():
             current = self.connection.hget(self.key, key)
             if current is not None:
                 self.deindex({key: current})
@@ -1331,7 +1378,7 @@ class HashField(MultiValuesField):
 
     def _call_hdel(self, command: str, /, *keys: Any) -> Any:
         """Remove ``keys`` (missing ones are fine), deindexing their values."""
-        if self.indexable and keys:
+        if self.indexable and keys and not self._atomic_capture():
             current = dict(zip(keys, self.connection.hmget(self.key, list(keys))))
             self.deindex({key: value for key, value in current.items() if value is not None})
         return self._write_command(command, *keys)

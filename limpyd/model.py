@@ -8,6 +8,9 @@ import sys
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from redis.exceptions import DataError
+
+from limpyd import _atomic, _bulk
 from limpyd._batch import batch_scope, defer_next, take_assumed_existence
 from limpyd._recovery import UNKNOWN_OUTCOME, with_retries
 from limpyd.collection import CollectionManager
@@ -249,6 +252,25 @@ class MetaRedisModel(MetaRedisProxy):
                 if not index.filter_single_field:
                     multi_fields_indexes.append(index)
         cls._multi_fields_index_for_filtering = multi_fields_indexes
+        MetaRedisModel._read_expiry_settings(cls)
+        _atomic.check_model(cls)
+
+    @staticmethod
+    def _read_expiry_settings(cls: Any) -> None:
+        """Resolve ``default_ttl`` / ``expiring`` (a field of the same name wins: no setting then)."""
+        ttl = getattr(cls, "default_ttl", None)
+        if isinstance(ttl, RedisField) or ttl is None:
+            ttl = None
+        elif isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
+            raise ImplementationError(
+                "%s.default_ttl = %r: give a number of seconds > 0, or None for instances that never "
+                "expire." % (cls.__name__, ttl)
+            )
+        expiring = getattr(cls, "expiring", False)
+        if isinstance(expiring, RedisField):
+            expiring = False
+        cls._limpyd_default_ttl = ttl
+        cls._limpyd_expiring = bool(expiring) or ttl is not None
 
 
 class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
@@ -263,6 +285,14 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
 
     available_getters = {"hmget", "hgetall", "hkeys", "hvals", "hlen"}
     available_modifiers = {"hmset", "hdel"}
+
+    #: ``True``: each creation, indexable-field write and deletion is one server-side script call
+    #: (``None``: the database's ``atomic_writes``); see docs/atomic-writes.rst
+    atomic_writes: Optional[bool] = None
+    #: seconds every new instance lives (``None``: forever); implies ``expiring``
+    default_ttl: Optional[float] = None
+    #: instances may be given a time to live (``expire_in``...): reads then skip the due ones
+    expiring = False
 
     _thread_locks = threading.local()
 
@@ -302,6 +332,8 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         values: Dict[str, Any] = {}
         pk_value: Any = None
         pk_given = False
+        atomic = _atomic.atomic_enabled(type(self)) and not _atomic.in_pipeline(type(self))
+        self._purge_due()
         for name, value in kwargs.items():
             if not self.has_field(name):
                 raise ValueError("`%s` is not a valid field name for `%s`." % (name, type(self).__name__))
@@ -313,12 +345,15 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
             if value is None or (isinstance(value, (list, tuple, set, dict)) and not value):
                 continue  # skipped at creation: nothing written for this field
             field.check_creation_value(value)
-            if field.unique:
+            if field.unique and not atomic:  # atomic writes check uniqueness inside their script
                 if isinstance(field, MultiValuesField):
                     field.check_uniqueness(value.keys() if isinstance(value, dict) else value)
                 else:
                     field.check_uniqueness(value)
         self._check_multi_fields_uniqueness(values)
+        if atomic:
+            self._create_atomic(values, pk_given, pk_value)
+            return
 
         self._init_fields = set(values)
         self.__dict__["_limpyd_creating"] = True
@@ -356,6 +391,27 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
             self.__dict__.pop("_limpyd_fresh", None)
             self.__dict__.pop("_limpyd_creating", None)
             self.__dict__.pop("_limpyd_written", None)
+
+    def _create_atomic(self, values: Dict[str, Any], pk_given: bool, pk_value: Any) -> None:
+        """Create the instance with one call of the atomic-writes script (values already checked)."""
+        model = type(self)
+        pk_field = self.pk
+        request: Dict[str, Any] = {"op": "create", "f": _atomic.creation_fields(self, values)}
+        if pk_field._auto_increment:
+            if pk_given and pk_value is not None:
+                raise ValueError('The pk for %s is "auto-increment", you must not fill it' % model.__name__)
+        else:
+            if pk_value is None:
+                raise ValueError('The pk for %s is not "auto-increment", you must fill it' % model.__name__)
+            pk_field.check_new_pk(pk_value)
+            request["pk"] = pk_field.normalize(pk_value)
+        ttl = model._limpyd_default_ttl
+        if ttl is not None:
+            request["ttl"] = int(ttl * 1000)
+        reply = _atomic.run(model, request)
+        self._pk = reply[1]
+        self._connected = True
+        pk_field._set = True
 
     def _abort_creation(self) -> None:
         """Remove everything a failed creation may have written: a creation completes or leaves nothing.
@@ -441,6 +497,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         """Return whether an instance matches ``kwargs`` (a pk, or filters)."""
         if not kwargs:
             raise ValueError("`Exists` method requires at least one kwarg.")
+        cls._purge_due()
         if len(kwargs) == 1 and cls._field_is_pk(next(iter(kwargs))):
             return bool(cls.get_field("pk").exists(next(iter(kwargs.values()))))
         try:
@@ -542,6 +599,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         """Check that the pk exists (``SISMEMBER``), or raise ``DoesNotExist``."""
         if self._connected:
             return
+        self._purge_due()
         if take_assumed_existence(self._name, self._pk) or self.pk.exists(self._pk):
             self._connected = True
             return
@@ -574,6 +632,9 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
             raise ImplementationError("Something wrong happened, the PK was already set !")
         self._pk = value
         self._connected = True
+        ttl = type(self)._limpyd_default_ttl
+        if ttl is not None:  # before any value: a creation cut short is purged, never immortal
+            _atomic.run(type(self), {"op": "deadline", "pk": value, "ttl": int(ttl * 1000)})
         self._set_defaults()
 
     def _set_defaults(self) -> None:
@@ -605,9 +666,44 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
 
     def _call_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run the command ``name``; ``hmset`` of a lazy instance checks the pk under its field locks."""
+        if name in ("hmset", "hdel") and _atomic.atomic_enabled(type(self)) and not _atomic.in_pipeline(type(self)):
+            return self._hash_write_atomic(name, *args, **kwargs)
         if name == "hmset" and self._pk and not self._connected:
             return self._call_hmset(name, *args, _limpyd_check_exists=True, **kwargs)
         return super()._call_command(name, *args, **kwargs)
+
+    def _hash_write_atomic(self, command: str, /, *names: str, **values: Any) -> Any:
+        """Run ``hmset``/``hdel`` of the instance hash as one call of the atomic-writes script."""
+        written = list(values) if command == "hmset" else list(names)
+        self._check_instancehash_names(written)
+        if command == "hmset":
+            if not values:
+                raise DataError("HSET requires at least one field to write into %r: got an empty mapping" % self.key)
+            for name, value in values.items():
+                check_value(self.get_field(name), value)
+            args: Tuple[Any, ...] = (self.key,)
+            kwargs: Dict[str, Any] = {"mapping": values}
+            redis_command = "hset"
+        else:
+            args, kwargs, redis_command = (self.key,) + tuple(names), {}, "hdel"
+        indexed = [name for name in written if self.get_field(name).indexable]
+        check = bool(self._pk) and not self._connected
+        if not indexed:  # no index to maintain: the plain command
+            if check:
+                self.connect()
+            result = getattr(self.connection, redis_command)(*args, **kwargs)
+        else:
+            try:
+                result = _atomic.modify(self.get_field(indexed[0]), self._pk, indexed, redis_command, args, kwargs, check)
+            except DoesNotExist:
+                if check:
+                    self._pk = None
+                raise
+            if check:
+                self._connected = True
+        if command == "hmset":
+            result = True
+        return self.post_command(sender=self, name=command, result=result, args=names, kwargs=values)
 
     def _call_hmset(self, command: str, /, **values: Any) -> Any:
         """Set several InstanceHashFields in one write, maintaining their indexes (no lock)."""
@@ -653,6 +749,10 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
 
     def delete(self) -> None:
         """Delete every field of the instance (and its index entries), then the pk."""
+        if _atomic.atomic_enabled(type(self)) and not _atomic.in_pipeline(type(self)):
+            _atomic.run(type(self), {"op": "delete", "pk": self.pk.get()})
+            del self._pk
+            return
         pk_name = self.get_field("pk").name
         # the field locks are released once the pk has left the collection: a writer of one of
         # these fields, which checks the pk under the lock, then finds it gone
@@ -665,6 +765,76 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
             defer_next(connection)  # nobody reads the reply: sent with the next command
             connection.srem(self.pk.collection_key, self._pk)
         del self._pk
+
+    # ------------------------------------------------------------------ expiring instances
+
+    @classmethod
+    def _check_expiring(cls, what: str) -> None:
+        if not cls._limpyd_expiring:
+            raise ImplementationError(
+                "%s.%s: the instances of %s do not expire. Declare expiring = True (or default_ttl = "
+                "<seconds>) on the model, so that every read skips the instances that are due."
+                % (cls.__name__, what, cls.__name__)
+            )
+
+    def expire_in(self, seconds: float) -> None:
+        """Make this instance disappear (data, index entries, collection entry) in ``seconds``."""
+        type(self)._check_expiring("expire_in()")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ValueError("expire_in(%r) on %s: give a number of seconds >= 0" % (seconds, type(self).__name__))
+        _atomic.run(type(self), {"op": "expire", "pk": self.pk.get(), "ttl": int(seconds * 1000)})
+
+    def expire_at(self, when: Any) -> None:
+        """Make this instance disappear at ``when`` (a ``datetime`` or a Unix timestamp, server clock)."""
+        type(self)._check_expiring("expire_at()")
+        timestamp = when.timestamp() if hasattr(when, "timestamp") else when
+        if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
+            raise ValueError("expire_at(%r) on %s: give a datetime or a Unix timestamp" % (when, type(self).__name__))
+        _atomic.run(type(self), {"op": "expire", "pk": self.pk.get(), "at": int(timestamp * 1000)})
+
+    def time_to_live(self) -> Optional[float]:
+        """Return the seconds this instance has left, or ``None`` if it does not expire."""
+        type(self)._check_expiring("time_to_live()")
+        reply = _atomic.run(type(self), {"op": "ttl", "pk": self.pk.get()})
+        return None if reply[1] is None else max(0.0, int(float(reply[1])) / 1000.0)
+
+    def persist(self) -> bool:
+        """Remove the time to live of this instance; return whether it had one."""
+        type(self)._check_expiring("persist()")
+        return bool(_atomic.run(type(self), {"op": "expire", "pk": self.pk.get()})[1])
+
+    @classmethod
+    def purge_expired(cls, limit: int = 1000) -> int:
+        """Remove at most ``limit`` due instances (keys, index entries, collection entry); return how many."""
+        cls._check_expiring("purge_expired()")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError("purge_expired(limit=%r) on %s: give an int >= 1" % (limit, cls.__name__))
+        return int(_atomic.run(cls, {"op": "purge", "limit": limit})[1])
+
+    @classmethod
+    def _purge_due(cls) -> None:
+        """Remove the due instances before a read or a write meets them (expiring models only)."""
+        if cls._limpyd_expiring and not _atomic.in_pipeline(cls):
+            while cls.purge_expired(1000) == 1000:
+                pass
+
+    # ------------------------------------------------------------------ bulk
+
+    @classmethod
+    def create_many(cls, rows: Any, batch_size: int = 1000, ttl: Optional[float] = None) -> List[str]:
+        """Create an instance per row (a dict of field values), ``batch_size`` per round trip.
+
+        ``rows`` is streamed. Returns the pks of the created instances, in order; a refused row
+        (unique value taken, by stored data or an earlier row; bad value) is not created, and all
+        refusals are raised together at the end as ``BulkError`` (its ``refusals``: position and
+        reason of each, its ``pks``: the pks created, ``None`` for the refused rows).
+        """
+        return _bulk.create_many(cls, rows, batch_size, ttl)
+
+    @classmethod
+    def delete_many(cls, pks: Any, batch_size: int = 1000) -> int:
+        """Delete the instances of ``pks`` (streamed), ``batch_size`` per round trip; return how many existed."""
+        return _bulk.delete_many(cls, pks, batch_size)
 
     def scan_keys(self, count: Optional[int] = None) -> Iterator[str]:
         """Yield every existing key of this instance (fields with a value, the instance hash).

@@ -401,7 +401,8 @@ def test_exceptions_hierarchy_and_nothing_else() -> None:
         name for name, value in vars(exceptions).items()
         if isinstance(value, type) and issubclass(value, BaseException)
     )
-    assert defined == sorted(EXCEPTION_NAMES)
+    assert defined == sorted(EXCEPTION_NAMES + ["BulkError"])  # BulkError: new in 3.x, not star-exported
+    assert exceptions.BulkError.__bases__ == (exceptions.LimpydException,)
 
 
 # ---------------------------------------------------------------------- limpyd.utils

@@ -1,0 +1,347 @@
+"""The server-side half of atomic writes: one Lua script, one call per operation.
+
+The script receives a JSON request (``ARGV[1]``) with the model's schema (field kinds and the
+indexes the script can maintain) and the operation; it checks uniqueness, writes the values and
+maintains every index entry, or refuses and writes nothing. The key layout and the stored bytes
+are those of the default write path (see docs/atomic-writes.rst).
+
+Replies: ``{"ok", result...}`` or ``{"unique", field, value, other pk}``, ``{"missing"}`` (a pk
+that is not in the collection), ``{"pkexists", pk}``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ATOMIC_LUA"]
+
+ATOMIC_LUA = r"""
+local req = cjson.decode(ARGV[1])
+local schema = req.s
+local M = schema.m
+local COLLECTION = M .. ':collection'
+local DEADLINES = M .. ':__deadlines__'
+
+local function fkey(pk, name, kind)
+    if kind == 'ih' then return M .. ':' .. pk .. ':hash' end
+    return M .. ':' .. pk .. ':' .. name
+end
+
+-- Python's float() for the common forms (an unparsable value scores 0, as in NumberRangeIndex)
+local function num(v)
+    local s = string.lower((string.gsub(v, '^%s*(.-)%s*$', '%1')))
+    if s == 'inf' or s == '+inf' or s == 'infinity' or s == '+infinity' then return '+inf' end
+    if s == '-inf' or s == '-infinity' then return '-inf' end
+    if string.find(s, '^[+-]?%d*%.?%d*e?[+-]?%d*$') and string.find(s, '%d') then
+        local n = tonumber(s)
+        if n then return n end
+    end
+    return 0
+end
+
+-- the stored values of a field, as index parts: {value} or {hash key, value}
+local function read_parts(pk, name, f)
+    local k = fkey(pk, name, f.k)
+    local out = {}
+    if f.k == 'str' then
+        local v = redis.call('GET', k)
+        if v then out[1] = {v} end
+    elseif f.k == 'ih' then
+        local v = redis.call('HGET', k, name)
+        if v then out[1] = {v} end
+    elseif f.k == 'set' then
+        for _, v in ipairs(redis.call('SMEMBERS', k)) do out[#out + 1] = {v} end
+    elseif f.k == 'list' then
+        for _, v in ipairs(redis.call('LRANGE', k, 0, -1)) do out[#out + 1] = {v} end
+    elseif f.k == 'zset' then
+        for _, v in ipairs(redis.call('ZRANGE', k, 0, -1)) do out[#out + 1] = {v} end
+    elseif f.k == 'hash' then
+        local a = redis.call('HGETALL', k)
+        for i = 1, #a, 2 do out[#out + 1] = {a[i], a[i + 1]} end
+    end
+    return out
+end
+
+local function parts_id(parts)
+    return table.concat(parts, '\0')
+end
+
+local function ix_base(ix, parts)
+    local k = ix.h
+    for i = 1, #parts - 1 do k = k .. ':' .. parts[i] end
+    return k .. ix.t
+end
+
+local function ix_add(ix, pk, parts, score)
+    local v = parts[#parts]
+    if ix.y == 'eq' then
+        redis.call('SADD', ix_base(ix, parts) .. ':' .. v, pk)
+    elseif ix.y == 'text' then
+        redis.call('ZADD', ix_base(ix, parts), 0, v .. ix.sep .. pk)
+    else
+        redis.call('ZADD', ix_base(ix, parts), score or num(v), pk)
+    end
+end
+
+local function ix_remove(ix, pk, parts)
+    local v = parts[#parts]
+    if ix.y == 'eq' then
+        redis.call('SREM', ix_base(ix, parts) .. ':' .. v, pk)
+    elseif ix.y == 'text' then
+        redis.call('ZREM', ix_base(ix, parts), v .. ix.sep .. pk)
+    else
+        redis.call('ZREM', ix_base(ix, parts), pk)
+    end
+end
+
+-- the pks other than pk holding the value of parts in the unique index ix
+local function ix_others(ix, pk, parts, score)
+    local v = parts[#parts]
+    local found
+    if ix.y == 'eq' then
+        found = redis.call('SMEMBERS', ix_base(ix, parts) .. ':' .. v)
+    elseif ix.y == 'text' then
+        found = {}
+        local prefix = v .. ix.sep
+        for _, member in ipairs(redis.call('ZRANGEBYLEX', ix_base(ix, parts), '[' .. prefix, '[' .. prefix .. '\255')) do
+            found[#found + 1] = string.sub(member, #prefix + 1)
+        end
+    else
+        local s = score or num(v)
+        found = redis.call('ZRANGEBYSCORE', ix_base(ix, parts), s, s)
+    end
+    local others = {}
+    for _, other in ipairs(found) do
+        if other ~= pk then others[#others + 1] = other end
+    end
+    return others
+end
+
+-- {field, value, other pk} if a unique field of the new parts is taken, else nil
+local function unique_conflict(pk, name, f, parts_list, scores)
+    if not f.u then return nil end
+    local ix = f.ix[f.u]
+    for i, parts in ipairs(parts_list) do
+        local others = ix_others(ix, pk, parts, scores and scores[i])
+        if #others > 0 then
+            table.sort(others)
+            return {name, parts[#parts], others[1]}
+        end
+    end
+    return nil
+end
+
+local function deindex_all(pk, name, f, parts_list)
+    for _, parts in ipairs(parts_list) do
+        for _, ix in ipairs(f.ix) do ix_remove(ix, pk, parts) end
+    end
+end
+
+local function index_all(pk, name, f, parts_list, scores)
+    for i, parts in ipairs(parts_list) do
+        for _, ix in ipairs(f.ix) do ix_add(ix, pk, parts, scores and scores[i]) end
+    end
+end
+
+local function delete_instance(pk)
+    local keys = {}
+    for _, name in ipairs(schema.o) do
+        local f = schema.f[name]
+        if #f.ix > 0 then deindex_all(pk, name, f, read_parts(pk, name, f)) end
+        keys[#keys + 1] = fkey(pk, name, f.k)
+    end
+    redis.call('DEL', unpack(keys))
+    redis.call('SREM', COLLECTION, pk)
+    if schema.x then redis.call('ZREM', DEADLINES, pk) end
+end
+
+local function now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- remove the instances whose deadline is past (at most limit of them); return how many
+local function purge(limit)
+    if not schema.x then return 0 end
+    local due = redis.call('ZRANGEBYSCORE', DEADLINES, '-inf', now_ms(), 'LIMIT', 0, limit)
+    for _, pk in ipairs(due) do delete_instance(pk) end
+    return #due
+end
+
+-- write the given values of a new instance (fields: list of {name, values, scores})
+local function write_new(pk, fields)
+    redis.call('SADD', COLLECTION, pk)
+    local hash = {}
+    for _, item in ipairs(fields) do
+        local name, values = item[1], item[2]
+        local f = schema.f[name]
+        local k = fkey(pk, name, f.k)
+        local parts = {}
+        if f.k == 'str' then
+            redis.call('SET', k, values[1]); parts[1] = {values[1]}
+        elseif f.k == 'ih' then
+            hash[#hash + 1] = name; hash[#hash + 1] = values[1]; parts[1] = {values[1]}
+        elseif f.k == 'set' then
+            redis.call('SADD', k, unpack(values))
+            for i, v in ipairs(values) do parts[i] = {v} end
+        elseif f.k == 'list' then
+            redis.call('RPUSH', k, unpack(values))
+            for i, v in ipairs(values) do parts[i] = {v} end
+        elseif f.k == 'zset' then  -- values: member, score, member, score...
+            local args = {}
+            for i = 1, #values, 2 do
+                args[#args + 1] = values[i + 1]; args[#args + 1] = values[i]
+                parts[#parts + 1] = {values[i]}
+            end
+            redis.call('ZADD', k, unpack(args))
+        elseif f.k == 'hash' then  -- values: key, value, key, value...
+            redis.call('HSET', k, unpack(values))
+            for i = 1, #values, 2 do parts[#parts + 1] = {values[i], values[i + 1]} end
+        end
+        if #f.ix > 0 then index_all(pk, name, f, parts, item[3]) end
+    end
+    if #hash > 0 then redis.call('HSET', M .. ':' .. pk .. ':hash', unpack(hash)) end
+end
+
+-- the unique checks of a new instance; nil when free
+local function check_new(pk, fields)
+    for _, item in ipairs(fields) do
+        local f = schema.f[item[1]]
+        if f.u then
+            local parts = {}
+            if f.k == 'zset' then
+                for i = 1, #item[2], 2 do parts[#parts + 1] = {item[2][i]} end
+            else
+                for i, v in ipairs(item[2]) do parts[i] = {v} end
+            end
+            local conflict = unique_conflict(pk, item[1], f, parts, item[3])
+            if conflict then return conflict end
+        end
+    end
+    return nil
+end
+
+local function create_one(row)
+    local pk = row.pk
+    if pk and redis.call('SISMEMBER', COLLECTION, pk) == 1 then return {'pkexists', pk} end
+    local conflict = check_new(pk or '', row.f)
+    if conflict then return {'unique', conflict[1], conflict[2], conflict[3]} end
+    if not pk then pk = tostring(redis.call('INCRBY', M .. ':max_pk', 1)) end
+    write_new(pk, row.f)
+    if row.ttl then redis.call('ZADD', DEADLINES, now_ms() + row.ttl, pk) end
+    return {'ok', pk}
+end
+
+local function restore(pk, name, f, snapshot)
+    local k = fkey(pk, name, f.k)
+    if f.k == 'ih' then
+        if snapshot then redis.call('HSET', k, name, snapshot) else redis.call('HDEL', k, name) end
+        return
+    end
+    redis.call('DEL', k)
+    if f.k == 'str' then
+        if snapshot then redis.call('SET', k, snapshot) end
+    elseif #snapshot > 0 then
+        if f.k == 'set' then redis.call('SADD', k, unpack(snapshot))
+        elseif f.k == 'list' then redis.call('RPUSH', k, unpack(snapshot))
+        elseif f.k == 'zset' then
+            local args = {}
+            for i = 1, #snapshot, 2 do args[#args + 1] = snapshot[i + 1]; args[#args + 1] = snapshot[i] end
+            redis.call('ZADD', k, unpack(args))
+        elseif f.k == 'hash' then redis.call('HSET', k, unpack(snapshot)) end
+    end
+end
+
+local function snapshot_of(pk, name, f)
+    local k = fkey(pk, name, f.k)
+    if f.k == 'ih' then return redis.call('HGET', k, name) end
+    if f.k == 'str' then return redis.call('GET', k) end
+    if f.k == 'set' then return redis.call('SMEMBERS', k) end
+    if f.k == 'list' then return redis.call('LRANGE', k, 0, -1) end
+    if f.k == 'zset' then return redis.call('ZRANGE', k, 0, -1, 'WITHSCORES') end
+    return redis.call('HGETALL', k)
+end
+
+-- run one command on fields of an instance, maintaining their indexes from what changed
+local function modify(pk, names, command)
+    local pre, snapshots, unique = {}, {}, false
+    for _, name in ipairs(names) do
+        if schema.f[name].u then unique = true end
+    end
+    for _, name in ipairs(names) do
+        local f = schema.f[name]
+        pre[name] = read_parts(pk, name, f)
+        if unique then snapshots[name] = snapshot_of(pk, name, f) end
+    end
+    local result = redis.call(unpack(command))
+    local changes = {}
+    for _, name in ipairs(names) do
+        local f = schema.f[name]
+        local post = read_parts(pk, name, f)
+        local before, after = {}, {}
+        for _, parts in ipairs(pre[name]) do before[parts_id(parts)] = parts end
+        for _, parts in ipairs(post) do after[parts_id(parts)] = parts end
+        local removed, added = {}, {}
+        for id, parts in pairs(before) do if not after[id] then removed[#removed + 1] = parts end end
+        for id, parts in pairs(after) do if not before[id] then added[#added + 1] = parts end end
+        changes[#changes + 1] = {name, f, removed, added}
+        local conflict = unique_conflict(pk, name, f, added, nil)
+        if conflict then  -- refused: every field the command touched is put back as it was
+            for _, n in ipairs(names) do restore(pk, n, schema.f[n], snapshots[n]) end
+            return {'unique', conflict[1], conflict[2], conflict[3]}
+        end
+    end
+    for _, change in ipairs(changes) do
+        deindex_all(pk, change[1], change[2], change[3])
+        index_all(pk, change[1], change[2], change[4], nil)
+    end
+    return {'ok', result}
+end
+
+local op = req.op
+if op ~= 'purge' then purge(100) end
+if op == 'create' then
+    return create_one(req)
+elseif op == 'create_many' then
+    local out = {}
+    for i, row in ipairs(req.rows) do
+        local reply = create_one(row)
+        out[#out + 1] = reply[1]
+        out[#out + 1] = reply[2] or ''
+        out[#out + 1] = reply[3] or ''
+        out[#out + 1] = reply[4] or ''
+    end
+    return out
+elseif op == 'modify' then
+    if req.check and redis.call('SISMEMBER', COLLECTION, req.pk) == 0 then return {'missing'} end
+    return modify(req.pk, req.names, req.cmd)
+elseif op == 'delete' then
+    if redis.call('SISMEMBER', COLLECTION, req.pk) == 0 then return {'missing'} end
+    delete_instance(req.pk)
+    return {'ok'}
+elseif op == 'delete_many' then
+    local count = 0
+    for _, pk in ipairs(req.pks) do
+        if redis.call('SISMEMBER', COLLECTION, pk) == 1 then delete_instance(pk); count = count + 1 end
+    end
+    return {'ok', count}
+elseif op == 'purge' then
+    return {'ok', purge(req.limit)}
+elseif op == 'expire' then
+    if redis.call('SISMEMBER', COLLECTION, req.pk) == 0 then return {'missing'} end
+    if req.at then
+        redis.call('ZADD', DEADLINES, req.at, req.pk)
+    elseif req.ttl then
+        redis.call('ZADD', DEADLINES, now_ms() + req.ttl, req.pk)
+    else
+        return {'ok', redis.call('ZREM', DEADLINES, req.pk)}
+    end
+    return {'ok', 1}
+elseif op == 'deadline' then
+    redis.call('ZADD', DEADLINES, now_ms() + req.ttl, req.pk)
+    return {'ok'}
+elseif op == 'ttl' then
+    local deadline = redis.call('ZSCORE', DEADLINES, req.pk)
+    if not deadline then return {'ok', false} end
+    return {'ok', tostring(tonumber(deadline) - now_ms())}
+end
+return redis.error_reply('limpyd atomic script: unknown operation ' .. tostring(op))
+"""

@@ -1,0 +1,138 @@
+"""Bulk creation and deletion: many instances per round trip (one script call per batch).
+
+Rows and pks are streamed: at most ``batch_size`` of them are held at once. Models whose indexes
+the atomic-writes script cannot maintain fall back to one operation per row, with the same
+results and refusals (see docs/atomic-writes.rst).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable, Iterator, List, Optional, Tuple
+
+from limpyd import _atomic
+from limpyd.exceptions import BulkError, ImplementationError, LimpydException
+
+__all__ = ["create_many", "delete_many"]
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
+    iterator = iter(items)
+    while True:
+        chunk = list(itertools.islice(iterator, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _check_batch_size(model: Any, batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError("batch_size=%r for %s: give an int >= 1" % (batch_size, model.__name__))
+
+
+def _scripted(model: Any) -> bool:
+    """Return whether the script can write ``model`` (server-side indexes only, no user pipeline)."""
+    if _atomic.in_pipeline(model):
+        return False
+    try:
+        _atomic.schema_of(model)
+    except ImplementationError:
+        return False
+    return not getattr(model, "_multi_fields_index_for_filtering", None)
+
+
+def _prepare_row(model: Any, row: Any, ttl: Optional[float]) -> dict:
+    """Check ``row`` as a creation would (names, values), and return its request for the script."""
+    if not isinstance(row, dict):
+        raise TypeError("a row is a dict of field values, got %r" % (row,))
+    instance = model()
+    pk_field = instance.pk
+    values = {}
+    request: dict = {}
+    for name, value in row.items():
+        if not model.has_field(name):
+            raise ValueError("`%s` is not a valid field name for `%s`." % (name, model.__name__))
+        if model._field_is_pk(name):
+            if pk_field._auto_increment:
+                raise ValueError('The pk for %s is "auto-increment", you must not fill it' % model.__name__)
+            pk_field.check_new_pk(value)
+            request["pk"] = pk_field.normalize(value)
+            continue
+        values[name] = value
+        if value is not None and not (isinstance(value, (list, tuple, set, dict)) and not value):
+            model.get_field(name).check_creation_value(value)
+    if not pk_field._auto_increment and "pk" not in request:
+        raise ValueError('The pk for %s is not "auto-increment", you must fill it' % model.__name__)
+    request["f"] = _atomic.creation_fields(instance, values)
+    if ttl is None:
+        ttl = model._limpyd_default_ttl
+    if ttl is not None:
+        request["ttl"] = int(ttl * 1000)
+    return request
+
+
+def create_many(model: Any, rows: Iterable[Any], batch_size: int = 1000, ttl: Optional[float] = None) -> List[Any]:
+    """Create the instances of ``rows``; see ``RedisModel.create_many``."""
+    _check_batch_size(model, batch_size)
+    if ttl is not None:
+        model._check_expiring("create_many(ttl=...)")
+    scripted = _scripted(model)
+    if scripted:
+        model._purge_due()
+    pks: List[Any] = []
+    refusals: List[Tuple[int, LimpydException]] = []
+    position = 0
+    for chunk in _chunks(rows, batch_size):
+        if not scripted:
+            for row in chunk:
+                try:
+                    instance = model(**row)
+                    if ttl is not None:
+                        instance.expire_in(ttl)
+                    pks.append(instance.pk.get())
+                except (LimpydException, ValueError, TypeError) as error:
+                    refusals.append((position, error))
+                    pks.append(None)
+                position += 1
+            continue
+        requests, positions = [], []
+        for row in chunk:
+            try:
+                requests.append(_prepare_row(model, row, ttl))
+                positions.append(position)
+            except (LimpydException, ValueError, TypeError) as error:
+                refusals.append((position, error))
+            position += 1
+        created = {}
+        if requests:
+            reply = _atomic.run_raw(model, {"op": "create_many", "rows": requests})
+            for index, at in enumerate(positions):
+                status, first, second, third = reply[4 * index:4 * index + 4]
+                if status == "ok":
+                    created[at] = first
+                else:
+                    refusals.append((at, _atomic.refusal(model, status, first, second, third)))
+        start = position - len(chunk)
+        pks.extend(created.get(at) for at in range(start, position))
+    if refusals:
+        refusals.sort(key=lambda refusal: refusal[0])
+        raise BulkError(refusals, pks)
+    return pks
+
+
+def delete_many(model: Any, pks: Iterable[Any], batch_size: int = 1000) -> int:
+    """Delete the instances of ``pks``; see ``RedisModel.delete_many``."""
+    _check_batch_size(model, batch_size)
+    scripted = _scripted(model)
+    normalize = model.get_field("pk").normalize
+    deleted = 0
+    for chunk in _chunks(pks, batch_size):
+        if scripted:
+            reply = _atomic.run(model, {"op": "delete_many", "pks": [normalize(pk) for pk in chunk]})
+            deleted += int(reply[1])
+            continue
+        for pk in chunk:
+            for instance in model.from_pks([pk]):
+                instance.delete()
+                deleted += 1
+    return deleted
