@@ -136,7 +136,7 @@ def modify(field: Any, pk: str, names: List[str], name: str, args: Tuple[Any, ..
     model = field._model
     command, options = command_args(name, *args, **kwargs)
     request: Dict[str, Any] = {"op": "modify", "pk": pk, "names": names,
-                               "cmd": [str(command[0])] + encode_all(model.database, command[1:])}
+                               "cmd": [str(command[0]).lower()] + encode_all(model.database, command[1:])}
     if check:
         request["check"] = True
     reply = run(model, request)
@@ -185,16 +185,18 @@ def creation_fields(instance: Any, values: Dict[str, Any]) -> List[List[Any]]:
         if value is None or (isinstance(value, (list, tuple, set, dict)) and not value):
             continue
         kind = _field_kind(field)
-        if kind in ("zset", "hash"):
+        convert = field.from_python  # related fields: instances become their pks
+        if kind == "zset":
+            pieces = [piece for member, score in value.items() for piece in (convert(member), score)]
+            index_values = pieces[::2]
+        elif kind == "hash":
             pieces = [piece for pair in value.items() for piece in pair]
-            index_values = list(value.keys()) if kind == "zset" else list(value.values())
+            index_values = pieces[1::2]
         elif kind in ("set", "list"):
-            pieces = list(value) if isinstance(value, (list, tuple, set)) else [value]
+            pieces = [convert(one) for one in (value if isinstance(value, (list, tuple, set)) else [value])]
             index_values = pieces
         else:
-            if kind == "str" or kind == "ih":
-                field.check_creation_value(value)
-            pieces = index_values = [value]
+            pieces = index_values = [convert(value)]
         entry: List[Any] = [name, [_encode(encoder, piece) for piece in pieces]]
         scored = _scored(field)
         if scored is not None:

@@ -42,19 +42,19 @@ local function read_parts(pk, name, f)
     local k = fkey(pk, name, f.k)
     local out = {}
     if f.k == 'str' then
-        local v = redis.call('GET', k)
+        local v = redis.call('get', k)
         if v then out[1] = {v} end
     elseif f.k == 'ih' then
-        local v = redis.call('HGET', k, name)
+        local v = redis.call('hget', k, name)
         if v then out[1] = {v} end
     elseif f.k == 'set' then
-        for _, v in ipairs(redis.call('SMEMBERS', k)) do out[#out + 1] = {v} end
+        for _, v in ipairs(redis.call('smembers', k)) do out[#out + 1] = {v} end
     elseif f.k == 'list' then
-        for _, v in ipairs(redis.call('LRANGE', k, 0, -1)) do out[#out + 1] = {v} end
+        for _, v in ipairs(redis.call('lrange', k, 0, -1)) do out[#out + 1] = {v} end
     elseif f.k == 'zset' then
-        for _, v in ipairs(redis.call('ZRANGE', k, 0, -1)) do out[#out + 1] = {v} end
+        for _, v in ipairs(redis.call('zrange', k, 0, -1)) do out[#out + 1] = {v} end
     elseif f.k == 'hash' then
-        local a = redis.call('HGETALL', k)
+        local a = redis.call('hgetall', k)
         for i = 1, #a, 2 do out[#out + 1] = {a[i], a[i + 1]} end
     end
     return out
@@ -73,22 +73,22 @@ end
 local function ix_add(ix, pk, parts, score)
     local v = parts[#parts]
     if ix.y == 'eq' then
-        redis.call('SADD', ix_base(ix, parts) .. ':' .. v, pk)
+        redis.call('sadd', ix_base(ix, parts) .. ':' .. v, pk)
     elseif ix.y == 'text' then
-        redis.call('ZADD', ix_base(ix, parts), 0, v .. ix.sep .. pk)
+        redis.call('zadd', ix_base(ix, parts), 0, v .. ix.sep .. pk)
     else
-        redis.call('ZADD', ix_base(ix, parts), score or num(v), pk)
+        redis.call('zadd', ix_base(ix, parts), score or num(v), pk)
     end
 end
 
 local function ix_remove(ix, pk, parts)
     local v = parts[#parts]
     if ix.y == 'eq' then
-        redis.call('SREM', ix_base(ix, parts) .. ':' .. v, pk)
+        redis.call('srem', ix_base(ix, parts) .. ':' .. v, pk)
     elseif ix.y == 'text' then
-        redis.call('ZREM', ix_base(ix, parts), v .. ix.sep .. pk)
+        redis.call('zrem', ix_base(ix, parts), v .. ix.sep .. pk)
     else
-        redis.call('ZREM', ix_base(ix, parts), pk)
+        redis.call('zrem', ix_base(ix, parts), pk)
     end
 end
 
@@ -97,16 +97,16 @@ local function ix_others(ix, pk, parts, score)
     local v = parts[#parts]
     local found
     if ix.y == 'eq' then
-        found = redis.call('SMEMBERS', ix_base(ix, parts) .. ':' .. v)
+        found = redis.call('smembers', ix_base(ix, parts) .. ':' .. v)
     elseif ix.y == 'text' then
         found = {}
         local prefix = v .. ix.sep
-        for _, member in ipairs(redis.call('ZRANGEBYLEX', ix_base(ix, parts), '[' .. prefix, '[' .. prefix .. '\255')) do
+        for _, member in ipairs(redis.call('zrangebylex', ix_base(ix, parts), '[' .. prefix, '[' .. prefix .. '\255')) do
             found[#found + 1] = string.sub(member, #prefix + 1)
         end
     else
         local s = score or num(v)
-        found = redis.call('ZRANGEBYSCORE', ix_base(ix, parts), s, s)
+        found = redis.call('zrangebyscore', ix_base(ix, parts), s, s)
     end
     local others = {}
     for _, other in ipairs(found) do
@@ -148,27 +148,27 @@ local function delete_instance(pk)
         if #f.ix > 0 then deindex_all(pk, name, f, read_parts(pk, name, f)) end
         keys[#keys + 1] = fkey(pk, name, f.k)
     end
-    redis.call('DEL', unpack(keys))
-    redis.call('SREM', COLLECTION, pk)
-    if schema.x then redis.call('ZREM', DEADLINES, pk) end
+    redis.call('del', unpack(keys))
+    redis.call('srem', COLLECTION, pk)
+    if schema.x then redis.call('zrem', DEADLINES, pk) end
 end
 
 local function now_ms()
-    local t = redis.call('TIME')
+    local t = redis.call('time')
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
 -- remove the instances whose deadline is past (at most limit of them); return how many
 local function purge(limit)
     if not schema.x then return 0 end
-    local due = redis.call('ZRANGEBYSCORE', DEADLINES, '-inf', now_ms(), 'LIMIT', 0, limit)
+    local due = redis.call('zrangebyscore', DEADLINES, '-inf', now_ms(), 'LIMIT', 0, limit)
     for _, pk in ipairs(due) do delete_instance(pk) end
     return #due
 end
 
 -- write the given values of a new instance (fields: list of {name, values, scores})
 local function write_new(pk, fields)
-    redis.call('SADD', COLLECTION, pk)
+    redis.call('sadd', COLLECTION, pk)
     local hash = {}
     for _, item in ipairs(fields) do
         local name, values = item[1], item[2]
@@ -176,14 +176,14 @@ local function write_new(pk, fields)
         local k = fkey(pk, name, f.k)
         local parts = {}
         if f.k == 'str' then
-            redis.call('SET', k, values[1]); parts[1] = {values[1]}
+            redis.call('set', k, values[1]); parts[1] = {values[1]}
         elseif f.k == 'ih' then
             hash[#hash + 1] = name; hash[#hash + 1] = values[1]; parts[1] = {values[1]}
         elseif f.k == 'set' then
-            redis.call('SADD', k, unpack(values))
+            redis.call('sadd', k, unpack(values))
             for i, v in ipairs(values) do parts[i] = {v} end
         elseif f.k == 'list' then
-            redis.call('RPUSH', k, unpack(values))
+            redis.call('rpush', k, unpack(values))
             for i, v in ipairs(values) do parts[i] = {v} end
         elseif f.k == 'zset' then  -- values: member, score, member, score...
             local args = {}
@@ -191,14 +191,14 @@ local function write_new(pk, fields)
                 args[#args + 1] = values[i + 1]; args[#args + 1] = values[i]
                 parts[#parts + 1] = {values[i]}
             end
-            redis.call('ZADD', k, unpack(args))
+            redis.call('zadd', k, unpack(args))
         elseif f.k == 'hash' then  -- values: key, value, key, value...
-            redis.call('HSET', k, unpack(values))
+            redis.call('hset', k, unpack(values))
             for i = 1, #values, 2 do parts[#parts + 1] = {values[i], values[i + 1]} end
         end
         if #f.ix > 0 then index_all(pk, name, f, parts, item[3]) end
     end
-    if #hash > 0 then redis.call('HSET', M .. ':' .. pk .. ':hash', unpack(hash)) end
+    if #hash > 0 then redis.call('hset', M .. ':' .. pk .. ':hash', unpack(hash)) end
 end
 
 -- the unique checks of a new instance; nil when free
@@ -221,43 +221,43 @@ end
 
 local function create_one(row)
     local pk = row.pk
-    if pk and redis.call('SISMEMBER', COLLECTION, pk) == 1 then return {'pkexists', pk} end
+    if pk and redis.call('sismember', COLLECTION, pk) == 1 then return {'pkexists', pk} end
     local conflict = check_new(pk or '', row.f)
     if conflict then return {'unique', conflict[1], conflict[2], conflict[3]} end
-    if not pk then pk = tostring(redis.call('INCRBY', M .. ':max_pk', 1)) end
+    if not pk then pk = tostring(redis.call('incrby', M .. ':max_pk', 1)) end
     write_new(pk, row.f)
-    if row.ttl then redis.call('ZADD', DEADLINES, now_ms() + row.ttl, pk) end
+    if row.ttl then redis.call('zadd', DEADLINES, now_ms() + row.ttl, pk) end
     return {'ok', pk}
 end
 
 local function restore(pk, name, f, snapshot)
     local k = fkey(pk, name, f.k)
     if f.k == 'ih' then
-        if snapshot then redis.call('HSET', k, name, snapshot) else redis.call('HDEL', k, name) end
+        if snapshot then redis.call('hset', k, name, snapshot) else redis.call('hdel', k, name) end
         return
     end
-    redis.call('DEL', k)
+    redis.call('del', k)
     if f.k == 'str' then
-        if snapshot then redis.call('SET', k, snapshot) end
+        if snapshot then redis.call('set', k, snapshot) end
     elseif #snapshot > 0 then
-        if f.k == 'set' then redis.call('SADD', k, unpack(snapshot))
-        elseif f.k == 'list' then redis.call('RPUSH', k, unpack(snapshot))
+        if f.k == 'set' then redis.call('sadd', k, unpack(snapshot))
+        elseif f.k == 'list' then redis.call('rpush', k, unpack(snapshot))
         elseif f.k == 'zset' then
             local args = {}
             for i = 1, #snapshot, 2 do args[#args + 1] = snapshot[i + 1]; args[#args + 1] = snapshot[i] end
-            redis.call('ZADD', k, unpack(args))
-        elseif f.k == 'hash' then redis.call('HSET', k, unpack(snapshot)) end
+            redis.call('zadd', k, unpack(args))
+        elseif f.k == 'hash' then redis.call('hset', k, unpack(snapshot)) end
     end
 end
 
 local function snapshot_of(pk, name, f)
     local k = fkey(pk, name, f.k)
-    if f.k == 'ih' then return redis.call('HGET', k, name) end
-    if f.k == 'str' then return redis.call('GET', k) end
-    if f.k == 'set' then return redis.call('SMEMBERS', k) end
-    if f.k == 'list' then return redis.call('LRANGE', k, 0, -1) end
-    if f.k == 'zset' then return redis.call('ZRANGE', k, 0, -1, 'WITHSCORES') end
-    return redis.call('HGETALL', k)
+    if f.k == 'ih' then return redis.call('hget', k, name) end
+    if f.k == 'str' then return redis.call('get', k) end
+    if f.k == 'set' then return redis.call('smembers', k) end
+    if f.k == 'list' then return redis.call('lrange', k, 0, -1) end
+    if f.k == 'zset' then return redis.call('zrange', k, 0, -1, 'WITHSCORES') end
+    return redis.call('hgetall', k)
 end
 
 -- run one command on fields of an instance, maintaining their indexes from what changed
@@ -311,35 +311,35 @@ elseif op == 'create_many' then
     end
     return out
 elseif op == 'modify' then
-    if req.check and redis.call('SISMEMBER', COLLECTION, req.pk) == 0 then return {'missing'} end
+    if req.check and redis.call('sismember', COLLECTION, req.pk) == 0 then return {'missing'} end
     return modify(req.pk, req.names, req.cmd)
 elseif op == 'delete' then
-    if redis.call('SISMEMBER', COLLECTION, req.pk) == 0 then return {'missing'} end
+    if redis.call('sismember', COLLECTION, req.pk) == 0 then return {'missing'} end
     delete_instance(req.pk)
     return {'ok'}
 elseif op == 'delete_many' then
     local count = 0
     for _, pk in ipairs(req.pks) do
-        if redis.call('SISMEMBER', COLLECTION, pk) == 1 then delete_instance(pk); count = count + 1 end
+        if redis.call('sismember', COLLECTION, pk) == 1 then delete_instance(pk); count = count + 1 end
     end
     return {'ok', count}
 elseif op == 'purge' then
     return {'ok', purge(req.limit)}
 elseif op == 'expire' then
-    if redis.call('SISMEMBER', COLLECTION, req.pk) == 0 then return {'missing'} end
+    if redis.call('sismember', COLLECTION, req.pk) == 0 then return {'missing'} end
     if req.at then
-        redis.call('ZADD', DEADLINES, req.at, req.pk)
+        redis.call('zadd', DEADLINES, req.at, req.pk)
     elseif req.ttl then
-        redis.call('ZADD', DEADLINES, now_ms() + req.ttl, req.pk)
+        redis.call('zadd', DEADLINES, now_ms() + req.ttl, req.pk)
     else
-        return {'ok', redis.call('ZREM', DEADLINES, req.pk)}
+        return {'ok', redis.call('zrem', DEADLINES, req.pk)}
     end
     return {'ok', 1}
 elseif op == 'deadline' then
-    redis.call('ZADD', DEADLINES, now_ms() + req.ttl, req.pk)
+    redis.call('zadd', DEADLINES, now_ms() + req.ttl, req.pk)
     return {'ok'}
 elseif op == 'ttl' then
-    local deadline = redis.call('ZSCORE', DEADLINES, req.pk)
+    local deadline = redis.call('zscore', DEADLINES, req.pk)
     if not deadline then return {'ok', false} end
     return {'ok', tostring(tonumber(deadline) - now_ms())}
 end

@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import redis
 from redis.lock import Lock
 
+from limpyd import _cluster
 from limpyd._batch import batch_client, current_batch
 from limpyd._scan import scan_pool
 from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x re-exports them here
@@ -52,6 +53,9 @@ class RedisDatabase:
     #: ``COUNT`` hint sent with each ``SCAN`` by :meth:`scan_keys` when none is given (Redis'
     #: own default of 10 makes a full scan 100 times more round trips)
     default_scan_count: int = 1000
+    #: ``True``: the models of this database that do not say otherwise write atomically, one
+    #: server-side script per operation (set it on the class or on a database object)
+    atomic_writes: bool = False
 
     def __init__(self, **connection_settings: Any) -> None:
         self._connection = None
@@ -67,7 +71,7 @@ class RedisDatabase:
         Names are part of the key: ``{"port": 6379}`` and ``{"password": "6379"}`` must not share a
         client (redis-limpyd 2.x joined the values alone; see docs/failure-semantics.rst).
         """
-        return make_key(*["%s=%s" % (name, settings[name]) for name in sorted(settings)])
+        return make_key(*["%s=%s" % (name, _cluster.cache_value(name, settings[name])) for name in sorted(settings)])
 
     def connect(self, **settings: Any) -> redis.Redis:
         """Return the client for the current settings, or switch to ``settings`` and return theirs.
@@ -95,7 +99,9 @@ class RedisDatabase:
             client = self._connections.get(cache_key)
             created = client is None
             if created:
-                client = self._connections[cache_key] = redis.Redis(**options)
+                client = self._connections[cache_key] = (
+                    _cluster.make_cluster_client(options) if options.get("cluster") else redis.Redis(**options)
+                )
         if created:
             # reads the server version through ``connection``, which hits the cache filled above
             self.ensure_redis_versions()
@@ -110,6 +116,12 @@ class RedisDatabase:
         self._connection = None
         self.__dict__.pop("_redis_version", None)
         self.__dict__.pop("_limpyd_hmset_only", None)
+        _cluster.rename_models(self)  # the key prefix of the models follows the mode (cluster or not)
+
+    @property
+    def is_cluster(self) -> bool:
+        """Return whether this database uses a Redis Cluster (setting ``cluster=True``, see docs/cluster.rst)."""
+        return bool(self.connection_settings.get("cluster"))
 
     @property
     def connection(self) -> redis.Redis:
@@ -165,15 +177,18 @@ class RedisDatabase:
         raises ``ImplementationError`` naming both definitions.
         """
         with _registry_lock:
-            return register_model(
+            name = _cluster.model_name_on(self, model)  # ``{<namespace>:<model>}`` on a cluster
+            registered = register_model(
                 self._models,
-                model._name,
+                name,
                 model,
                 model.namespace,
                 model.__name__,
                 "%s.%s" % (model.__module__, model.__qualname__),
                 model._creation_source,
             )
+            model._name = name
+            return registered
 
     def _use_for_model(self, model: Any) -> List[Any]:
         """Move ``model`` and its subclasses sharing its database here; return the moved models."""
@@ -182,9 +197,10 @@ class RedisDatabase:
             moved = self._collect_models_to_move(model)
             for moved_model in moved:
                 if not moved_model.abstract:
+                    old_name = moved_model._name
                     self._add_model(moved_model)
                     if old_database is not None and old_database is not self:
-                        old_database._models.pop(moved_model._name, None)
+                        old_database._models.pop(old_name, None)
                 moved_model.database = self
             return moved
 

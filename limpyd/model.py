@@ -694,7 +694,8 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
             result = getattr(self.connection, redis_command)(*args, **kwargs)
         else:
             try:
-                result = _atomic.modify(self.get_field(indexed[0]), self._pk, indexed, redis_command, args, kwargs, check)
+                # every entry written is in the diff: a refusal puts them all back
+                result = _atomic.modify(self.get_field(indexed[0]), self._pk, written, redis_command, args, kwargs, check)
             except DoesNotExist:
                 if check:
                     self._pk = None
