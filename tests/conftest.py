@@ -250,3 +250,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     for item in items:
         if "redis_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.redis)
+
+from _cluster import cluster_database, redis_cluster  # noqa: E402, F401 - the Redis Cluster fixtures (lazy)

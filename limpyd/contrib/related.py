@@ -50,6 +50,7 @@ import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from limpyd._batch import batch_scope
+from limpyd._cluster import name_on
 from limpyd.contrib.collection import ExtendedCollectionManager
 from limpyd.exceptions import ImplementationError
 from limpyd.fields import (
@@ -425,7 +426,8 @@ class RelatedFieldMixin(metaclass=RelatedFieldMetaclass):
                 "(with or without namespace). Or simply 'self'. Got %r for the field %s (model %s)."
                 % (to, self._field_label(), _model_label(model))
             )
-        return name.lower()
+        # a name given as a string takes the braces of the models' names on a cluster database
+        return name_on(getattr(model.database, "is_cluster", False), name).lower()
 
     def _assert_relation_does_not_exists(self, database: Any = None) -> bool:
         """Raise ``ImplementationError`` if the related name is already used on the target.

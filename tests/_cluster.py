@@ -1,0 +1,264 @@
+"""A private Redis Cluster for the tests: 3 primaries and 3 replicas started on free ports.
+
+Imported by ``tests/conftest.py``. The session fixture ``redis_cluster`` is lazy: only a session
+running a test that uses it (directly or through ``cluster_database``) starts the 6 servers
+(about 2 s). It stops exactly the processes it started, by their pid. ``LIMPYD_TEST_REDIS_CLUSTER_URL``
+(``redis://host:port`` of any node) points at an existing cluster instead: it must be a cluster
+dedicated to tests (it must be empty at start; every test ends with a ``FLUSHALL`` on each primary).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+from urllib.parse import urlparse
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from limpyd.database import RedisDatabase
+
+#: milliseconds before a silent primary is considered failed (a replica takes over soon after)
+NODE_TIMEOUT_MS = 1000
+
+
+def _find_binary(name: str, env: Optional[str] = None) -> str:
+    binary = (os.environ.get(env) if env else None) or shutil.which(name)
+    if not binary and name == "redis-cli":
+        server = os.environ.get("LIMPYD_TEST_REDIS_SERVER")
+        if server and os.path.exists(os.path.join(os.path.dirname(server), "redis-cli")):
+            binary = os.path.join(os.path.dirname(server), "redis-cli")
+    if not binary:
+        pytest.fail(
+            "%s not found: install the redis-server package (redis-cli comes with it, or with "
+            "redis-tools), or set LIMPYD_TEST_REDIS_CLUSTER_URL to an existing test cluster" % name,
+            pytrace=False,
+        )
+    return binary
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_ports(count: int, taken: set) -> List[int]:
+    """Return ``count`` free ports whose cluster bus port (+10000) is free too."""
+    ports: List[int] = []
+    while len(ports) < count:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port > 55000 or port in taken or port in ports or not _port_is_free(port + 10000):
+            continue
+        ports.append(port)
+    return ports
+
+
+class ClusterNode:
+    """One redis-server of the private cluster, started (and restartable) by the fixture."""
+
+    def __init__(self, binary: str, port: int, directory: Path) -> None:
+        self.binary = binary
+        self.port = port
+        self.directory = directory
+        self.log_path = directory / "redis.log"
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", str(self.directory / "nodes.conf"),
+             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), "--logfile", str(self.log_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.process.pid if self.process is not None else None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=5)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the process this node started (by its pid): terminate (or kill), then wait."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text()[-2000:] if self.log_path.exists() else "(no log)"
+
+
+class TestCluster:
+    """The cluster used by a test session: its entry point and, when private, its nodes."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self, host: str, port: int, nodes: Optional[List[ClusterNode]] = None) -> None:
+        self.host = host
+        self.port = port
+        self.nodes = nodes or []
+
+    @property
+    def external(self) -> bool:
+        return not self.nodes
+
+    @property
+    def settings(self) -> Dict[str, object]:
+        """Return the ``RedisDatabase`` settings reaching this cluster."""
+        return {"cluster": True, "host": self.host, "port": self.port}
+
+    def primaries(self) -> List[redis.Redis]:
+        """Return a plain client on each primary (read from the cluster's own view)."""
+        client = RedisCluster(host=self.host, port=self.port, decode_responses=True)
+        try:
+            return [redis.Redis(host=node.host, port=node.port, decode_responses=True)
+                    for node in client.get_primaries()]
+        finally:
+            client.close()
+
+    def node(self, port: int) -> ClusterNode:
+        return next(node for node in self.nodes if node.port == port)
+
+    def wait_ok(self, timeout: float = 30.0, nodes: Optional[List[ClusterNode]] = None) -> None:
+        """Wait until every running node says ``cluster_state:ok`` and agrees on 3 primaries."""
+        deadline = time.monotonic() + timeout
+        nodes = [node for node in (nodes or self.nodes) if node.alive()]
+        while True:
+            try:
+                states = []
+                for node in nodes:
+                    client = node.client()
+                    try:
+                        info = client.cluster("info")
+                        primaries = sum(1 for line in client.execute_command("CLUSTER", "NODES").splitlines()
+                                        if "master" in line.split(" ")[2] and "fail" not in line.split(" ")[2]
+                                        and line.split(" ")[8:])
+                    finally:
+                        client.close()
+                    states.append(info.get("cluster_state") == "ok" and primaries == 3)
+                if all(states):
+                    return
+            except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError, IndexError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("the private cluster is not ok after %ss; logs:\n%s" % (
+                    timeout, "\n".join("--- %d\n%s" % (n.port, n.log_tail()) for n in nodes)), pytrace=False)
+            time.sleep(0.05)
+
+    def flushall(self) -> None:
+        for client in self.primaries():
+            try:
+                client.flushall()
+            finally:
+                client.close()
+
+    def dbsize(self) -> int:
+        total = 0
+        for client in self.primaries():
+            try:
+                total += client.dbsize()
+            finally:
+                client.close()
+        return total
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def _start_private_cluster(directory: Path) -> TestCluster:
+    server = _find_binary("redis-server", "LIMPYD_TEST_REDIS_SERVER")
+    cli = _find_binary("redis-cli")
+    taken: set = set()
+    for _attempt in range(3):
+        ports = _free_ports(6, taken)
+        taken.update(ports)
+        nodes = [ClusterNode(server, port, directory / str(port)) for port in ports]
+        cluster = TestCluster("127.0.0.1", ports[0], nodes)
+        for node in nodes:
+            node.start()
+        try:
+            deadline = time.monotonic() + 10
+            for node in nodes:
+                while True:
+                    if not node.alive():
+                        raise RuntimeError("node %d exited:\n%s" % (node.port, node.log_tail()))
+                    try:
+                        client = node.client()
+                        client.ping()
+                        client.close()
+                        break
+                    except redis.ConnectionError:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("node %d does not answer:\n%s" % (node.port, node.log_tail())) from None
+                        time.sleep(0.02)
+            result = subprocess.run(
+                [cli, "--cluster", "create", *["127.0.0.1:%d" % port for port in ports],
+                 "--cluster-replicas", "1", "--cluster-yes"],
+                capture_output=True, text=True, timeout=60,
+            )
+            if result.returncode != 0:
+                raise RuntimeError("redis-cli --cluster create failed:\n%s%s" % (result.stdout[-2000:], result.stderr[-2000:]))
+            cluster.wait_ok()
+            return cluster
+        except RuntimeError as exc:
+            cluster.stop()
+            error = exc
+            if any("Address already in use" in node.log_tail() for node in nodes):
+                continue  # a port was taken between the check and the start: new ports
+            break
+    pytest.fail("the private Redis Cluster did not start: %s" % error, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    """Start a private 3-primary / 3-replica cluster (or use ``LIMPYD_TEST_REDIS_CLUSTER_URL``)."""
+    url = os.environ.get("LIMPYD_TEST_REDIS_CLUSTER_URL")
+    if url:
+        parsed = urlparse(url)
+        cluster = TestCluster(parsed.hostname or "127.0.0.1", parsed.port or 6379)
+        if cluster.dbsize():
+            pytest.fail("the cluster named by LIMPYD_TEST_REDIS_CLUSTER_URL must be empty", pytrace=False)
+        yield cluster
+        return
+    cluster = _start_private_cluster(Path(str(tmp_path_factory.mktemp("cluster"))))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_database(redis_cluster: TestCluster) -> Iterator[RedisDatabase]:
+    """Return a ``RedisDatabase(cluster=True, ...)`` on the test cluster, emptied after the test."""
+    db = RedisDatabase(**redis_cluster.settings)
+    db.connection.ping()
+    yield db
+    redis_cluster.flushall()
