@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 from typing import Any, Iterable, Iterator, List, Optional, Tuple
 
+from redis.exceptions import DataError
+
 from limpyd import _atomic
 from limpyd.exceptions import BulkError, ImplementationError, LimpydException
 
@@ -90,7 +92,7 @@ def create_many(model: Any, rows: Iterable[Any], batch_size: int = 1000, ttl: Op
                     if ttl is not None:
                         instance.expire_in(ttl)
                     pks.append(instance.pk.get())
-                except (LimpydException, ValueError, TypeError) as error:
+                except (LimpydException, ValueError, TypeError, DataError) as error:
                     refusals.append((position, error))
                     pks.append(None)
                 position += 1
@@ -100,7 +102,7 @@ def create_many(model: Any, rows: Iterable[Any], batch_size: int = 1000, ttl: Op
             try:
                 requests.append(_prepare_row(model, row, ttl))
                 positions.append(position)
-            except (LimpydException, ValueError, TypeError) as error:
+            except (LimpydException, ValueError, TypeError, DataError) as error:
                 refusals.append((position, error))
             position += 1
         created = {}

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import redis
 from redis.lock import Lock
 
+from limpyd._atomic_lua import ATOMIC_LUA
 from limpyd.fields import ListField
 
 _TOKEN = re.compile(r"\b[0-9a-f]{32}\b")
@@ -60,7 +61,7 @@ def layout(client: redis.Redis) -> Dict[str, Tuple[str, Any]]:
 
 
 def warm_scripts(client: redis.Redis) -> None:
-    """Load the Lua scripts limpyd runs (lock release, lrank, lcount) so that counts are exact.
+    """Load the Lua scripts limpyd runs (lock release, lrank, lcount, atomic writes) so that counts are exact.
 
     redis-py runs scripts with ``EVALSHA``; on a server that does not know them yet the first call
     costs ``NOSCRIPT`` + ``SCRIPT LOAD`` more. ``FLUSHALL`` keeps the script cache.
@@ -68,6 +69,7 @@ def warm_scripts(client: redis.Redis) -> None:
     client.script_load(Lock.LUA_RELEASE_SCRIPT)
     for script in ListField.scripts.values():
         client.script_load(script["lua"])
+    client.script_load(ATOMIC_LUA)
 
 
 def _normalize(command: Any) -> str:
