@@ -32,7 +32,7 @@ import redis
 from benchmarks import bench_scan
 from benchmarks._server import PrivateRedisServer, load_keys
 
-GROUPS = ["scan", "orm", "collections", "pipeline", "speedups"]
+GROUPS = ["scan", "orm", "collections", "pipeline", "speedups", "atomic"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: scan_keys() may take at most this times the C client (same worker), per speedups mode
@@ -336,8 +336,47 @@ def group_speedups(args: argparse.Namespace, server: PrivateRedisServer, client:
     return rows
 
 
+def group_atomic(args: argparse.Namespace, server: PrivateRedisServer, client: redis.Redis,
+                 notes: List[str]) -> List[Dict[str, Any]]:
+    bulk = 100000 if args.quick else 1000000
+    purge = 10000 if args.quick else 100000
+    progress("atomic: worker 1 of 1, %d instances per operation, create_many of %d, purge of %d"
+             % (args.instances, bulk, purge))
+    client.flushall()
+    result = run_worker("atomic", "benchmarks.bench_atomic",
+                        ["--socket", server.socket_path, "--instances", str(args.instances), "--bulk", str(bulk),
+                         "--purge", str(purge)])
+    rows, table = [], []
+    targets = {"create": 3.0, "get+set": 2.0, "delete": 2.0}
+    for row in result["rows"]:
+        default, atomic = row["default"], row["atomic"]
+        rows.append({"key": "atomic/%s/cython" % row["operation"], "group": "atomic", "row": row["operation"],
+                     "speedups": "cython", "value": atomic["us"], "unit": "us", "default_us": default["us"],
+                     "cpu_us": atomic["cpu_us"], "default_cpu_us": default["cpu_us"], "speedup": row["speedup"]})
+        table.append([row["operation"], "%.0f" % default["us"], "%.0f" % default["cpu_us"], "%.0f" % atomic["us"],
+                      "%.0f" % atomic["cpu_us"], "%.2fx" % row["speedup"]])
+        target = targets[row["operation"]]
+        notes.append("atomic %s >= %.0fx the default mode's operations/s: %.2fx %s"
+                     % (row["operation"], target, row["speedup"], "met" if row["speedup"] >= target else "NOT MET"))
+    print_table("Atomic writes vs the default write path, per operation (%d instances)" % args.instances,
+                ["operation", "default us", "default cpu us", "atomic us", "atomic cpu us", "speedup"], table)
+    bulk_row, purge_row = result["bulk"], result["purge"]
+    print_table("Bulk and expiry", ["row", "instances", "seconds", "instances/s", "maxrss MiB"], [
+        ["create_many (batches of 1000)", bulk_row["instances"], "%.1f" % bulk_row["seconds"],
+         "%.0f" % bulk_row["per_second"], "%.0f" % (bulk_row["maxrss_kib"] / 1024)],
+        ["purge_expired", purge_row["instances"], "%.1f" % purge_row["seconds"], "%.0f" % purge_row["per_second"], ""],
+    ])
+    notes.append("create_many >= 30,000 instances/s: %.0f %s"
+                 % (bulk_row["per_second"], "met" if bulk_row["per_second"] >= 30000 else "NOT MET"))
+    rows.append({"key": "atomic/create_many/cython", "group": "atomic", "row": "create_many", "speedups": "cython",
+                 "value": bulk_row["per_second"], "unit": "instances/s", "maxrss_kib": bulk_row["maxrss_kib"]})
+    rows.append({"key": "atomic/purge_expired/cython", "group": "atomic", "row": "purge_expired",
+                 "speedups": "cython", "value": purge_row["per_second"], "unit": "instances/s"})
+    return rows
+
+
 RUNNERS = {"scan": group_scan, "orm": group_orm, "collections": group_collections, "pipeline": group_pipeline,
-           "speedups": group_speedups}
+           "speedups": group_speedups, "atomic": group_atomic}
 
 
 # ---------------------------------------------------------------------- compare

@@ -11,21 +11,22 @@ turns a redis-py command into its arguments without sending it, and reads the sc
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
 import redis
 from redis.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from limpyd._atomic_lua import ATOMIC_LUA
+from limpyd._pool import get_pool_connection
 from limpyd.exceptions import DoesNotExist, ImplementationError, UniquenessError
 from limpyd.indexes import EqualIndex, NumberRangeIndex, TextRangeIndex
 from limpyd.utils import make_key
 
-__all__ = ["SCRIPT", "atomic_enabled", "command_args", "run", "schema_of", "check_model"]
+__all__ = ["atomic_enabled", "lua_literal", "script_of", "command_args", "run", "schema_of", "check_model"]
 
-#: the script, registered once per client by ``database.call_script`` (EVALSHA, NOSCRIPT reloads)
-SCRIPT: Dict[str, Any] = {"lua": ATOMIC_LUA}
 
 #: index classes the script maintains, and the methods a subclass must not override for that
 _SERVER_SIDE_INDEXES = ((EqualIndex, "eq"), (TextRangeIndex, "text"), (NumberRangeIndex, "num"))
@@ -95,8 +96,46 @@ def schema_of(model: Any) -> Dict[str, Any]:
     schema = {"m": model._name, "o": names, "f": described}
     if getattr(model, "_limpyd_expiring", False):
         schema["x"] = True
-    model._limpyd_atomic_schema = (model._name, schema)
+    # the model's own script (``database.call_script`` registers it once: EVALSHA, NOSCRIPT reloads)
+    script = {"lua": ATOMIC_LUA.replace("__SCHEMA__", lua_literal(schema), 1)}
+    model._limpyd_atomic_schema = (model._name, schema, script, {name: entry["k"] for name, entry in described.items()})
     return schema
+
+
+def script_of(model: Any) -> Dict[str, Any]:
+    """Return the atomic-writes script of ``model`` (its schema written in)."""
+    schema_of(model)
+    return model.__dict__["_limpyd_atomic_schema"][2]
+
+
+def kinds_of(model: Any) -> Dict[str, str]:
+    """Return ``{field name: kind}`` of ``model``'s fields."""
+    schema_of(model)
+    return model.__dict__["_limpyd_atomic_schema"][3]
+
+
+def lua_literal(value: Any) -> str:
+    """Return ``value`` (dicts, lists, str, int, bool) written as a Lua expression."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _lua_string(value)
+    if isinstance(value, dict):
+        return "{%s}" % ",".join("[%s]=%s" % (_lua_string(str(key)), lua_literal(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return "{%s}" % ",".join(lua_literal(item) for item in value)
+    raise TypeError("no Lua literal for %r" % (value,))
+
+
+def _lua_string(text: str) -> str:
+    """Return ``text`` as a Lua string literal (every byte outside plain ASCII escaped as \\ddd)."""
+    out = []
+    for byte in text.encode("utf-8"):
+        char = chr(byte)
+        out.append(char if 32 <= byte < 127 and char not in "'\\" else "\\%03d" % byte)
+    return "'%s'" % "".join(out)
 
 
 def check_model(model: Any) -> None:
@@ -164,27 +203,38 @@ def _scored(field: Any) -> Any:
     return None
 
 
-def creation_fields(instance: Any, values: Dict[str, Any]) -> List[List[Any]]:
+def _creation_plan(model: Any) -> List[Tuple[str, Any, str, bool, Any]]:
+    """Return ``[(name, field, kind, has default, scoring index), ...]`` of ``model`` (cached)."""
+    cached = model.__dict__.get("_limpyd_creation_plan")
+    if cached is not None and cached[0] is model.__dict__.get("_limpyd_atomic_schema"):
+        return cached[1]
+    kinds = kinds_of(model)
+    plan = []
+    for name in model._fields[1:]:
+        field = model.get_class_field(name)
+        plan.append((name, field, kinds[name], hasattr(field, "default"), _scored(field)))
+    model._limpyd_creation_plan = (model.__dict__.get("_limpyd_atomic_schema"), plan)
+    return plan
+
+
+def creation_fields(model: Any, values: Dict[str, Any], encoder: Any = None) -> List[List[Any]]:
     """Return ``[[name, values as stored, scores or absent], ...]`` of a new instance, in model order.
 
     ``values`` are the given ones (already checked); the defaults of the other fields are added,
     as the default write path does. ``None`` and empty containers write nothing.
     """
-    model = type(instance)
-    database = model.database
-    encoder = database.connection.get_encoder()
+    if encoder is None:
+        encoder = model.database.connection.get_encoder()
     result: List[List[Any]] = []
-    for name in model._fields[1:]:
-        field = model.get_field(name)
+    for name, field, kind, has_default, scored in _creation_plan(model):
         if name in values:
             value = values[name]
-        elif hasattr(field, "default"):
+        elif has_default:
             value = field.default() if callable(field.default) else field.default
         else:
             continue
         if value is None or (isinstance(value, (list, tuple, set, dict)) and not value):
             continue
-        kind = _field_kind(field)
         convert = field.from_python  # related fields: instances become their pks
         if kind == "zset":
             pieces = [piece for member, score in value.items() for piece in (convert(member), score)]
@@ -197,8 +247,7 @@ def creation_fields(instance: Any, values: Dict[str, Any]) -> List[List[Any]]:
             index_values = pieces
         else:
             pieces = index_values = [convert(value)]
-        entry: List[Any] = [name, [_encode(encoder, piece) for piece in pieces]]
-        scored = _scored(field)
+        entry: List[Any] = [name, [piece if type(piece) is str else _encode(encoder, piece) for piece in pieces]]
         if scored is not None:
             entry.append([_encode(encoder, scored.normalize_value(one)) for one in index_values])
         result.append(entry)
@@ -220,8 +269,7 @@ def run(model: Any, request: Dict[str, Any]) -> List[Any]:
 
 def run_raw(model: Any, request: Dict[str, Any]) -> List[Any]:
     """Send ``request`` for ``model`` and return the script's reply as it is."""
-    request["s"] = schema_of(model)
-    return model.database.call_script(SCRIPT, keys=[make_key(model._name, "collection")],
+    return model.database.call_script(script_of(model), keys=[make_key(model._name, "collection")],
                                       args=[json.dumps(request, separators=(",", ":"))])
 
 
@@ -243,3 +291,59 @@ def refusal(model: Any, status: Any, first: Any = None, second: Any = None, thir
 def in_pipeline(model: Any) -> bool:
     """Return whether the model's commands go to a user pipeline (atomic writes do not apply there)."""
     return isinstance(model.database.connection, Pipeline)
+
+
+class script_sender:  # noqa: N801 - a context manager
+    """Send requests of ``model``'s script one after the other, each reply read after the next send.
+
+    ``send(request, on_reply)`` sends the request, then reads the reply of the previous one and
+    gives it to its callback: the server runs a request while the client prepares the next. On a
+    client without a connection pool of its own (a cluster client), each request is a plain call.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.connection: Any = None
+        self.pending: Optional[Any] = None
+
+    def __enter__(self) -> Any:
+        client = self.model.database.connection
+        if type(client) is not redis.Redis and not isinstance(client, redis.Redis) or isinstance(client, Pipeline):
+            return self._plain
+        script = script_of(self.model)
+        self.client = client
+        self.sha = hashlib.sha1(script["lua"].encode("utf-8")).hexdigest()  # loaded on the first NOSCRIPT
+        self.key = make_key(self.model._name, "collection")
+        self.connection = get_pool_connection(client.connection_pool, "EVALSHA")
+        return self._send
+
+    def _plain(self, request: Dict[str, Any], on_reply: Any) -> None:
+        on_reply(run_raw(self.model, request))
+
+    def _send(self, request: Dict[str, Any], on_reply: Any) -> None:
+        self.connection.send_command("EVALSHA", self.sha, 1, self.key, json.dumps(request, separators=(",", ":")))
+        self._read_pending()
+        self.pending = (request, on_reply)
+
+    def _read_pending(self) -> None:
+        if self.pending is not None:
+            (request, on_reply), self.pending = self.pending, None
+            try:
+                reply = self.client.parse_response(self.connection, "EVALSHA")
+            except NoScriptError:  # not loaded on this server yet: the plain call loads it
+                reply = run_raw(self.model, request)
+            on_reply(reply)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.connection is None:
+            return
+        try:
+            if exc_type is None:
+                self._read_pending()
+        except BaseException:
+            self.connection.disconnect()
+            raise
+        finally:
+            if exc_type is not None:
+                self.connection.disconnect()  # a reply may still be on its way: never reuse it
+            self.client.connection_pool.release(self.connection)

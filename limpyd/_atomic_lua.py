@@ -1,8 +1,9 @@
 """The server-side half of atomic writes: one Lua script, one call per operation.
 
-The script receives a JSON request (``ARGV[1]``) with the model's schema (field kinds and the
-indexes the script can maintain) and the operation; it checks uniqueness, writes the values and
-maintains every index entry, or refuses and writes nothing. The key layout and the stored bytes
+Each model gets its own copy of the script, with its schema (field kinds and the indexes the
+script can maintain) written in as a Lua table in place of ``__SCHEMA__``, so that a call only
+carries the operation: a JSON request in ``ARGV[1]``. The script checks uniqueness, writes the
+values and maintains every index entry, or refuses and writes nothing. The key layout and the stored bytes
 are those of the default write path (see docs/atomic-writes.rst).
 
 Replies: ``{"ok", result...}`` or ``{"unique", field, value, other pk}``, ``{"missing"}`` (a pk
@@ -15,7 +16,7 @@ __all__ = ["ATOMIC_LUA"]
 
 ATOMIC_LUA = r"""
 local req = cjson.decode(ARGV[1])
-local schema = req.s
+local schema = __SCHEMA__
 local M = schema.m
 local COLLECTION = M .. ':collection'
 local DEADLINES = M .. ':__deadlines__'

@@ -43,81 +43,106 @@ def _scripted(model: Any) -> bool:
     return not getattr(model, "_multi_fields_index_for_filtering", None)
 
 
-def _prepare_row(model: Any, row: Any, ttl: Optional[float]) -> dict:
+def _prepare_row(model: Any, row: Any, ttl: Optional[float], encoder: Any) -> dict:
     """Check ``row`` as a creation would (names, values), and return its request for the script."""
     if not isinstance(row, dict):
         raise TypeError("a row is a dict of field values, got %r" % (row,))
-    instance = model()
-    pk_field = instance.pk
+    pk_field = model.get_class_field("pk")
+    fields_names = model._fields
     values = {}
     request: dict = {}
     for name, value in row.items():
-        if not model.has_field(name):
-            raise ValueError("`%s` is not a valid field name for `%s`." % (name, model.__name__))
-        if model._field_is_pk(name):
+        if name == "pk" or name == fields_names[0]:
             if pk_field._auto_increment:
                 raise ValueError('The pk for %s is "auto-increment", you must not fill it' % model.__name__)
             pk_field.check_new_pk(value)
             request["pk"] = pk_field.normalize(value)
             continue
+        if name not in fields_names:
+            raise ValueError("`%s` is not a valid field name for `%s`." % (name, model.__name__))
         values[name] = value
         if value is not None and not (isinstance(value, (list, tuple, set, dict)) and not value):
-            model.get_field(name).check_creation_value(value)
+            model.get_class_field(name).check_creation_value(value)
     if not pk_field._auto_increment and "pk" not in request:
         raise ValueError('The pk for %s is not "auto-increment", you must fill it' % model.__name__)
-    request["f"] = _atomic.creation_fields(instance, values)
-    if ttl is None:
-        ttl = model._limpyd_default_ttl
+    request["f"] = _atomic.creation_fields(model, values, encoder)
     if ttl is not None:
         request["ttl"] = int(ttl * 1000)
     return request
 
 
+class _Replies:
+    """Collect the script's replies of the batches: pks in row order, refusals."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.pks: List[Any] = []
+        self.refusals: List[Tuple[int, Exception]] = []
+
+    def add(self, start: int, end: int, positions: List[int], reply: Any) -> None:
+        created = {}
+        for index, at in enumerate(positions):
+            status, first, second, third = reply[4 * index:4 * index + 4]
+            if status == "ok":
+                created[at] = first
+            else:
+                self.refusals.append((at, _atomic.refusal(self.model, status, first, second, third)))
+        self.pks.extend(created.get(at) for at in range(start, end))
+
+
 def create_many(model: Any, rows: Iterable[Any], batch_size: int = 1000, ttl: Optional[float] = None) -> List[Any]:
-    """Create the instances of ``rows``; see ``RedisModel.create_many``."""
+    """Create the instances of ``rows``; see ``RedisModel.create_many``.
+
+    With the script, a batch is sent before the next one is prepared, and its reply read after:
+    the server writes one batch while the client prepares the next (one round trip per batch).
+    """
     _check_batch_size(model, batch_size)
     if ttl is not None:
         model._check_expiring("create_many(ttl=...)")
-    scripted = _scripted(model)
-    if scripted:
-        model._purge_due()
-    pks: List[Any] = []
-    refusals: List[Tuple[int, LimpydException]] = []
+    elif model._limpyd_default_ttl is not None:
+        ttl = model._limpyd_default_ttl
+    if not _scripted(model):
+        return _create_one_by_one(model, rows, batch_size, ttl)
+    model._purge_due()
+    replies = _Replies(model)
+    encoder = model.database.connection.get_encoder()
     position = 0
-    for chunk in _chunks(rows, batch_size):
-        if not scripted:
+    with _atomic.script_sender(model) as send:
+        for chunk in _chunks(rows, batch_size):
+            requests, positions = [], []
             for row in chunk:
                 try:
-                    instance = model(**row)
-                    if ttl is not None:
-                        instance.expire_in(ttl)
-                    pks.append(instance.pk.get())
+                    requests.append(_prepare_row(model, row, ttl, encoder))
+                    positions.append(position)
                 except (LimpydException, ValueError, TypeError, DataError) as error:
-                    refusals.append((position, error))
-                    pks.append(None)
+                    replies.refusals.append((position, error))
                 position += 1
-            continue
-        requests, positions = [], []
-        for row in chunk:
-            try:
-                requests.append(_prepare_row(model, row, ttl))
-                positions.append(position)
-            except (LimpydException, ValueError, TypeError, DataError) as error:
-                refusals.append((position, error))
-            position += 1
-        created = {}
-        if requests:
-            reply = _atomic.run_raw(model, {"op": "create_many", "rows": requests})
-            for index, at in enumerate(positions):
-                status, first, second, third = reply[4 * index:4 * index + 4]
-                if status == "ok":
-                    created[at] = first
-                else:
-                    refusals.append((at, _atomic.refusal(model, status, first, second, third)))
-        start = position - len(chunk)
-        pks.extend(created.get(at) for at in range(start, position))
+            start = position - len(chunk)
+            if requests:
+                send({"op": "create_many", "rows": requests},
+                     lambda reply, start=start, end=position, positions=positions: replies.add(start, end, positions, reply))
+            else:
+                replies.pks.extend([None] * len(chunk))
+    if replies.refusals:
+        replies.refusals.sort(key=lambda refusal: refusal[0])
+        raise BulkError(replies.refusals, replies.pks)
+    return replies.pks
+
+
+def _create_one_by_one(model: Any, rows: Iterable[Any], batch_size: int, ttl: Optional[float]) -> List[Any]:
+    """Create the rows one instance at a time (models the script cannot write)."""
+    pks: List[Any] = []
+    refusals: List[Tuple[int, Exception]] = []
+    for position, row in enumerate(rows):
+        try:
+            instance = model(**row)
+            if ttl is not None and ttl != model._limpyd_default_ttl:
+                instance.expire_in(ttl)
+            pks.append(instance.pk.get())
+        except (LimpydException, ValueError, TypeError, DataError) as error:
+            refusals.append((position, error))
+            pks.append(None)
     if refusals:
-        refusals.sort(key=lambda refusal: refusal[0])
         raise BulkError(refusals, pks)
     return pks
 

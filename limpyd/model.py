@@ -334,10 +334,12 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         pk_given = False
         atomic = _atomic.atomic_enabled(type(self)) and not _atomic.in_pipeline(type(self))
         self._purge_due()
+        # atomic writes check the model-level fields (the script writes; no instance field is needed)
+        get_field = type(self).get_class_field if atomic else self.get_field
         for name, value in kwargs.items():
             if not self.has_field(name):
                 raise ValueError("`%s` is not a valid field name for `%s`." % (name, type(self).__name__))
-            field = self.get_field(name)
+            field = get_field(name)
             if self._field_is_pk(name):
                 pk_given, pk_value = True, value
                 continue
@@ -396,7 +398,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         """Create the instance with one call of the atomic-writes script (values already checked)."""
         model = type(self)
         pk_field = self.pk
-        request: Dict[str, Any] = {"op": "create", "f": _atomic.creation_fields(self, values)}
+        request: Dict[str, Any] = {"op": "create", "f": _atomic.creation_fields(model, values)}
         if pk_field._auto_increment:
             if pk_given and pk_value is not None:
                 raise ValueError('The pk for %s is "auto-increment", you must not fill it' % model.__name__)

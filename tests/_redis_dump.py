@@ -14,7 +14,6 @@ from typing import Any, Dict, Iterator, List, Tuple
 import redis
 from redis.lock import Lock
 
-from limpyd._atomic_lua import ATOMIC_LUA
 from limpyd.fields import ListField
 
 _TOKEN = re.compile(r"\b[0-9a-f]{32}\b")
@@ -61,7 +60,7 @@ def layout(client: redis.Redis) -> Dict[str, Tuple[str, Any]]:
 
 
 def warm_scripts(client: redis.Redis) -> None:
-    """Load the Lua scripts limpyd runs (lock release, lrank, lcount, atomic writes) so that counts are exact.
+    """Load the Lua scripts limpyd runs (lock release, lrank, lcount) so that counts are exact.
 
     redis-py runs scripts with ``EVALSHA``; on a server that does not know them yet the first call
     costs ``NOSCRIPT`` + ``SCRIPT LOAD`` more. ``FLUSHALL`` keeps the script cache.
@@ -69,7 +68,6 @@ def warm_scripts(client: redis.Redis) -> None:
     client.script_load(Lock.LUA_RELEASE_SCRIPT)
     for script in ListField.scripts.values():
         client.script_load(script["lua"])
-    client.script_load(ATOMIC_LUA)
 
 
 def _normalize(command: Any) -> str:
@@ -139,3 +137,10 @@ UNLOCK = ["get {lock}", "del {lock}", "EVALSHA <sha> 1 {lock} <token>"]
 def locked(lock_key: str, commands: List[str]) -> List[str]:
     """Return ``commands`` surrounded by the 4 commands of a ``FieldLock`` on ``lock_key``."""
     return [c.format(lock=lock_key) for c in LOCK] + commands + [c.format(lock=lock_key) for c in UNLOCK]
+
+
+def warm_model_script(model: type) -> None:
+    """Load the atomic-writes script of ``model`` (each model has its own: its schema is written in)."""
+    from limpyd import _atomic
+
+    model.database.connection.script_load(_atomic.script_of(model)["lua"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import redis
 from _consistency import check_consistency
-from _redis_dump import command_log, dump, raw_client, warm_scripts
+from _redis_dump import command_log, dump, raw_client, warm_model_script, warm_scripts
 
 from limpyd import fields, model
 from limpyd.contrib.related import FKInstanceHashField, M2MSetField, RelatedModel
@@ -142,6 +142,7 @@ def test_related_fields_same_bytes(database, namespace, raw):
 
 def test_one_script_call_per_operation(database, namespace, raw):
     Item = define(database, namespace, True)
+    warm_model_script(Item)
     operations = [
         lambda: Item(code="a", name="n", tags=["x", "y"], size=3, h={"k": "v"}),
         lambda: loaded.name.set("m"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 from _consistency import check_consistency
-from _redis_dump import command_log, raw_client, warm_scripts
+from _redis_dump import command_log, raw_client, warm_model_script, warm_scripts
 
 from limpyd import fields, model
 from limpyd.exceptions import BulkError, UniquenessError
@@ -39,6 +39,7 @@ def rows(count, start=0):
 
 def test_create_many_streams_batches_in_one_round_trip_each(database, namespace, atomic, raw):
     Item = define(database, namespace, atomic)
+    warm_model_script(Item)
     with command_log(raw) as log:
         pks = Item.create_many(rows(2500), batch_size=1000)
     assert pks == [str(n) for n in range(1, 2501)]
@@ -92,7 +93,7 @@ def test_create_many_with_a_ttl(database, namespace, atomic):
 
 def test_delete_many_and_collection_delete(database, namespace, atomic, raw):
     Item = define(database, namespace, atomic)
-    Item.create_many(rows(300))
+    Item.create_many(rows(300))  # the script is loaded now
     with command_log(raw) as log:
         assert Item.delete_many((str(n) for n in range(1, 101)), batch_size=50) == 100
     assert len([line for line in log if line.startswith("EVALSHA")]) == 2
@@ -106,3 +107,12 @@ def test_bad_batch_size(database, namespace):
     Item = define(database, namespace, True)
     with pytest.raises(ValueError, match=r"batch_size=0 for Item: give an int >= 1"):
         Item.create_many([], batch_size=0)
+
+
+def test_create_many_after_the_server_forgot_its_scripts(database, namespace, raw):
+    Item = define(database, namespace, True)
+    Item.create_many(rows(10))
+    raw.script_flush()  # as after a restart: every pipelined batch meets NOSCRIPT, then is sent again
+    assert Item.create_many(rows(2500, start=10), batch_size=500) == [str(n) for n in range(11, 2511)]
+    assert len(Item.collection(tags="all")) == 2510
+    assert check_consistency(raw, [Item]) == []
