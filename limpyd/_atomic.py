@@ -322,17 +322,23 @@ class script_sender:  # noqa: N801 - a context manager
 
     def _send(self, request: Dict[str, Any], on_reply: Any) -> None:
         self.connection.send_command("EVALSHA", self.sha, 1, self.key, json.dumps(request, separators=(",", ":")))
-        self._read_pending()
+        reloaded = self._read_pending()
         self.pending = (request, on_reply)
+        if reloaded:  # this request was sent before the script was loaded again: it met NOSCRIPT too
+            self._read_pending()
 
-    def _read_pending(self) -> None:
-        if self.pending is not None:
-            (request, on_reply), self.pending = self.pending, None
-            try:
-                reply = self.client.parse_response(self.connection, "EVALSHA")
-            except NoScriptError:  # not loaded on this server yet: the plain call loads it
-                reply = run_raw(self.model, request)
-            on_reply(reply)
+    def _read_pending(self) -> bool:
+        """Read the reply of the request in flight; return whether it met NOSCRIPT (and was run again)."""
+        if self.pending is None:
+            return False
+        (request, on_reply), self.pending = self.pending, None
+        try:
+            reply = self.client.parse_response(self.connection, "EVALSHA")
+        except NoScriptError:  # not loaded on this server yet: the plain call loads it
+            on_reply(run_raw(self.model, request))
+            return True
+        on_reply(reply)
+        return False
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.connection is None:
