@@ -48,6 +48,9 @@ KIND_DUPLICATE_UNIQUE = "duplicate unique value"
 KIND_LOCK = "leftover lock key"
 KIND_TEMPORARY = "leftover temporary key"
 KIND_UNKNOWN = "unknown key"
+KIND_DEADLINE = "deadline without its instance"
+#: the sorted set of the deadlines of an expiring model's instances (pk scored by ms, server time)
+DEADLINES_PART = "__deadlines__"
 
 KINDS = (KIND_STALE_ENTRY, KIND_MISSING_ENTRY, KIND_EMPTY_PK, KIND_ORPHAN_DATA, KIND_DUPLICATE_UNIQUE,
          KIND_LOCK, KIND_TEMPORARY, KIND_UNKNOWN)
@@ -324,6 +327,12 @@ def _classify(snapshot: Snapshot, models: Sequence[ModelSpec], problems: List[st
         keys = found[spec.name]
         rest = key[len(spec.name) + 1:]
         if (rest == "collection" and kind == "set") or (rest == "max_pk" and kind == "string"):
+            continue
+        if rest == DEADLINES_PART and kind == "zset":  # expiring instances: every pk must exist
+            for pk in snapshot.contents[key]:  # {member: score}
+                if pk not in keys.collection:
+                    problems.append("%s: %s member %r (no such pk in %s:collection)"
+                                    % (KIND_DEADLINE, key, pk, spec.name))
             continue
         if rest.startswith(LOCK_PART + ":"):
             problems.append("%s: %s" % (KIND_LOCK, key))
