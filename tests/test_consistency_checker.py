@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from _consistency import (
+    KIND_DEADLINE,
     KIND_DUPLICATE_UNIQUE,
     KIND_EMPTY_PK,
     KIND_LOCK,
@@ -96,6 +97,15 @@ def test_pk_without_data(populated):
     client.sadd(name + ":collection", "3")
     problems = check_consistency(client, [model])
     assert kinds(problems) == {KIND_EMPTY_PK}, problems
+
+
+def test_deadline_of_a_missing_pk(populated):
+    model, client, name = populated
+    client.zadd(name + ":__deadlines__", {"1": 10, "2": 20})
+    assert check_consistency(client, [model]) == []  # deadlines of existing pks are fine
+    client.zadd(name + ":__deadlines__", {"9": 30})
+    problems = check_consistency(client, [model])
+    assert kinds(problems) == {KIND_DEADLINE}, problems
 
 
 def test_data_outside_the_collection(populated):
