@@ -63,6 +63,16 @@ class PlainRedisPy:
     def length(self, city: str) -> int:
         return self.r.scard("%s:city:%s" % (self.prefix, city))
 
+    def load(self, pk: str) -> bool:
+        return self.r.sismember("%s:collection" % self.prefix, pk)
+
+    def load_then_hmget(self, pk: str) -> list:
+        self.load(pk)
+        return self.r.hmget("%s:%s:hash" % (self.prefix, pk), ["name", "city"])
+
+    def field_get(self, pk: str) -> str:
+        return self.r.get("%s:%s:kind" % (self.prefix, pk))
+
     def sorted_slice(self) -> list:
         return self.r.sort("%s:collection" % self.prefix, by="%s:*:hash->name" % self.prefix, alpha=True,
                            start=10, num=10)
@@ -92,11 +102,16 @@ def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
          lambda: len(Person.collection(city="c1")), lambda: plain.length("c1")),
         ("alpha sort by hash field, [10:20]", 20,
          lambda: Person.collection().sort(by="name", alpha=True)[10:20], plain.sorted_slice),
+        ("Model(pk)", 500, lambda: Person("7")._pk == "7", lambda: bool(plain.load("7"))),
+        ("Model(pk) then hmget", 500, lambda: Person("7").hmget("name", "city"), lambda: plain.load_then_hmget("7")),
+        ("field.get()", 1000, lambda: loaded.kind.get(), lambda: plain.field_get("7")),
     ]
+    loaded = Person("7")
     for index, (name, repeat, limpyd_run, plain_run) in enumerate(workloads, 1):
         expected = plain_run()
         got = limpyd_run()
-        got_pks = [getattr(item, "_pk", item) for item in got] if not isinstance(got, int) else got
+        plain_value = isinstance(got, (bool, int, str)) or name == "Model(pk) then hmget"
+        got_pks = got if plain_value else [getattr(item, "_pk", item) for item in got]
         if (sorted(got_pks) if isinstance(got_pks, list) else got_pks) != (
                 sorted(expected) if isinstance(expected, list) else expected):
             sys.exit("WRONG RESULT: limpyd and redis-py disagree on %r: %r != %r" % (name, got_pks, expected))
@@ -111,7 +126,8 @@ def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
 
         rows.append({
             "operation": name,
-            "results": got if isinstance(got, int) else len(got),
+            "results": 1 if isinstance(got, (bool, str)) or name == "Model(pk) then hmget"
+            else got if isinstance(got, int) else len(got),
             "limpyd": measure(counters, repeat, repeat_limpyd),
             "redis-py": measure(counters, repeat, repeat_plain),
         })

@@ -315,7 +315,8 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
                 % (type(self).__name__, len(args), args)
             )
         if args:
-            self._pk = self.pk.normalize(args[0])
+            # the model-level pk field: loading an instance makes none of its fields
+            self._pk = type(self).get_class_field("pk").normalize(args[0])
             self.connect()
         elif kwargs:
             self._create(kwargs)
@@ -602,7 +603,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         if self._connected:
             return
         self._purge_due()
-        if take_assumed_existence(self._name, self._pk) or self.pk.exists(self._pk):
+        if take_assumed_existence(self._name, self._pk) or type(self).get_class_field("pk").exists(self._pk):
             self._connected = True
             return
         pk, self._pk = self._pk, None
