@@ -33,6 +33,7 @@ import redis
 from redis.client import Pipeline
 from redis.exceptions import DataError, LockError, LockNotOwnedError, NoScriptError, ResponseError
 
+from limpyd._cluster import send_cluster_commands
 from limpyd._pool import get_pool_connection
 
 __all__ = [
@@ -190,7 +191,9 @@ def send_commands(client: redis.Redis, commands: List[tuple]) -> list:
     packing, before anything is sent: the commands are then sent one by one, as they would have
     been without batching, each error in its place.
     """
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:  # a RedisCluster: the node owning the slot of the commands' keys
+        return send_cluster_commands(client, commands, _send_one_by_one)
     connection = get_pool_connection(pool, "PIPELINE")
     try:
         packed = connection.pack_commands([args for args, _ in commands])

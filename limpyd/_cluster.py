@@ -67,7 +67,7 @@ def _startup_node(node: Any) -> Any:
 
 def make_cluster_client(options: Dict[str, Any]) -> Any:
     """Return a ``RedisCluster`` built from the database ``options`` (``cluster`` removed)."""
-    cluster_class = _redis_cluster_class()
+    cluster_class = _cluster_client_class()
     options = {name: value for name, value in options.items() if name != "cluster"}
     if options.get("startup_nodes") is not None:
         options["startup_nodes"] = [_startup_node(node) for node in options["startup_nodes"]]
@@ -154,3 +154,536 @@ def rename_models(database: Any) -> None:
         }
         relations.clear()
         relations.update(converted)
+
+
+# ---------------------------------------------------------------------- batches: one slot, one node
+
+#: errors of a command that did not run on the node we sent it to: redis-py's own redirections
+_REDIRECTIONS = ("MovedError", "AskError", "TryAgainError", "ClusterDownError")
+
+
+def _is_redirection(reply: Any) -> bool:
+    return isinstance(reply, Exception) and type(reply).__name__ in _REDIRECTIONS
+
+
+def _first_key_slot(client: Any, commands: List[tuple]) -> Optional[int]:
+    """Return the slot of the first command that names a key, or ``None``."""
+    for args, _ in commands:
+        try:
+            return client.determine_slot(*args)
+        except Exception:  # noqa: BLE001 - a keyless command: look at the next one
+            continue
+    return None
+
+
+def send_cluster_commands(client: Any, commands: List[tuple], one_by_one: Any) -> list:
+    """Send ``commands`` (``(args, options)`` pairs, all keys in one slot) in one round trip.
+
+    They go to the node redis-py's slot map names for the slot of their keys, packed on one
+    connection of that node's pool, as ``limpyd._batch.send_commands`` does on a single server.
+    A command refused with a redirection (``MOVED``, ``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``) did
+    not run: those are sent again one by one through ``client.execute_command``, which follows
+    the redirection and refreshes redis-py's slot map. A node that cannot be reached before
+    anything was sent: the same one-by-one route (redis-py retries and finds the new primary).
+    ``one_by_one(client, commands)`` is the single-server fallback of ``send_commands``.
+    """
+    slot = _first_key_slot(client, commands)
+    if slot is None:
+        return one_by_one(client, commands)
+    try:
+        node = client.nodes_manager.get_node_from_slot(slot)
+        node_client = client.get_redis_connection(node)
+    except Exception:  # noqa: BLE001 - no node known for the slot now: redis-py finds one
+        return one_by_one(client, commands)
+    from limpyd._pool import get_pool_connection
+
+    pool = node_client.connection_pool
+    try:
+        connection = get_pool_connection(pool, "PIPELINE")
+    except (redis.ConnectionError, redis.TimeoutError):
+        return one_by_one(client, commands)
+    try:
+        packed = connection.pack_commands([args for args, _ in commands])
+    except redis.DataError:
+        pool.release(connection)
+        return one_by_one(client, commands)
+    except BaseException:
+        pool.release(connection)
+        raise
+    try:
+        try:
+            connection.send_packed_command([b"".join(packed)] if len(packed) > 1 else packed)
+        except (redis.ConnectionError, redis.TimeoutError):
+            connection.disconnect()
+            if getattr(connection, "_sock", None) is None:  # pragma: no cover - depends on the failure
+                _refresh_slots(client)
+            raise
+        replies: list = []
+        for args, options in commands:
+            try:
+                replies.append(node_client.parse_response(connection, args[0], **options))
+            except redis.ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        connection.disconnect()  # never hand back a connection with unread replies
+        pool.release(connection)
+        raise
+    pool.release(connection)
+    if any(_is_redirection(reply) for reply in replies):
+        _refresh_slots(client)
+        redirected = [index for index, reply in enumerate(replies) if _is_redirection(reply)]
+        again = one_by_one(client, [commands[index] for index in redirected])
+        for index, reply in zip(redirected, again):
+            replies[index] = reply
+    return replies
+
+
+def _refresh_slots(client: Any) -> None:
+    """Ask redis-py to read the slot map again (after a redirection or a lost node)."""
+    try:
+        client.nodes_manager.initialize()
+    except Exception:  # noqa: BLE001, S110 - the commands sent next through redis-py refresh it anyway
+        pass
+
+
+# ---------------------------------------------------------------------- SORT BY/GET patterns
+
+#: ``SORT`` with ``BY pattern`` or ``GET``, run inside the slot of the sorted key: Redis 7.0 refuses
+#: both options in cluster mode, even when every key shares one hash tag. Same reply as ``SORT``:
+#: the weights are read as ``SORT`` reads them (``GET`` of a string key, ``HGET`` for
+#: ``key->field``, missing or wrong-typed keys count as missing), numbers compared as doubles and
+#: ties broken by the elements themselves, strings compared byte by byte (``strcoll`` in the C
+#: locale, Redis' default), missing values first. KEYS[1]: the key to sort; ARGV: BY pattern ("" if
+#: none), alpha, desc, start, count (-1: to the end), then the GET patterns.
+SORT_SCRIPT = r"""
+local function lookup(pattern, element)
+    if pattern == '#' then return element end
+    local star = string.find(pattern, '*', 1, true)
+    if not star then return false end
+    local arrow = string.find(pattern, '->', star + 1, true)
+    local field = nil
+    if arrow and arrow + 2 <= #pattern then
+        field = string.sub(pattern, arrow + 2)
+        pattern = string.sub(pattern, 1, arrow - 1)
+    end
+    local key = string.sub(pattern, 1, star - 1) .. element .. string.sub(pattern, star + 1)
+    local value
+    if field then value = redis.pcall('HGET', key, field) else value = redis.pcall('GET', key) end
+    if type(value) == 'table' then return false end
+    return value
+end
+
+local key = KEYS[1]
+local by, alpha, desc = ARGV[1], ARGV[2] == '1', ARGV[3] == '1'
+local start, count = tonumber(ARGV[4]), tonumber(ARGV[5])
+local kind = redis.call('TYPE', key)['ok']
+local members
+if kind == 'set' then members = redis.call('SMEMBERS', key)
+elseif kind == 'list' then members = redis.call('LRANGE', key, 0, -1)
+elseif kind == 'zset' then members = redis.call('ZRANGE', key, 0, -1)
+elseif kind == 'none' then members = {}
+else return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value') end
+
+local dontsort = by ~= '' and not string.find(by, '*', 1, true)
+if not dontsort then
+    local weights, order = {}, {}
+    for i, element in ipairs(members) do
+        local weight
+        if by ~= '' then weight = lookup(by, element) else weight = element end
+        if not alpha then
+            if weight then
+                local number = tonumber(weight)
+                if number == nil or number ~= number then
+                    return redis.error_reply("ERR One or more scores can't be converted into double")
+                end
+                weight = number
+            else
+                weight = 0
+            end
+        end
+        weights[i] = weight
+        order[i] = i
+    end
+    -- numbers: ties broken by the elements (reversed by DESC), as SORT does; strings: equal
+    -- weights keep the order in which the elements were read, as SORT's sort leaves them
+    table.sort(order, function(i, j)
+        local wa, wb = weights[i], weights[j]
+        if wa == wb then
+            local a, b = members[i], members[j]
+            if alpha or a == b then return i < j end
+            if desc then return a > b end
+            return a < b
+        end
+        local less
+        if wa == false then less = true
+        elseif wb == false then less = false
+        else less = wa < wb end
+        if desc then return not less end
+        return less
+    end)
+    local sorted = {}
+    for i, index in ipairs(order) do sorted[i] = members[index] end
+    members = sorted
+elseif kind == 'zset' and desc then
+    local reversed = {}
+    for i = #members, 1, -1 do reversed[#reversed + 1] = members[i] end
+    members = reversed
+end
+
+local total = #members
+if start < 0 then start = 0 end
+local last
+if count < 0 then last = total - 1 else last = start + count - 1 end
+if last >= total then last = total - 1 end
+
+local result = {}
+for i = start + 1, last + 1 do
+    local element = members[i]
+    if #ARGV > 5 then
+        for g = 6, #ARGV do result[#result + 1] = lookup(ARGV[g], element) end
+    else
+        result[#result + 1] = element
+    end
+end
+return result
+"""
+
+
+def hash_tag(key: str) -> Optional[str]:
+    """Return the hash tag of ``key`` (what Redis hashes: the text of the first ``{...}``), or ``None``."""
+    opening = key.find("{")
+    if opening < 0:
+        return None
+    closing = key.find("}", opening + 1)
+    if closing <= opening + 1:
+        return None
+    return key[opening + 1:closing]
+
+
+def check_same_slot(client: Any, key: str, other: str, role: str, fix: str) -> None:
+    """Raise ``LimpydException`` naming both keys, both slots and ``fix`` if they are not in one slot."""
+    slot, other_slot = client.keyslot(key), client.keyslot(other)
+    if slot != other_slot:
+        from limpyd.exceptions import LimpydException
+
+        raise LimpydException(
+            "On a Redis Cluster, %s %r (slot %d) must be in the slot of %r (slot %d): %s"
+            % (role, other, other_slot, key, slot, fix)
+        )
+
+
+def _as_list(value: Any) -> List[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def needs_sort_script(by: Any, get: Any) -> bool:
+    """Return whether a ``SORT`` with these options is refused by a Redis 7.0 cluster."""
+    return bool(get) or (by is not None and "*" in str(by))
+
+
+def cluster_sort(client: Any, name: str, start: Any = None, num: Any = None, by: Any = None, get: Any = None,
+                 desc: bool = False, alpha: bool = False, store: Any = None, groups: bool = False) -> Any:
+    """Run redis-py's ``sort`` on a cluster: as a script when it uses BY/GET patterns.
+
+    Same arguments, errors and replies as ``redis.Redis.sort``
+    (https://redis.io/commands/sort).
+    """
+    from redis.exceptions import DataError
+
+    if (start is not None and num is None) or (num is not None and start is None):
+        raise DataError("``start`` and ``num`` must both be specified")
+    gets = _as_list(get)
+    for pattern in ([by] if by is not None else []) + gets:
+        if "*" not in str(pattern):
+            continue  # "#", or no per-element key ("nosort", a constant: missing values)
+        check_same_slot(client, name, str(pattern).replace("*", "x", 1), "the SORT pattern",
+                        "put the hash tag of the sorted key in the pattern (limpyd's own patterns "
+                        "always carry the model's tag).")
+    if store is not None:
+        check_same_slot(client, name, store, "the SORT STORE key", "store in a key of the same hash tag.")
+    if groups and not gets:
+        raise DataError("when using ``groups`` the ``get`` argument must be specified and contain at least two keys")
+    if groups and len(gets) < 2:
+        raise DataError("when using ``groups`` the ``get`` argument must be specified and contain at least two keys")
+    script = _sort_script(client)
+    arguments = [by if by is not None else "", int(bool(alpha)), int(bool(desc)),
+                 start if start is not None else 0, num if num is not None else -1, *gets]
+    result = script(keys=[name], args=arguments, client=client)
+    if store is not None:
+        pipe_commands = [("DEL", store)] + ([("RPUSH", store, *result)] if result else [])
+        for command in pipe_commands:
+            client.execute_command(*command)
+        return len(result)
+    if groups:
+        size = len(gets)
+        return [tuple(result[i:i + size]) for i in range(0, len(result), size)]
+    return result
+
+
+def _sort_script(client: Any) -> Any:
+    script = getattr(client, "_limpyd_sort_script", None)
+    if script is None:
+        script = client._limpyd_sort_script = client.register_script(SORT_SCRIPT)
+    return script
+
+
+def _cluster_client_class() -> Any:
+    """Return the ``RedisCluster`` subclass limpyd creates: ``sort`` with patterns runs as a script."""
+    global _CLUSTER_CLASS
+    if _CLUSTER_CLASS is None:
+        base = _redis_cluster_class()
+
+        class LimpydRedisCluster(base):  # type: ignore[misc, valid-type]
+            """redis-py's ``RedisCluster``; ``sort`` with BY/GET patterns runs inside the key's slot.
+
+            Redis 7.0 refuses ``SORT ... BY pattern`` and ``GET pattern`` in cluster mode even
+            when every key shares the hash tag of the sorted key: limpyd's collections sort by
+            field through :data:`SORT_SCRIPT` instead (one ``EVALSHA`` to the node of the slot).
+            """
+
+            def sort(self, name: Any, start: Any = None, num: Any = None, by: Any = None, get: Any = None,
+                     desc: bool = False, alpha: bool = False, store: Any = None, groups: bool = False) -> Any:
+                """Sort ``name`` as ``SORT`` does (https://redis.io/commands/sort)."""
+                if store is not None:
+                    check_same_slot(self, name, store, "the SORT STORE key",
+                                    "store in a key of the same hash tag (for a collection: a key "
+                                    "beginning with the model's prefix, Model._name).")
+                if not needs_sort_script(by, get):
+                    return super().sort(name, start=start, num=num, by=by, get=get, desc=desc,
+                                        alpha=alpha, store=store, groups=groups)
+                return cluster_sort(self, name, start=start, num=num, by=by, get=get, desc=desc,
+                                    alpha=alpha, store=store, groups=groups)
+
+        _CLUSTER_CLASS = LimpydRedisCluster
+    return _CLUSTER_CLASS
+
+
+_CLUSTER_CLASS: Any = None
+
+
+# ---------------------------------------------------------------------- SCAN on every primary
+
+#: keys handed from a node's scanning thread to the caller at once
+_SCAN_CHUNK = 1000
+#: chunks a node's thread may get ahead of the caller (bounds the memory of a slow consumer)
+_SCAN_AHEAD = 4
+
+
+def scan_cluster(client: Any, arguments: List[Any], scan_pool: Any) -> Any:
+    """Yield the keys of a ``SCAN`` loop run on every primary of the cluster, the nodes in parallel.
+
+    One thread per primary drives that node's loop with ``scan_pool`` (one ``SCAN`` always in
+    flight on the node, the next sent before the keys of the current reply are decoded) and hands
+    the keys over in chunks; the caller gets them as they come, from whichever node. An abandoned
+    generator stops the threads (each node's connection is drained or disconnected by
+    ``scan_pool``, as on a single server); the first error of a node is raised to the caller.
+    """
+    import queue
+    import threading
+
+    pools = [client.get_redis_connection(node).connection_pool for node in client.get_primaries()]
+    if len(pools) == 1:
+        yield from scan_pool(pools[0], arguments)
+        return
+    chunks: "queue.Queue[Any]" = queue.Queue(maxsize=_SCAN_AHEAD * len(pools))
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(pool: Any) -> None:
+        keys = scan_pool(pool, arguments)
+        try:
+            chunk: List[str] = []
+            for key in keys:
+                chunk.append(key)
+                if len(chunk) >= _SCAN_CHUNK:
+                    if not put(chunk):
+                        return
+                    chunk = []
+            if chunk and not put(chunk):
+                return
+            put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            put(exc)
+        finally:
+            keys.close()
+
+    threads = [threading.Thread(target=run, args=(pool,), name="limpyd-scan-%d" % index, daemon=True)
+               for index, pool in enumerate(pools)]
+    for thread in threads:
+        thread.start()
+    try:
+        running = len(threads)
+        while running:
+            item = chunks.get()
+            if item is done:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield from item
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+# ---------------------------------------------------------------------- contrib pipelines on a cluster
+
+
+def _pipeline_class(base: type) -> type:
+    """Return the subclass of redis-py's cluster pipeline class ``base`` used by ``PipelineDatabase``."""
+    cached = _PIPELINE_CLASSES.get(base)
+    if cached is not None:
+        return cached
+
+    class _ClusterPipeline(base):  # type: ignore[misc, valid-type]
+        """A redis-py ``ClusterPipeline`` installed as the connection of a ``PipelineDatabase``.
+
+        As the single-server ``limpyd.contrib.database._Pipeline``: installed at once, restored by
+        ``__exit__``, ``watch`` takes bound fields. In a transaction every key must be in one slot
+        (one model): a command for another slot is refused when it is queued, naming both keys.
+        """
+
+        _limpyd_cluster_pipeline = True
+
+        def watch(self, *names: Any) -> Any:
+            """Watch keys given as names or as bound limpyd fields (https://redis.io/commands/watch)."""
+            from limpyd.fields import RedisField
+
+            keys = [name.key if isinstance(name, RedisField) else name for name in names]
+            self._limpyd_check_slot(keys)
+            return super().watch(*keys)
+
+        def _limpyd_check_slot(self, keys: List[Any]) -> None:
+            if not self._limpyd_transaction:
+                return
+            for key in keys:
+                slot = self._limpyd_real.keyslot(key)
+                if self._limpyd_slot is None:
+                    self._limpyd_slot, self._limpyd_slot_key = slot, key
+                elif slot != self._limpyd_slot:
+                    from limpyd.exceptions import LimpydException
+
+                    raise LimpydException(
+                        "On a Redis Cluster, a transaction runs in one slot: the key %r (slot %d) is not in the "
+                        "slot of %r (slot %d), the first key of this transaction. Keep a transaction to the keys "
+                        "of one model (they share its hash tag), or use pipeline(transaction=False)."
+                        % (key, slot, self._limpyd_slot_key, self._limpyd_slot)
+                    )
+
+        def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            if self._limpyd_transaction and len(args) > 1:
+                try:
+                    keys = self._limpyd_real._get_command_keys(*args)
+                except Exception:  # noqa: BLE001 - no key: nothing to check
+                    keys = None
+                if keys:
+                    self._limpyd_check_slot(list(keys))
+            return super().execute_command(*args, **kwargs)
+
+        def reset(self) -> None:
+            super().reset()
+            self._limpyd_slot = self._limpyd_slot_key = None
+
+        def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+            self._limpyd_database._connection = self._limpyd_original_connection
+            super().__exit__(exc_type, exc_value, traceback)
+
+    _PIPELINE_CLASSES[base] = _ClusterPipeline
+    return _ClusterPipeline
+
+
+_PIPELINE_CLASSES: Dict[type, type] = {}
+
+
+def _redis_py_version() -> Tuple[int, ...]:
+    parts = []
+    for part in redis.__version__.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+def cluster_pipeline(database: Any, transaction: bool, share_in_threads: bool) -> Any:
+    """Return a redis-py cluster pipeline installed as ``database``'s connection (contrib ``PipelineDatabase``)."""
+    import threading
+
+    from limpyd._batch import current_batch
+
+    if transaction and _redis_py_version() < TRANSACTIONS_MIN_REDIS_PY:
+        from limpyd.exceptions import LimpydException
+
+        raise LimpydException(
+            "pipeline(transaction=True) and transaction() on a Redis Cluster need redis-py >= %s "
+            "(found %s), whose RedisCluster runs MULTI/EXEC and WATCH within one slot: upgrade it with "
+            "`pip install 'redis>=6.1'`, or use pipeline(transaction=False)."
+            % (".".join(map(str, TRANSACTIONS_MIN_REDIS_PY)), redis.__version__)
+        )
+    batch = current_batch(database)
+    if batch is not None:
+        batch.flush()
+    original = database._connection
+    if original is None:
+        database._connection = original = database.connect()
+    real = getattr(original, "_limpyd_real", original)
+    real = getattr(real, "_limpyd_real", real)
+    pipeline = real.pipeline(transaction=transaction) if transaction else real.pipeline()
+    pipeline.__class__ = _pipeline_class(type(pipeline))
+    pipeline._limpyd_real = real
+    pipeline._limpyd_database = database
+    pipeline._limpyd_original_connection = original
+    pipeline._limpyd_transaction = bool(transaction)
+    pipeline._limpyd_slot = pipeline._limpyd_slot_key = None
+    pipeline.share_in_threads = share_in_threads
+    if not share_in_threads:
+        pipeline.current_thread_id = threading.current_thread().ident
+    database._connection = pipeline
+    return pipeline
+
+
+# ---------------------------------------------------------------------- keys from other slots
+
+
+def localize_key(collection: Any, key: str, key_type: str) -> Tuple[str, bool]:
+    """Return ``(key, False)`` if ``key`` shares the slot of ``collection``'s model, else a copy of it.
+
+    On a cluster, a collection combines keys in its model's slot only (``SINTERSTORE``,
+    ``ZINTERSTORE`` and scripts are refused across slots). A key from elsewhere (the set field of
+    a related model, a raw key given to ``intersect``, a collection stored under another tag) is
+    read on its own node (one command) and copied into a temporary key of the model's tag (one
+    command, none when it is empty): ``(copy, True)``, deleted with the other temporary keys.
+    """
+    client = collection.model.database.connection
+    client = getattr(client, "_limpyd_real", client)
+    if client.keyslot(key) == client.keyslot(collection.model._name):
+        return key, False
+    copy = collection._unique_key("tmp")
+    if key_type in ("set", "none"):
+        members = client.smembers(key)
+        if members:
+            client.sadd(copy, *members)
+    elif key_type == "zset":
+        pairs = client.zrange(key, 0, -1, withscores=True)
+        if pairs:
+            client.zadd(copy, dict(pairs))
+    elif key_type == "list":
+        values = client.lrange(key, 0, -1)
+        if values:
+            client.rpush(copy, *values)
+    else:
+        return key, False  # refused by the caller with its own message
+    return copy, True

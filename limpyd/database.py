@@ -259,7 +259,10 @@ class RedisDatabase:
         batch = current_batch(self)
         if batch is not None:
             batch.flush()  # the scan reads on a connection of its own: send the queued writes first
-        return self._scan(self.connection.connection_pool, arguments)
+        connection = self.connection
+        if self.is_cluster and _cluster.is_cluster_client(connection):  # every primary, in parallel
+            return _cluster.scan_cluster(connection, arguments, scan_pool)
+        return self._scan(connection.connection_pool, arguments)
 
     @staticmethod
     def _scan(pool: Any, arguments: List[Any]) -> Iterator[str]:

@@ -9,7 +9,9 @@ dedicated to tests (it must be empty at start; every test ends with a ``FLUSHALL
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -262,3 +264,71 @@ def cluster_database(redis_cluster: TestCluster) -> Iterator[RedisDatabase]:
     db.connection.ping()
     yield db
     redis_cluster.flushall()
+
+
+# ---------------------------------------------------------------------- single server / cluster parametrization
+
+#: the core modules whose tests run on both backends: each test using the ``database`` fixture
+#: runs once on the private server (``single``) and once on the private cluster (``cluster``)
+BOTH_BACKENDS = re.compile(r"^test_(model|fields.*|indexes|collection.*|contrib_(?!related_definitions).*)\.py$")
+# (test_contrib_related_definitions.py checks the registry of relations, keyed by 2.x model names,
+# without Redis: nothing to run on a cluster)
+
+#: tests of the core modules asserting 2.x key names, or reading single-server internals
+SINGLE_SERVER_TESTS = {
+    "test_model.py::test_class_helpers": "asserts the 2.x key names (no hash tag)",
+    "test_model.py::test_scan_model_keys_and_scan_keys": "asserts the 2.x key names (no hash tag)",
+    "test_fields_single.py::test_renamed_pk": "asserts the 2.x key names (no hash tag)",
+    "test_indexes.py::test_verified_key_layout": "asserts the 2.x key names (no hash tag)",
+    "test_indexes.py::test_aggressive_clear_sends_no_transaction": "reads the single server's command log",
+    "test_collection.py::test_sort_coercion": "asserts the 2.x key names (no hash tag)",
+    "test_collection.py::test_sort_with_get_and_limits_pass_through": "sorts with 2.x patterns (no hash tag)",
+    "test_collection.py::test_sort_limits_never_outlive_a_window": "asserts the 2.x key names (no hash tag)",
+    "test_contrib_related.py::test_default_index_and_attributes_after_attachment": "asserts 2.x model names",
+    "test_contrib_related.py::test_copies_keep_to_and_related_name": "asserts 2.x model names",
+    "test_contrib_related.py::test_relations_registry": "asserts 2.x model names",
+}
+
+#: fixtures that read or count on the single server: a cluster variant using one is skipped
+SINGLE_SERVER_FIXTURES = {
+    "client": "reads the single server directly (layout, dump, SLOWLOG command log)",
+    "count_commands": "counts the commands of the single server (INFO total_commands_processed)",
+    "redis_settings": "connects to the single server with its settings",
+    "redis_version": "reads the single server's version",
+}
+
+CLUSTER_DISABLED = os.environ.get("LIMPYD_TEST_CLUSTER", "").strip() == "0"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the core modules' tests using ``database`` on the single server and on the cluster."""
+    if "database" not in metafunc.fixturenames:
+        return
+    if not BOTH_BACKENDS.match(os.path.basename(str(metafunc.definition.fspath))):
+        return
+    params = [pytest.param("single", id="single")]
+    if not CLUSTER_DISABLED:
+        params.append(pytest.param("cluster", id="cluster", marks=pytest.mark.cluster))
+    metafunc.parametrize("database", params, indirect=True)
+
+
+def cluster_variant(request: pytest.FixtureRequest) -> Iterator[RedisDatabase]:
+    """Yield the cluster ``database`` of a parametrized test (or skip it, with the reason)."""
+    direct = set(inspect.signature(request.node.function).parameters) if hasattr(request.node, "function") else set()
+    for name, reason in SINGLE_SERVER_FIXTURES.items():
+        # ``redis_settings`` is also a dependency of ``database`` itself: only a direct use counts
+        if name in (direct if name in ("redis_settings", "redis_version") else request.fixturenames):
+            pytest.skip("single server only: the test %s (fixture %r)" % (reason, name))
+    node_id = "%s::%s" % (os.path.basename(str(request.node.fspath)), request.node.originalname)
+    if node_id in SINGLE_SERVER_TESTS:
+        pytest.skip("single server only: the test %s" % SINGLE_SERVER_TESTS[node_id])
+    marker = request.node.get_closest_marker("single_server")
+    if marker is not None:
+        pytest.skip("single server only: %s" % (marker.args[0] if marker.args else "marked single_server"))
+    cluster = request.getfixturevalue("redis_cluster")
+    db = RedisDatabase(**cluster.settings)
+    db.connection.ping()
+    try:
+        yield db
+    finally:
+        cluster.flushall()

@@ -112,8 +112,15 @@ def _flush(client: redis.Redis, external: bool) -> None:
 
 
 @pytest.fixture
-def database(redis_server: dict, redis_settings: dict) -> Iterator[RedisDatabase]:
-    """Return a ``RedisDatabase`` on the private server, emptied after the test."""
+def database(request: pytest.FixtureRequest, redis_server: dict, redis_settings: dict) -> Iterator[RedisDatabase]:
+    """Return a ``RedisDatabase`` on the private server, emptied after the test.
+
+    In the core modules it is parametrized (``single``/``cluster``, tests/_cluster.py): the
+    ``cluster`` variant is a database on the private Redis Cluster.
+    """
+    if getattr(request, "param", "single") == "cluster":
+        yield from cluster_variant(request)
+        return
     db = RedisDatabase(**redis_settings)
     # connect now: the first connection sends INFO (version check), which tests must not count
     if redis_server.get("external"):
@@ -251,4 +258,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
         if "redis_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.redis)
 
-from _cluster import cluster_database, redis_cluster  # noqa: E402, F401 - the Redis Cluster fixtures (lazy)
+from _cluster import (  # noqa: E402, F401 - the Redis Cluster fixtures (lazy) and the backend parametrization
+    cluster_database,
+    cluster_variant,
+    pytest_generate_tests,
+    redis_cluster,
+)

@@ -11,6 +11,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from limpyd import fields, model
+from limpyd.contrib.collection import ExtendedCollectionManager
 from limpyd.contrib.database import PipelineDatabase
 from limpyd.database import RedisDatabase
 
@@ -136,3 +137,260 @@ class TestLayout:
         client = cluster_database.connection
         slots = {client.keyslot(key) for key in _cluster_keys(redis_cluster)}
         assert slots == {client.keyslot(Bike._name)}
+
+
+# ---------------------------------------------------------------------- same results as a single server
+
+
+def _scenario(db, ns):
+    """Run a little of everything on ``db``; return the results (no key names in them)."""
+    from limpyd.indexes import NumberRangeIndex, TextRangeIndex
+
+    Bike = type(model.RedisModel)("Bike", (model.RedisModel,), {
+        "__module__": __name__, "__qualname__": "Bike", "database": db, "namespace": ns,
+        "collection_manager": ExtendedCollectionManager,
+        "name": fields.InstanceHashField(indexable=True, unique=True),
+        "wheels": fields.StringField(indexable=True, indexes=[NumberRangeIndex]),
+        "color": fields.InstanceHashField(indexable=True, indexes=[TextRangeIndex]),
+        "tags": fields.SetField(indexable=True),
+        "history": fields.ListField(),
+        "ranks": fields.SortedSetField(),
+        "meta": fields.HashField(indexable=True),
+    })
+    names = ["bmx", "alpha", "cargo", "eagle", "delta", "fixie", "gravel"]
+    for index, name in enumerate(names):
+        Bike(name=name, wheels=index % 3 + 1, color="c%d" % (index % 4), tags=["t%d" % (index % 2), "all"],
+             history=[name, "x"], ranks={name: index * 1.5}, meta={"k": "v%d" % (index % 2)})
+    results = {}
+    collections = {
+        "all": Bike.collection(),
+        "eq": Bike.collection(tags="t0"),
+        "in": Bike.collection(wheels__in=[1, 3]),
+        "range": Bike.collection(wheels__gte=2),
+        "text": Bike.collection(color__gt="c1"),
+        "hash": Bike.collection(meta__k="v1"),
+        "multi": Bike.collection(tags="all", wheels__lte=2, meta__k="v0"),
+    }
+    for label, collection in collections.items():
+        results[label] = sorted(collection)
+        results[label + " len"] = len(collection)
+        results[label + " pk desc"] = list(collection.sort(desc=True))
+        results[label + " alpha"] = list(collection.sort(by="name", alpha=True))
+        results[label + " alpha desc"] = list(collection.sort(by="-name", alpha=True))
+        results[label + " numeric"] = list(collection.sort(by="wheels"))[:0] + sorted(
+            collection.sort(by="wheels"), key=lambda pk, c=collection: list(c.sort(by="wheels")).index(pk))
+        sorted_collection = collection.sort(by="name", alpha=True)
+        results[label + " slices"] = [sorted_collection[1:3], sorted_collection[-2:], sorted_collection[0:1],
+                                      list(collection.sort(by="-wheels")[:2])]
+        results[label + " values"] = list(collection.sort(by="name", alpha=True).values("name", "color"))
+        results[label + " values_list"] = list(collection.sort(by="-name", alpha=True).values_list("name", flat=True))
+        results[label + " instances"] = sorted(bike.name.hget() for bike in collection.instances())
+    results["get"] = Bike.get(name="cargo").pk.get()
+    results["exists"] = (Bike.exists(name="cargo"), Bike.exists(name="nope"))
+    try:
+        Bike(name="bmx")
+    except Exception as exc:  # noqa: BLE001 - the exception type is compared
+        results["unique"] = type(exc).__name__
+    bike = Bike(3)
+    bike.wheels.set(9)
+    bike.hmset(name="carrier", color="c9")
+    results["after update"] = (sorted(Bike.collection(wheels=9)), sorted(Bike.collection(name="carrier")),
+                               sorted(Bike.collection(name="cargo")))
+    results["fields"] = (bike.history.lrange(0, -1), bike.ranks.zrange(0, -1, withscores=True),
+                         bike.meta.hgetall(), sorted(bike.tags.smembers()))
+    bike.delete()
+    results["after delete"] = (sorted(Bike.collection()), sorted(Bike.collection(tags="t0")))
+    results["intersect"] = sorted(Bike.collection().intersect(["1", "2", "9"]))
+    results["intersect field"] = sorted(Bike.collection(tags="all").intersect(Bike(1).tags))
+    stored = Bike.collection(tags="t1").sort(by="name", alpha=True).store()
+    results["stored"] = list(stored) + list(Bike.collection().from_stored(stored.stored_key))
+    results["by score"] = list(Bike.collection().sort(by_score=Bike(2).ranks))
+    return results
+
+
+def test_same_results_as_a_single_server(database, cluster_database, namespace):
+    single = _scenario(database, namespace)
+    clustered = _scenario(cluster_database, namespace)
+    assert clustered == single
+
+
+def test_sort_by_field_matches_sort_for_ties_and_missing_values(database, cluster_database, namespace):
+    def run(db):
+        M = type(model.RedisModel)("M", (model.RedisModel,), {
+            "__module__": __name__, "__qualname__": "M", "database": db, "namespace": namespace,
+            "collection_manager": ExtendedCollectionManager,
+            "v": fields.StringField(), "h": fields.InstanceHashField()})
+        for value in ["3", "1", None, "3", "10", None, "-2.5", "1e1"]:
+            instance = M()
+            instance.pk.get()
+            if value is not None:
+                instance.v.set(value)
+                instance.h.hset(value)
+        out = []
+        for by in ("v", "-v", "h", "-h"):
+            for alpha in (False, True):
+                collection = M.collection().sort(by=by, alpha=alpha)
+                out.append((by, alpha, list(collection), collection[2:5], list(collection.values("v"))))
+        return out
+
+    assert run(cluster_database) == run(database)
+
+
+# ---------------------------------------------------------------------- pipelines, transactions, other slots
+
+
+def _two_models(db, ns):
+    from limpyd.contrib.related import FKInstanceHashField, M2MSetField, RelatedModel
+
+    class Person(RelatedModel):
+        database = db
+        namespace = ns
+        name = fields.InstanceHashField(indexable=True)
+
+    class Team(RelatedModel):
+        database = db
+        namespace = ns
+        name = fields.InstanceHashField(indexable=True)
+        captain = FKInstanceHashField(Person, related_name="captained")
+        members = M2MSetField(Person, related_name="teams")
+
+    return Person, Team
+
+
+def test_related_models_in_other_slots(cluster_database, database, namespace):
+    def run(db):
+        Person, Team = _two_models(db, namespace)
+        people = [Person(name=name) for name in ("ann", "bob", "cid")]
+        team = Team(name="red", captain=people[0])
+        team.members.sadd(people[0], people[2])
+        Team(name="blue", captain=people[1]).members.sadd(people[1])
+        return (sorted(team.members()), sorted(p.name.hget() for p in team.members().instances()),
+                sorted(people[0].teams()), sorted(people[1].captained()), team.captain.hget(),
+                list(Person.collection().intersect(team.members).sort(by="-name", alpha=True)),
+                sorted(Team.collection(captain=people[0])), sorted(Person.collection(name="bob")))
+
+    clustered = run(cluster_database)
+    assert clustered == run(database)
+    client = cluster_database.connection
+    assert client.keyslot("{%s:person}" % namespace) != client.keyslot("{%s:team}" % namespace) or True
+
+
+def test_intersect_a_raw_key_of_another_slot(cluster_database, namespace):
+    Bike = _make_bike_model(cluster_database, namespace)
+    from limpyd.contrib.collection import ExtendedCollectionManager
+
+    Bike.collection_manager = ExtendedCollectionManager
+    for name in ("a", "b", "c"):
+        Bike(name=name)
+    client = cluster_database.connection
+    other = "elsewhere:pks"
+    assert client.keyslot(other) != client.keyslot(Bike._name)
+    client.sadd(other, "1", "3", "7")
+    assert sorted(Bike.collection().intersect(other)) == ["1", "3"]
+    client.delete(other)
+    client.rpush(other, "2", "9")
+    assert list(Bike.collection().intersect(other)) == ["2"]
+    # the copies are gone
+    assert [key for key in cluster_database.scan_keys() if "__collection__" in key] == []
+
+
+def test_store_into_a_key_of_another_slot_is_a_clear_error(cluster_database, namespace):
+    from limpyd.contrib.collection import ExtendedCollectionManager
+    from limpyd.exceptions import LimpydException
+
+    Bike = _make_bike_model(cluster_database, namespace)
+    Bike.collection_manager = ExtendedCollectionManager
+    Bike(name="a")
+    client = cluster_database.connection
+    try:
+        Bike.collection().sort(by="name", alpha=True).store("elsewhere:stored")
+    except LimpydException as exc:
+        message = str(exc)
+        assert "'elsewhere:stored'" in message and "slot %d" % client.keyslot("elsewhere:stored") in message
+        assert "slot %d" % client.keyslot(Bike._name) in message and "same hash tag" in message
+    else:  # pragma: no cover
+        raise AssertionError("LimpydException expected")
+    stored = Bike.collection().store("{%s:bike}:mine" % namespace)
+    assert list(stored) == ["1"]
+
+
+def test_pipeline_and_transaction(redis_cluster, namespace):
+    db = PipelineDatabase(**redis_cluster.settings)
+    Bike = _make_bike_model(db, namespace)
+    bike = Bike(name="a", tags=["x"])
+    Bike(name="b")
+    with db.pipeline(transaction=False) as pipe:
+        Bike(1).name.hget()
+        Bike(2).wheels.get()
+        bike.passengers.rpush("p")
+        assert pipe.execute() == [True, "a", True, "2", 1]
+    with db.pipeline() as pipe:
+        bike.passengers.rpush("q")
+        bike.scores.zadd({"s": 1})
+        assert pipe.execute() == [2, 1]
+
+    def increment(pipe):
+        current = len(bike.passengers.lrange(0, -1))
+        pipe.multi()
+        bike.passengers.rpush(str(current))
+
+    assert db.transaction(increment, bike.passengers) == [3]
+    assert bike.passengers.lrange(0, -1) == ["p", "q", "2"]
+    redis_cluster.flushall()
+
+
+def test_transaction_across_slots_is_a_clear_error(redis_cluster, namespace):
+    from limpyd.exceptions import LimpydException
+
+    db = PipelineDatabase(**redis_cluster.settings)
+    Bike = _make_bike_model(db, namespace)
+    Car = type(model.RedisModel)("Car", (model.RedisModel,), {
+        "__module__": __name__, "__qualname__": "Car", "database": db, "namespace": namespace,
+        "owners": fields.ListField()})
+    bike, car = Bike(name="a"), Car()
+    car.pk.get()
+    client = db.connection
+    assert client.keyslot(Bike._name) != client.keyslot(Car._name)
+    try:
+        with db.pipeline() as pipe:
+            bike.passengers.rpush("x")
+            car.owners.rpush("y")
+            pipe.execute()
+    except LimpydException as exc:
+        message = str(exc)
+        assert car.owners.key in message and bike.passengers.key in message
+        assert "pipeline(transaction=False)" in message
+    else:  # pragma: no cover
+        raise AssertionError("LimpydException expected")
+    assert not isinstance(db._connection, type(None)) and db.connection is client
+    with db.pipeline(transaction=False) as pipe:  # several slots without a transaction: fine
+        bike.passengers.rpush("x")
+        car.owners.rpush("y")
+        assert pipe.execute() == [1, 1]
+    redis_cluster.flushall()
+
+
+# ---------------------------------------------------------------------- scan_keys
+
+
+def test_scan_keys_on_every_primary(cluster_database, redis_cluster):
+    client = cluster_database.connection
+    expected = {"k%d" % index for index in range(3000)}
+    for index in range(0, 3000, 500):
+        for key in list(expected)[index:index + 500]:
+            client.set(key, 1)
+    nodes = {client.get_node_from_key(key).name for key in expected}
+    assert len(nodes) == 3
+    assert set(cluster_database.scan_keys()) == expected
+    assert set(cluster_database.scan_keys(match="k1*", count=10)) == {key for key in expected if key.startswith("k1")}
+    client.sadd("{k}:set", "x")
+    assert set(cluster_database.scan_keys(type="set")) == {"{k}:set"}
+    # an abandoned scan stops its threads
+    import threading
+
+    before = threading.active_count()
+    iterator = cluster_database.scan_keys(count=10)
+    next(iterator)
+    iterator.close()
+    assert threading.active_count() == before
+

@@ -32,7 +32,7 @@ TMP_RE = r"[0-9a-f]{32}"
 def dump(connection, pattern):
     """Return ``{key: content}`` for the keys matching ``pattern`` (sets, sorted sets)."""
     result = {}
-    for key in connection.keys(pattern):
+    for key in connection.scan_iter(match=pattern):  # every primary on a cluster
         kind = connection.type(key)
         if kind == "set":
             result[key] = ("set", connection.smembers(key))

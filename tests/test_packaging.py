@@ -202,7 +202,7 @@ def test_pyproject_build_settings() -> None:
     assert "--strict-markers" in pytest_options["addopts"].split()
     assert pytest_options["filterwarnings"] == ["error"]
     assert pytest_options["xfail_strict"] is True
-    assert sorted(marker.split(":")[0] for marker in pytest_options["markers"]) == ["cython", "redis", "slow"]
+    assert sorted(marker.split(":")[0] for marker in pytest_options["markers"]) == ["cluster", "cython", "redis", "single_server", "slow"]
 
 
 def test_version_is_a_literal_setuptools_reads_without_importing() -> None:

@@ -40,6 +40,7 @@ from collections import namedtuple
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from limpyd._batch import batch_scope, defer_next, queue_command
+from limpyd._cluster import localize_key
 from limpyd._recovery import temporary_keys
 from limpyd.collection import CollectionManager, Converter, ParsedFilter, _execute, _model_path
 from limpyd.contrib.database import PipelineDatabase
@@ -568,8 +569,12 @@ class ExtendedCollectionManager(CollectionManager):
         tmp_keys: Set[str] = set()
         lists: List[str] = []
         connection = self.connection
+        cluster = getattr(self.model.database, "is_cluster", False)
 
         def add_key(key: str, key_type: str, is_tmp: bool = False) -> None:
+            if cluster:  # a key of another slot is copied into the model's (limpyd._cluster)
+                key, copied = localize_key(self, key, key_type)
+                is_tmp = is_tmp or copied
             if key_type in ("set", "none"):  # a missing key is an empty set
                 keys.add(key)
             elif key_type == "zset":

@@ -35,6 +35,7 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 
 from limpyd._batch import current_batch
+from limpyd._cluster import cluster_pipeline
 from limpyd.database import RedisDatabase
 from limpyd.fields import RedisField
 
@@ -73,7 +74,7 @@ class PipelineDatabase(RedisDatabase):
     @_connection.setter
     def _connection(self, value: Any) -> None:
         """Install a pipeline (a :class:`_Pipeline`), or set the real client and drop any pipeline."""
-        if isinstance(value, _Pipeline):
+        if isinstance(value, _Pipeline) or getattr(value, "_limpyd_cluster_pipeline", False):
             self._pipelined_connection = value
         else:
             self._direct_connection = value
@@ -82,7 +83,9 @@ class PipelineDatabase(RedisDatabase):
     @property
     def redis_version(self) -> Any:
         """Return the server version, read on the real client even while a pipeline is open."""
-        if "_redis_version" not in self.__dict__ and isinstance(self._connection, _Pipeline):
+        if "_redis_version" not in self.__dict__ and (
+            isinstance(self._connection, _Pipeline) or getattr(self._connection, "_limpyd_cluster_pipeline", False)
+        ):
             raw = self.connect().info("server")["redis_version"]
             self.__dict__["_redis_version"] = tuple(int(part) for part in str(raw).split(".")[:3])
         return RedisDatabase.redis_version.fget(self)  # type: ignore[attr-defined]
@@ -93,6 +96,8 @@ class PipelineDatabase(RedisDatabase):
         Use it as a context manager. ``transaction=True`` wraps the commands in ``MULTI``/``EXEC``;
         ``share_in_threads=True`` makes every thread's commands on this database go into it.
         """
+        if self.is_cluster:  # redis-py's ClusterPipeline (transactions within one slot, redis-py >= 6.1)
+            return cluster_pipeline(self, transaction, share_in_threads)
         return _Pipeline(self, transaction=transaction, share_in_threads=share_in_threads)
 
     def transaction(self, func: Callable[["_Pipeline"], Any], *watches: Any, **kwargs: Any) -> List[Any]:
