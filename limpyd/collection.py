@@ -43,6 +43,7 @@ from limpyd._batch import assume_exists, batch_scope, current_batch, defer_next,
 from limpyd._recovery import register_temporary_key, temporary_keys
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.fields import SingleValueField
+from limpyd.indexes import EqualIndex
 from limpyd.utils import make_key, unique_key
 
 __all__ = [
@@ -273,6 +274,24 @@ class CollectionResults(object):
 
 # ------------------------------------------------------------------------------------------------
 # the manager
+
+
+#: the evaluation steps the one-command path (``_direct_key``) skips: a class overriding one of
+#: them always takes the general path
+_DIRECT_STEPS = ("_prepare_sets", "_get_final_set", "_retrieve", "_final_redis_call", "_collection_length",
+                 "_prepare_parsed_filter", "_reduce_related_filters", "_fetch_collection_now", "_count_now",
+                 "_length_command", "_to_instance")
+_direct_classes: Dict[type, bool] = {}
+
+
+def _direct_allowed(klass: type) -> bool:
+    """Return whether ``klass`` overrides none of the steps the one-command path skips (memoized)."""
+    allowed = _direct_classes.get(klass)
+    if allowed is None:
+        allowed = _direct_classes[klass] = all(
+            getattr(klass, name) is getattr(CollectionManager, name) for name in _DIRECT_STEPS
+        )
+    return allowed
 
 
 class CollectionManager(object):
@@ -772,6 +791,29 @@ class CollectionManager(object):
             if deletable:
                 self.connection.delete(final_set)
 
+    def _direct_key(self) -> Optional[str]:
+        """Return the key holding the result when it is read with one command and no temporary key.
+
+        That is a collection with no filter (the collection key) or one equality filter on an
+        ``EqualIndex`` (its set), no pk filter, no window, no kept final key, and none of the
+        evaluation steps overridden; ``None`` otherwise (the general evaluation then runs).
+        """
+        if (self._lazy_collection["pks"] or self._final_set is not None or self._sort_limits is not None
+                or not _direct_allowed(type(self))):
+            return None
+        sets = self._lazy_collection["sets"]
+        if not sets:
+            return make_key(self.model._name, "collection")
+        if len(sets) > 1 or getattr(self.model, "_multi_fields_index_for_filtering", None):
+            return None
+        item = sets[0]
+        if not isinstance(item, ParsedFilter) or item.related_filters is not None:
+            return None
+        index = item.index
+        if type(index).get_filtered_keys is not EqualIndex.get_filtered_keys or index.remove_prefix(item.suffix) == "in":
+            return None
+        return index.get_storage_key(*item.extra_field_parts, item.value, transform_value=False)
+
     def _fetch_collection(self, apply_slice: Optional[slice] = None) -> Tuple[List[Any], Converter]:
         """Evaluate the collection and return ``(results, converter)``.
 
@@ -779,6 +821,13 @@ class CollectionManager(object):
         retrieval (temporary keys, intersections) travel with it.
         """
         self.model._purge_due()
+        key = self._direct_key()
+        if key is not None and current_batch(self.model.database) is None:  # one command: sent at once
+            sort_options = self._prepare_sort_options(False)
+            connection = self.connection
+            results = list(connection.smembers(key)) if sort_options is None else connection.sort(key, **sort_options)
+            full = apply_slice is None
+            return self._prepare_results(results, _len_hint=len(results) if full else None, apply_slice=apply_slice)
         with temporary_keys(self.model.database), batch_scope(self.model.database):
             return self._fetch_collection_now(apply_slice)
 
@@ -809,6 +858,9 @@ class CollectionManager(object):
     def _count(self) -> int:
         """Return the number of results without retrieving them (count mode)."""
         self.model._purge_due()
+        key = self._direct_key()
+        if key is not None and current_batch(self.model.database) is None:  # one command: sent at once
+            return getattr(self.connection, self._length_command())(key)
         with temporary_keys(self.model.database), batch_scope(self.model.database):
             return self._count_now()
 

@@ -105,7 +105,7 @@ def _forget_failed_model(model: Any) -> None:
     database = model.database
     if database._models.get(model._name) is model:
         del database._models[model._name]
-    for relations in getattr(database, "_relations", {}).values():
+    for relations in database._relations.values():
         relations[:] = [relation for relation in relations if relation[0] != model._name]
 
 
@@ -293,6 +293,27 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     default_ttl: Optional[float] = None
     #: instances may be given a time to live (``expire_in``...): reads then skip the due ones
     expiring = False
+
+    # State the other layers read on a model class, declared here rather than set ad hoc:
+    #: ``default_ttl`` once checked by the metaclass (read by the writes, ``limpyd._bulk``)
+    _limpyd_default_ttl: Optional[float] = None
+    #: whether reads skip the due instances (``expiring`` or a ``default_ttl``; read by
+    #: ``limpyd._atomic`` and ``limpyd.reaper``), set by the metaclass on every model
+    _limpyd_expiring: bool = False
+    #: the 2.x ``_name`` (``<namespace>:<model>``) recorded by ``limpyd._cluster`` for each model
+    #: class before a cluster renames it ``{<namespace>:<model>}`` (``None``: not recorded yet)
+    _limpyd_plain_name: Optional[str] = None
+
+    # Per-instance flags, kept in the instance ``__dict__`` only while they hold (read with
+    # ``__dict__.get``; declared here, never given a class-level value):
+    #: a creation (``__init__`` with values) is running: a failing field write leaves the index
+    #: recovery to the creation's own (``limpyd._fields.base``)
+    _limpyd_creating: bool
+    #: the running creation allocates a new pk: the fields are known to be empty, so their reads
+    #: are queued and assumed empty (``limpyd._fields.base``)
+    _limpyd_fresh: bool
+    #: the values written by the running creation, ``{field name: value}`` (TTL and atomic writes)
+    _limpyd_written: Dict[str, Any]
 
     _thread_locks = threading.local()
 
@@ -529,7 +550,10 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     @classmethod
     def collection(cls, manager: Any = None, **filters: Any) -> Any:
         """Return a lazy collection of the model's pks matching ``filters`` (no Redis command)."""
-        return (manager or cls.collection_manager)(cls)(**filters)
+        collection = (manager or cls.collection_manager)(cls)
+        if type(collection).__call__ is CollectionManager.__call__:
+            return collection._add_filters(**filters)  # a new collection: no copy needed to add filters
+        return collection(**filters)
 
     @classmethod
     def lazy_connect(cls, pk: Any) -> "RedisModel":
