@@ -7,7 +7,6 @@ Each scenario runs the same operations on two models that differ only by namespa
 from __future__ import annotations
 
 import pytest
-import redis
 from _consistency import check_consistency
 from _redis_dump import command_log, dump, raw_client, warm_model_script, warm_scripts
 
