@@ -146,7 +146,7 @@ def rename_models(database: Any) -> None:
         renamed[model._name] = model
     models.clear()
     models.update(renamed)
-    relations: Optional[Dict[str, List[Tuple[str, str, str]]]] = database.__dict__.get("_relations")
+    relations: Optional[Dict[str, List[Tuple[str, str, str]]]] = database._relations
     if relations:
         converted = {
             name_on(is_cluster, target): [(name_on(is_cluster, owner), field, related) for owner, field, related in entries]
@@ -425,6 +425,7 @@ def cluster_sort(client: Any, name: str, start: Any = None, num: Any = None, by:
 
 
 def _sort_script(client: Any) -> Any:
+    """Return the SORT script registered on ``client`` (a redis-py client, not a limpyd layer: cached on it)."""
     script = getattr(client, "_limpyd_sort_script", None)
     if script is None:
         script = client._limpyd_sort_script = client.register_script(SORT_SCRIPT)

@@ -13,7 +13,6 @@ from limpyd._batch import batch_client, current_batch
 from limpyd._scan import scan_pool
 from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x re-exports them here
 from limpyd.exceptions import ImplementationError, LimpydException
-from limpyd.indexes import EqualIndex
 from limpyd.speedups import make_key, register_model
 
 __all__ = ["DEFAULT_CONNECTION_SETTINGS", "RedisDatabase", "Lock"]
@@ -27,6 +26,33 @@ _connections_lock = threading.Lock()
 
 _MIN_REDIS_PY = (4,)
 _MIN_REDIS_SERVER = (3,)
+
+
+def __getattr__(name: str) -> Any:
+    """Return ``EqualIndex`` (a name of this module in redis-limpyd 2.x), imported on first use."""
+    if name == "EqualIndex":
+        from limpyd.indexes import EqualIndex
+
+        return EqualIndex
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _DefaultIndexes:
+    """The class-level default of :attr:`RedisDatabase.default_indexes`: ``[EqualIndex]``, resolved lazily.
+
+    ``limpyd.database`` does not import ``limpyd.indexes`` (the index layer sits above the
+    database): the list is built on first read and then stays the same object, so it reads and
+    overrides (on a subclass or a database object) as the plain class attribute of 2.x did.
+    """
+
+    _value: Optional[List[Any]] = None
+
+    def __get__(self, instance: Any, owner: Any) -> List[Any]:
+        if self._value is None:
+            from limpyd.indexes import EqualIndex
+
+            self._value = [EqualIndex]
+        return self._value
 
 
 def _redis_py_version() -> Tuple[int, ...]:
@@ -48,8 +74,8 @@ class RedisDatabase:
 
     #: cache ``settings key -> redis.Redis`` shared by all databases
     _connections: Dict[str, redis.Redis] = {}
-    #: index classes for indexable fields declaring none (lowest priority)
-    default_indexes: Optional[List[Any]] = [EqualIndex]
+    #: index classes for indexable fields declaring none (lowest priority): ``[EqualIndex]``
+    default_indexes: Optional[List[Any]] = _DefaultIndexes()  # type: ignore[assignment]
     #: ``COUNT`` hint sent with each ``SCAN`` by :meth:`scan_keys` when none is given (Redis'
     #: own default of 10 makes a full scan 100 times more round trips)
     default_scan_count: int = 1000
@@ -57,10 +83,21 @@ class RedisDatabase:
     #: server-side script per operation (set it on the class or on a database object)
     atomic_writes: bool = False
 
+    # State the other layers keep on a database, declared here rather than set ad hoc:
+    #: the models of this database, by ``_name`` (the registry: ``_add_model``, ``_use_for_model``)
+    _models: Dict[str, Any]
+    #: the related fields pointing to each model, kept by ``limpyd.contrib.related``:
+    #: ``{target _name lower-cased: [(owner _name, field name, related name), ...]}`` (docs/contrib.rst)
+    _relations: Dict[str, List[Tuple[str, str, str]]]
+    #: ``True`` once the server refused a multi-field ``HSET`` (Redis < 4): the field layer then
+    #: sends ``HMSET`` (``limpyd._fields.values``); forgotten by :meth:`reset`
+    _limpyd_hmset_only: bool = False
+
     def __init__(self, **connection_settings: Any) -> None:
         self._connection = None
+        self._models = {}
+        self._relations = {}
         self.reset(**(connection_settings or DEFAULT_CONNECTION_SETTINGS))
-        self._models: Dict[str, Any] = {}
 
     # ------------------------------------------------------------------ connection
 
@@ -161,6 +198,14 @@ class RedisDatabase:
                 "Limpyd needs redis-server >= 3 to operate (the server at %r runs %s): "
                 "upgrade the server." % (self.connection_settings, ".".join(map(str, self.redis_version)))
             )
+
+    def _non_transactional_pipeline(self) -> Any:
+        """Return a new non-transactional pipeline for a burst of commands (``index.clear(aggressive=True)``).
+
+        A hook: :class:`limpyd.contrib.database.PipelineDatabase` returns one of its own
+        pipelines, installed as the connection while it is open.
+        """
+        return self.connection.pipeline(transaction=False)
 
     # ------------------------------------------------------------------ models
 

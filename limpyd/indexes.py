@@ -377,11 +377,7 @@ class BaseIndex:
         keys = self.get_all_storage_keys()
         if not keys:
             return
-        database = self.model.database
-        if callable(getattr(database, "pipeline", None)):  # contrib PipelineDatabase
-            pipeline = database.pipeline(transaction=False)
-        else:
-            pipeline = database.connection.pipeline(transaction=False)
+        pipeline = self.model.database._non_transactional_pipeline()
         with pipeline:
             for key in keys:
                 pipeline.delete(key)

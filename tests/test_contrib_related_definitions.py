@@ -86,7 +86,7 @@ def test_related_name_unknown_placeholder(RBase, database):
     message = str(info.value)
     assert message.startswith("Unknown placeholder %(app)s in the related_name '%(app)s_friends' of the field Customer.friend")
     assert "%(namespace)s and %(model)s" in message
-    assert getattr(database, "_relations", {}) == {}
+    assert database._relations == {}
 
 
 def test_related_name_bad_template(RBase):
@@ -110,7 +110,7 @@ def test_related_name_not_an_identifier(RBase, database, name):
     final = name % {"model": "Customer"}
     assert str(info.value).startswith('The related_name "%s" is not a valid python identifier' % final)
     assert "Customer.friend" in str(info.value)
-    assert getattr(database, "_relations", {}) == {}
+    assert database._relations == {}
 
 
 def test_related_name_keeps_unicode_letters(RBase):
@@ -185,7 +185,7 @@ def test_bad_target(RBase, database, to):
         "The `to` argument to a related field must be a RelatedModel as a class or as a string (with or without "
         "namespace). Or simply 'self'.")
     assert "Owner.friend" in message and repr(to) in message
-    assert getattr(database, "_relations", {}) == {}
+    assert database._relations == {}
 
 
 def test_plain_model_class_target(RBase, database, namespace):
@@ -353,7 +353,7 @@ def test_related_name_hiding_a_field_or_attribute_of_the_target(RBase, database,
         message = str(info.value)
         assert message.startswith("The related name '%s' of the field Team.members" % related_name)
         assert "would hide the %s '%s'" % (what, related_name) in message and "related_name=" in message
-    assert getattr(database, "_relations", {}) == {}
+    assert database._relations == {}
 
 
 def test_abstract_owner_registers_nothing(RBase, database, namespace):
@@ -365,7 +365,7 @@ def test_abstract_owner_registers_nothing(RBase, database, namespace):
         person = FKStringField(Person, related_name="%(model)s_memberships")
         sponsor = FKStringField("self", related_name="sponsored_%(model)s")
 
-    assert not hasattr(database, "_relations")
+    assert database._relations == {}
     field = Membership.get_field("person")
     assert field.related_name == "%(model)s_memberships" and field.related_to is Person  # raw until attached
 
@@ -559,7 +559,7 @@ def test_use_database_without_relations(database, other_database, namespace):
         members = M2MSetField(Person)
 
     assert Lonely.use_database(other) == [Lonely]
-    assert not hasattr(other, "_relations")
+    assert other._relations == {}
     assert Person.use_database(other) == [Person]  # a target owning nothing
     assert db._relations == {ns + ":person": [(ns + ":team", "members", "team_set")]}
 
@@ -568,4 +568,4 @@ def test_use_database_without_relations(database, other_database, namespace):
         namespace = ns
 
     third = RedisDatabase(**other.connection_settings)
-    assert Alone.use_database(third) == [Alone] and not hasattr(third, "_relations")
+    assert Alone.use_database(third) == [Alone] and third._relations == {}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import inspect
 import re
 import socket
+import subprocess
+import sys
 
 import pytest
 import redis
@@ -378,6 +380,39 @@ def test_get_default_indexes():
     assert NoIndexesDatabase().get_default_indexes() == []
     assert OtherIndexesDatabase.get_default_indexes() == [EqualIndex, EqualIndex]
     assert isinstance(inspect.getattr_static(RedisDatabase, "get_default_indexes"), classmethod)
+
+
+def test_default_indexes_is_one_list_overridable_on_a_database_object():
+    assert RedisDatabase.default_indexes is RedisDatabase.default_indexes
+    assert RedisDatabase().default_indexes is RedisDatabase.default_indexes
+    db = RedisDatabase()
+    db.default_indexes = None
+    assert db.get_default_indexes() == [EqualIndex]  # a classmethod: the class attribute counts
+    assert db.default_indexes is None
+    assert RedisDatabase.default_indexes == [EqualIndex]
+
+
+def test_database_module_does_not_import_the_indexes():
+    code = (
+        "import sys, limpyd.database as d; loaded = 'limpyd.indexes' in sys.modules; "
+        "assert not loaded, 'limpyd.database imported limpyd.indexes'; "
+        "assert d.RedisDatabase.default_indexes[0] is sys.modules['limpyd.indexes'].EqualIndex; "
+        "assert d.EqualIndex is sys.modules['limpyd.indexes'].EqualIndex"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(AttributeError, match="has no attribute 'NotAName'"):
+        limpyd.database.NotAName  # noqa: B018
+
+
+def test_shared_state_is_declared_on_the_database():
+    db = RedisDatabase()
+    assert db._models == {} and db._relations == {}
+    assert db._relations is not RedisDatabase()._relations
+    assert db._limpyd_hmset_only is False
+    db._limpyd_hmset_only = True
+    db.reset(**db.connection_settings)
+    assert db._limpyd_hmset_only is False
 
 
 # ---------------------------------------------------------------------- call_script

@@ -1330,13 +1330,15 @@ def test_aggressive_clear_on_plain_database(database, ns, count_commands):
         AU.get_field("u").rebuild_indexes(aggressive_clear=True)  # uniqueness is checked again
 
 
-def test_aggressive_clear_uses_the_database_pipeline_when_there_is_one(redis_settings, ns, count_commands):
+def test_aggressive_clear_uses_the_database_pipeline_hook(redis_settings, ns, count_commands):
+    # the index asks its database for the pipeline through one explicit hook
+    # (PipelineDatabase overrides it), not by looking for a ``pipeline`` method
     calls = []
 
     class PipeDatabase(RedisDatabase):
-        def pipeline(self, transaction=True, share_in_threads=False):
-            calls.append(transaction)
-            return self.connection.pipeline(transaction=transaction)
+        def _non_transactional_pipeline(self):
+            calls.append(False)
+            return self.connection.pipeline(transaction=False)
 
     db = PipeDatabase(**redis_settings)
 

@@ -38,6 +38,18 @@ class RedisField(RedisProxyCommand):
     available_getters = {"expire", "expireat", "pexpire", "pexpireat", "ttl", "pttl", "persist"}
     available_modifiers: Set[str] = set()
 
+    # Per-field-object flags, kept in the field's ``__dict__`` only while they hold (read with
+    # ``__dict__.get``/``in``; declared here, never given a class-level value):
+    #: a modifier runs as an atomic-writes script call (:meth:`_call_atomic`); the value says
+    #: whether the script checks that a lazy instance exists
+    _limpyd_atomic: bool
+    #: the ``Pending`` result of a write queued behind the next read (:meth:`_write_command`)
+    _limpyd_pending: Any
+    #: the result of the next command is dropped: it may be queued (:meth:`_drop_next_result`)
+    _limpyd_drop_result: bool
+    #: the read of a fresh instance's value is queued, its result assumed empty (:meth:`_read_current`)
+    _limpyd_fresh_read: bool
+
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.lockable = kwargs.get("lockable", True)

@@ -20,7 +20,7 @@ def write_hash(database: Any, key: str, mapping: Dict[str, Any]) -> Any:
     if not mapping:
         raise DataError("HSET requires at least one field to write into %r: got an empty mapping" % (key,))
     version = database.__dict__.get("_redis_version")  # known without a command once connected
-    if (version is not None and version < (4,)) or getattr(database, "_limpyd_hmset_only", False):
+    if (version is not None and version < (4,)) or database._limpyd_hmset_only:
         result = connection.execute_command("HMSET", key, *[part for item in mapping.items() for part in item])
         return True if isinstance(result, int) else result
     try:

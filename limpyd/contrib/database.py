@@ -100,6 +100,10 @@ class PipelineDatabase(RedisDatabase):
             return cluster_pipeline(self, transaction, share_in_threads)
         return _Pipeline(self, transaction=transaction, share_in_threads=share_in_threads)
 
+    def _non_transactional_pipeline(self) -> Any:
+        """Return ``self.pipeline(transaction=False)``: the burst runs through this database's pipeline machinery."""
+        return self.pipeline(transaction=False)
+
     def transaction(self, func: Callable[["_Pipeline"], Any], *watches: Any, **kwargs: Any) -> List[Any]:
         """Run ``func(pipeline)`` in a transaction, again and again until no watched key changed.
 

@@ -202,7 +202,7 @@ class RelatedModel(RedisModel):
         super().__init__(*args, **kwargs)
         self.related_collections = []
         database = self.database
-        for owner_name, field_name, related_name in getattr(database, "_relations", {}).get(self._name.lower(), []):
+        for owner_name, field_name, related_name in database._relations.get(self._name.lower(), []):
             owner = database._models[owner_name]
             field = owner.get_field(field_name)
             setattr(self, field.related_name, field.related_collection_class(self, field))
@@ -239,7 +239,7 @@ class RelatedModel(RedisModel):
         moving: List[Tuple[str, Relation]] = []
         if old_relations and old_database is not database:
             owners = {model._name: model for model in database._collect_models_to_move(cls) if not model.abstract}
-            new_relations = getattr(database, "_relations", {})
+            new_relations = database._relations
             for target, relations in old_relations.items():
                 for relation in relations:
                     owner = owners.get(relation[0])
@@ -253,8 +253,6 @@ class RelatedModel(RedisModel):
             if relation[0] not in moved_names:  # pragma: no cover - the same list as collected above
                 continue
             old_relations[target].remove(relation)
-            if not hasattr(database, "_relations"):
-                database._relations = {}
             relations = database._relations.setdefault(target, [])
             if relation not in relations:
                 relations.append(relation)
@@ -370,8 +368,6 @@ class RelatedFieldMixin(metaclass=RelatedFieldMetaclass):
         if self._assert_relation_does_not_exists():
             return
         database = model.database
-        if not hasattr(database, "_relations"):
-            database._relations = {}
         database._relations.setdefault(self.related_to, []).append((model._name, self.name, self.related_name))
 
     def _field_label(self) -> str:
@@ -436,7 +432,7 @@ class RelatedFieldMixin(metaclass=RelatedFieldMetaclass):
         already registered there.
         """
         database = self._model.database if database is None else database
-        relations = getattr(database, "_relations", {}).get(self.related_to, ())
+        relations = database._relations.get(self.related_to, ())
         return _check_related_name_free(relations, self._model, self.name, self.related_name, self.related_to)
 
     def _check_related_name_against_target(self) -> None:
