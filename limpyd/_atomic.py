@@ -65,10 +65,11 @@ def _index_descriptor(model: Any, field: Any, index: Any) -> Dict[str, Any]:
                     descriptor["sep"] = index.separator
                 return descriptor
     raise ImplementationError(
-        "%s.%s: its index %s has no server-side form, so the model cannot use atomic_writes (the "
-        "script maintains EqualIndex, TextRangeIndex and NumberRangeIndex, also configured with a "
-        "prefix or key, without transform). Set atomic_writes = False on %s, or index the field "
-        "with one of those." % (model.__name__, field.name, type(index).__name__, model.__name__)
+        "%s.%s: its index %s has no server-side form, so the model cannot use atomic_writes nor "
+        "expiring instances (their script maintains EqualIndex, TextRangeIndex and NumberRangeIndex, "
+        "also configured with a prefix or key, without transform). Set atomic_writes = False (and no "
+        "expiring/default_ttl) on %s, or index the field with one of those."
+        % (model.__name__, field.name, type(index).__name__, model.__name__)
     )
 
 
@@ -139,8 +140,9 @@ def _lua_string(text: str) -> str:
 
 
 def check_model(model: Any) -> None:
-    """Raise ``ImplementationError`` now if ``model`` declares atomic writes it cannot have."""
-    if not model.abstract and atomic_enabled(model):
+    """Raise ``ImplementationError`` now if ``model`` declares atomic writes (or expiring instances,
+    whose purge is the same script) it cannot have."""
+    if not model.abstract and (atomic_enabled(model) or getattr(model, "_limpyd_expiring", False)):
         schema_of(model)
 
 

@@ -212,6 +212,6 @@ def test_an_index_without_server_side_form_is_refused_at_definition(database, na
                                            "name": fields.StringField(indexable=True, indexes=[index])})
     message = str(raised.value)
     assert "Item.name" in message and "has no server-side form" in message
-    assert "Set atomic_writes = False on Item" in message
+    assert "Set atomic_writes = False (and no expiring/default_ttl) on Item" in message
     for word in words:
         assert word in message

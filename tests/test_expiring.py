@@ -122,3 +122,11 @@ def test_creation_writes_its_deadline_first(database, namespace, redis_settings)
     first_value = [position for position, line in enumerate(log)
                    if line.startswith("HSET ") or re.match(r"SET \S+:\d+:", line)]
     assert deadline and first_value and deadline[0] < first_value[0], log
+
+
+def test_expiring_models_need_indexes_the_purge_can_maintain(database, namespace):
+    from limpyd.indexes import EqualIndex
+
+    lower = EqualIndex.configure(transform=lambda value: value.lower())
+    with pytest.raises(ImplementationError, match=r"Item\.label: its index EqualIndex has no server-side form"):
+        define(database, namespace, False, expiring=True, label=fields.StringField(indexable=True, indexes=[lower]))
