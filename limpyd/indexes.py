@@ -15,7 +15,8 @@ redis-limpyd 2.1.2 (docs/indexes.rst), with these deliberate differences (reason
 - D5: ``clear(aggressive=True)`` works on every database (redis-py non-transactional pipeline);
 - D6: ``clear``/``rebuild`` walk the instances with ``SORT ... ALPHA``, so any pk works.
 
-This module must not import ``limpyd.database`` (the database imports ``EqualIndex`` from here).
+This module does not import ``limpyd.database`` (the database layer sits below the indexes; it
+resolves its default ``EqualIndex`` from here lazily).
 """
 
 from __future__ import annotations
@@ -111,6 +112,14 @@ class BaseIndex:
     def __repr__(self) -> str:
         # upstream quirk: the default repr loses its last two characters
         return object.__repr__(self)[:-2] + " (field=" + repr(self.field) + ")>"
+
+    def _check_filter_type(self, filter_type: Optional[str]) -> None:
+        """Raise ``ValueError`` unless this index handles the filter suffix ``filter_type``."""
+        if filter_type not in self.handled_suffixes:
+            raise ValueError(
+                "Invalid filter type %r for %s: use one of %s"
+                % (filter_type, type(self).__name__, ", ".join(sorted(repr(s) for s in self.handled_suffixes)))
+            )
 
     # ------------------------------------------------------------------ configuration
 
@@ -727,7 +736,7 @@ class TextRangeIndex(BaseRangeIndex):
 
     def get_boundaries(self, filter_type: Optional[str], value: Any) -> Tuple[Any, Any, Any]:
         """Return ``(start, end, exclude)`` for ``ZRANGEBYLEX`` (``b'\\xff'`` is the byte 0xFF)."""
-        assert filter_type in self.handled_suffixes, "Invalid filter type %r" % (filter_type,)
+        self._check_filter_type(filter_type)
         separator = self.separator
         if filter_type in (None, "eq", "in"):
             return "[" + value + separator, ("[" + value + separator).encode("utf-8") + b"\xff", None
@@ -800,7 +809,7 @@ class NumberRangeIndex(BaseRangeIndex):
 
     def get_boundaries(self, filter_type: Optional[str], value: Any) -> Tuple[Any, Any, Any]:
         """Return ``(start, end, None)`` for ``ZRANGEBYSCORE``."""
-        assert filter_type in self.handled_suffixes, "Invalid filter type %r" % (filter_type,)
+        self._check_filter_type(filter_type)
         value = str(value)
         if filter_type in (None, "eq", "in"):
             return value, value, None

@@ -204,7 +204,7 @@ NOT_ALLOWED = [
     ("zadd empty", lambda o: o.scores.zadd({}), redis.DataError, None),
     ("hincrby without amount", lambda o: o.h.hincrby("n"), TypeError, None),
     ("hash exists without key", lambda o: o.h.exists(), TypeError, None),
-    ("sscan_iter", lambda o: o.tags.sscan_iter(), AssertionError, "^Use sscan instead of sscan_iter$"),
+    ("sscan_iter", lambda o: o.tags.sscan_iter(), ImplementationError, r"^Use sscan instead of sscan_iter \("),
     ("pk delete", lambda o: o.pk.delete(), ImplementationError, "^PKField cannot be deleted directly.$"),
     ("pk update", lambda o: o.pk.set(None), ValueError, None),
     ("lset out of range", lambda o: o.items.lset(99, "x"), redis.ResponseError, None),
@@ -298,3 +298,62 @@ def test_unique_checked_after_the_write(raw, objects, setup, call, field, stored
     assert {k for k in set(before) | set(after) if before.get(k) != after.get(k)} == {key}  # indexes unchanged
     kind, content, _ = after[key]
     assert (content[field.encode()] if kind == "hash" else content) == stored
+
+
+# ---------------------------------------------------------------------- checks that survive python -O
+
+
+def test_the_library_checks_arguments_without_assert():
+    # an ``assert`` vanishes under ``python -O``: limpyd's checks raise its own errors instead
+    import ast
+    from pathlib import Path
+
+    import limpyd
+
+    found = []
+    for path in sorted(Path(limpyd.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Assert):
+                found.append("%s:%d" % (path.name, node.lineno))
+    assert found == [], "replace these asserts with raise ImplementationError/ValueError/TypeError: %s" % found
+
+
+OPTIMIZED_CHECKS = '''
+import sys
+assert False, "not run under python -O"
+from limpyd import model, fields
+from limpyd.database import RedisDatabase
+from limpyd.exceptions import ImplementationError
+from limpyd.indexes import TextRangeIndex
+
+class M(model.RedisModel):
+    database = RedisDatabase(host="localhost", port=1)  # never contacted
+    namespace = "optimized"
+    plain = fields.StringField()
+    name = fields.StringField(indexable=True, indexes=[TextRangeIndex])
+
+for call, error in [
+    (lambda: M.get_field("plain").get_unique_index(), ImplementationError),
+    (lambda: M.get_field("plain").clear_indexes(), ImplementationError),
+    (lambda: M.get_field("name").get_index().get_boundaries("contains", "v"), ValueError),
+]:
+    try:
+        call()
+    except error as exc:
+        print(type(exc).__name__, exc)
+    else:
+        print("nothing raised")
+'''
+
+
+def test_checks_raise_under_python_optimized():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-O", "-c", OPTIMIZED_CHECKS], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout
+    assert lines[0].startswith("ImplementationError ") and "declare it with unique=True" in lines[0]
+    assert lines[1].startswith("ImplementationError ") and "declare it with indexable=True" in lines[1]
+    assert lines[2].startswith("ValueError Invalid filter type 'contains' for TextRangeIndex")

@@ -244,9 +244,26 @@ class RedisField(RedisProxyCommand):
         """Return the values currently stored, read through a lazy instance (1 command)."""
         return self.get_for_instance(self._instance.pk.get()).proxy_get()
 
+    def _label(self) -> str:
+        """Return ``module.Model.field`` for error messages (``<no model>`` when not attached)."""
+        model = getattr(self, "_model", None)
+        owner = "%s.%s" % (model.__module__, model.__qualname__) if model is not None else "<no model>"
+        return "%s.%s" % (owner, getattr(self, "name", "<unnamed>"))
+
+    def _require_indexable(self, method: str) -> None:
+        """Raise ``ImplementationError`` naming ``method`` unless the field is indexable."""
+        if not self.indexable:
+            raise ImplementationError(
+                "%s.%s(): the field is not indexable: declare it with indexable=True to index its values"
+                % (self._label(), method)
+            )
+
     def get_unique_index(self) -> Any:
         """Return the first index able to check the uniqueness of this unique field."""
-        assert self.unique, "Field not unique"
+        if not self.unique:
+            raise ImplementationError(
+                "%s.get_unique_index(): the field is not unique: declare it with unique=True" % self._label()
+            )
         for index in self._indexes:
             if index.handle_uniqueness:
                 return index
@@ -327,8 +344,13 @@ class RedisField(RedisProxyCommand):
             index._reset_rollback_cache(pk)
 
     def _check_model_level(self, method: str) -> None:
-        assert self.indexable, "Field not indexable"
-        assert self.attached_to_model, "`%s` can only be called on a field attached to the model" % method
+        """Raise ``ImplementationError`` unless ``method`` is called on an indexable model-level field."""
+        self._require_indexable(method)
+        if not self.attached_to_model:
+            raise ImplementationError(
+                "%s.%s() can only be called on a field attached to the model, not to an instance: "
+                "call it on %s.get_field(%r)" % (self._label(), method, self._model.__name__, self.name)
+            )
 
     def clear_indexes(self, chunk_size: int = 1000, aggressive: bool = False) -> None:
         """Remove every index entry of this model field."""

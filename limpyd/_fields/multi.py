@@ -51,13 +51,17 @@ class MultiValuesField(RedisField):
 
     def _scan(self, command: str, /, match: Any = None, count: Any = None) -> Any:
         """Return the redis-py ``*scan_iter`` generator over the field's key."""
-        assert self.scannable, "Field is not scannable"
-        assert not command.endswith("_iter"), "Use %s instead of %s" % (command[:-5], command)
+        if not self.scannable:  # pragma: no cover - only the scannable fields route a scan here
+            raise ImplementationError("%s: a %s is not scannable" % (self._label(), type(self).__name__))
+        if command.endswith("_iter"):
+            raise ImplementationError(
+                "Use %s instead of %s (%s): it already returns an iterator" % (command[:-5], command, self._label())
+            )
         return self._traverse_command(command + "_iter", match=match, count=count)
 
     def index(self, values: Any = None, only_index: Any = None) -> None:
         """Add the instance to the indexes for each of ``values`` (default: the stored ones)."""
-        assert self.indexable, "Field not indexable"
+        self._require_indexable("index")
         if "_limpyd_atomic" in self.__dict__:
             return  # the atomic-writes script maintains the indexes
         if values is None:
@@ -66,7 +70,7 @@ class MultiValuesField(RedisField):
 
     def deindex(self, values: Any = None, only_index: Any = None) -> None:
         """Remove the instance from the indexes for each of ``values`` (default: the stored ones)."""
-        assert self.indexable, "Field not indexable"
+        self._require_indexable("deindex")
         if "_limpyd_atomic" in self.__dict__:
             return  # the atomic-writes script maintains the indexes
         if values is None:

@@ -38,7 +38,7 @@ class SingleValueField(RedisField):
 
     def index(self, value: Any = None, only_index: Any = None) -> None:
         """Add the instance to the indexes for ``value`` (default: the stored value)."""
-        assert self.indexable, "Field not indexable"
+        self._require_indexable("index")
         if "_limpyd_atomic" in self.__dict__:
             return  # the atomic-writes script maintains the indexes
         if value is None:
@@ -47,7 +47,7 @@ class SingleValueField(RedisField):
 
     def deindex(self, value: Any = None, only_index: Any = None) -> None:
         """Remove the instance from the indexes for ``value`` (default: the stored value)."""
-        assert self.indexable, "Field not indexable"
+        self._require_indexable("deindex")
         if "_limpyd_atomic" in self.__dict__:
             return  # the atomic-writes script maintains the indexes
         if value is None:
