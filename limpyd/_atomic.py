@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import redis
@@ -32,6 +33,8 @@ __all__ = ["atomic_enabled", "lua_literal", "script_of", "command_args", "run", 
 _SERVER_SIDE_INDEXES = ((EqualIndex, "eq"), (TextRangeIndex, "text"), (NumberRangeIndex, "num"))
 _INDEX_METHODS = ("get_storage_key", "normalize_value", "prepare_data_to_store", "store", "unstore", "add",
                   "remove", "_key_parts", "check_uniqueness", "transform_value")
+#: the methods of a multi-index the script reproduces
+_MULTI_METHODS = ("add", "remove", "prepare_args", "transform_value")
 
 
 def atomic_enabled(model: Any) -> bool:
@@ -52,25 +55,70 @@ def _field_kind(field: Any) -> Optional[str]:
     return None
 
 
-def _index_descriptor(model: Any, field: Any, index: Any) -> Dict[str, Any]:
-    """Return what the script needs of ``index``, or raise ``ImplementationError`` naming the fix."""
+def _slice_of(transform: Any) -> Optional[List[int]]:
+    """Return ``[start, end]`` (end -1: to the end) of a slice transform the script can apply, else None."""
+    start, end = getattr(transform, "start", None), getattr(transform, "end", 0)
+    if type(transform).__name__ != "SliceTransform" or not isinstance(start, int) or start < 0:
+        return None
+    if end is None:
+        return [start, -1]
+    return [start, end] if isinstance(end, int) and end >= 0 else None
+
+
+def _refuse(model: Any, field: Any, index: Any) -> ImplementationError:
+    return ImplementationError(
+        "%s.%s: its index %s has no server-side form, so the model cannot use atomic_writes nor "
+        "expiring instances (their script maintains EqualIndex, TextRangeIndex and NumberRangeIndex, "
+        "also configured with a prefix or key, the date and time indexes of limpyd.contrib.indexes, and "
+        "related fields; not other transforms nor other index classes). Set atomic_writes = False (and "
+        "no expiring/default_ttl) on %s, or index the field with one of those."
+        % (model.__name__, field.name, type(index).__name__, model.__name__)
+    )
+
+
+def _index_descriptors(model: Any, field: Any, index: Any, slices: Tuple[List[int], ...] = (),
+                       extras: Tuple[str, ...] = ()) -> List[Dict[str, Any]]:
+    """Return what the script needs of ``index`` (one entry per real index), or raise naming the fix.
+
+    A multi-index (``limpyd.contrib.indexes.MultiIndexes``: the date and time indexes) gives one
+    entry per sub-index, with the multi-index's key as an extra key part and its transform
+    applied first; transforms must be slices (``SliceTransform``).
+    """
+    contrib = sys.modules.get("limpyd.contrib.indexes")
+    multi = getattr(contrib, "MultiIndexes", None)
+    if multi is not None and isinstance(index, multi):
+        if any(getattr(type(index), name) is not getattr(multi, name) for name in _MULTI_METHODS):
+            raise _refuse(model, field, index)
+        if index.transform is not None:
+            piece = _slice_of(index.transform)
+            if piece is None:
+                raise _refuse(model, field, index)
+            slices = slices + (piece,)
+        if index.key:
+            extras = extras + (index.key,)
+        return [entry for sub in index._indexes for entry in _index_descriptors(model, field, sub, slices, extras)]
     for klass, kind in _SERVER_SIDE_INDEXES:
         if isinstance(index, klass) and all(
             getattr(type(index), name, None) is getattr(klass, name, None) for name in _INDEX_METHODS
         ):
-            if index.transform is None and not (kind == "num" and index.raise_if_not_float):
-                tail = "".join(":%s" % part for part in (index.prefix, index.key) if part)
-                descriptor = {"y": kind, "h": make_key(model._name, field.name), "t": tail}
-                if kind == "text":
-                    descriptor["sep"] = index.separator
-                return descriptor
-    raise ImplementationError(
-        "%s.%s: its index %s has no server-side form, so the model cannot use atomic_writes nor "
-        "expiring instances (their script maintains EqualIndex, TextRangeIndex and NumberRangeIndex, "
-        "also configured with a prefix or key, without transform). Set atomic_writes = False (and no "
-        "expiring/default_ttl) on %s, or index the field with one of those."
-        % (model.__name__, field.name, type(index).__name__, model.__name__)
-    )
+            if kind == "num" and index.raise_if_not_float:
+                break
+            own = slices
+            if index.transform is not None:
+                piece = _slice_of(index.transform)
+                if piece is None:
+                    break
+                own = slices + (piece,)
+            tail = "".join(":%s" % part for part in (index.prefix, index.key) if part)
+            descriptor: Dict[str, Any] = {"y": kind, "h": make_key(model._name, field.name), "t": tail}
+            if kind == "text":
+                descriptor["sep"] = index.separator
+            if extras:
+                descriptor["x"] = list(extras)
+            if own:
+                descriptor["tf"] = [list(piece) for piece in own]
+            return [descriptor]
+    raise _refuse(model, field, index)
 
 
 def schema_of(model: Any) -> Dict[str, Any]:
@@ -89,9 +137,16 @@ def schema_of(model: Any) -> Dict[str, Any]:
                 % (model.__name__, name, type(field).__name__, model.__name__)
             )
         indexes = field._indexes if field.indexable else []
-        entry: Dict[str, Any] = {"k": kind, "ix": [_index_descriptor(model, field, index) for index in indexes]}
+        descriptors: List[Dict[str, Any]] = []
+        for index in indexes:
+            if field.unique and index is field.get_unique_index():
+                if index.transform is not None or len(_index_descriptors(model, field, index)) != 1:
+                    raise _refuse(model, field, index)  # uniqueness on transformed values: not server-side
+                unique_position = len(descriptors) + 1
+            descriptors.extend(_index_descriptors(model, field, index))
+        entry: Dict[str, Any] = {"k": kind, "ix": descriptors}
         if field.unique:
-            entry["u"] = indexes.index(field.get_unique_index()) + 1
+            entry["u"] = unique_position
         names.append(name)
         described[name] = entry
     schema = {"m": model._name, "o": names, "f": described}

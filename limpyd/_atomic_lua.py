@@ -68,11 +68,23 @@ end
 local function ix_base(ix, parts)
     local k = ix.h
     for i = 1, #parts - 1 do k = k .. ':' .. parts[i] end
+    if ix.x then
+        for _, extra in ipairs(ix.x) do k = k .. ':' .. extra end
+    end
     return k .. ix.t
 end
 
+-- the value as the index stores it: the slices of its transforms applied (date and time indexes)
+local function ix_value(ix, v)
+    if ix.tf then
+        for _, piece in ipairs(ix.tf) do v = string.sub(v, piece[1] + 1, piece[2]) end
+    end
+    return v
+end
+
 local function ix_add(ix, pk, parts, score)
-    local v = parts[#parts]
+    local v = ix_value(ix, parts[#parts])
+    if ix.tf then score = nil end  -- the client's score is that of the untransformed value
     if ix.y == 'eq' then
         redis.call('sadd', ix_base(ix, parts) .. ':' .. v, pk)
     elseif ix.y == 'text' then
@@ -83,7 +95,7 @@ local function ix_add(ix, pk, parts, score)
 end
 
 local function ix_remove(ix, pk, parts)
-    local v = parts[#parts]
+    local v = ix_value(ix, parts[#parts])
     if ix.y == 'eq' then
         redis.call('srem', ix_base(ix, parts) .. ':' .. v, pk)
     elseif ix.y == 'text' then
@@ -95,7 +107,7 @@ end
 
 -- the pks other than pk holding the value of parts in the unique index ix
 local function ix_others(ix, pk, parts, score)
-    local v = parts[#parts]
+    local v = ix_value(ix, parts[#parts])
     local found
     if ix.y == 'eq' then
         found = redis.call('smembers', ix_base(ix, parts) .. ':' .. v)

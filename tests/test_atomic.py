@@ -7,6 +7,7 @@ Each scenario runs the same operations on two models that differ only by namespa
 from __future__ import annotations
 
 import pytest
+import redis
 from _consistency import check_consistency
 from _redis_dump import command_log, dump, raw_client, warm_model_script, warm_scripts
 
@@ -215,3 +216,33 @@ def test_an_index_without_server_side_form_is_refused_at_definition(database, na
     assert "Set atomic_writes = False (and no expiring/default_ttl) on Item" in message
     for word in words:
         assert word in message
+
+
+def test_date_and_time_indexes_same_bytes(database, namespace, raw):
+    from limpyd.contrib.indexes import DateIndex, DateTimeIndex, SimpleDateTimeIndex, TimeIndex
+
+    def scenario_dates(ns, atomic):
+        Event = type("Event", (model.RedisModel,), {
+            "database": database, "namespace": ns, "atomic_writes": atomic,
+            "day": fields.StringField(indexable=True, indexes=[DateIndex]),
+            "hour": fields.InstanceHashField(indexable=True, indexes=[TimeIndex]),
+            "at": fields.StringField(indexable=True, indexes=[DateTimeIndex]),
+            "simple": fields.InstanceHashField(indexable=True, indexes=[SimpleDateTimeIndex]),
+        })
+        first = Event(day="2024-02-29", hour="12:34:56", at="2024-02-29 12:34:56", simple="2023-01-01 00:00:01")
+        second = Event(day="2025-12-31", at="2025-12-31 23:59:59")
+        first.day.set("2024-03-01")
+        first.hmset(hour="01:02:03", simple="2022-06-15 10:20:30")
+        second.at.set("2026-01-01 00:00:00")
+        assert list(Event.collection(day__year=2024)) == [first.pk.get()]
+        assert list(Event.collection(at__date="2026-01-01")) == [second.pk.get()]
+        assert list(Event.collection(hour__hour__gte=1)) == [first.pk.get()]
+        second.delete()
+        with pytest.raises(redis.DataError, match="Event.day.*reads parts of a str"):
+            first.day.set(20240301)
+        return Event
+
+    for ns, atomic in ((namespace + "d", False), (namespace + "a", True)):
+        scenario_dates(ns, atomic)
+    assert strip(namespace + "d", dump(raw)) == strip(namespace + "a", dump(raw))
+    assert len(strip(namespace + "a", dump(raw))) > 10

@@ -32,6 +32,8 @@ import itertools
 import threading
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
+from redis.exceptions import DataError
+
 from limpyd._batch import defer_next
 from limpyd.contrib.collection import ExtendedCollectionManager
 from limpyd.exceptions import ImplementationError
@@ -48,6 +50,8 @@ from limpyd.utils import NotProvided, cached_property, make_key
 
 __all__ = [
     "MultiIndexes",
+    "SliceTransform",
+    "UnsliceableValue",
     "DateIndexParts",
     "DateRangeIndex",
     "DateIndex",
@@ -231,6 +235,18 @@ class MultiIndexes(BaseIndex):
             "No sub-index of %s on %s can check uniqueness" % (type(self).__name__, _field_path(self.model, self.field))
         )
 
+    def check_storable(self, value: Any) -> None:
+        """Refuse, before anything is written, a value the transforms cannot slice (not a str)."""
+        try:
+            transformed = self.transform_value(value)
+            for index in self._indexes:
+                index.check_storable(transformed)
+        except TypeError as exc:
+            raise UnsliceableValue(
+                "Invalid value %r for %s: %s reads parts of a str (%s). Store the date/time as text, "
+                "e.g. value.isoformat()." % (value, _field_path(self.model, self.field), type(self).__name__, exc)
+            ) from None
+
     def prepare_args(self, args: Iterable[Any], transform: bool = True) -> List[Any]:
         """Return ``args`` with the value transformed (if asked) and ``key`` inserted before it."""
         args = list(args)
@@ -292,11 +308,36 @@ class MultiIndexes(BaseIndex):
 # Date and time indexes (string values; non-string values make the transforms raise TypeError)
 
 
+class UnsliceableValue(DataError, TypeError):
+    """A value the date and time indexes cannot slice (not a str): a ``TypeError``, as in 2.x, and
+    redis-py's ``DataError``, as every value refused before anything is written."""
+
+
+class SliceTransform:
+    """The transform ``value[start:end]`` of the date and time indexes.
+
+    An object rather than a lambda, so that the atomic-writes script can apply the same slice on
+    the server (see docs/atomic-writes.rst); it is called as ``transform(value)``.
+    """
+
+    __slots__ = ("start", "end")
+
+    def __init__(self, start: int, end: Optional[int] = None) -> None:
+        self.start = start
+        self.end = end
+
+    def __call__(self, value: Any) -> Any:
+        return value[self.start:self.end]
+
+    def __repr__(self) -> str:
+        return "SliceTransform(%r, %r)" % (self.start, self.end)
+
+
 def _number_part(name: str, start: int, end: int) -> type:
     """Return a ``NumberRangeIndex`` prefixed ``name`` on ``value[start:end]``, without uniqueness."""
     return NumberRangeIndex.configure(
         prefix=name.lower()[: -len("index")],
-        transform=lambda value: value[start:end],
+        transform=SliceTransform(start, end),
         handle_uniqueness=False,
         name=name,
     )
@@ -306,14 +347,14 @@ YearIndex = _number_part("YearIndex", 0, 4)
 MonthIndex = _number_part("MonthIndex", 5, 7)
 DayIndex = _number_part("DayIndex", 8, 10)
 DateIndexParts = MultiIndexes.compose([YearIndex, MonthIndex, DayIndex], name="DateIndexParts")
-DateRangeIndex = TextRangeIndex.configure(key="date", transform=lambda value: value[:10], name="DateRangeIndex")
+DateRangeIndex = TextRangeIndex.configure(key="date", transform=SliceTransform(0, 10), name="DateRangeIndex")
 DateIndex = MultiIndexes.compose([DateRangeIndex, DateIndexParts], name="DateIndex")
 
 HourIndex = _number_part("HourIndex", 0, 2)
 MinuteIndex = _number_part("MinuteIndex", 3, 5)
 SecondIndex = _number_part("SecondIndex", 6, 8)
 TimeIndexParts = MultiIndexes.compose([HourIndex, MinuteIndex, SecondIndex], name="TimeIndexParts")
-TimeRangeIndex = TextRangeIndex.configure(key="time", transform=lambda value: value[:8], name="TimeRangeIndex")
+TimeRangeIndex = TextRangeIndex.configure(key="time", transform=SliceTransform(0, 8), name="TimeRangeIndex")
 TimeIndex = MultiIndexes.compose([TimeRangeIndex, TimeIndexParts], name="TimeIndex")
 
 FullDateTimeRangeIndex = TextRangeIndex.configure(key="full", name="FullDateTimeRangeIndex")
@@ -322,22 +363,22 @@ DateSimpleTimeIndex = MultiIndexes.compose(
         FullDateTimeRangeIndex,
         DateRangeIndex.configure(prefix="date"),
         DateIndexParts,
-        TimeRangeIndex.configure(prefix="time", transform=lambda value: value[11:]),
+        TimeRangeIndex.configure(prefix="time", transform=SliceTransform(11)),
     ],
-    transform=lambda value: value[:19],
+    transform=SliceTransform(0, 19),
     name="DateSimpleTimeIndex",
 )
 DateTimeIndex = MultiIndexes.compose(
-    [DateSimpleTimeIndex, TimeIndexParts.configure(transform=lambda value: value[11:])],
+    [DateSimpleTimeIndex, TimeIndexParts.configure(transform=SliceTransform(11))],
     name="DateTimeIndex",
 )
 SimpleDateTimeIndex = MultiIndexes.compose(
     [
         FullDateTimeRangeIndex,
         DateRangeIndex.configure(prefix="date"),
-        TimeRangeIndex.configure(prefix="time", transform=lambda value: value[11:]),
+        TimeRangeIndex.configure(prefix="time", transform=SliceTransform(11)),
     ],
-    transform=lambda value: value[:19],
+    transform=SliceTransform(0, 19),
     name="SimpleDateTimeIndex",
 )
 
