@@ -543,22 +543,30 @@ def test_same_keys_in_the_same_order_as_redis_py(speedups: Any, redis_settings: 
         client.close()
 
 
-@pytest.mark.parametrize("protocol", [2, 3])
+#: redis-py 4 has no ``protocol=`` argument: it speaks RESP2 only
+_HAS_PROTOCOL = int(redis.__version__.split(".")[0]) >= 5
+needs_resp3 = pytest.mark.skipif(
+    not _HAS_PROTOCOL, reason="redis-py %s has no protocol= argument: RESP3 needs redis-py >= 5" % redis.__version__
+)
+
+
+@pytest.mark.parametrize("protocol", [2, pytest.param(3, marks=needs_resp3)])
 def test_resp2_and_resp3_with_password_and_db(speedups: Any, redis_server: dict, redis_settings: dict,
                                               client: redis.Redis, protocol: int) -> None:
     if redis_server.get("external"):
         pytest.skip("creates an ACL user: private server only")
     client.acl_setuser("scanner", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
     other = redis.Redis(**dict(redis_settings, db=3), decode_responses=True)
+    options = {"protocol": protocol} if _HAS_PROTOCOL else {}  # redis-py 4: RESP2, the only one
     scanner = redis.Redis(**dict(redis_settings, db=3, username="scanner", password="s3cret"),
-                          protocol=protocol, decode_responses=True)
+                          **options, decode_responses=True)
     try:
         _load(client, ["db0:%d" % i for i in range(500)])
         expected = {"db3:%d:é" % i for i in range(3000)}
         _load(other, sorted(expected))
         assert set(_run_scan(speedups, scanner, _arguments(count=100))) == expected
         connection, = _pooled(scanner)
-        assert connection.protocol in (protocol, str(protocol))
+        assert connection.protocol in (protocol, str(protocol)) if _HAS_PROTOCOL else protocol == 2
         assert scanner.acl_whoami() == "scanner" and scanner.dbsize() == 3000
     finally:
         scanner.close()
@@ -567,6 +575,7 @@ def test_resp2_and_resp3_with_password_and_db(speedups: Any, redis_server: dict,
         client.acl_deluser("scanner")
 
 
+@needs_resp3
 def test_resp3_push_messages_between_replies(speedups: Any, redis_settings: dict, client: redis.Redis,
                                             monkeypatch: Any) -> None:
     _load(client, ["t:%d" % i for i in range(3000)])
