@@ -19,7 +19,7 @@ from limpyd.model import RedisModel
 _HEX = re.compile(r"\b[0-9a-f]{32}\b")
 _SHA = re.compile(r"\b[0-9a-f]{40}\b")
 
-#: commands whose key arguments (after the destination) form an unordered set (spec 21 §3)
+#: commands whose key arguments (after the destination) form an unordered set (SINTERSTORE and friends)
 _UNORDERED_AFTER_DEST = {"SINTERSTORE", "SUNIONSTORE", "ZINTERSTORE", "ZUNIONSTORE"}
 
 
@@ -47,7 +47,7 @@ def _canonical(commands: List[str]) -> List[str]:
             parts = parts[:2] + sorted(parts[2:])
         elif verb == "DEL":
             parts = parts[:1] + sorted(parts[1:])
-        elif verb == "EVALSHA":  # keep the key names, not the script arguments (spec 21 §3)
+        elif verb == "EVALSHA":  # keep the key names, not the script arguments (temporary names)
             parts = parts[: 3 + int(parts[2])]
         result.append(" ".join(parts))
     return result

@@ -5,7 +5,7 @@ and the reads it needs) through a raw redis-py client, never through limpyd, and
 of problems found (empty when the db is clean). ``assert_consistent`` fails with that list.
 
 The expected index content is computed here, independently of the code under test, from the values
-actually stored and the key formats of spec 20 §1:
+actually stored and the key formats of docs/indexes.rst:
 
 - ``EqualIndex``: SET ``M:F[:H][:P][:K]:V`` holding the pks whose value is ``V``;
 - ``TextRangeIndex``: ZSET ``M:F[:H][:P]:K`` (``K`` default ``text-range``), members
@@ -218,7 +218,7 @@ def read_snapshot(client: redis.Redis, chunk: int = 500) -> Snapshot:
 
 
 def _number_score(value: str) -> float:
-    """The score spec 20 §7 gives a value: ``float(value)``, 0 when it is not a number."""
+    """Return the score a scored index gives a value: ``float(value)``, 0 when it is not a number."""
     try:
         return float(value)
     except (TypeError, ValueError):

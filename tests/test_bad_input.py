@@ -1,8 +1,9 @@
-"""Bad input: each error is the spec's exception and leaves Redis exactly as it was.
+"""Bad input: each error is the documented exception and leaves Redis exactly as it was.
 
 "Exactly as it was" is checked with a full dump of the server (every key, its type, its content and
 whether it has a TTL) taken with a client that does not decode (bytes compared as bytes).
-Spec 11 §1.2, §2.3–§2.5, §3, §4, §5; spec 10 §5.3–§5.5, §7.
+The values limpyd stores and the fields' commands: docs/models.rst; what a refused write leaves:
+docs/failure-semantics.rst.
 """
 
 from __future__ import annotations

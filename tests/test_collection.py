@@ -1,6 +1,6 @@
-"""Tests of ``limpyd.collection``: filters, evaluation, sorting, caching, results (spec 21).
+"""Tests of ``limpyd.collection``: filters, evaluation, sorting, caching, results (docs/collections.rst).
 
-Indexing and slicing (spec 21 §7) are in ``test_collection_slicing.py``.
+Indexing and slicing (docs/collections.rst, "Slicing and indexing") are in ``test_collection_slicing.py``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def test_module_names():
 
 
 def test_hooks_exist():
-    """Spec 21 §9: the names the contrib manager overrides."""
+    """The names the contrib manager overrides (docs/extending.rst)."""
     for name in ("_add_filters", "_field_is_pk", "_parse_filter_key", "_get_pk", "_prepare_sort_options",
                  "_get_final_set", "_prepare_sets", "_prepare_parsed_filter", "_reduce_related_filters",
                  "_combine_sets", "_final_redis_call", "_collection_length", "_fetch_collection",

@@ -63,7 +63,7 @@ def test_clean_database_passes(populated):
 
 
 def test_expected_keys_follow_the_spec_layout(populated):
-    """The checker's expectations match the layout of spec 20 §1 (a known-good dump)."""
+    """The checker's expectations match the key layout of docs/indexes.rst (a known-good dump)."""
     model, client, name = populated
     assert client.smembers(name + ":name:john") == {"1"}
     assert client.zrange(name + ":name:text-range", 0, -1) == [

@@ -1,7 +1,7 @@
 """Tests of ``limpyd.contrib.collection``: building, filters, intersections, zset order, score sorting.
 
 Values and stored collections are in ``test_contrib_collection_store.py``, exhaustive slicing in
-``test_contrib_collection_slicing.py`` (spec 30 §2, 21 §7/§10, 40 §8).
+``test_contrib_collection_slicing.py`` (docs/contrib.rst, docs/collections.rst, docs/extending.rst).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def test_every_method_returns_a_new_collection(database, namespace):
 
 
 class _OnlyCheap:
-    """A downstream-style mixin placed before the manager (spec 40 §8)."""
+    """A downstream-style mixin placed before the manager (docs/extending.rst)."""
 
     marker = "cheap"
 
@@ -527,7 +527,7 @@ def test_zset_order_windows(database, namespace, redis_settings, count_commands)
 
 
 def test_zset_order_with_a_scored_index(database, namespace):
-    """A ``ScoredEqualIndex`` filter returns sorted sets: results come in score order (30 §2.3)."""
+    """A ``ScoredEqualIndex`` filter returns sorted sets: results come in score order (docs/contrib.rst)."""
     from limpyd.contrib.indexes import ScoredEqualIndex
 
     db, ns = database, namespace
@@ -646,7 +646,7 @@ def test_sort_by_score_on_a_pipeline_database(database, namespace, redis_setting
 
 
 def test_sort_by_score_with_a_pk_filter(database, namespace, count_commands):
-    """With a pk filter, score sorting applies only when SORTED_SCORE is asked (30 §2.3)."""
+    """With a pk filter, score sorting applies only when SORTED_SCORE is asked (docs/contrib.rst)."""
     Product = shop(database, namespace)
     board = Product(6)
     with count_commands(1):

@@ -1,4 +1,4 @@
-"""Tests of ``limpyd.contrib.collection``: ``values``/``values_list`` and stored collections (spec 30 §2.4-§2.5)."""
+"""Tests of ``limpyd.contrib.collection``: ``values``/``values_list`` and stored collections (docs/contrib.rst)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of ``limpyd.contrib.database`` (spec 30 §1, spec 40 §4): pipelines and transactions.
+"""Tests of ``limpyd.contrib.database`` (docs/contrib.rst): pipelines and transactions.
 
 ``PipelineDatabase`` must behave exactly like ``RedisDatabase`` with no pipeline open (same
 commands, same round trips), and route every field/model command into the pipeline while one is
@@ -620,7 +620,7 @@ def test_same_commands_and_round_trips_as_redis_database(redis_settings, databas
 
 
 def test_same_command_counts_as_redis_database(pdb, database, client, namespace, count_commands):
-    # counts of the core tests (spec 10 §7: 20 commands for the Boat creation), on a PipelineDatabase
+    # counts of the core tests (20 commands for the Boat creation, test_model.py), on a PipelineDatabase
     db, ns = pdb, namespace
 
     class Boat(model.RedisModel):

@@ -1,4 +1,4 @@
-"""Tests of ``limpyd.contrib.indexes`` (spec 30 §4, spec 40 §10, spec 10 §7 multi-field checks).
+"""Tests of ``limpyd.contrib.indexes`` (docs/contrib.rst, "More indexes"; multi-field uniqueness checks).
 
 Index keys and commands are checked directly; filters go through ``Model.collection(...)``.
 """
@@ -432,7 +432,7 @@ def test_date_time_index_spec_example(Base, client):
 
 
 def test_simple_date_time_index_on_instance_hash_field_with_datetimes(Base):
-    # spec 40 §10: str(datetime) values, filters on __date__gt and equality
+    # str(datetime) values, filters on __date__gt and equality (docs/contrib.rst)
     import datetime
 
     class Job(Base):

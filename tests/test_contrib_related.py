@@ -1,6 +1,6 @@
 """``limpyd.contrib.related``, part 1: related fields, instances as values, reverse side, deletion.
 
-Spec 30 §3.1–§3.5 (definitions, related names, lazy references and ``use_database`` are in
+docs/contrib.rst, "Related models" (definitions, related names, lazy references and ``use_database`` are in
 ``test_contrib_related_definitions.py``; downstream extension points in
 ``test_contrib_related_extensions.py``).
 """
@@ -156,7 +156,7 @@ def test_copies_keep_to_and_related_name(league, namespace):
 
 
 def test_key_layout(league, client, namespace):
-    """The verified layout of spec 30 §3.5 (FK hash, FK string, M2M set/list/zset and their indexes)."""
+    """The key layout of related fields (docs/contrib.rst: FK hash, FK string, M2M set/list/zset and their indexes)."""
     Player, Team = league
     p1, p2 = Player(id="p1"), Player(id="p2")
     Team(id="t1", players=[p1, p2], captain=p1, coach="p2", lineup=[p1, p2, p1], ranking={p1: 2, "p2": 1.5})
@@ -280,7 +280,7 @@ def test_m2m_list_commands_accept_instances(league, client):
     assert not team.lineup.lcontains(p4)
     assert not client.exists(Team._name + ":lineup:p4")
     assert {p: client.smembers(Team._name + ":lineup:" + p) for p in ("p1", "p2", "p3")} == {
-        "p1": {"t"}, "p2": {"t"}, "p3": set()}  # lset overwrote a p3: deindexed (spec 11 §5.3 quirk)
+        "p1": {"t"}, "p2": {"t"}, "p3": set()}  # lset overwrote a p3: deindexed (the 2.x behaviour of lset on an indexed list)
 
 
 def test_m2m_sortedset_commands_accept_instances(league, client):

@@ -1,6 +1,7 @@
 """``limpyd.contrib.related``, part 2: definitions — related names, targets, registration, errors.
 
-Spec 30 §3.1 (``use_database``), §3.2 (attachment steps 1–3, decisions), spec 40 §3 (``_relations``).
+``use_database``, how a related field attaches to its model and the ``database._relations``
+registry (docs/contrib.rst, "Related models").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``limpyd.contrib.related``, part 3: what downstream packages build on it (spec 40 §5, §6, §9, §12).
+"""``limpyd.contrib.related``, part 3: what downstream packages build on it (docs/extending.rst).
 
 - an extensions package: reverse-side writers (``sadd``/``srem``/``lpush``/``zadd``… on the
   ``RelatedCollection`` side), dynamic related fields (copies attached at runtime, with their own
@@ -190,7 +190,7 @@ def test_zadd_with_an_explicit_none_callback(writable):
 
 
 def test_coerce_zadd_args_with_field_keys(writable):
-    """``coerce_zadd_args`` called directly, keys mapped to bound field objects (spec 40 §6.4)."""
+    """``coerce_zadd_args`` called directly, keys mapped to bound field objects (docs/extending.rst)."""
     Tag, Article = writable
     a1, a2 = Article(id="a1"), Article(id="a2")
     mapping = {a1: 1, a2: 2}
@@ -532,7 +532,7 @@ def test_abstract_base_on_a_pipeline_database_redirected(database, redis_setting
 
 
 def test_related_model_adds_no_public_attribute():
-    """RelatedModel adds only ``__init__``, ``delete`` and ``use_database`` to RedisModel (spec 40 §5.3)."""
+    """RelatedModel adds only ``__init__``, ``delete`` and ``use_database`` to RedisModel (docs/extending.rst)."""
     public = {name for name in vars(RelatedModel) if not name.startswith("_")}
     assert public == {"abstract", "collection_manager", "delete", "use_database", "available_getters",
                       "available_modifiers", "available_commands"}

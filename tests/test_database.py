@@ -1,6 +1,6 @@
 """Tests of ``limpyd.database``: settings, connection cache, versions, scripts and ``scan_keys``.
 
-Spec 10 §4 and §4.1, spec 40 §3, and the examples of the "database" documentation page.
+docs/database.rst and its examples.
 """
 
 from __future__ import annotations
@@ -402,7 +402,7 @@ def test_database_module_does_not_import_the_indexes():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     with pytest.raises(AttributeError, match="has no attribute 'NotAName'"):
-        limpyd.database.NotAName  # noqa: B018
+        limpyd.database.NotAName
 
 
 def test_shared_state_is_declared_on_the_database():

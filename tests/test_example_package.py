@@ -1,4 +1,4 @@
-"""The example downstream package (``tests/example_package``), run end to end (spec 40).
+"""The example downstream package (``tests/example_package``), run end to end (docs/extending.rst).
 
 ``jobs``: queues, jobs and errors on a ``PipelineDatabase()`` made at import time and moved with
 ``use_database``; a worker ``BLPOP``ing the waiting lists. ``catalog``: dynamic fields, dynamic

@@ -1,6 +1,6 @@
 """Extension points relied upon by downstream code: dynamic fields, command hooks, attach hooks.
 
-Spec 40 §5–§7, §11, §12 (and spec 11 §1, §6 "extension points").
+docs/extending.rst.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``FieldLock``: key, cost, scope, re-entrancy, ``lockable=False``, blocking between threads.
 
-Spec 11 §2.4 and §7, spec 10 §9 items 9–10.
+docs/models.rst ("FieldLock") and docs/failure-semantics.rst ("Locks").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fields, part 1: proxy machinery, ``RedisField``, binding/copy/repr, index plumbing.
 
-Spec 11 §1, §2.1–§2.2 and §6 (command sets). Single-value fields: ``test_fields_single.py``;
+docs/models.rst (fields and their command sets). Single-value fields: ``test_fields_single.py``;
 multi-value fields: ``test_fields_multi.py``.
 """
 

@@ -1,6 +1,6 @@
 """Fields, part 2: ``SetField``, ``ListField``, ``SortedSetField``, ``HashField`` and ``*scan``.
 
-Spec 11 §5 (and the strategies of §2.3 applied to them).
+docs/models.rst (their commands and how each keeps the indexes up to date).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fields, part 2: single-value fields (``StringField``, ``InstanceHashField``, ``PKField``) and values.
 
-Spec 11 §2.3–§2.5 (strategies applied to them), §3 and §4. Machinery: ``test_fields.py``;
+docs/models.rst (their commands, the values they store). Machinery: ``test_fields.py``;
 multi-value fields: ``test_fields_multi.py``.
 """
 
@@ -459,7 +459,7 @@ def test_renamed_pk(Base, namespace):
         Named(pk="a", name="b")
 
 
-# ---------------------------------------------------------------------- values (spec 11 §3)
+# ---------------------------------------------------------------------- values (docs/models.rst)
 
 
 def test_values_are_encoded_by_redis_py_and_read_back_as_str(Base, client, namespace):

@@ -1,4 +1,4 @@
-"""Tests of ``limpyd.indexes`` (spec 20): key layout, filtering, uniqueness, rollback, clear/rebuild."""
+"""Tests of ``limpyd.indexes`` (docs/indexes.rst): key layout, filtering, uniqueness, rollback, clear/rebuild."""
 
 from __future__ import annotations
 

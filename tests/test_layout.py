@@ -1,7 +1,7 @@
 """Redis key layout: every key name, type and content written through the package.
 
-Spec 10 §6 (model keys, the ``ns:everything`` example), spec 20 §1 (index keys of every field
-type and index type) and spec 40 §11 (keys relied upon by downstream code).
+Model keys (docs/models.rst), index keys of every field type and index type (docs/indexes.rst)
+and the keys downstream code relies upon (docs/extending.rst).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Models: instance construction, class-level and instance API, lifecycle, deletion, eq/hash/repr.
 
-Spec 10 §5.3–§5.5, §7, §8 and §9 (key layout: ``test_layout.py``; locks: ``test_fieldlock.py``).
+docs/models.rst (key layout: ``test_layout.py``; locks: ``test_fieldlock.py``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Tests of the model registry and of model class creation.
 
-Spec 10 §4.2 (registry, ``_creation_source``, ``use_database``), §5.1 (``MetaRedisModel``),
-§5.2 (class attributes), the model-level API of §5.4 used on classes, and spec 40 §5.1–5.2.
+The registry (``_creation_source``, ``use_database``), ``MetaRedisModel``, the class attributes
+and the model-level API used on classes (docs/models.rst, docs/database.rst), and the hooks
+downstream packages use (docs/extending.rst).
 """
 
 from __future__ import annotations

@@ -217,7 +217,7 @@ CONFLICT_TAIL = (
 
 def conflict_message(namespace: str, name: str, new: tuple, old: tuple, new_qualname: str,
                      old_qualname: str) -> str:
-    """Return the full registry conflict message (spec 10 §4.2, plus both classes and the fix)."""
+    """Return the full registry conflict message (both classes, their source locations and the fix)."""
     return (
         'A model with namespace "%s" and name "%s" is already defined on this database '
         '(Attempt on "%s" line %s ; Already defined on "%s" line %s). %s clashes with %s%s'

@@ -1,4 +1,4 @@
-"""An example downstream package built on limpyd's extension points (spec 40).
+"""An example downstream package built on limpyd's extension points (docs/extending.rst).
 
 It is written the way real downstream projects use limpyd 2.x internals, to document them and to
 run them end to end in ``tests/test_example_package.py``:

@@ -1,6 +1,6 @@
 """Extensions built on limpyd's extension points: dynamic fields and reverse-side writers.
 
-Dynamic fields (spec 40 §5.2, §6.2, §7, §8, §11)::
+Dynamic fields (docs/extending.rst)::
 
     class Book(ModelWithDynamicFieldMixin, RelatedModel):
         collection_manager = ExtendedCollectionManagerWithDynamicFields
