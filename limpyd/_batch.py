@@ -21,6 +21,10 @@ Two speculations keep the round trips down, both verified when the replies come 
   contract wants, but a lock held elsewhere does not make the creation wait).
 
 Inside a user pipeline (``PipelineDatabase``) no batch is opened: commands go to the pipeline.
+
+A queued lock acquisition names its lock as ``guard``: a lock object answering
+``lock_refused(token, relaxed)`` when the ``SET NX`` was refused (``FieldLock``); the transport
+knows nothing else of locks or of the ORM's keys.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ __all__ = [
     "lock_command",
     "queue_command",
     "resolve",
+    "send_ahead_of_locks",
     "send_commands",
 ]
 
@@ -250,7 +255,7 @@ class Batch:
         if item.guard is not None and not item.relaxed:
             self.strict_guard_queued = True
 
-    def execute(self, args: tuple, options: dict) -> Any:
+    def execute(self, args: tuple, options: dict, ahead_of_locks: bool = False) -> Any:
         """Send the command ``args`` now, with the queue in front of it; return its reply.
 
         Alone, it is sent the way queued commands are (one pooled connection, no redis-py retry
@@ -262,7 +267,7 @@ class Batch:
                 raise reply
             return reply
         name = str(args[0]).upper()
-        is_read = name in READ_COMMANDS or (name == "INCRBY" and str(args[1]).endswith(":max_pk"))
+        is_read = ahead_of_locks or name in READ_COMMANDS
         if self.strict_guard_queued and not is_read:
             self.flush()
             return self.real.execute_command(*args, **options)
@@ -271,7 +276,7 @@ class Batch:
         self.strict_guard_queued = False
         replies = self._send(items + [_Item(args, options)])
         rerun = self._process(items, replies[:-1])
-        if rerun and name != "INCRBY":  # a read sent behind a lock we did not get yet
+        if rerun and not ahead_of_locks:  # a read sent behind a lock we did not get yet
             return self.real.execute_command(*args, **options)
         reply = replies[-1]
         if isinstance(reply, Exception):
@@ -313,11 +318,8 @@ class Batch:
             try:
                 if item.guard is not None:
                     if not reply and not isinstance(reply, Exception):
-                        if item.relaxed:
-                            item.guard._limpyd_not_acquired = True
-                        else:
-                            item.guard._limpyd_wait_for_lock(item.args[2])
-                            waited = True
+                        item.guard.lock_refused(item.args[2], item.relaxed)
+                        waited = waited or not item.relaxed
                     elif isinstance(reply, Exception):
                         raise reply
                 elif item.on_reply is not None:
@@ -412,6 +414,17 @@ def defer_next(connection: Any, on_reply: Optional[Callable[[Any], None]] = None
     return True
 
 
+def send_ahead_of_locks(connection: Any, *args: Any) -> Any:
+    """Send the command ``args`` now and return its reply; in a batch, it may pass a lock not confirmed yet.
+
+    For a command whose reply is needed, that must not wait for the field locks queued before it,
+    and that must not run twice (the pk counter's ``INCRBY``).
+    """
+    if type(connection) is BatchClient:
+        return connection._limpyd_batch.execute(args, {}, ahead_of_locks=True)
+    return connection.execute_command(*args)
+
+
 def lock_command(lock: Any, token: Any) -> tuple:
     """Return the ``SET name token NX [PX ms]`` taking ``lock`` (one argument order, any redis-py)."""
     if lock.timeout:
@@ -439,7 +452,7 @@ def release_reply_checker(lock: Any, token: Any) -> Callable[[Any], None]:
             reply = lock.lua_release(keys=[lock.name], args=[token], client=getattr(lock.redis, "_limpyd_real", lock.redis))
         elif isinstance(reply, Exception):
             raise reply
-        if not reply and not getattr(lock, "_limpyd_not_acquired", False):
+        if not reply and not getattr(lock, "not_acquired", False):
             raise LockNotOwnedError("Cannot release a lock that's no longer owned")
 
     return check

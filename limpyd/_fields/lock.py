@@ -67,9 +67,16 @@ class FieldLock(Lock):
             return True
         return bool(self.redis.execute_command(*command)) or holds_lock(self, token)
 
-    def _limpyd_wait_for_lock(self, token: Any) -> None:
-        """Wait for the lock after a queued ``SET NX`` found it held elsewhere."""
-        wait_for_lock(self, token)
+    #: set when a relaxed acquisition (a field of an instance being created) found the lock held
+    #: elsewhere: its release then expects "not owned"
+    not_acquired = False
+
+    def lock_refused(self, token: Any, relaxed: bool) -> None:
+        """Answer a queued ``SET NX`` refused by Redis: wait for the lock, or (relaxed) go on without it."""
+        if relaxed:
+            self.not_acquired = True
+        else:
+            wait_for_lock(self, token)
 
     def do_release(self, expected_token: Any) -> None:
         """Run the release script; in a batch, queued and checked on its reply."""

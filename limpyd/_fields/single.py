@@ -6,6 +6,7 @@ from typing import Any, Set
 
 from limpyd._batch import (
     defer_next,
+    send_ahead_of_locks,
 )
 from limpyd._fields.base import RedisField
 from limpyd._fields.values import check_value
@@ -282,4 +283,5 @@ class AutoPKField(PKField):
         """Return a newly allocated pk (``INCRBY N:max_pk 1``); refuse a given one."""
         if value is not None:
             raise ValueError('The pk for %s is "auto-increment", you must not fill it' % self._model.__name__)
-        return self.normalize(self.connection.incr(make_key(self._model._name, "max_pk")))
+        # the counter's reply is needed now; it may pass the locks queued before it, and never runs twice
+        return self.normalize(send_ahead_of_locks(self.connection, "INCRBY", make_key(self._model._name, "max_pk"), 1))
