@@ -35,6 +35,8 @@ _INDEX_METHODS = ("get_storage_key", "normalize_value", "prepare_data_to_store",
                   "remove", "_key_parts", "check_uniqueness", "transform_value")
 #: the methods of a multi-index the script reproduces
 _MULTI_METHODS = ("add", "remove", "prepare_args", "transform_value")
+#: the methods of EqualIndexWith / ScoredEqualIndex the script reproduces
+_COMPOUND_METHODS = ("add", "remove", "store", "unstore", "normalize_value", "_key_parts", "get_storage_key")
 
 
 def atomic_enabled(model: Any) -> bool:
@@ -76,6 +78,34 @@ def _refuse(model: Any, field: Any, index: Any) -> ImplementationError:
     )
 
 
+def _compound(model: Any, field: Any, index: Any, contrib: Any) -> Optional[Dict[str, Any]]:
+    """Return the description of an index whose entries depend on a second field, if ``index`` is one.
+
+    ``EqualIndexWith`` (a set per combination of the values of its fields) and ``ScoredEqualIndex``
+    (a sorted set per value, scored by another field): the script recomputes their entries from
+    every field involved, before and after each write touching one of them.
+    """
+    with_class = getattr(contrib, "EqualIndexWith", None)
+    scored_class = getattr(contrib, "ScoredEqualIndex", None)
+    if with_class is not None and isinstance(index, with_class):
+        if index.transform is not None or any(
+            getattr(type(index), name) is not getattr(with_class, name) for name in _COMPOUND_METHODS
+        ):
+            raise _refuse(model, field, index)
+        head = make_key(model._name, field.name, *[part for part in (index.prefix, index.key) if part])
+        return {"y": "with", "h": head, "fields": [field.name] + [other.name for other in index._other_fields],
+                "u": bool(index.unique)}
+    if scored_class is not None and isinstance(index, scored_class):
+        if index.transform is not None or any(
+            getattr(type(index), name) is not getattr(scored_class, name) for name in _COMPOUND_METHODS
+        ):
+            raise _refuse(model, field, index)
+        tail = "".join(":%s" % part for part in (index.prefix, index.key) if part)
+        return {"y": "scored", "h": make_key(model._name, field.name), "t": tail,
+                "fields": [field.name, index._score_field.name], "u": bool(field.unique)}
+    return None
+
+
 def _index_descriptors(model: Any, field: Any, index: Any, slices: Tuple[List[int], ...] = (),
                        extras: Tuple[str, ...] = ()) -> List[Dict[str, Any]]:
     """Return what the script needs of ``index`` (one entry per real index), or raise naming the fix.
@@ -85,6 +115,12 @@ def _index_descriptors(model: Any, field: Any, index: Any, slices: Tuple[List[in
     applied first; transforms must be slices (``SliceTransform``).
     """
     contrib = sys.modules.get("limpyd.contrib.indexes")
+    related = getattr(contrib, "_BaseRelatedIndex", None)
+    if related is not None and isinstance(index, related):
+        return []  # forwards to a compound index, described once with it (see _compound)
+    compound = _compound(model, field, index, contrib)
+    if compound is not None:
+        return [compound]
     multi = getattr(contrib, "MultiIndexes", None)
     if multi is not None and isinstance(index, multi):
         if any(getattr(type(index), name) is not getattr(multi, name) for name in _MULTI_METHODS):
@@ -128,6 +164,7 @@ def schema_of(model: Any) -> Dict[str, Any]:
         return cached[1]
     names: List[str] = []
     described: Dict[str, Any] = {}
+    compounds: List[Dict[str, Any]] = []
     for name in model._fields[1:]:
         field = model.get_field(name)
         kind = _field_kind(field)
@@ -138,18 +175,24 @@ def schema_of(model: Any) -> Dict[str, Any]:
             )
         indexes = field._indexes if field.indexable else []
         descriptors: List[Dict[str, Any]] = []
+        unique_position = None
         for index in indexes:
-            if field.unique and index is field.get_unique_index():
-                if index.transform is not None or len(_index_descriptors(model, field, index)) != 1:
+            of_index = _index_descriptors(model, field, index)
+            own = [one for one in of_index if one["y"] not in ("with", "scored")]
+            compounds.extend(one for one in of_index if one["y"] in ("with", "scored"))
+            if field.unique and index is field.get_unique_index() and own:
+                if index.transform is not None or len(own) != 1:
                     raise _refuse(model, field, index)  # uniqueness on transformed values: not server-side
                 unique_position = len(descriptors) + 1
-            descriptors.extend(_index_descriptors(model, field, index))
+            descriptors.extend(own)
         entry: Dict[str, Any] = {"k": kind, "ix": descriptors}
-        if field.unique:
+        if unique_position is not None:
             entry["u"] = unique_position
         names.append(name)
         described[name] = entry
-    schema = {"m": model._name, "o": names, "f": described}
+    schema = {"m": model._name, "o": names, "f": described, "pk": model._fields[0]}
+    if compounds:
+        schema["c"] = compounds
     if getattr(model, "_limpyd_expiring", False):
         schema["x"] = True
     # the model's own script (``database.call_script`` registers it once: EVALSHA, NOSCRIPT reloads)
@@ -337,6 +380,11 @@ def refusal(model: Any, status: Any, first: Any = None, second: Any = None, thir
         return UniquenessError(
             'Value "%s" already indexed for unique field %s.%s (for instance %s)'
             % (second, model.__name__, first, third)
+        )
+    if status == "uniquewith":
+        return UniquenessError(
+            "Values already indexed together for the unique index of %s.%s (key %s, for instance %s)"
+            % (model.__name__, first, second, third)
         )
     if status == "pkexists":
         return UniquenessError("PKField %s already exists for model %s)" % (first, model))

@@ -142,6 +142,85 @@ local function unique_conflict(pk, name, f, parts_list, scores)
     return nil
 end
 
+-- compound indexes (EqualIndexWith, ScoredEqualIndex): entries computed from every field involved
+local function field_parts(pk, name)
+    if name == schema.pk then return {{pk}} end
+    return read_parts(pk, name, schema.f[name])
+end
+
+-- {id = {key type, key, member, score}} of the compound index c for pk, from what is stored now
+local function compound_entries(pk, c)
+    local out = {}
+    if c.y == 'scored' then
+        local scores = field_parts(pk, c.fields[2])
+        for _, parts in ipairs(field_parts(pk, c.fields[1])) do
+            local key = c.h
+            for i = 1, #parts - 1 do key = key .. ':' .. parts[i] end
+            key = key .. c.t .. ':' .. parts[#parts]
+            if #scores > 0 then out['z\0' .. key] = {'zset', key, pk, num(scores[1][1])} end
+            if c.u then out['s\0' .. key .. ':__uniqueness__'] = {'set', key .. ':__uniqueness__', pk} end
+        end
+        return out
+    end
+    local combos = {{}}
+    for _, name in ipairs(c.fields) do
+        local parts_list = field_parts(pk, name)
+        if #parts_list == 0 then return out end
+        local next_combos = {}
+        for _, combo in ipairs(combos) do
+            for _, parts in ipairs(parts_list) do
+                local extended = {unpack(combo)}
+                for _, part in ipairs(parts) do extended[#extended + 1] = part end
+                next_combos[#next_combos + 1] = extended
+            end
+        end
+        combos = next_combos
+    end
+    for _, combo in ipairs(combos) do
+        local key = c.h .. ':' .. table.concat(combo, ':')
+        out['s\0' .. key] = {'set', key, pk}
+    end
+    return out
+end
+
+local function compounds_of(names)
+    local found = {}
+    if not schema.c then return found end
+    for _, c in ipairs(schema.c) do
+        for _, name in ipairs(c.fields) do
+            local touched = false
+            for _, other in ipairs(names) do if other == name then touched = true end end
+            if touched then found[#found + 1] = c; break end
+        end
+    end
+    return found
+end
+
+-- the pk holding a unique entry of c other than pk, or nil
+local function compound_conflict(c, entry, pk)
+    if not c.u then return nil end
+    if entry[1] ~= 'set' then return nil end
+    for _, other in ipairs(redis.call('smembers', entry[2])) do
+        if other ~= pk then return other end
+    end
+    return nil
+end
+
+local function apply_compound(before, after)
+    for id, entry in pairs(before) do
+        local now = after[id]
+        if not now then
+            if entry[1] == 'set' then redis.call('srem', entry[2], entry[3]) else redis.call('zrem', entry[2], entry[3]) end
+        end
+    end
+    for id, entry in pairs(after) do
+        local was = before[id]
+        if not was or (entry[1] == 'zset' and was[4] ~= entry[4]) then
+            if entry[1] == 'set' then redis.call('sadd', entry[2], entry[3]) else redis.call('zadd', entry[2], entry[4], entry[3]) end
+        end
+    end
+end
+
 local function deindex_all(pk, name, f, parts_list)
     for _, parts in ipairs(parts_list) do
         for _, ix in ipairs(f.ix) do ix_remove(ix, pk, parts) end
@@ -155,6 +234,9 @@ local function index_all(pk, name, f, parts_list, scores)
 end
 
 local function delete_instance(pk)
+    if schema.c then
+        for _, c in ipairs(schema.c) do apply_compound(compound_entries(pk, c), {}) end
+    end
     local keys = {}
     for _, name in ipairs(schema.o) do
         local f = schema.f[name]
@@ -237,8 +319,28 @@ local function create_one(row)
     if pk and redis.call('sismember', COLLECTION, pk) == 1 then return {'pkexists', pk} end
     local conflict = check_new(pk or '', row.f)
     if conflict then return {'unique', conflict[1], conflict[2], conflict[3]} end
-    if not pk then pk = tostring(redis.call('incrby', M .. ':max_pk', 1)) end
+    local allocated = not pk
+    if allocated then pk = tostring(redis.call('incrby', M .. ':max_pk', 1)) end
     write_new(pk, row.f)
+    if schema.c then
+        local entries = {}
+        for _, c in ipairs(schema.c) do
+            local after = compound_entries(pk, c)
+            for _, entry in pairs(after) do
+                local other = compound_conflict(c, entry, pk)
+                if other then  -- refused: the creation is undone whole, the pk counter included
+                    delete_instance(pk)
+                    if allocated then
+                        if tonumber(pk) == 1 then redis.call('del', M .. ':max_pk')
+                        else redis.call('decrby', M .. ':max_pk', 1) end
+                    end
+                    return {'uniquewith', c.fields[1], entry[2], other}
+                end
+            end
+            entries[#entries + 1] = after
+        end
+        for _, after in ipairs(entries) do apply_compound({}, after) end
+    end
     if row.ttl then redis.call('zadd', DEADLINES, now_ms() + row.ttl, pk) end
     return {'ok', pk}
 end
@@ -275,10 +377,14 @@ end
 
 -- run one command on fields of an instance, maintaining their indexes from what changed
 local function modify(pk, names, command)
+    local compounds = compounds_of(names)
+    local compound_pre = {}
+    for i, c in ipairs(compounds) do compound_pre[i] = compound_entries(pk, c) end
     local pre, snapshots, unique = {}, {}, false
     for _, name in ipairs(names) do
         if schema.f[name].u then unique = true end
     end
+    for _, c in ipairs(compounds) do if c.u then unique = true end end
     for _, name in ipairs(names) do
         local f = schema.f[name]
         pre[name] = read_parts(pk, name, f)
@@ -302,10 +408,24 @@ local function modify(pk, names, command)
             return {'unique', conflict[1], conflict[2], conflict[3]}
         end
     end
+    local compound_post = {}
+    for i, c in ipairs(compounds) do
+        compound_post[i] = compound_entries(pk, c)
+        for id, entry in pairs(compound_post[i]) do
+            if not compound_pre[i][id] then
+                local other = compound_conflict(c, entry, pk)
+                if other then
+                    for _, n in ipairs(names) do restore(pk, n, schema.f[n], snapshots[n]) end
+                    return {'uniquewith', c.fields[1], entry[2], other}
+                end
+            end
+        end
+    end
     for _, change in ipairs(changes) do
         deindex_all(pk, change[1], change[2], change[3])
         index_all(pk, change[1], change[2], change[4], nil)
     end
+    for i = 1, #compounds do apply_compound(compound_pre[i], compound_post[i]) end
     return {'ok', result}
 end
 

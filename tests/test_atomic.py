@@ -246,3 +246,41 @@ def test_date_and_time_indexes_same_bytes(database, namespace, raw):
         scenario_dates(ns, atomic)
     assert strip(namespace + "d", dump(raw)) == strip(namespace + "a", dump(raw))
     assert len(strip(namespace + "a", dump(raw))) > 10
+
+
+def test_equal_index_with_and_scored_equal_index_same_bytes(database, namespace, raw):
+    from limpyd.contrib.collection import ExtendedCollectionManager
+    from limpyd.contrib.indexes import EqualIndexWith, ScoredEqualIndex
+
+    def run(ns, atomic):
+        Task = type("Task", (model.RedisModel,), {
+            "database": database, "namespace": ns, "atomic_writes": atomic,
+            "collection_manager": ExtendedCollectionManager,
+            "owner": fields.InstanceHashField(indexable=True, indexes=[
+                EqualIndexWith.configure(other_fields=["kind"], unique=True)]),
+            "kind": fields.StringField(indexable=True),
+            "queue": fields.StringField(indexable=True, indexes=[ScoredEqualIndex.configure(score_field="prio")]),
+            "prio": fields.InstanceHashField(),
+            "labels": fields.SetField(indexable=True, indexes=[EqualIndexWith.configure(other_fields=["kind"])]),
+        })
+        a = Task(owner="ann", kind="bug", queue="q1", prio=5, labels=["x", "y"])
+        b = Task(owner="bob", kind="bug", queue="q1", prio=1)
+        with pytest.raises(UniquenessError):
+            Task(owner="ann", kind="bug")
+        with pytest.raises(UniquenessError):
+            b.owner.hset("ann")
+        a.kind.set("feature")
+        b.owner.hset("ann")  # free again: ann's task is a feature now
+        a.prio.hset(0)
+        a.hmset(prio=9, owner="cid")
+        a.labels.sadd("z")
+        b.queue.set("q2")
+        assert list(Task.collection(queue="q1")) == [a.pk.get()]
+        assert list(Task.collection(owner="ann", kind="bug")) == [b.pk.get()]
+        b.delete()
+        return Task
+
+    for ns, atomic in ((namespace + "d", False), (namespace + "a", True)):
+        run(ns, atomic)
+    assert strip(namespace + "d", dump(raw)) == strip(namespace + "a", dump(raw))
+    assert any("equal-with" in key for key in strip(namespace + "a", dump(raw)))
