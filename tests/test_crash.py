@@ -20,6 +20,8 @@ from _redis_dump import raw_client
 from limpyd import fields, model
 from limpyd.exceptions import DoesNotExist, UniquenessError
 
+pytestmark = pytest.mark.slow  # deselected by the middle CI legs (-m "not slow"), see .ci/run
+
 KILLS = 200
 
 

@@ -46,6 +46,8 @@ from limpyd.exceptions import DoesNotExist, UniquenessError
 from limpyd.indexes import NumberRangeIndex
 from limpyd.model import RedisModel
 
+pytestmark = pytest.mark.slow  # deselected by the middle CI legs (-m "not slow"), see .ci/run
+
 #: what a call may raise when its connection is killed
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 #: no operation may take longer (a stale lock costs its 5 s timeout)

@@ -231,6 +231,20 @@ def test_python_versions_claimed() -> None:
     assert "3.10" in run and "3.13" in run
 
 
+def test_ci_first_leg_is_the_readme_test_command() -> None:
+    # the README's test command is exactly what CI runs first, with the full suite
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    command = "scripts/bootstrap && .venv/bin/python -m pytest"
+    assert "\n%s\n" % command in readme
+    test_lines = [line for line in run.splitlines() if "-m pytest" in line and not line.lstrip().startswith("#")]
+    assert test_lines[0] == command
+    # the middle legs deselect the slow modules and the cluster variants, the others run them
+    assert 'run_quick() { LIMPYD_TEST_CLUSTER=0 "$@" -q -p no:cacheprovider -m "not slow"; }' in run
+    for module in ("test_faults.py", "test_crash.py", "test_thread_consistency.py"):
+        assert "pytestmark = pytest.mark.slow" in (ROOT / "tests" / module).read_text(encoding="utf-8"), module
+
+
 def test_license() -> None:
     project = _load_toml(ROOT / "pyproject.toml")["project"]
     assert project["license"] == "BSD-3-Clause"

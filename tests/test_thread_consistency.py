@@ -13,11 +13,14 @@ import random
 import threading
 from typing import Any, Callable, List, Tuple
 
+import pytest
 from _consistency import check_consistency
 
 from limpyd import fields
 from limpyd.exceptions import DoesNotExist, UniquenessError
 from limpyd.indexes import NumberRangeIndex
+
+pytestmark = pytest.mark.slow  # deselected by the middle CI legs (-m "not slow"), see .ci/run
 
 THREADS = 8
 ROUNDS = 25
