@@ -536,6 +536,11 @@ def test_aggressive_clear_uses_a_pipeline_and_restores_the_connection(pdb, names
         "DEL %s:person:name:a" % namespace, "DEL %s:person:name:b" % namespace]
     assert "MULTI" not in log
     assert pdb.connection is direct and pdb._pipelined_connection is None
+    # the index got it from the database's hook: one of its own pipelines, installed while open
+    with pdb._non_transactional_pipeline() as pipeline:
+        assert isinstance(pipeline, _Pipeline) and not pipeline.transaction
+        assert pdb.connection is pipeline
+    assert pdb.connection is direct
     field.rebuild_indexes()
     assert set(Person.collection(name="a")) == {"1"}
 
