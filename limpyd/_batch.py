@@ -37,7 +37,7 @@ import redis
 from redis.client import Pipeline
 from redis.exceptions import DataError, LockError, LockNotOwnedError, NoScriptError, ResponseError
 
-from limpyd._cluster import send_cluster_commands
+from limpyd._cluster import cluster_batch_client_class, is_batchable_cluster, send_cluster_commands
 from limpyd._pool import get_pool_connection
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "batch_scope",
     "current_batch",
     "defer_next",
+    "later",
     "lock_command",
     "queue_command",
     "resolve",
@@ -188,6 +189,19 @@ class BatchClient(redis.Redis):
         return self._limpyd_real.pipeline(transaction=transaction, shard_hint=shard_hint)
 
 
+#: the client views of a batch: :class:`BatchClient`, and its cluster twin once a cluster is used
+_VIEW_TYPES = {BatchClient}
+
+
+def _view_class(real: Any) -> type:
+    """Return the class of the batch view of ``real``: :class:`BatchClient`, or its ``RedisCluster`` twin."""
+    if isinstance(real, redis.Redis):
+        return BatchClient
+    view = cluster_batch_client_class(BatchClient)
+    _VIEW_TYPES.add(view)
+    return view
+
+
 def send_commands(client: redis.Redis, commands: List[tuple]) -> list:
     """Send ``commands`` (``(args, options)`` pairs) in one write on one pooled connection of ``client``.
 
@@ -240,7 +254,7 @@ class Batch:
 
     def __init__(self, real: redis.Redis) -> None:
         self.real = real
-        self.client = BatchClient(real, self)
+        self.client = _view_class(real)(real, self)
         self.queue: List[_Item] = []
         self.strict_guard_queued = False
         self.owners: set = set()
@@ -368,9 +382,10 @@ class batch_scope:  # noqa: N801 - used as a context manager, like contextlib's 
         batch = current_batch(database)
         if batch is None:
             real = database.connection
-            if isinstance(real, Pipeline) or not isinstance(real, redis.Redis) or "execute_command" in real.__dict__:
+            if (isinstance(real, Pipeline) or not (isinstance(real, redis.Redis) or is_batchable_cluster(real))
+                    or "execute_command" in real.__dict__):
                 # a user pipeline, a custom client, or one whose execute_command is wrapped: every
-                # command goes there, one by one
+                # command goes there, one by one (a limpyd cluster client batches: one slot, one node)
                 return None
             batches = getattr(_local, "batches", None)
             if batches is None:
@@ -408,7 +423,7 @@ def defer_next(connection: Any, on_reply: Optional[Callable[[Any], None]] = None
 
     Only a :class:`BatchClient` queues commands; on any other client the command runs at once.
     """
-    if type(connection) is not BatchClient:
+    if type(connection) not in _VIEW_TYPES:
         return False
     connection._limpyd_defer = _Item((), {}, on_reply, guard, relaxed, is_write, on_lost)
     return True
@@ -420,9 +435,36 @@ def send_ahead_of_locks(connection: Any, *args: Any) -> Any:
     For a command whose reply is needed, that must not wait for the field locks queued before it,
     and that must not run twice (the pk counter's ``INCRBY``).
     """
-    if type(connection) is BatchClient:
+    if type(connection) in _VIEW_TYPES:
         return connection._limpyd_batch.execute(args, {}, ahead_of_locks=True)
     return connection.execute_command(*args)
+
+
+class later:  # noqa: N801 - reads as a verb at call sites: later(connection).sadd(key, pk)
+    """Send the next command through ``connection`` in the write-behind batch, if one is open.
+
+    ``later(connection).sadd(key, pk)`` queues ``SADD`` (sent with the next command needing a
+    reply) and returns ``None``; on any other client (no batch, a user pipeline) the command runs
+    at once and its result is returned. The options are those of :func:`defer_next`: the callback
+    of the reply, the lock a ``SET NX`` takes (``guard``), whether it is a write, what to do when
+    its round trip is lost.
+    """
+
+    __slots__ = ("connection", "options")
+
+    def __init__(self, connection: Any, **options: Any) -> None:
+        self.connection = connection
+        self.options = options
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.connection, name)
+        connection, options = self.connection, self.options
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            defer_next(connection, **options)
+            return method(*args, **kwargs)
+
+        return call
 
 
 def lock_command(lock: Any, token: Any) -> tuple:
@@ -434,7 +476,7 @@ def lock_command(lock: Any, token: Any) -> tuple:
 
 def wait_for_lock(lock: Any, token: Any) -> None:
     """Acquire ``lock`` with ``token`` the way redis-py's blocking ``acquire`` does (after a miss)."""
-    client = lock.redis._limpyd_real if isinstance(lock.redis, BatchClient) else lock.redis
+    client = lock.redis._limpyd_real if type(lock.redis) in _VIEW_TYPES else lock.redis
     command = lock_command(lock, token)
     blocking_timeout = lock.blocking_timeout
     stop_at = time.monotonic() + blocking_timeout if blocking_timeout is not None else None
@@ -464,7 +506,7 @@ def queue_command(connection: Any, name: str, *args: Any, **kwargs: Any) -> Opti
     Returns ``None`` (and sends nothing) when ``connection`` is not a :class:`BatchClient`: the
     caller then sends the command its usual way. An error reply is raised when the batch is sent.
     """
-    if type(connection) is not BatchClient:
+    if type(connection) not in _VIEW_TYPES:
         return None
     pending = Pending(connection._limpyd_batch)
     connection._limpyd_defer = _Item((), {}, pending.reply_handler())

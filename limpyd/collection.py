@@ -39,7 +39,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 # redis-limpyd 2.x exposes every exception here (it star-imported them)
 from redis.client import Pipeline
 
-from limpyd._batch import assume_exists, batch_scope, current_batch, defer_next, queue_command, send_commands
+from limpyd._batch import (
+    assume_exists,
+    batch_scope,
+    current_batch,
+    later,
+    queue_command,
+    send_commands,
+)
 from limpyd._recovery import register_temporary_key, temporary_keys
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.fields import SingleValueField
@@ -343,8 +350,7 @@ class CollectionManager(object):
             # the EXISTS travels with the commands using the key: a uuid4 is free (checked on reply)
             key = make_key(*parts, uuid.uuid4().hex)
             register_temporary_key(key)
-            defer_next(connection, on_reply=_check_free_key(key), is_write=False)
-            connection.exists(key)
+            later(connection, on_reply=_check_free_key(key), is_write=False).exists(key)
             return key
         return unique_key(connection, make_key(*parts))
 
@@ -713,8 +719,8 @@ class CollectionManager(object):
                 pk_key = self._unique_key("tmp")
                 tmp_keys.add(pk_key)
                 connection = self.connection
-                defer_next(connection)  # nobody reads the reply: sent with the next command
-                connection.sadd(pk_key, pk)
+                # nobody reads the reply: sent with the next command
+                later(connection).sadd(pk_key, pk)
                 keys.add(pk_key)
             elif not keys:
                 return make_key(self.model._name, "collection"), False

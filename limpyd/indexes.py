@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from redis.exceptions import DataError
 
-from limpyd._batch import defer_next
+from limpyd._batch import later
 from limpyd.exceptions import ImplementationError, UniquenessError
 from limpyd.utils import make_key, unique_key
 
@@ -468,15 +468,15 @@ class EqualIndex(BaseIndex):
     def store(self, key: str, pk: Any, **kwargs: Any) -> bool:
         """Add ``pk`` to the set ``key`` and return ``True`` (https://redis.io/commands/sadd)."""
         connection = self.connection
-        defer_next(connection)  # nobody reads the reply: sent with the next command
-        connection.sadd(key, pk)
+        # nobody reads the reply: sent with the next command
+        later(connection).sadd(key, pk)
         return True
 
     def unstore(self, key: str, pk: Any, **kwargs: Any) -> bool:
         """Remove ``pk`` from the set ``key`` and return ``True`` (https://redis.io/commands/srem)."""
         connection = self.connection
-        defer_next(connection)  # nobody reads the reply: sent with the next command
-        connection.srem(key, pk)
+        # nobody reads the reply: sent with the next command
+        later(connection).srem(key, pk)
         return True
 
     def add(self, pk: Any, *args: Any, check_uniqueness: bool = True, **kwargs: Any) -> None:
@@ -596,15 +596,15 @@ class BaseRangeIndex(BaseIndex):
         if score is None:
             return False
         connection = self.connection
-        defer_next(connection)  # nobody reads the reply: sent with the next command
-        connection.zadd(key, {member: score})
+        # nobody reads the reply: sent with the next command
+        later(connection).zadd(key, {member: score})
         return True
 
     def unstore(self, key: str, member: Any, score: Any) -> bool:
         """Remove ``member`` from ``key`` and return ``True`` (https://redis.io/commands/zrem)."""
         connection = self.connection
-        defer_next(connection)  # nobody reads the reply: sent with the next command
-        connection.zrem(key, member)
+        # nobody reads the reply: sent with the next command
+        later(connection).zrem(key, member)
         return True
 
     def add(self, pk: Any, *args: Any, check_uniqueness: bool = True, **kwargs: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from redis.exceptions import DataError
 
 from limpyd import _atomic, _bulk
-from limpyd._batch import batch_scope, defer_next, take_assumed_existence
+from limpyd._batch import batch_scope, later, take_assumed_existence
 from limpyd._recovery import UNKNOWN_OUTCOME, with_retries
 from limpyd.collection import CollectionManager
 from limpyd.database import RedisDatabase
@@ -790,8 +790,8 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
                     field._drop_next_result()
                     field.delete()
             connection = self.connection
-            defer_next(connection)  # nobody reads the reply: sent with the next command
-            connection.srem(self.pk.collection_key, self._pk)
+            # nobody reads the reply: sent with the next command
+            later(connection).srem(self.pk.collection_key, self._pk)
         del self._pk
 
     # ------------------------------------------------------------------ expiring instances
@@ -911,3 +911,36 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     def _is_field_locked(self, field: RedisField) -> bool:
         """Return whether this thread holds the lock of ``field``."""
         return field.name in self._thread_lock_storage().get(self._name, set())
+
+
+# ------------------------------------------------------------------ integrity tools (limpyd.integrity)
+# Thin classmethods, not in RESERVED_FIELD_NAMES: a field named like one of them is set on the
+# concrete model class and wins over it (the functions of limpyd.integrity stay usable).
+
+
+def _audit(cls: Any, **options: Any) -> Any:
+    """Return the audit report of this model (see :func:`limpyd.integrity.audit`)."""
+    from limpyd.integrity import audit
+
+    return audit(cls, **options)
+
+
+def _repair(cls: Any, report: Any = None, dry_run: bool = True, delete_orphans: bool = False,
+            keep: str = "oldest", **options: Any) -> Any:
+    """Fix what the audit of this model finds (see :func:`limpyd.integrity.repair`)."""
+    from limpyd.integrity import repair
+
+    return repair(cls, report=report, dry_run=dry_run, delete_orphans=delete_orphans, keep=keep, **options)
+
+
+def _rebuild_indexes(cls: Any, fields: Any = None, resume: bool = True, progress: Any = None,
+                     **options: Any) -> Any:
+    """Rebuild this model's indexes online (see :func:`limpyd.integrity.rebuild_indexes`)."""
+    from limpyd.integrity import rebuild_indexes
+
+    return rebuild_indexes(cls, fields=fields, resume=resume, progress=progress, **options)
+
+
+RedisModel.audit = classmethod(_audit)  # type: ignore[attr-defined]
+RedisModel.repair = classmethod(_repair)  # type: ignore[attr-defined]
+RedisModel.rebuild_indexes = classmethod(_rebuild_indexes)  # type: ignore[attr-defined]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Set
 
 from limpyd._batch import (
-    defer_next,
+    later,
     send_ahead_of_locks,
 )
 from limpyd._fields.base import RedisField
@@ -165,7 +165,7 @@ class PKField(SingleValueField):
 
     #: key parts that follow the model name in keys of the model itself: a pk equal to one of them
     #: (or to a field name) would share keys with the collection, counter, locks or indexes
-    reserved_pks = frozenset(("collection", "max_pk", "lock-for-update", "__index__", "__collection__"))
+    reserved_pks = frozenset(("collection", "max_pk", "lock-for-update", "__index__", "__collection__", "__rebuild__"))
 
     def normalize(self, value: Any) -> str:
         """Return ``value`` as a pk (``str``; UTF-8 ``bytes`` are decoded, as values are)."""
@@ -235,8 +235,8 @@ class PKField(SingleValueField):
         self._instance._set_pk(value)
         self._set = True
         connection = self.connection
-        defer_next(connection)  # nobody reads the reply: sent with the next command
-        connection.sadd(self.collection_key, value)
+        # nobody reads the reply: sent with the next command
+        later(connection).sadd(self.collection_key, value)
         return 1
 
     def get(self) -> str:

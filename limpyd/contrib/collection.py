@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from limpyd._batch import batch_scope, defer_next, queue_command
+from limpyd._batch import batch_scope, later, queue_command
 from limpyd._cluster import localize_key
 from limpyd._recovery import temporary_keys
 from limpyd.collection import CollectionManager, Converter, ParsedFilter, _execute, _model_path
@@ -418,13 +418,12 @@ class ExtendedCollectionManager(CollectionManager):
             connection = self.connection
             if not collection._store_sent and key is not None:
                 # nothing matched: the destination holds the (empty) result, as SORT ... STORE does
-                defer_next(connection)
-                connection.delete(key)
+                later(connection).delete(key)
             pending = queue_command(connection, "llen", store_key)
             length = connection.llen(store_key) if pending is None else None
             if ttl is not None:
-                defer_next(connection)  # nobody reads the reply: sent with the LLEN
-                connection.expire(store_key, ttl)
+                # nobody reads the reply: sent with the LLEN
+                later(connection).expire(store_key, ttl)
             if pending is not None:
                 length = pending.get()
         stored = self.__class__(self.model)._based_on_stored(store_key, length)
@@ -618,8 +617,8 @@ class ExtendedCollectionManager(CollectionManager):
                     add_key(item.key, "list")
                 elif isinstance(item, tuple) and item:
                     tmp_key = self._unique_key("tmp")
-                    defer_next(connection)  # nobody reads the reply: sent with the next command
-                    connection.sadd(tmp_key, *item)
+                    # nobody reads the reply: sent with the next command
+                    later(connection).sadd(tmp_key, *item)
                     add_key(tmp_key, "set", True)
                 else:
                     kind = "an empty list of pks" if isinstance(item, tuple) else repr(item)
@@ -667,8 +666,7 @@ class ExtendedCollectionManager(CollectionManager):
         """
         if keys:
             connection = self.connection
-            defer_next(connection)
-            connection.delete(*keys)
+            later(connection).delete(*keys)
 
     def _combine_sets(self, sets: Set[str], final_key: str) -> str:
         """Store the intersection of ``sets`` into ``final_key``; ``ZINTERSTORE`` when a zset takes part.
@@ -818,11 +816,10 @@ class ExtendedCollectionManager(CollectionManager):
             pairs = [(member, float("-inf") if score is None else score) for member, score in zip(members, scores)]
         base_key = self._unique_key("tmp")
         mapping = {make_key(base_key, member): str(float(score)) for member, score in pairs}
-        defer_next(connection)  # only reserves the name: nobody reads the reply
-        connection.set(base_key, _WORKING)
+        # only reserves the name: nobody reads the reply
+        later(connection).set(base_key, _WORKING)
         if mapping:
-            defer_next(connection)
-            connection.mset(mapping)
+            later(connection).mset(mapping)
         return base_key, list(mapping)
 
     def _sort_by_score_after(self, pks: List[Any], plan: _ScorePlan) -> List[Any]:
@@ -840,8 +837,7 @@ class ExtendedCollectionManager(CollectionManager):
         if plan.store:
             options["store"] = plan.store
         connection = self.connection
-        defer_next(connection)
-        connection.sadd(final_set, *pks)
+        later(connection).sadd(final_set, *pks)
         results = self._send_and_delete("sort", (final_set,), options, score_keys + [final_set, base_key])
         if plan.store:
             self._store_sent = True

@@ -34,7 +34,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from redis.exceptions import DataError
 
-from limpyd._batch import defer_next
+from limpyd._batch import later
 from limpyd.contrib.collection import ExtendedCollectionManager
 from limpyd.exceptions import ImplementationError
 from limpyd.fields import HashField, PKField, SingleValueField
@@ -168,11 +168,11 @@ class _RecomputedRollbackMixin:
             return
         connection = self.connection  # type: ignore[attr-defined]
         for kind, key in sorted(touched):
-            defer_next(connection)  # nobody reads the reply: sent with the next command
+            # nobody reads the reply: sent with the next command
             if kind == "zset":
-                connection.zrem(key, pk)
+                later(connection).zrem(key, pk)
             else:
-                connection.srem(key, pk)
+                later(connection).srem(key, pk)
         self._reindex_stored(pk)
 
     def _reindex_stored(self, pk: Any) -> None:
@@ -598,12 +598,11 @@ class ScoredEqualIndex(_RecomputedRollbackMixin, EqualIndex):
         if self.field.unique:
             uniqueness_key = self.uniqueness_key(key)
             self._journal(pk, "set", uniqueness_key)
-            defer_next(connection)  # nobody reads the reply: sent with the next command
-            connection.sadd(uniqueness_key, pk)
+            # nobody reads the reply: sent with the next command
+            later(connection).sadd(uniqueness_key, pk)
         if score is not None:
             self._journal(pk, "zset", key)
-            defer_next(connection)
-            connection.zadd(key, {pk: score})
+            later(connection).zadd(key, {pk: score})
         return True
 
     def unstore(self, key: str, pk: Any, **kwargs: Any) -> bool:
@@ -613,13 +612,11 @@ class ScoredEqualIndex(_RecomputedRollbackMixin, EqualIndex):
         """
         connection = self.connection
         self._journal(pk, "zset", key)
-        defer_next(connection)
-        connection.zrem(key, pk)
+        later(connection).zrem(key, pk)
         if self.field.unique:
             uniqueness_key = self.uniqueness_key(key)
             self._journal(pk, "set", uniqueness_key)
-            defer_next(connection)
-            connection.srem(uniqueness_key, pk)
+            later(connection).srem(uniqueness_key, pk)
         return True
 
     def score_updated(self, pk: Any, new_score: Optional[float]) -> None:
@@ -627,11 +624,11 @@ class ScoredEqualIndex(_RecomputedRollbackMixin, EqualIndex):
         connection = self.connection
         for key in self._current_keys(pk):
             self._journal(pk, "zset", key)
-            defer_next(connection)  # nobody reads the reply: sent with the next command
+            # nobody reads the reply: sent with the next command
             if new_score is None:
-                connection.zrem(key, pk)
+                later(connection).zrem(key, pk)
             else:
-                connection.zadd(key, {pk: new_score})
+                later(connection).zadd(key, {pk: new_score})
 
     def _reindex_stored(self, pk: Any) -> None:
         """Write the entries (and uniqueness records) of the values stored for ``pk``."""
@@ -642,11 +639,9 @@ class ScoredEqualIndex(_RecomputedRollbackMixin, EqualIndex):
         connection = self.connection
         for key in self._current_keys(pk, pending=False):
             if self.field.unique:
-                defer_next(connection)
-                connection.sadd(self.uniqueness_key(key), pk)
+                later(connection).sadd(self.uniqueness_key(key), pk)
             if score is not None:
-                defer_next(connection)
-                connection.zadd(key, {pk: score})
+                later(connection).zadd(key, {pk: score})
 
     def union_filtered_in_keys(self, dest_key: str, *source_keys: str) -> None:
         """Store the union of the sorted sets ``source_keys`` into ``dest_key`` (https://redis.io/commands/zunionstore)."""
