@@ -1,0 +1,595 @@
+"""``audit(model)``: compare what a model stores with what its indexes hold, read-only.
+
+Passes (each streams; memory depends on the chunk size and the findings kept, not on the number
+of instances):
+
+1. **instances**: ``SSCAN`` of the collection, ``chunk_size`` pks at a time; the fields of the
+   chunk are read in one round trip, the entries their values must have are computed through the
+   index objects (:mod:`limpyd.integrity._schema`) and checked by one script call per few
+   thousand entries (missing entries, wrong scores, other pks holding a unique value). The
+   entries expected per field are counted.
+2. **keys**: ``SCAN`` of the model's key space (``<model._name>:*``): instance keys of pks outside
+   the collection, keys no field or index produces, locks and temporary keys without expiry; the
+   members of each field's index keys are counted (one script call per batch of keys).
+3. **index entries**, only for the fields whose count of index members is not the count of
+   entries expected: every index key of the field is read, and each member whose pk does not
+   exist, or whose pk's values do not produce it, is reported.
+4. **deadlines** of expiring models: due instances still stored, deadlines of unknown pks.
+
+Every finding is checked again at the end (the same reads, for its pk or key only); those that
+changed in the meantime are dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from limpyd.integrity import _lua
+from limpyd.integrity._schema import (
+    INSTANCE_HASH,
+    RESERVED_PARTS,
+    STORE_PREFIX,
+    TEMPORARY_PARTS,
+    Entry,
+    ModelPlan,
+)
+from limpyd.integrity.report import (
+    EMPTY_PK,
+    EXPIRED_INSTANCE,
+    MISSING_ENTRY,
+    ORPHAN_DATA,
+    ORPHAN_DEADLINE,
+    OWNERLESS_LOCK,
+    STALE_ENTRY,
+    TEMPORARY_KEY,
+    UNIQUE_CONFLICT,
+    UNKNOWN_KEY,
+    WRONG_ENTRY,
+    AuditReport,
+    Finding,
+    _FindingCollector,
+)
+from limpyd._batch import send_commands
+from limpyd.utils import make_key
+
+__all__ = ["audit"]
+
+Progress = Optional[Callable[[str, int, Optional[int]], None]]
+
+#: entries per script call of the forward check
+CHECK_BATCH = 3000
+#: index keys per script call when counting or reading members
+KEYS_BATCH = 500
+#: a key with more members is read with SSCAN/ZSCAN, in chunks
+BIG_KEY = 2000
+TEXT_SEPARATOR = ":TEXT-RANGE-SEPARATOR:"
+
+
+def glob_escape(text: str) -> str:
+    """Return ``text`` with the glob characters of ``SCAN MATCH`` escaped."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def client_of(model: type) -> Any:
+    """Return the plain client of the model's database (never a batch or pipeline client)."""
+    database = model.database
+    client = database.connection
+    return getattr(client, "_limpyd_client", client)
+
+
+# ---------------------------------------------------------------------------------------------
+# pass 1: instances
+
+
+def _check_entries(client: Any, entries: Sequence[Entry]) -> List[Tuple[int, str, Any]]:
+    """Run the forward check on ``entries``; return ``(position, code, data)`` for each problem."""
+    calls = []
+    for start in range(0, len(entries), CHECK_BATCH):
+        keys: List[str] = []
+        args: List[Any] = [0]
+        count = 0
+        for entry in entries[start:start + CHECK_BATCH]:
+            probe = entry.probe
+            keys.append(entry.key)
+            if probe is None:
+                code = "s-" if entry.kind == "set" else "z-"
+            elif probe[0] == "S":
+                if probe[1] == entry.key:
+                    code = "sS" if entry.kind == "set" else "zS"
+                else:
+                    code = ("s" if entry.kind == "set" else "z") + "T"
+            else:
+                code = ("s" if entry.kind == "set" else "z") + probe[0]
+            args.append(code)
+            args.append(entry.member)
+            if entry.kind == "zset":
+                args.append(repr(entry.score))
+            if probe is not None:
+                if probe[0] == "S" and probe[1] != entry.key:
+                    keys.append(probe[1])
+                elif probe[0] in ("L", "N"):
+                    args.append(probe[1])
+                    args.append(probe[2])
+            count += 1
+        args[0] = count
+        calls.append((_lua.CHECK, keys, args))
+    problems: List[Tuple[int, str, Any]] = []
+    for offset, reply in zip(range(0, len(entries), CHECK_BATCH), _lua.run(client, calls)):
+        for item in reply:
+            problems.append((offset + int(item[0]) - 1, str(item[1]), item[2] if len(item) > 2 else None))
+    return problems
+
+
+def _holders(entry: Entry, members: Iterable[Any]) -> Set[str]:
+    """Return the pks found by the uniqueness probe of ``entry``."""
+    if entry.probe is not None and entry.probe[0] == "L":
+        return {str(member).rsplit(TEXT_SEPARATOR, 1)[-1] for member in members}
+    return {str(member) for member in members}
+
+
+class _Analysis:
+    """What the analysis of a chunk of pks found: findings, entries expected per field, pks with data."""
+
+    def __init__(self) -> None:
+        self.findings: List[Finding] = []
+        self.expected: Dict[str, int] = {}
+        self.missing: Dict[str, int] = {}
+        self.instances = 0
+
+
+def analyze_pks(plan: ModelPlan, client: Any, pks: Sequence[str], analysis: Optional[_Analysis] = None,
+                check_empty: bool = True) -> _Analysis:
+    """Read the values of ``pks`` (one round trip), check the entries they must have (one more)."""
+    analysis = analysis or _Analysis()
+    commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
+    spans = []
+    for pk in pks:
+        start = len(commands)
+        commands.extend(plan.read_commands(pk))
+        spans.append((pk, start, len(commands)))
+    replies = send_commands(client, commands) if commands else []
+    entries: List[Entry] = []
+    expected = analysis.expected
+    for pk, start, end in spans:
+        values, extra, wrong = plan.decode(pk, replies[start:end])
+        analysis.instances += 1
+        if check_empty and plan.fields and not wrong and not plan.has_data(values, extra):
+            analysis.findings.append(Finding(EMPTY_PK, plan.collection_key, pk=pk,
+                                             detail="pk %r is in the collection but nothing is stored for it" % pk))
+        for name, value in extra.items():
+            analysis.findings.append(Finding(UNKNOWN_KEY, make_key(plan.name, pk, INSTANCE_HASH), pk=pk, field=name,
+                                             member=name, redis_type="hash",
+                                             detail="instance-hash entry %r is no InstanceHashField" % name))
+        for key in wrong:
+            analysis.findings.append(Finding(UNKNOWN_KEY, key, pk=pk, detail="key of the wrong Redis type"))
+        for entry in plan.entries(pk, values):
+            entries.append(entry)
+            expected[entry.field] = expected.get(entry.field, 0) + 1
+    conflicted: Set[int] = set()
+    problems = _check_entries(client, entries)
+    for position, code, data in problems:
+        if code == "c":
+            entry = entries[position]
+            others = _holders(entry, data) - {_pk_of(entry)}
+            if others:
+                conflicted.add(position)
+                pk = _pk_of(entry)
+                probe_key = entry.probe[1] if entry.probe[0] == "S" else entry.key
+                analysis.findings.append(Finding(
+                    UNIQUE_CONFLICT, probe_key, pk=pk, field=entry.field, pks=sorted(others | {pk}, key=pk_sort_key),
+                    value=_display(entry.value), redis_type="set" if entry.probe[0] == "S" else "zset",
+                    detail="unique value %r held by pks %s" % (_display(entry.value),
+                                                               ", ".join(sorted(others | {pk}, key=pk_sort_key)))))
+    for position, code, data in problems:
+        entry = entries[position]
+        if code in ("m", "x") and position not in conflicted:
+            analysis.missing[entry.field] = analysis.missing.get(entry.field, 0) + 1
+            analysis.findings.append(Finding(
+                MISSING_ENTRY, entry.key, pk=_pk_of(entry), field=entry.field, member=entry.member, score=entry.score,
+                redis_type=entry.kind, value=_display(entry.value),
+                detail=("value %r of pk %s is not in its index" % (_display(entry.value), _pk_of(entry)))
+                + (" (the key holds another Redis type)" if code == "x" else "")))
+        elif code == "w" and _score_differs(data, entry.score):
+            analysis.findings.append(Finding(
+                WRONG_ENTRY, entry.key, pk=_pk_of(entry), field=entry.field, member=entry.member, score=entry.score,
+                redis_type="zset", value=_display(entry.value),
+                detail="member %r has score %s, its stored value gives %r" % (entry.member, data, entry.score)))
+    return analysis
+
+
+def _pk_of(entry: Entry) -> str:
+    """Return the pk of an expected entry (text-range members carry it after the separator)."""
+    member = entry.member
+    if TEXT_SEPARATOR in member and entry.kind == "zset":
+        return member.rsplit(TEXT_SEPARATOR, 1)[1]
+    return member
+
+
+def _display(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return ":".join(":".join(map(str, part)) if isinstance(part, tuple) else str(part) for part in value)
+    return value
+
+
+def _score_differs(actual: Any, wanted: Optional[float]) -> bool:
+    try:
+        return float(actual) != wanted
+    except (TypeError, ValueError):
+        return True
+
+
+def pk_sort_key(pk: str) -> Tuple[int, Any]:
+    """Sort numeric pks by number (the oldest auto pk first), then the others as strings."""
+    return (0, int(pk), "") if pk.isdigit() else (1, 0, pk)  # type: ignore[return-value]
+
+
+def iter_collection(client: Any, plan: ModelPlan, chunk_size: int) -> Iterable[List[str]]:
+    """Yield the pks of the collection, ``chunk_size`` at a time (``SSCAN``)."""
+    cursor = 0
+    buffer: List[str] = []
+    while True:
+        cursor, pks = client.sscan(plan.collection_key, cursor, count=chunk_size)
+        buffer.extend(pks)
+        while len(buffer) >= chunk_size:
+            yield buffer[:chunk_size]
+            buffer = buffer[chunk_size:]
+        if int(cursor) == 0:
+            break
+    if buffer:
+        yield buffer
+
+
+# ---------------------------------------------------------------------------------------------
+# pass 2: the key space
+
+
+class _KeySpace:
+    """Classify the keys of a model's key space and count its index members per field."""
+
+    def __init__(self, plan: ModelPlan, client: Any, other_models: Sequence[str]) -> None:
+        self.plan = plan
+        self.client = client
+        self.prefix = plan.name + ":"
+        self.others = [name + ":" for name in other_models]
+        self.counts: Dict[str, int] = {}
+        self.findings: List[Finding] = []
+        self.keys = 0
+        self._index_keys: List[Tuple[str, str]] = []
+        self._instance_keys: List[Tuple[str, str, str]] = []
+        self._ttl_keys: List[Tuple[str, str]] = []
+
+    def feed(self, key: str) -> None:
+        if self.others and any(key.startswith(other) for other in self.others):
+            return  # a model whose name starts with this one's
+        self.keys += 1
+        plan = self.plan
+        rest = key[len(self.prefix):]
+        head, _, tail = rest.partition(":")
+        if head in RESERVED_PARTS:
+            if not tail and head in ("collection", "max_pk", "__deadlines__"):
+                return
+            if head == "lock-for-update":
+                self._ttl_keys.append((key, OWNERLESS_LOCK))
+            elif head in TEMPORARY_PARTS:
+                self._ttl_keys.append((key, TEMPORARY_KEY))
+            elif head == "__rebuild__":
+                return  # the state and aside keys of an index rebuild (limpyd.integrity.rebuild)
+            else:
+                self.findings.append(Finding(UNKNOWN_KEY, key, detail="unexpected key under a reserved part"))
+            self._flush(False)
+            return
+        field_plan = plan.fields.get(head)
+        if field_plan is not None and tail:
+            if field_plan.indexes:
+                self._index_keys.append((key, head))
+            else:
+                self.findings.append(Finding(UNKNOWN_KEY, key, field=head,
+                                             detail="key under the field %r, which has no index" % head))
+            self._flush(False)
+            return
+        pk, _, name = rest.rpartition(":")
+        if pk and (name in plan.fields and plan.fields[name].reader not in ("ihash",)
+                   or name == INSTANCE_HASH and plan.instancehash):
+            self._instance_keys.append((key, pk, name))
+        else:
+            self.findings.append(Finding(UNKNOWN_KEY, key, pk=pk or None, field=name or None,
+                                         detail="no field or index of %s produces this key" % plan.model.__name__))
+        self._flush(False)
+
+    def _flush(self, force: bool) -> None:
+        if self._index_keys and (force or len(self._index_keys) >= KEYS_BATCH):
+            batch, self._index_keys = self._index_keys, []
+            reply = _lua.run(self.client, [(_lua.CARDS, [key for key, _ in batch], [])])[0]
+            for position, (key, field) in enumerate(batch):
+                kind, card = reply[2 * position], int(reply[2 * position + 1])
+                if card >= 0:
+                    self.counts[field] = self.counts.get(field, 0) + card
+                elif kind != "none":
+                    self.findings.append(Finding(UNKNOWN_KEY, key, field=field, redis_type=str(kind),
+                                                 detail="a %s where the indexes of %r keep sets and sorted sets"
+                                                 % (kind, field)))
+        if self._instance_keys and (force or len(self._instance_keys) >= KEYS_BATCH):
+            batch2, self._instance_keys = self._instance_keys, []
+            flags = _lua.run(self.client, [(_lua.IS_MEMBER, [self.plan.collection_key], [pk for _, pk, _ in batch2])])[0]
+            for (key, pk, name), flag in zip(batch2, flags):
+                if not flag:
+                    self.findings.append(Finding(ORPHAN_DATA, key, pk=pk, field=None if name == INSTANCE_HASH else name,
+                                                 detail="pk %r is not in %s" % (pk, self.plan.collection_key)))
+        if self._ttl_keys and (force or len(self._ttl_keys) >= KEYS_BATCH):
+            batch3, self._ttl_keys = self._ttl_keys, []
+            for (key, kind), ttl in zip(batch3, send_commands(self.client, [(("PTTL", key), {}) for key, _ in batch3])):
+                if ttl == -1 and not (kind == TEMPORARY_KEY and key[len(self.prefix):].startswith(STORE_PREFIX)):
+                    self.findings.append(Finding(kind, key, detail="no expiry: nothing will ever delete it"))
+
+    def finish(self) -> None:
+        self._flush(True)
+
+
+# ---------------------------------------------------------------------------------------------
+# pass 3: index entries of the fields whose counts differ
+
+
+def _index_members(client: Any, keys: Sequence[str]) -> Iterable[Tuple[str, str, str, Optional[float]]]:
+    """Yield ``(key, type, member, score)`` for every member of the set/zset ``keys``."""
+    reply = _lua.run(client, [(_lua.MEMBERS, list(keys), [BIG_KEY])])[0]
+    for key, item in zip(keys, reply):
+        kind = str(item[0])
+        if kind not in ("set", "zset"):
+            continue
+        if len(item) > 2:
+            members = item[2]
+            if kind == "set":
+                for member in members:
+                    yield key, kind, str(member), None
+            else:
+                for position in range(0, len(members), 2):
+                    yield key, kind, str(members[position]), float(members[position + 1])
+        elif kind == "set":
+            for member in client.sscan_iter(key, count=1000):
+                yield key, kind, str(member), None
+        else:
+            for member, score in client.zscan_iter(key, count=1000):
+                yield key, kind, str(member), float(score)
+
+
+def reverse_check(plan: ModelPlan, client: Any, members: Sequence[Tuple[str, str, str, Optional[float]]],
+                  fields: Set[str]) -> List[Finding]:
+    """Return the findings for index members whose pk does not exist or does not produce them."""
+    by_pk: Dict[str, List[Tuple[str, str, str, Optional[float]]]] = {}
+    for item in members:
+        member = item[2]
+        pk = member.rsplit(TEXT_SEPARATOR, 1)[1] if item[1] == "zset" and TEXT_SEPARATOR in member else member
+        by_pk.setdefault(pk, []).append(item)
+    pks = list(by_pk)
+    flags = _lua.run(client, [(_lua.IS_MEMBER, [plan.collection_key], pks)])[0] if pks else []
+    existing = [pk for pk, flag in zip(pks, flags) if flag]
+    expected: Set[Tuple[str, str]] = set()
+    if existing:
+        commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
+        spans = []
+        for pk in existing:
+            start = len(commands)
+            commands.extend(plan.read_commands(pk))
+            spans.append((pk, start, len(commands)))
+        replies = send_commands(client, commands) if commands else []
+        names = [name for name in plan.fields if plan.fields[name].indexes and name in fields]
+        for pk, start, end in spans:
+            values, _, _ = plan.decode(pk, replies[start:end])
+            for entry in plan.entries(pk, values, names):
+                expected.add((entry.key, entry.member))
+    existing_set = set(existing)
+    findings = []
+    for pk, items in by_pk.items():
+        for key, kind, member, score in items:
+            field = key[len(plan.name) + 1:].split(":", 1)[0]
+            if pk not in existing_set:
+                findings.append(Finding(STALE_ENTRY, key, pk=pk, field=field, member=member, score=score,
+                                        redis_type=kind, detail="pk %r of this entry has no instance" % pk))
+            elif (key, member) not in expected:
+                findings.append(Finding(WRONG_ENTRY, key, pk=pk, field=field, member=member, score=score,
+                                        redis_type=kind,
+                                        detail="pk %r exists but its stored values do not produce this entry" % pk))
+    return findings
+
+
+def _scan_field_entries(plan: ModelPlan, client: Any, field: str, collector: _FindingCollector,
+                        progress: Progress) -> None:
+    database = plan.model.database
+    pattern = glob_escape(make_key(plan.name, field, "")) + "*"
+    batch: List[str] = []
+    members: List[Tuple[str, str, str, Optional[float]]] = []
+    done = 0
+
+    def flush_members() -> None:
+        nonlocal members
+        if members:
+            collector.extend(reverse_check(plan, client, members, {field}))
+            members = []
+
+    def flush_keys() -> None:
+        nonlocal batch, done
+        for item in _index_members(client, batch):
+            members.append(item)
+            if len(members) >= 5000:
+                flush_members()
+        done += len(batch)
+        batch = []
+        if progress:
+            progress("entries:%s" % field, done, None)
+
+    for key in database.scan_keys(pattern):
+        batch.append(key)
+        if len(batch) >= KEYS_BATCH:
+            flush_keys()
+    if batch:
+        flush_keys()
+    flush_members()
+
+
+# ---------------------------------------------------------------------------------------------
+# pass 4: deadlines
+
+
+def _check_deadlines(plan: ModelPlan, client: Any, members: Sequence[Tuple[str, float]], now_ms: float) -> List[Finding]:
+    pks = [pk for pk, _ in members]
+    flags = _lua.run(client, [(_lua.IS_MEMBER, [plan.collection_key], pks)])[0] if pks else []
+    findings = []
+    for (pk, deadline), flag in zip(members, flags):
+        if not flag:
+            findings.append(Finding(ORPHAN_DEADLINE, plan.deadlines_key, pk=pk, member=pk, redis_type="zset",
+                                    detail="deadline of pk %r, which is not in the collection" % pk))
+        elif deadline <= now_ms:
+            findings.append(Finding(EXPIRED_INSTANCE, plan.deadlines_key, pk=pk, member=pk, redis_type="zset",
+                                    detail="pk %r was due %.0f ms ago" % (pk, now_ms - deadline)))
+    return findings
+
+
+def _server_ms(client: Any) -> float:
+    seconds, micros = client.time()
+    return seconds * 1000.0 + micros / 1000.0
+
+
+def _deadlines(plan: ModelPlan, client: Any) -> List[Finding]:
+    if not client.exists(plan.deadlines_key):
+        return []
+    now = _server_ms(client)
+    findings: List[Finding] = []
+    chunk: List[Tuple[str, float]] = []
+    for pk, score in client.zscan_iter(plan.deadlines_key, count=1000):
+        chunk.append((str(pk), float(score)))
+        if len(chunk) >= 1000:
+            findings.extend(_check_deadlines(plan, client, chunk, now))
+            chunk = []
+    findings.extend(_check_deadlines(plan, client, chunk, now))
+    return findings
+
+
+# ---------------------------------------------------------------------------------------------
+# recheck
+
+
+def recheck(plan: ModelPlan, client: Any, candidates: List[Finding], other_models: Sequence[str]) -> List[Finding]:
+    """Return the ``candidates`` still true now (each checked again with the same reads)."""
+    if not candidates:
+        return []
+    fresh: List[Finding] = []
+    # instances: entries, conflicts, empty pks, unknown hash entries
+    pks: List[str] = []
+    for finding in candidates:
+        if finding.kind in (MISSING_ENTRY, UNIQUE_CONFLICT, EMPTY_PK) or (
+                finding.kind in (WRONG_ENTRY,) and finding.score is not None) or (
+                finding.kind == UNKNOWN_KEY and finding.member is not None and finding.pk is not None):
+            if finding.pk is not None:
+                pks.append(finding.pk)
+    pks = list(dict.fromkeys(pks))
+    for start in range(0, len(pks), 1000):
+        chunk = pks[start:start + 1000]
+        flags = _lua.run(client, [(_lua.IS_MEMBER, [plan.collection_key], chunk)])[0]
+        alive = [pk for pk, flag in zip(chunk, flags) if flag]
+        fresh.extend(analyze_pks(plan, client, alive).findings)
+    # entries found in the indexes
+    entries = [(f.key, f.redis_type, f.member, f.score) for f in candidates
+               if f.kind in (STALE_ENTRY, WRONG_ENTRY) and f.member is not None]
+    for start in range(0, len(entries), 1000):
+        chunk2 = entries[start:start + 1000]
+        replies = send_commands(client, [(("SISMEMBER", key, member) if kind == "set" else ("ZSCORE", key, member), {})
+                                         for key, kind, member, _ in chunk2])
+        still = [item for item, reply in zip(chunk2, replies)
+                 if not isinstance(reply, Exception) and reply not in (0, None, False)]
+        fields = {key[len(plan.name) + 1:].split(":", 1)[0] for key, _, _, _ in still}
+        fresh.extend(reverse_check(plan, client, still, fields))
+    # keys
+    keyed = [f for f in candidates if f.kind in (ORPHAN_DATA, TEMPORARY_KEY, OWNERLESS_LOCK)
+             or (f.kind == UNKNOWN_KEY and f.member is None)]
+    if keyed:
+        space = _KeySpace(plan, client, other_models)
+        existing = send_commands(client, [(("EXISTS", f.key), {}) for f in keyed])
+        for finding, exists in zip(keyed, existing):
+            if exists:
+                space.feed(finding.key)
+        space.finish()
+        fresh.extend(space.findings)
+    # deadlines
+    dead = [f.pk for f in candidates if f.kind in (EXPIRED_INSTANCE, ORPHAN_DEADLINE)]
+    if dead:
+        scores = send_commands(client, [(("ZSCORE", plan.deadlines_key, pk), {}) for pk in dead])
+        present = [(pk, float(score)) for pk, score in zip(dead, scores) if score is not None]
+        fresh.extend(_check_deadlines(plan, client, present, _server_ms(client)))
+    current = {finding.identity(): finding for finding in fresh}
+    return [current[finding.identity()] for finding in candidates if finding.identity() in current]
+
+
+# ---------------------------------------------------------------------------------------------
+# the audit
+
+
+def other_model_names(model: type) -> List[str]:
+    """Return the names of the models of the same database whose key space is inside this one's."""
+    prefix = model._name + ":"
+    return sorted(name for name in getattr(model.database, "_models", {}) if name.startswith(prefix))
+
+
+def audit(model: type, chunk_size: int = 1000, max_findings: int = 100_000, progress: Progress = None,
+          recheck_findings: bool = True) -> AuditReport:
+    """Return the :class:`~limpyd.integrity.report.AuditReport` of ``model`` (read-only).
+
+    ``chunk_size`` pks are read per round trip; at most ``max_findings`` findings are kept (all
+    are counted); ``progress(phase, done, total)`` is called after each chunk (``total`` may be
+    ``None``). With ``recheck_findings`` (default), every finding is checked again at the end and
+    dropped if it does not hold any more.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError("audit(chunk_size=%r): give an int >= 1" % (chunk_size,))
+    started = time.perf_counter()
+    plan = ModelPlan(model)
+    client = client_of(model)
+    report = AuditReport(model="%s.%s (%s)" % (model.__module__, model.__qualname__, plan.name))
+    report.notes.extend(plan.notes)
+    collector = _FindingCollector(max_findings)
+    others = other_model_names(model)
+
+    total = int(client.scard(plan.collection_key))
+    analysis = _Analysis()
+    for pks in iter_collection(client, plan, chunk_size):
+        before = len(analysis.findings)
+        analyze_pks(plan, client, pks, analysis)
+        collector.extend(analysis.findings[before:])
+        del analysis.findings[before:]
+        if progress:
+            progress("instances", analysis.instances, total)
+    report.instances = analysis.instances
+
+    space = _KeySpace(plan, client, others)
+    for key in model.database.scan_keys(glob_escape(plan.name + ":") + "*"):
+        space.feed(key)
+        if progress and space.keys % 100_000 == 0:
+            progress("keys", space.keys, None)
+    space.finish()
+    collector.extend(space.findings)
+    report.keys = space.keys
+
+    unsupported = {note.split(" on ", 1)[1].split(":", 1)[0].rsplit(".", 1)[-1] for note in plan.notes}
+    for field_plan in plan.indexed:
+        name = field_plan.name
+        if name in unsupported:
+            continue
+        wanted = analysis.expected.get(name, 0) - analysis.missing.get(name, 0)
+        if space.counts.get(name, 0) != wanted:
+            _scan_field_entries(plan, client, name, collector, progress)
+
+    collector.extend(_deadlines(plan, client))
+
+    findings = collector.findings()
+    if recheck_findings:
+        findings = recheck(plan, client, findings, others)
+    report.findings = findings
+    counts: Dict[str, int] = {}
+    for finding in findings:
+        counts[finding.kind] = counts.get(finding.kind, 0) + 1
+    for kind, number in collector.overflow.items():
+        counts[kind] = counts.get(kind, 0) + number
+    report.truncated = bool(collector.overflow)
+    report.counts = counts
+    report.seconds = time.perf_counter() - started
+    return report

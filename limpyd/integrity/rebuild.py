@@ -1,0 +1,245 @@
+"""``rebuild_indexes(model)``: rebuild indexes online, aside, and swap them in; resumable.
+
+Phases, recorded in the hash ``<model._name>:__rebuild__:state`` (``__rebuild__`` is a reserved
+pk part, so the key cannot be an instance's):
+
+1. **build**: ``SSCAN`` of the collection from the recorded cursor; for each chunk the values are
+   read and their entries written under aside keys ``<M>:__rebuild__:<id>:<real key>``; the
+   cursor is recorded in the same round trip as the chunk's writes, so a killed rebuild goes on
+   from the last chunk written (``SSCAN`` cursors stay valid while the set changes; an entry
+   written twice is harmless). The real index keeps serving queries, untouched.
+2. **swap**, field by field, under the field's lock (the ``FieldLock`` every default-mode writer
+   of the field takes, renewed while the swap runs): real keys of the field without an aside
+   key are deleted (values nobody has any more), then every aside key is renamed over its real
+   key. Writers of that field wait for the swap; readers see each key either old or new, never
+   missing, so an index is never empty or partial.
+3. **catch-up**: writes of the field made during the build went to the real keys the swap
+   replaced; an audit of the rebuilt fields finds the entries they changed, and they are fixed
+   under the field lock as :func:`limpyd.integrity.repair` does. When it ends, the indexes
+   agree with the stored values, concurrent writes included.
+
+The state hash is deleted at the end. ``resume=False`` drops the aside keys of an unfinished
+rebuild and starts again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from limpyd._batch import send_commands
+from limpyd.fields import FieldLock
+from limpyd.integrity import _lua
+from limpyd.integrity._schema import ModelPlan
+from limpyd.integrity.audit import audit, client_of, glob_escape
+from limpyd.integrity.report import MISSING_ENTRY, STALE_ENTRY, UNIQUE_CONFLICT, WRONG_ENTRY
+from limpyd.utils import make_key
+
+__all__ = ["rebuild_indexes", "state_key"]
+
+Progress = Optional[Callable[[str, int, Optional[int]], None]]
+
+#: deletes each real key of KEYS[1..n] whose aside key (ARGV[1] prefix + key) does not exist
+SWEEP = _lua.Script("""
+local deleted = 0
+for i, key in ipairs(KEYS) do
+    if redis.call('EXISTS', ARGV[1] .. key) == 0 then deleted = deleted + redis.call('DEL', key) end
+end
+return deleted
+""")
+
+#: renames each aside key of KEYS over the real key (the aside key without the ARGV[1] prefix)
+SWAP = _lua.Script("""
+local n = string.len(ARGV[1])
+for i, key in ipairs(KEYS) do
+    if redis.call('EXISTS', key) == 1 then redis.call('RENAME', key, string.sub(key, n + 1)) end
+end
+return #KEYS
+""")
+
+
+def state_key(model: type) -> str:
+    """Return the hash holding the position of the model's rebuild."""
+    return make_key(model._name, "__rebuild__", "state")
+
+
+def _aside_prefix(model: type, build_id: str) -> str:
+    return make_key(model._name, "__rebuild__", build_id, "")
+
+
+def _drop_aside(model: type, client: Any, build_id: str) -> None:
+    pattern = glob_escape(_aside_prefix(model, build_id)) + "*"
+    batch: List[str] = []
+    for key in model.database.scan_keys(pattern):
+        batch.append(key)
+        if len(batch) >= 1000:
+            client.delete(*batch)
+            batch = []
+    if batch:
+        client.delete(*batch)
+
+
+def _fields(plan: ModelPlan, fields: Optional[Sequence[str]]) -> List[str]:
+    if fields is None:
+        return [field_plan.name for field_plan in plan.indexed]
+    if isinstance(fields, str):
+        fields = [fields]
+    names = []
+    for name in fields:
+        field_plan = plan.fields.get(name)
+        if field_plan is None:
+            raise ValueError("rebuild_indexes(fields=%r): %r is not a field of %s (fields: %s)"
+                             % (list(fields), name, plan.model.__name__, ", ".join(plan.fields)))
+        if not field_plan.indexes:
+            raise ValueError("rebuild_indexes(fields=%r): %s.%s has no index of its own to rebuild"
+                             % (list(fields), plan.model.__name__, name))
+        names.append(name)
+    return names
+
+
+def _build(plan: ModelPlan, client: Any, names: List[str], state: Dict[str, str], chunk_size: int,
+           progress: Progress) -> None:
+    model = plan.model
+    key = state_key(model)
+    prefix = _aside_prefix(model, state["id"])
+    cursor = int(state.get("cursor", 0))
+    done = int(state.get("done", 0))
+    total = int(client.scard(plan.collection_key))
+    if cursor == 0 and done and state.get("phase") == "build":
+        return  # finished building before being stopped
+    while True:
+        cursor, pks = client.sscan(plan.collection_key, cursor, count=chunk_size)
+        cursor = int(cursor)
+        commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
+        spans = []
+        for pk in pks:
+            start = len(commands)
+            commands.extend(plan.read_commands(pk))
+            spans.append((pk, start, len(commands)))
+        replies = send_commands(client, commands) if commands else []
+        writes: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
+        for pk, start, end in spans:
+            values, _, _ = plan.decode(pk, replies[start:end])
+            for entry in plan.entries(pk, values, names):
+                if entry.kind == "set":
+                    writes.append((("SADD", prefix + entry.key, entry.member), {}))
+                else:
+                    writes.append((("ZADD", prefix + entry.key, repr(entry.score), entry.member), {}))
+        done += len(pks)
+        writes.append((("HSET", key, "cursor", cursor, "done", done, "phase", "build" if cursor else "swap"), {}))
+        for reply in send_commands(client, writes):
+            if isinstance(reply, Exception):
+                raise reply
+        if progress:
+            progress("build", done, total)
+        if cursor == 0:
+            break
+
+
+def _swap_field(plan: ModelPlan, client: Any, name: str, build_id: str, progress: Progress) -> None:
+    model = plan.model
+    prefix = _aside_prefix(model, build_id)
+    real_pattern = glob_escape(make_key(plan.name, name, "")) + "*"
+    lock = FieldLock(model.get_field(name), blocking_timeout=60)
+    if not lock.acquire():
+        raise TimeoutError("rebuild_indexes: the lock of %s.%s stayed taken for 60 s; run it again to resume"
+                           % (model.__name__, name))
+    try:
+        renewed = time.monotonic()
+
+        def renew() -> None:
+            nonlocal renewed
+            if time.monotonic() - renewed > 1.0 and lock.field.lockable:
+                lock.reacquire()
+                renewed = time.monotonic()
+
+        batch: List[str] = []
+        swept = 0
+        for key in model.database.scan_keys(real_pattern):
+            batch.append(key)
+            if len(batch) >= 500:
+                _lua.run(client, [(SWEEP, batch, [prefix])])
+                swept += len(batch)
+                batch = []
+                renew()
+        if batch:
+            _lua.run(client, [(SWEEP, batch, [prefix])])
+        aside_pattern = glob_escape(prefix + make_key(plan.name, name, "")) + "*"
+        batch = []
+        swapped = 0
+        for key in model.database.scan_keys(aside_pattern):
+            batch.append(key)
+            if len(batch) >= 500:
+                _lua.run(client, [(SWAP, batch, [prefix])])
+                swapped += len(batch)
+                batch = []
+                renew()
+                if progress:
+                    progress("swap:%s" % name, swapped, None)
+        if batch:
+            _lua.run(client, [(SWAP, batch, [prefix])])
+        client.hset(state_key(model), "swapped:%s" % name, 1)
+    finally:
+        if lock.field.lockable:
+            lock.release()
+        else:
+            lock.already_locked_by_model = False
+
+
+def _catch_up(model: type, names: List[str], progress: Progress) -> int:
+    from limpyd.integrity.repair import apply_actions, plan_actions
+
+    report = audit(model, progress=progress)
+    kinds = (MISSING_ENTRY, STALE_ENTRY, WRONG_ENTRY, UNIQUE_CONFLICT)
+    report.findings = [f for f in report.findings if f.kind in kinds and f.field in names]
+    actions = [a for a in plan_actions(report, False, "oldest") if a.finding.kind != UNIQUE_CONFLICT]
+    apply_actions(model, actions, False, "oldest")
+    return sum(1 for action in actions if action.done)
+
+
+def rebuild_indexes(model: type, fields: Optional[Sequence[str]] = None, resume: bool = True,
+                    progress: Progress = None, chunk_size: int = 1000) -> Dict[str, Any]:
+    """Rebuild the indexes of ``fields`` (all indexed fields by default) of ``model``, online.
+
+    Returns ``{"fields", "instances", "fixed", "resumed", "seconds"}``. ``progress(phase, done,
+    total)`` is called after each chunk. ``resume=True`` continues a rebuild of the same fields
+    that was stopped (its position is in Redis); ``resume=False`` drops it and starts again. See
+    the module documentation for the phases and why concurrent writes end consistent.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError("rebuild_indexes(chunk_size=%r): give an int >= 1" % (chunk_size,))
+    started = time.perf_counter()
+    plan = ModelPlan(model)
+    names = _fields(plan, fields)
+    client = client_of(model)
+    key = state_key(model)
+    state = client.hgetall(key)
+    resumed = False
+    if state:
+        if resume and state.get("fields") == ",".join(names):
+            resumed = True
+        elif resume:
+            raise ValueError(
+                "rebuild_indexes: a rebuild of %s.%s fields %s was stopped before its end; resume it with "
+                "fields=%r, or pass resume=False to drop it"
+                % (model.__module__, model.__qualname__, state.get("fields"), state.get("fields", "").split(",")))
+        else:
+            _drop_aside(model, client, state.get("id", ""))
+            client.delete(key)
+            state = {}
+    if not state:
+        state = {"id": os.urandom(6).hex(), "fields": ",".join(names), "phase": "build", "cursor": "0", "done": "0"}
+        client.hset(key, mapping=state)
+    if state.get("phase") == "build":
+        _build(plan, client, names, state, chunk_size, progress)
+        client.hset(key, "phase", "swap")
+    for name in names:
+        if not client.hget(key, "swapped:%s" % name):
+            _swap_field(plan, client, name, state["id"], progress)
+    client.hset(key, "phase", "catch-up")
+    fixed = _catch_up(model, names, progress)
+    _drop_aside(model, client, state["id"])
+    client.delete(key)
+    return {"fields": names, "instances": int(client.scard(plan.collection_key)), "fixed": fixed,
+            "resumed": resumed, "seconds": time.perf_counter() - started}
