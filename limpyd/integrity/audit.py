@@ -183,8 +183,9 @@ def analyze_pks(plan: ModelPlan, client: Any, pks: Sequence[str], analysis: Opti
                                                                ", ".join(sorted(others | {pk}, key=pk_sort_key)))))
     for position, code, data in problems:
         entry = entries[position]
-        if code in ("m", "x") and position not in conflicted:
+        if code in ("m", "x"):
             analysis.missing[entry.field] = analysis.missing.get(entry.field, 0) + 1
+        if code in ("m", "x") and position not in conflicted:
             analysis.findings.append(Finding(
                 MISSING_ENTRY, entry.key, pk=_pk_of(entry), field=entry.field, member=entry.member, score=entry.score,
                 redis_type=entry.kind, value=_display(entry.value),
