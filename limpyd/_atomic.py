@@ -20,7 +20,7 @@ import redis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from limpyd._atomic_lua import ATOMIC_LUA
+from limpyd._atomic_lua import ATOMIC_LUA, EVAL_ENTRY, FUNCTION_ENTRY
 from limpyd._pool import get_pool_connection
 from limpyd.exceptions import DoesNotExist, ImplementationError, UniquenessError
 from limpyd.indexes import EqualIndex, NumberRangeIndex, TextRangeIndex
@@ -196,7 +196,13 @@ def schema_of(model: Any) -> Dict[str, Any]:
     if getattr(model, "_limpyd_expiring", False):
         schema["x"] = True
     # the model's own script (``database.call_script`` registers it once: EVALSHA, NOSCRIPT reloads)
-    script = {"lua": ATOMIC_LUA.replace("__SCHEMA__", lua_literal(schema), 1)}
+    code = ATOMIC_LUA.replace("__SCHEMA__", lua_literal(schema), 1)
+    name = "limpyd_" + hashlib.sha1(code.encode("utf-8")).hexdigest()[:20]
+    script = {
+        "lua": code.replace("__ENTRY__", EVAL_ENTRY, 1),
+        "function": name,
+        "library": "#!lua name=%s\n%s" % (name, code.replace("__ENTRY__", FUNCTION_ENTRY % name, 1)),
+    }
     model._limpyd_atomic_schema = (model._name, schema, script, {name: entry["k"] for name, entry in described.items()})
     return schema
 
@@ -367,10 +373,41 @@ def run(model: Any, request: Dict[str, Any]) -> List[Any]:
     raise refusal(model, status, *(list(reply[1:]) + [None] * 3)[:3], pk=request.get("pk"))
 
 
+def uses_functions(database: Any, client: Any) -> bool:
+    """Return whether the model's code runs as a Redis 7 function on ``client`` (else as a script).
+
+    Functions need Redis >= 7; a cluster client and user pipelines keep the script (redis-py
+    loads scripts on the node that needs them).
+    """
+    return type(client) is redis.Redis and database.redis_version >= (7,)
+
+
+def is_function_missing(error: BaseException) -> bool:
+    """Return whether ``error`` says the function is not loaded on the server (yet, or any more)."""
+    return isinstance(error, redis.ResponseError) and "function not found" in str(error).lower()
+
+
+def load_function(client: Any, script: Dict[str, Any]) -> None:
+    """Load (or load again) the model's function library on the server of ``client``."""
+    client.execute_command("FUNCTION", "LOAD", "REPLACE", script["library"])
+
+
 def run_raw(model: Any, request: Dict[str, Any]) -> List[Any]:
     """Send ``request`` for ``model`` and return the script's reply as it is."""
-    return model.database.call_script(script_of(model), keys=[make_key(model._name, "collection")],
-                                      args=[json.dumps(request, separators=(",", ":"))])
+    database = model.database
+    script = script_of(model)
+    key = make_key(model._name, "collection")
+    payload = json.dumps(request, separators=(",", ":"))
+    client = database.connection
+    if uses_functions(database, client):
+        try:
+            return client.execute_command("FCALL", script["function"], 1, key, payload)
+        except redis.ResponseError as error:
+            if not is_function_missing(error):
+                raise
+        load_function(client, script)
+        return client.execute_command("FCALL", script["function"], 1, key, payload)
+    return database.call_script(script, keys=[key], args=[payload])
 
 
 def refusal(model: Any, status: Any, first: Any = None, second: Any = None, third: Any = None,
@@ -417,16 +454,19 @@ class script_sender:  # noqa: N801 - a context manager
             return self._plain
         script = script_of(self.model)
         self.client = client
-        self.sha = hashlib.sha1(script["lua"].encode("utf-8")).hexdigest()  # loaded on the first NOSCRIPT
+        if uses_functions(self.model.database, client):
+            self.command = ("FCALL", script["function"])
+        else:  # loaded on the first NOSCRIPT
+            self.command = ("EVALSHA", hashlib.sha1(script["lua"].encode("utf-8")).hexdigest())
         self.key = make_key(self.model._name, "collection")
-        self.connection = get_pool_connection(client.connection_pool, "EVALSHA")
+        self.connection = get_pool_connection(client.connection_pool, self.command[0])
         return self._send
 
     def _plain(self, request: Dict[str, Any], on_reply: Any) -> None:
         on_reply(run_raw(self.model, request))
 
     def _send(self, request: Dict[str, Any], on_reply: Any) -> None:
-        self.connection.send_command("EVALSHA", self.sha, 1, self.key, json.dumps(request, separators=(",", ":")))
+        self.connection.send_command(*self.command, 1, self.key, json.dumps(request, separators=(",", ":")))
         reloaded = self._read_pending()
         self.pending = (request, on_reply)
         if reloaded:  # this request was sent before the script was loaded again: it met NOSCRIPT too
@@ -438,8 +478,10 @@ class script_sender:  # noqa: N801 - a context manager
             return False
         (request, on_reply), self.pending = self.pending, None
         try:
-            reply = self.client.parse_response(self.connection, "EVALSHA")
-        except NoScriptError:  # not loaded on this server yet: the plain call loads it
+            reply = self.client.parse_response(self.connection, self.command[0])
+        except redis.ResponseError as error:  # not loaded on this server yet: the plain call loads it
+            if not (isinstance(error, NoScriptError) or is_function_missing(error)):
+                raise
             on_reply(run_raw(self.model, request))
             return True
         on_reply(reply)

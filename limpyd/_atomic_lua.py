@@ -6,16 +6,28 @@ carries the operation: a JSON request in ``ARGV[1]``. The script checks uniquene
 values and maintains every index entry, or refuses and writes nothing. The key layout and the stored bytes
 are those of the default write path (see docs/atomic-writes.rst).
 
+The same code is sent as a script (``EVALSHA``) or, where the server has them (Redis >= 7), loaded
+once as a function library (``FUNCTION LOAD``, then ``FCALL``): a function survives restarts (with
+persistence) and is compiled once, where a script's top level (the schema table, the local
+functions) runs again at every call. ``__ENTRY__`` is replaced by the entry point of each form.
+
 Replies: ``{"ok", result...}`` or ``{"unique", field, value, other pk}``, ``{"missing"}`` (a pk
 that is not in the collection), ``{"pkexists", pk}``.
 """
 
 from __future__ import annotations
 
-__all__ = ["ATOMIC_LUA"]
+__all__ = ["ATOMIC_LUA", "EVAL_ENTRY", "FUNCTION_ENTRY"]
+
+#: how the script is entered when sent with EVAL/EVALSHA: the request is ARGV[1]
+EVAL_ENTRY = "return handle(cjson.decode(ARGV[1]))"
+
+#: how it is entered as a Redis 7 function (FUNCTION LOAD once, then FCALL): ``%s`` is its name
+FUNCTION_ENTRY = (
+    "redis.register_function('%s', function(keys, args) return handle(cjson.decode(args[1])) end)"
+)
 
 ATOMIC_LUA = r"""
-local req = cjson.decode(ARGV[1])
 local schema = __SCHEMA__
 local M = schema.m
 local COLLECTION = M .. ':collection'
@@ -429,52 +441,55 @@ local function modify(pk, names, command)
     return {'ok', result}
 end
 
-local op = req.op
-if op ~= 'purge' then purge(100) end
-if op == 'create' then
-    return create_one(req)
-elseif op == 'create_many' then
-    local out = {}
-    for i, row in ipairs(req.rows) do
-        local reply = create_one(row)
-        out[#out + 1] = reply[1]
-        out[#out + 1] = reply[2] or ''
-        out[#out + 1] = reply[3] or ''
-        out[#out + 1] = reply[4] or ''
-    end
-    return out
-elseif op == 'modify' then
-    if req.check and redis.call('sismember', COLLECTION, req.pk) == 0 then return {'missing'} end
-    return modify(req.pk, req.names, req.cmd)
-elseif op == 'delete' then
-    if redis.call('sismember', COLLECTION, req.pk) == 0 then return {'missing'} end
-    delete_instance(req.pk)
-    return {'ok'}
-elseif op == 'delete_many' then
-    local count = 0
-    for _, pk in ipairs(req.pks) do
-        if redis.call('sismember', COLLECTION, pk) == 1 then delete_instance(pk); count = count + 1 end
-    end
-    return {'ok', count}
-elseif op == 'purge' then
-    return {'ok', purge(req.limit)}
-elseif op == 'expire' then
-    if redis.call('sismember', COLLECTION, req.pk) == 0 then return {'missing'} end
-    if req.at then
-        redis.call('zadd', DEADLINES, req.at, req.pk)
-    elseif req.ttl then
+local function handle(req)
+    local op = req.op
+    if op ~= 'purge' then purge(100) end
+    if op == 'create' then
+        return create_one(req)
+    elseif op == 'create_many' then
+        local out = {}
+        for i, row in ipairs(req.rows) do
+            local reply = create_one(row)
+            out[#out + 1] = reply[1]
+            out[#out + 1] = reply[2] or ''
+            out[#out + 1] = reply[3] or ''
+            out[#out + 1] = reply[4] or ''
+        end
+        return out
+    elseif op == 'modify' then
+        if req.check and redis.call('sismember', COLLECTION, req.pk) == 0 then return {'missing'} end
+        return modify(req.pk, req.names, req.cmd)
+    elseif op == 'delete' then
+        if redis.call('sismember', COLLECTION, req.pk) == 0 then return {'missing'} end
+        delete_instance(req.pk)
+        return {'ok'}
+    elseif op == 'delete_many' then
+        local count = 0
+        for _, pk in ipairs(req.pks) do
+            if redis.call('sismember', COLLECTION, pk) == 1 then delete_instance(pk); count = count + 1 end
+        end
+        return {'ok', count}
+    elseif op == 'purge' then
+        return {'ok', purge(req.limit)}
+    elseif op == 'expire' then
+        if redis.call('sismember', COLLECTION, req.pk) == 0 then return {'missing'} end
+        if req.at then
+            redis.call('zadd', DEADLINES, req.at, req.pk)
+        elseif req.ttl then
+            redis.call('zadd', DEADLINES, now_ms() + req.ttl, req.pk)
+        else
+            return {'ok', redis.call('zrem', DEADLINES, req.pk)}
+        end
+        return {'ok', 1}
+    elseif op == 'deadline' then
         redis.call('zadd', DEADLINES, now_ms() + req.ttl, req.pk)
-    else
-        return {'ok', redis.call('zrem', DEADLINES, req.pk)}
+        return {'ok'}
+    elseif op == 'ttl' then
+        local deadline = redis.call('zscore', DEADLINES, req.pk)
+        if not deadline then return {'ok', false} end
+        return {'ok', tostring(tonumber(deadline) - now_ms())}
     end
-    return {'ok', 1}
-elseif op == 'deadline' then
-    redis.call('zadd', DEADLINES, now_ms() + req.ttl, req.pk)
-    return {'ok'}
-elseif op == 'ttl' then
-    local deadline = redis.call('zscore', DEADLINES, req.pk)
-    if not deadline then return {'ok', false} end
-    return {'ok', tostring(tonumber(deadline) - now_ms())}
+    return redis.error_reply('limpyd atomic script: unknown operation ' .. tostring(op))
 end
-return redis.error_reply('limpyd atomic script: unknown operation ' .. tostring(op))
+__ENTRY__
 """

@@ -140,7 +140,11 @@ def locked(lock_key: str, commands: List[str]) -> List[str]:
 
 
 def warm_model_script(model: type) -> None:
-    """Load the atomic-writes script of ``model`` (each model has its own: its schema is written in)."""
+    """Load the atomic-writes script (and Redis 7 function) of ``model`` (each model has its own: its schema is written in)."""
     from limpyd import _atomic
 
-    model.database.connection.script_load(_atomic.script_of(model)["lua"])
+    script = _atomic.script_of(model)
+    client = model.database.connection
+    client.script_load(script["lua"])
+    if model.database.redis_version >= (7,):
+        _atomic.load_function(client, script)
