@@ -238,6 +238,107 @@ def send_cluster_commands(client: Any, commands: List[tuple], one_by_one: Any) -
     return replies
 
 
+def is_batchable_cluster(client: Any) -> bool:
+    """Return whether ``client`` is the cluster client limpyd creates (its write-behind batches work)."""
+    return _CLUSTER_CLASS is not None and type(client) is _CLUSTER_CLASS
+
+
+def _routed_by_node_flag(client: Any, args: tuple) -> bool:
+    """Return whether redis-py routes the command ``args`` by a node flag (``SCRIPT LOAD``, ``PING``...), not by a key."""
+    flags = client.command_flags
+    name = str(args[0]).upper()
+    if name in flags:
+        return True
+    return len(args) > 1 and ("%s %s" % (name, str(args[1]).upper())) in flags
+
+
+def cluster_batch_client_class(batch_client_class: type) -> type:
+    """Return the batch view of limpyd's ``RedisCluster``: ``batch_client_class``'s logic on the cluster class.
+
+    A batch holds the commands of one model, whose keys share one slot: ``send_commands`` sends
+    them in one round trip to the node owning the slot (:func:`send_cluster_commands`). A command
+    redis-py routes by a node flag or explicit ``target_nodes`` (``SCRIPT LOAD`` on every primary,
+    ``PING``...) sends the queue first, then goes through the real client.
+    """
+    global _CLUSTER_VIEW_CLASS
+    if _CLUSTER_VIEW_CLASS is not None:
+        return _CLUSTER_VIEW_CLASS
+    skipped = ("__dict__", "__weakref__", "__module__", "__qualname__", "__doc__", "execute_command", "pipeline")
+    namespace = {name: value for name, value in batch_client_class.__dict__.items() if name not in skipped}
+    queued_or_sent = batch_client_class.__dict__["execute_command"]
+
+    def execute_command(self: Any, *args: Any, **options: Any) -> Any:
+        if self._limpyd_defer is None and ("target_nodes" in options or "nodes_flag" in options
+                                            or _routed_by_node_flag(self._limpyd_real, args)):
+            self._limpyd_batch.flush()
+            return self._limpyd_real.execute_command(*args, **options)
+        return queued_or_sent(self, *args, **options)
+
+    def pipeline(self: Any, transaction: Any = None, shard_hint: Any = None) -> Any:
+        self._limpyd_batch.flush()
+        return self._limpyd_real.pipeline(transaction=transaction, shard_hint=shard_hint)
+
+    base = _cluster_client_class()
+
+    def sort(self: Any, name: Any, start: Any = None, num: Any = None, by: Any = None, get: Any = None,
+             desc: bool = False, alpha: bool = False, store: Any = None, groups: bool = False) -> Any:
+        """Sort ``name`` as ``SORT`` does (https://redis.io/commands/sort); queued unless it runs as the script."""
+        item = self._limpyd_defer
+        if item is None or not needs_sort_script(by, get):
+            return base.sort(self, name, start=start, num=num, by=by, get=get, desc=desc, alpha=alpha,
+                             store=store, groups=groups)
+        # the SORT script's reply is transformed (groups, STORE) and a NOSCRIPT reply must load it:
+        # it is sent now, the queue in front of it, and its result handed to the queued call
+        self._limpyd_defer = None
+        try:
+            result = base.sort(self, name, start=start, num=num, by=by, get=get, desc=desc, alpha=alpha,
+                               store=store, groups=groups)
+        except (redis.ResponseError, redis.DataError) as exc:
+            if item.on_reply is None:
+                raise
+            try:
+                item.on_reply(exc)  # the pending result keeps the error, raised when it is read
+            except (redis.ResponseError, redis.DataError):
+                pass
+            return None
+        if item.on_reply is not None:
+            item.on_reply(result)
+        return None
+
+    def split_across_slots(command: str) -> Any:
+        split = getattr(base, command.lower() if command != "DEL" else "delete")
+
+        def method(self: Any, *keys: Any) -> Any:
+            # redis-py sends EXISTS/DEL/TOUCH/UNLINK through a pipeline, one per slot: the keys of
+            # one slot make one command, queued or sent with the batch as on a single server
+            real = self._limpyd_real
+            if len({real.keyslot(key) for key in keys}) <= 1:
+                return self.execute_command(command, *keys)
+            item, self._limpyd_defer = self._limpyd_defer, None
+            result = split(self, *keys)  # its pipeline sends the queue first
+            if item is None:
+                return result
+            if item.on_reply is not None:
+                item.on_reply(result)
+            return None
+
+        method.__name__ = split.__name__
+        method.__doc__ = split.__doc__
+        return method
+
+    for command in ("EXISTS", "DEL", "TOUCH", "UNLINK"):
+        method = split_across_slots(command)
+        namespace[method.__name__] = method
+
+    namespace.update(execute_command=execute_command, pipeline=pipeline, sort=sort, __module__=__name__,
+                     __doc__="The limpyd ``RedisCluster`` seen through ``database.connection`` while a batch is open.")
+    _CLUSTER_VIEW_CLASS = type("ClusterBatchClient", (base,), namespace)
+    return _CLUSTER_VIEW_CLASS
+
+
+_CLUSTER_VIEW_CLASS: Any = None
+
+
 def _refresh_slots(client: Any) -> None:
     """Ask redis-py to read the slot map again (after a redirection or a lost node)."""
     try:
@@ -409,7 +510,7 @@ def cluster_sort(client: Any, name: str, start: Any = None, num: Any = None, by:
         raise DataError("when using ``groups`` the ``get`` argument must be specified and contain at least two keys")
     if groups and len(gets) < 2:
         raise DataError("when using ``groups`` the ``get`` argument must be specified and contain at least two keys")
-    script = _sort_script(client)
+    script = _sort_script(getattr(client, "_limpyd_real", client))  # a batch view: cached on the real client
     arguments = [by if by is not None else "", int(bool(alpha)), int(bool(desc)),
                  start if start is not None else 0, num if num is not None else -1, *gets]
     result = script(keys=[name], args=arguments, client=client)
@@ -668,23 +769,23 @@ def localize_key(collection: Any, key: str, key_type: str) -> Tuple[str, bool]:
     read on its own node (one command) and copied into a temporary key of the model's tag (one
     command, none when it is empty): ``(copy, True)``, deleted with the other temporary keys.
     """
-    client = collection.model.database.connection
-    client = getattr(client, "_limpyd_real", client)
+    connection = collection.model.database.connection  # a batch view: the copy is written in order
+    client = getattr(connection, "_limpyd_real", connection)  # the other slot is read directly
     if client.keyslot(key) == client.keyslot(collection.model._name):
         return key, False
     copy = collection._unique_key("tmp")
     if key_type in ("set", "none"):
         members = client.smembers(key)
         if members:
-            client.sadd(copy, *members)
+            connection.sadd(copy, *members)
     elif key_type == "zset":
         pairs = client.zrange(key, 0, -1, withscores=True)
         if pairs:
-            client.zadd(copy, dict(pairs))
+            connection.zadd(copy, dict(pairs))
     elif key_type == "list":
         values = client.lrange(key, 0, -1)
         if values:
-            client.rpush(copy, *values)
+            connection.rpush(copy, *values)
     else:
         return key, False  # refused by the caller with its own message
     return copy, True

@@ -394,3 +394,109 @@ def test_scan_keys_on_every_primary(cluster_database, redis_cluster):
     iterator.close()
     assert threading.active_count() == before
 
+
+
+# ---------------------------------------------------------------------- write-behind batches: commands and round trips
+
+
+def _server_commands(servers):
+    """Return ``{name: total_commands_processed}`` of each server (``servers``: ``{name: client}``, connected)."""
+    return {name: client.info("stats")["total_commands_processed"] for name, client in servers.items()}
+
+
+def _measure(servers, monkeypatch, operation):
+    """Run ``operation``; return ``(commands per server, writes per server)``.
+
+    Commands are counted by each server (``INFO`` before and after on one open connection, the
+    first ``INFO`` removed);
+    round trips on the client side: one per ``send_packed_command`` of any redis-py connection
+    (what the server receives as one write), by the port it goes to (``"unix"`` for a socket).
+    """
+    from redis.connection import AbstractConnection
+
+    writes = {}
+    original = AbstractConnection.send_packed_command
+
+    def counting(self, command, *args, **kwargs):
+        port = getattr(self, "port", None) or "unix"
+        writes[port] = writes.get(port, 0) + 1
+        return original(self, command, *args, **kwargs)
+
+    before = _server_commands(servers)
+    with monkeypatch.context() as patch:
+        patch.setattr(AbstractConnection, "send_packed_command", counting)
+        operation()
+    after = _server_commands(servers)
+    commands = {name: after[name] - before[name] - 1 for name in servers}
+    return {name: count for name, count in commands.items() if count}, writes
+
+
+def _batch_operations(Bike):
+    state = {}
+
+    def create():
+        state["bike"] = Bike(name="rosalie", wheels=4, tags=["red", "old"])
+
+    def get_set():
+        bike = Bike(state["bike"].pk.get())
+        bike.wheels.get()
+        bike.wheels.set(5)
+
+    def set_hash():
+        state["bike"].hmset(name="bob", color="blue")
+
+    def filter_():
+        assert list(Bike.collection(wheels=5, tags="red")) == [state["bike"].pk.get()]
+
+    def sorted_slice():
+        assert Bike.collection(tags="red").sort(by="name", alpha=True)[0:1] == [state["bike"].pk.get()]
+
+    def delete():
+        state["bike"].delete()
+
+    return [("create", create), ("get+set", get_set), ("hmset", set_hash), ("filter", filter_),
+            ("sorted slice", sorted_slice), ("delete", delete)]
+
+
+def _bike_for_counts(db, ns):
+    from limpyd.contrib.collection import ExtendedCollectionManager as Manager
+
+    return type(model.RedisModel)("Bike", (model.RedisModel,), {
+        "__module__": __name__, "__qualname__": "Bike", "database": db, "namespace": ns,
+        "collection_manager": Manager,
+        "name": fields.InstanceHashField(indexable=True, unique=True),
+        "color": fields.InstanceHashField(),
+        "wheels": fields.StringField(indexable=True),
+        "tags": fields.SetField(indexable=True),
+    })
+
+
+def test_batches_on_the_cluster_cost_no_more_round_trips(database, cluster_database, redis_settings, redis_cluster,
+                                                        namespace, monkeypatch):
+    """Same commands per operation on the cluster as on one server, all on the model's node, and no more round trips."""
+    single_port = redis_settings.get("port") or "unix"
+    single_servers = {single_port: redis.Redis(**redis_settings)}
+    cluster_servers = {client.connection_pool.connection_kwargs["port"]: client for client in redis_cluster.primaries()}
+    for client in list(single_servers.values()) + list(cluster_servers.values()):
+        client.ping()  # connected before counting
+    rows = {}
+    for kind, db, servers in (("single", database, single_servers), ("cluster", cluster_database, cluster_servers)):
+        Bike = _bike_for_counts(db, namespace)
+        Bike(name="warm-up", wheels=1, tags=["x"]).delete()  # scripts loaded, connections open
+        list(Bike.collection(tags="x").sort(by="name", alpha=True)[0:1])
+        for label, operation in _batch_operations(Bike):
+            rows.setdefault(label, {})[kind] = _measure(servers, monkeypatch, operation)
+    client = cluster_database.connection
+    model_node = client.nodes_manager.get_node_from_slot(client.keyslot("{%s:bike}" % namespace))
+    for label, row in rows.items():
+        (single_commands, single_writes), (cluster_commands, cluster_writes) = row["single"], row["cluster"]
+        # every command on the node owning the model's slot, and as many as on one server
+        assert set(cluster_commands) == {model_node.port}, (label, cluster_commands)
+        # SORT BY a field runs as the SORT script on a Redis 7.0 cluster: the server counts the
+        # commands the script calls (TYPE, SMEMBERS of the 1-member set, one HGET per member)
+        script_calls = 3 if label == "sorted slice" else 0
+        assert cluster_commands[model_node.port] == single_commands[single_port] + script_calls, (label, row)
+        assert set(cluster_writes) == {model_node.port}, (label, cluster_writes)
+        assert cluster_writes[model_node.port] <= single_writes[single_port], (label, row)
+    # the batches are in use: a creation costs far fewer round trips than commands
+    assert rows["create"]["cluster"][1][model_node.port] * 2 < rows["create"]["cluster"][0][model_node.port]
