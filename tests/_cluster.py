@@ -83,6 +83,9 @@ class ClusterNode:
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", str(self.directory / "nodes.conf"),
              "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
+             # replicas get their first copy at once (default: 5 s later), so a failover can
+             # happen as soon as the cluster is up: a replica that never synced refuses to take over
+             "--repl-diskless-sync-delay", "0",
              "--dir", str(self.directory), "--logfile", str(self.log_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
@@ -174,6 +177,30 @@ class TestCluster:
                     timeout, "\n".join("--- %d\n%s" % (n.port, n.log_tail()) for n in nodes)), pytrace=False)
             time.sleep(0.05)
 
+    def wait_replicas_synced(self, timeout: float = 30.0) -> None:
+        """Wait until every running replica has its link to its primary up (it can then take over)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            synced = True
+            for node in self.nodes:
+                if not node.alive():
+                    continue
+                client = node.client()
+                try:
+                    info = client.info("replication")
+                except (redis.ConnectionError, redis.TimeoutError):
+                    synced = False
+                    continue
+                finally:
+                    client.close()
+                if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                    synced = False
+            if synced:
+                return
+            if time.monotonic() > deadline:
+                pytest.fail("the replicas of the private cluster are not synced after %ss" % timeout, pytrace=False)
+            time.sleep(0.05)
+
     def flushall(self) -> None:
         for client in self.primaries():
             try:
@@ -229,6 +256,7 @@ def _start_private_cluster(directory: Path) -> TestCluster:
             if result.returncode != 0:
                 raise RuntimeError("redis-cli --cluster create failed:\n%s%s" % (result.stdout[-2000:], result.stderr[-2000:]))
             cluster.wait_ok()
+            cluster.wait_replicas_synced()
             return cluster
         except RuntimeError as exc:
             cluster.stop()
