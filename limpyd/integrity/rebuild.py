@@ -106,33 +106,44 @@ def _build(plan: ModelPlan, client: Any, names: List[str], state: Dict[str, str]
     cursor = int(state.get("cursor", 0))
     done = int(state.get("done", 0))
     total = int(client.scard(plan.collection_key))
-    if cursor == 0 and done and state.get("phase") == "build":
-        return  # finished building before being stopped
+    offset = int(state.get("offset", 0))
     while True:
-        cursor, pks = client.sscan(plan.collection_key, cursor, count=chunk_size)
-        cursor = int(cursor)
-        commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
-        spans = []
-        for pk in pks:
-            start = len(commands)
-            commands.extend(plan.read_commands(pk))
-            spans.append((pk, start, len(commands)))
-        replies = send_commands(client, commands) if commands else []
-        writes: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
-        for pk, start, end in spans:
-            values, _, _ = plan.decode(pk, replies[start:end])
-            for entry in plan.entries(pk, values, names):
-                if entry.kind == "set":
-                    writes.append((("SADD", prefix + entry.key, entry.member), {}))
-                else:
-                    writes.append((("ZADD", prefix + entry.key, repr(entry.score), entry.member), {}))
-        done += len(pks)
-        writes.append((("HSET", key, "cursor", cursor, "done", done, "phase", "build" if cursor else "swap"), {}))
-        for reply in send_commands(client, writes):
-            if isinstance(reply, Exception):
-                raise reply
-        if progress:
-            progress("build", done, total)
+        next_cursor, reply = client.sscan(plan.collection_key, cursor, count=chunk_size)
+        next_cursor = int(next_cursor)
+        # a reply may hold more than chunk_size pks (small sets come whole): it is cut in chunks,
+        # and the position is the reply's cursor plus the pks of the reply already done
+        while True:
+            pks = reply[offset:offset + chunk_size]
+            offset += len(pks)
+            last = offset >= len(reply)
+            commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
+            spans = []
+            for pk in pks:
+                start = len(commands)
+                commands.extend(plan.read_commands(pk))
+                spans.append((pk, start, len(commands)))
+            replies = send_commands(client, commands) if commands else []
+            writes: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
+            for pk, start, end in spans:
+                values, _, _ = plan.decode(pk, replies[start:end])
+                for entry in plan.entries(pk, values, names):
+                    if entry.kind == "set":
+                        writes.append((("SADD", prefix + entry.key, entry.member), {}))
+                    else:
+                        writes.append((("ZADD", prefix + entry.key, repr(entry.score), entry.member), {}))
+            done += len(pks)
+            finished = last and next_cursor == 0
+            position = (next_cursor, 0) if last else (cursor, offset)
+            writes.append((("HSET", key, "cursor", position[0], "offset", position[1], "done", done,
+                            "phase", "swap" if finished else "build"), {}))
+            for reply_item in send_commands(client, writes):
+                if isinstance(reply_item, Exception):
+                    raise reply_item
+            if progress:
+                progress("build", done, total)
+            if last:
+                break
+        cursor, offset = next_cursor, 0
         if cursor == 0:
             break
 
