@@ -32,7 +32,7 @@ import redis
 from benchmarks import bench_scan
 from benchmarks._server import PrivateRedisServer, load_keys
 
-GROUPS = ["scan", "orm", "collections", "pipeline", "speedups", "atomic"]
+GROUPS = ["scan", "orm", "collections", "pipeline", "speedups", "atomic", "cluster"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: scan_keys() may take at most this times the C client (same worker), per speedups mode
@@ -388,12 +388,57 @@ def group_atomic(args: argparse.Namespace, server: PrivateRedisServer, client: r
     return rows
 
 
+def group_cluster(args: argparse.Namespace, server: PrivateRedisServer, client: redis.Redis,
+                  notes: List[str]) -> List[Dict[str, Any]]:
+    migrate = 10000 if args.quick else 100000
+    progress("cluster: worker 1 of 1 (starts its own 3-primary cluster), %d instances per operation, scan of %d "
+             "keys, migration of %d instances" % (args.instances, args.keys, migrate))
+    client.flushall()
+    result = run_worker("cluster", "benchmarks.bench_cluster",
+                        ["--socket", server.socket_path, "--instances", str(args.instances), "--keys", str(args.keys),
+                         "--migrate", str(migrate)])
+    client.flushall()
+    rows, table = [], []
+    single, cluster = result["rows"]["single"], result["rows"]["cluster"]
+    for operation, on_cluster in cluster.items():
+        alone = single[operation]
+        rows.append({"key": "cluster/%s/cython" % operation, "group": "cluster", "row": operation,
+                     "speedups": "cython", "value": on_cluster["us"], "unit": "us", "single_us": alone["us"],
+                     "commands": on_cluster["commands"], "single_commands": alone["commands"],
+                     "round_trips": on_cluster["round_trips"], "single_round_trips": alone["round_trips"]})
+        table.append([operation, "%.0f" % alone["us"], "%.0f" % on_cluster["us"], "%.1f" % alone["commands"],
+                      "%.1f" % on_cluster["commands"], "%.1f" % alone["round_trips"], "%.1f" % on_cluster["round_trips"]])
+        if on_cluster["round_trips"] > alone["round_trips"]:
+            notes.append("cluster %s: more round trips than on one server (%.1f > %.1f): NOT MET"
+                         % (operation, on_cluster["round_trips"], alone["round_trips"]))
+    print_table("Redis Cluster (3 primaries) vs single server, per operation (%d instances; the sorted slice runs "
+                "the SORT script on the cluster: the server counts the commands it calls)" % args.instances,
+                ["operation", "single us", "cluster us", "single cmds", "cluster cmds", "single trips",
+                 "cluster trips"], table)
+    scan, moved = result["scan"], result["migration"]
+    print_table("Redis Cluster: scan_keys() and migration", ["row", "figure"], [
+        ["scan_keys() of %d keys, single server" % scan["keys"], "%.2f s" % scan["single_s"]],
+        ["scan_keys() of %d keys, cluster (3 primaries in parallel)" % scan["keys"], "%.2f s (%.2fx)"
+         % (scan["cluster_s"], scan["ratio"])],
+        ["limpyd.migrate of %d instances (%d keys) single -> cluster" % (moved["instances"], moved["keys"]),
+         "%.0f instances/s (%.0f keys/s)" % (moved["instances_per_s"], moved["keys_per_s"])],
+    ])
+    notes.append("cluster scan_keys() <= 0.8x the single server: %.2fx %s (3 nodes and the client share the "
+                 "machine's %d cores)" % (scan["ratio"], "met" if scan["ratio"] <= 0.8 else "NOT MET",
+                                          os.cpu_count() or 0))
+    rows.append({"key": "cluster/scan_keys/cython", "group": "cluster", "row": "scan_keys", "speedups": "cython",
+                 "value": scan["cluster_s"], "unit": "s", "single_s": scan["single_s"], "ratio": scan["ratio"]})
+    rows.append({"key": "cluster/migrate/cython", "group": "cluster", "row": "migrate", "speedups": "cython",
+                 "value": moved["instances_per_s"], "unit": "instances/s"})
+    return rows
+
+
 #: the one-command operations whose cost must stay close to plain redis-py's
 OVERHEAD_ROWS = ("filter 1 field, pks", "len() of a filtered collection", "alpha sort by hash field, [10:20]",
                  "Model(pk)", "Model(pk) then hmget", "field.get()")
 
 RUNNERS = {"scan": group_scan, "orm": group_orm, "collections": group_collections, "pipeline": group_pipeline,
-           "speedups": group_speedups, "atomic": group_atomic}
+           "speedups": group_speedups, "atomic": group_atomic, "cluster": group_cluster}
 
 
 # ---------------------------------------------------------------------- compare

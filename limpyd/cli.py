@@ -1,6 +1,7 @@
 """The ``limpyd`` command: ``limpyd [--url URL] [--models MODULE]... [--json] SUBCOMMAND ...``.
 
-Subcommands (``limpyd SUBCOMMAND --help``): ``audit``, ``repair``, ``rebuild-indexes``, ``stats``.
+Subcommands (``limpyd SUBCOMMAND --help``): ``audit``, ``repair``, ``rebuild-indexes``, ``stats``,
+``migrate`` (limpyd.migrate).
 Others register with :func:`register` (a name, a function adding the arguments, a function
 running it and returning the exit code). Progress goes to stderr, results to stdout (``--json``
 for machines). Exit codes: 0 success (``audit``: clean), 1 problems found or left (``audit``,
@@ -313,6 +314,22 @@ register("rebuild-indexes", "rebuild indexes online, aside then swapped in; resu
          _run_rebuild)
 register("stats", "count keys by model, role, field and index; sampled memory and TTLs", _stats_arguments,
          _run_stats)
+
+
+def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    from limpyd import migrate
+
+    migrate.add_arguments(parser)
+
+
+def _run_migrate(args: argparse.Namespace) -> int:
+    from limpyd import migrate
+
+    return migrate.run(args)
+
+
+register("migrate", "copy the keys of models between a single server and a Redis Cluster (resumable)",
+         _migrate_arguments, _run_migrate)
 
 
 # ---------------------------------------------------------------------------------------------
