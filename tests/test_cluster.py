@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import redis
 from redis.cluster import RedisCluster
 
@@ -326,6 +327,19 @@ def test_pipeline_and_transaction(redis_cluster, namespace):
         Bike(2).wheels.get()
         bike.passengers.rpush("p")
         assert pipe.execute() == [True, "a", True, "2", 1]
+    from limpyd._cluster import TRANSACTIONS_MIN_REDIS_PY, _redis_py_version
+
+    if _redis_py_version() < TRANSACTIONS_MIN_REDIS_PY:  # no transaction on RedisCluster: a clear error
+        from limpyd.exceptions import LimpydException
+
+        try:
+            with pytest.raises(LimpydException, match=r"redis-py >= 6\.1 \(found %s\)" % redis.__version__):
+                db.pipeline()
+            with pytest.raises(LimpydException, match=r"redis-py >= 6\.1"):
+                db.transaction(lambda pipe: None, bike.passengers)
+        finally:
+            redis_cluster.flushall()
+        return
     with db.pipeline() as pipe:
         bike.passengers.rpush("q")
         bike.scores.zadd({"s": 1})
@@ -342,8 +356,12 @@ def test_pipeline_and_transaction(redis_cluster, namespace):
 
 
 def test_transaction_across_slots_is_a_clear_error(redis_cluster, namespace):
+    from limpyd._cluster import TRANSACTIONS_MIN_REDIS_PY, _redis_py_version
     from limpyd.exceptions import LimpydException
 
+    if _redis_py_version() < TRANSACTIONS_MIN_REDIS_PY:
+        pytest.skip("redis-py %s has no transaction on RedisCluster (test_pipeline_and_transaction checks the "
+                    "error naming redis-py >= 6.1)" % redis.__version__)
     db = PipelineDatabase(**redis_cluster.settings)
     Bike = _make_bike_model(db, namespace)
     Car = type(model.RedisModel)("Car", (model.RedisModel,), {
