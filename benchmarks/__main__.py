@@ -32,7 +32,7 @@ import redis
 from benchmarks import bench_scan
 from benchmarks._server import PrivateRedisServer, load_keys
 
-GROUPS = ["scan", "orm", "collections", "pipeline", "speedups", "atomic", "cluster"]
+GROUPS = ["scan", "orm", "collections", "pipeline", "speedups", "atomic", "cluster", "integrity"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: scan_keys() may take at most this times the C client (same worker), per speedups mode
@@ -388,6 +388,30 @@ def group_atomic(args: argparse.Namespace, server: PrivateRedisServer, client: r
     return rows
 
 
+def group_integrity(args: argparse.Namespace, server: PrivateRedisServer, client: redis.Redis,
+                    notes: List[str]) -> List[Dict[str, Any]]:
+    sizes = [100000] if args.quick else [100000, 1000000]
+    rows, table = [], []
+    for position, size in enumerate(sizes, 1):
+        progress("integrity: worker %d of %d, audit/repair/rebuild of %d benchmark instances" % (position, len(sizes), size))
+        client.flushall()
+        result = run_worker("integrity", "benchmarks.bench_integrity",
+                            ["--socket", server.socket_path, "--instances", str(size)])
+        for operation in ("audit", "repair", "rebuild"):
+            row = result[operation]
+            rows.append({"key": "integrity/%s/%d" % (operation, size), "group": "integrity", "row": operation,
+                         "speedups": "cython", "value": row["per_second"], "unit": "instances/s",
+                         "instances": size, "seconds": row["seconds"], "maxrss_kib": result["maxrss_kib"]})
+            table.append([operation, size, "%.1f" % row["seconds"], "%.0f" % row["per_second"],
+                          "%.0f" % (result["maxrss_kib"] / 1024)])
+        notes.append("audit >= 50,000 instances/s on %d instances: %.0f %s" % (
+            size, result["audit"]["per_second"], "met" if result["audit"]["per_second"] >= 50000 else "NOT MET"))
+    print_table("Integrity (repair: audit + 2 fixes per 1000 instances + audit)",
+                ["operation", "instances", "seconds", "instances/s", "worker maxrss MiB"], table)
+    client.flushall()
+    return rows
+
+
 def group_cluster(args: argparse.Namespace, server: PrivateRedisServer, client: redis.Redis,
                   notes: List[str]) -> List[Dict[str, Any]]:
     migrate = 10000 if args.quick else 100000
@@ -438,7 +462,8 @@ OVERHEAD_ROWS = ("filter 1 field, pks", "len() of a filtered collection", "alpha
                  "Model(pk)", "Model(pk) then hmget", "field.get()")
 
 RUNNERS = {"scan": group_scan, "orm": group_orm, "collections": group_collections, "pipeline": group_pipeline,
-           "speedups": group_speedups, "atomic": group_atomic, "cluster": group_cluster}
+           "speedups": group_speedups, "atomic": group_atomic, "cluster": group_cluster,
+           "integrity": group_integrity}
 
 
 # ---------------------------------------------------------------------- compare

@@ -87,6 +87,9 @@ _STANDARD_GETTERS = {"ihash": "hget", "string": "get", "hash": "hgetall", "zset"
 REDIS_TYPES = {"string": "string", "hash": "hash", "zset": "zset", "set": "set", "list": "list", "ihash": "hash"}
 
 
+_READ_CODES = {"HGETALL": "h", "GET": "g", "SMEMBERS": "s", "LRANGE": "l", "ZRANGE": "z"}
+
+
 class FieldPlan:
     """A non-pk field: how to read it in a batch, and the index objects storing under ``M:<name>:``."""
 
@@ -206,6 +209,37 @@ class ModelPlan:
                 reply = None
             values[plan.name] = reply
         return values, extra, wrong
+
+    def read(self, client: Any, pks: Sequence[str], names: Optional[Sequence[str]] = None) -> List[List[Any]]:
+        """Return, for each of ``pks``, the replies :meth:`decode` takes, read by one script call per 4000 keys."""
+        from limpyd.integrity import _lua
+
+        keys: List[str] = []
+        codes: List[str] = []
+        spans = []
+        for pk in pks:
+            start = len(keys)
+            for args, _ in self.read_commands(pk, names):
+                keys.append(args[1])
+                codes.append(_READ_CODES[args[0]])
+            spans.append((start, len(keys)))
+        calls = [(_lua.READ, keys[i:i + 4000], codes[i:i + 4000]) for i in range(0, len(keys), 4000)]
+        flat: List[Any] = []
+        for reply in _lua.run(client, calls) if calls else []:
+            flat.extend(reply)
+        converted = []
+        for code, reply in zip(codes, flat):
+            if isinstance(reply, Exception):
+                converted.append(reply)
+            elif code == "h":
+                converted.append(dict(zip(reply[::2], reply[1::2])))
+            elif code == "g":
+                converted.append(None if isinstance(reply, list) else reply)
+            elif code == "s":
+                converted.append(set(reply))
+            else:
+                converted.append(reply)
+        return [converted[start:end] for start, end in spans]
 
     @staticmethod
     def has_data(values: Dict[str, Any], extra: Dict[str, str]) -> bool:

@@ -50,7 +50,7 @@ from limpyd.integrity.report import (
     Finding,
     _FindingCollector,
 )
-from limpyd._batch import send_commands
+from limpyd.integrity._lua import send as send_commands
 from limpyd.utils import make_key
 
 __all__ = ["audit"]
@@ -142,17 +142,10 @@ def analyze_pks(plan: ModelPlan, client: Any, pks: Sequence[str], analysis: Opti
                 check_empty: bool = True) -> _Analysis:
     """Read the values of ``pks`` (one round trip), check the entries they must have (one more)."""
     analysis = analysis or _Analysis()
-    commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
-    spans = []
-    for pk in pks:
-        start = len(commands)
-        commands.extend(plan.read_commands(pk))
-        spans.append((pk, start, len(commands)))
-    replies = send_commands(client, commands) if commands else []
     entries: List[Entry] = []
     expected = analysis.expected
-    for pk, start, end in spans:
-        values, extra, wrong = plan.decode(pk, replies[start:end])
+    for pk, replies in zip(pks, plan.read(client, pks)):
+        values, extra, wrong = plan.decode(pk, replies)
         analysis.instances += 1
         if check_empty and plan.fields and not wrong and not plan.has_data(values, extra):
             analysis.findings.append(Finding(EMPTY_PK, plan.collection_key, pk=pk,
@@ -367,16 +360,9 @@ def reverse_check(plan: ModelPlan, client: Any, members: Sequence[Tuple[str, str
     existing = [pk for pk, flag in zip(pks, flags) if flag]
     expected: Set[Tuple[str, str]] = set()
     if existing:
-        commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
-        spans = []
-        for pk in existing:
-            start = len(commands)
-            commands.extend(plan.read_commands(pk))
-            spans.append((pk, start, len(commands)))
-        replies = send_commands(client, commands) if commands else []
         names = [name for name in plan.fields if plan.fields[name].indexes and name in fields]
-        for pk, start, end in spans:
-            values, _, _ = plan.decode(pk, replies[start:end])
+        for pk, replies in zip(existing, plan.read(client, existing)):
+            values, _, _ = plan.decode(pk, replies)
             for entry in plan.entries(pk, values, names):
                 expected.add((entry.key, entry.member))
     existing_set = set(existing)

@@ -28,7 +28,7 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from limpyd._batch import send_commands
+from limpyd.integrity._lua import send as send_commands
 from limpyd.fields import FieldLock
 from limpyd.integrity import _lua
 from limpyd.integrity._schema import ModelPlan
@@ -116,16 +116,9 @@ def _build(plan: ModelPlan, client: Any, names: List[str], state: Dict[str, str]
             pks = reply[offset:offset + chunk_size]
             offset += len(pks)
             last = offset >= len(reply)
-            commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
-            spans = []
-            for pk in pks:
-                start = len(commands)
-                commands.extend(plan.read_commands(pk))
-                spans.append((pk, start, len(commands)))
-            replies = send_commands(client, commands) if commands else []
             writes: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
-            for pk, start, end in spans:
-                values, _, _ = plan.decode(pk, replies[start:end])
+            for pk, replies in zip(pks, plan.read(client, pks)):
+                values, _, _ = plan.decode(pk, replies)
                 for entry in plan.entries(pk, values, names):
                     if entry.kind == "set":
                         writes.append((("SADD", prefix + entry.key, entry.member), {}))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from limpyd._batch import send_commands
+from limpyd.integrity._lua import send as send_commands
 from limpyd.fields import FieldLock
 from limpyd.integrity import _lua
 from limpyd.integrity._schema import INSTANCE_HASH, ModelPlan
