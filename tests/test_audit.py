@@ -95,8 +95,8 @@ def test_findings_beyond_max_findings_are_counted(Base, client):
 def test_recheck_drops_findings_fixed_meanwhile(Base, client):
     Bench = _bench(Base)
     client.srem("%s:name:n1" % Bench._name, "2")
-    from limpyd.integrity.audit import recheck, other_model_names
     from limpyd.integrity._schema import ModelPlan
+    from limpyd.integrity.audit import other_model_names, recheck
 
     report = Bench.audit()
     assert report.counts == {kinds.MISSING_ENTRY: 1}

@@ -17,11 +17,11 @@ import pytest
 import redis
 
 hypothesis = pytest.importorskip("hypothesis")
+from _consistency import check_consistency  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule  # noqa: E402
 
-from _consistency import check_consistency  # noqa: E402
 from limpyd import fields, model  # noqa: E402
 from limpyd.database import RedisDatabase  # noqa: E402
 

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from limpyd.integrity import _lua
+from limpyd.integrity._lua import send as send_commands
 from limpyd.integrity._schema import (
     INSTANCE_HASH,
     RESERVED_PARTS,
@@ -50,7 +51,6 @@ from limpyd.integrity.report import (
     Finding,
     _FindingCollector,
 )
-from limpyd.integrity._lua import send as send_commands
 from limpyd.utils import make_key
 
 __all__ = ["audit"]

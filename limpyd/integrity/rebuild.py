@@ -28,9 +28,9 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from limpyd.integrity._lua import send as send_commands
 from limpyd.fields import FieldLock
 from limpyd.integrity import _lua
+from limpyd.integrity._lua import send as send_commands
 from limpyd.integrity._schema import ModelPlan
 from limpyd.integrity.audit import audit, client_of, glob_escape
 from limpyd.integrity.report import MISSING_ENTRY, STALE_ENTRY, UNIQUE_CONFLICT, WRONG_ENTRY

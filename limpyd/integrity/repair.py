@@ -14,9 +14,9 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from limpyd.integrity._lua import send as send_commands
 from limpyd.fields import FieldLock
 from limpyd.integrity import _lua
+from limpyd.integrity._lua import send as send_commands
 from limpyd.integrity._schema import INSTANCE_HASH, ModelPlan
 from limpyd.integrity.audit import analyze_pks, audit, client_of, pk_sort_key, reverse_check
 from limpyd.integrity.report import (
