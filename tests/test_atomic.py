@@ -284,3 +284,20 @@ def test_equal_index_with_and_scored_equal_index_same_bytes(database, namespace,
         run(ns, atomic)
     assert strip(namespace + "d", dump(raw)) == strip(namespace + "a", dump(raw))
     assert any("equal-with" in key for key in strip(namespace + "a", dump(raw)))
+
+
+def test_lazy_writes_of_plain_fields_check_the_pk_in_the_script(database, namespace, raw):
+    """The race the default mode cannot close: a write on a field that is not indexable, on a lazy
+    instance, against its deletion. In atomic mode the script checks the pk: no orphan key."""
+    Item = define(database, namespace, True)
+    item = Item(code="a", note="n", plain="p")
+    lazy = Item.lazy_connect(item.pk.get())
+    item.delete()
+    with pytest.raises(DoesNotExist):
+        lazy.note.hset("late")
+    with pytest.raises(DoesNotExist):
+        Item.lazy_connect(item.pk.get()).plain.set("late")
+    assert raw.keys(namespace + ":*") == [namespace + ":item:max_pk"]
+    other = Item(code="b")
+    Item.lazy_connect(other.pk.get()).note.hset("fine")
+    assert other.note.hget() == "fine"

@@ -375,8 +375,9 @@ class RedisField(RedisProxyCommand):
         sending it), or when the caller said it drops the result (:meth:`_drop_next_result`).
         """
         drop_result = self.__dict__.pop("_limpyd_drop_result", False)
-        if self.indexable and name in self.available_modifiers and _atomic.atomic_enabled(self._model) \
-                and not _atomic.in_pipeline(self._model):
+        if name in self.available_modifiers and _atomic.atomic_enabled(self._model) \
+                and not _atomic.in_pipeline(self._model) and (self.indexable or self._lazy_write()):
+            # indexable fields always; the others on a lazy instance, whose pk the script checks
             return self._call_atomic(name, *args, **kwargs)
         if not (self.indexable and name in self.available_modifiers):
             if drop_result:
@@ -432,6 +433,11 @@ class RedisField(RedisProxyCommand):
         if check:
             instance._connected = True
         return result
+
+    def _lazy_write(self) -> bool:
+        """Return whether a write on this field would first have to check that its instance exists."""
+        instance = getattr(self, "_instance", None)
+        return instance is not None and bool(instance.__dict__.get("_pk")) and not instance.connected
 
     def _atomic_capture(self) -> bool:
         """Return whether a modifier runs as a script call (its reads and index changes are skipped)."""
