@@ -45,7 +45,6 @@ def _killer(settings: dict, delay: float) -> threading.Thread:
     return thread
 
 
-@pytest.mark.slow
 def test_random_operations_with_faults_repair_to_clean(redis_settings, namespace):
     counter = iter(range(10 ** 6))
 
