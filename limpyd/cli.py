@@ -140,7 +140,7 @@ class Progress:
         self.bars: Dict[str, Any] = {}
         self.last = 0.0
         try:
-            import tqdm  # noqa: F401
+            import tqdm
             self.tqdm = tqdm.tqdm
         except ImportError:
             self.tqdm = None

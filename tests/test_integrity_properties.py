@@ -17,8 +17,9 @@ import pytest
 import redis
 
 hypothesis = pytest.importorskip("hypothesis")
+pytestmark = pytest.mark.slow  # connections killed at random instants: the full CI legs run it
 from _consistency import check_consistency  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule  # noqa: E402
 
@@ -144,6 +145,9 @@ def test_random_operations_with_faults_repair_to_clean(redis_settings, namespace
             assert again.clean and again.done == 0
             self.database.connection.flushdb()
 
-    Faults.TestCase.settings = settings(max_examples=30, stateful_step_count=12, deadline=None,
+    # derandomized: the same 30 examples every run; no shrinking: the kills are timing-based, so a
+    # replay may take another path (hypothesis would then report a flaky strategy, hiding the failure)
+    Faults.TestCase.settings = settings(max_examples=30, stateful_step_count=12, deadline=None, derandomize=True,
+                                        phases=[Phase.explicit, Phase.reuse, Phase.generate],
                                         suppress_health_check=list(HealthCheck))
     Faults.TestCase().runTest()
