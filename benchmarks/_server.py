@@ -19,7 +19,9 @@ class PrivateRedisServer:
     def __init__(self, binary: Optional[str] = None) -> None:
         self.binary = binary or os.environ.get("LIMPYD_TEST_REDIS_SERVER") or shutil.which("redis-server")
         if not self.binary:
-            sys.exit("redis-server not found: install the redis-server package or set LIMPYD_TEST_REDIS_SERVER")
+            sys.exit(
+                "redis-server not found: install the redis-server package or set LIMPYD_TEST_REDIS_SERVER"
+            )
         self.directory = tempfile.mkdtemp(prefix="limpyd-bench-")
         self.socket_path = os.path.join(self.directory, "redis.sock")
         self.process: Optional[subprocess.Popen] = None
@@ -32,8 +34,23 @@ class PrivateRedisServer:
     def __enter__(self) -> "PrivateRedisServer":
         log_path = os.path.join(self.directory, "redis.log")
         self.process = subprocess.Popen(
-            [self.binary, "--port", "0", "--unixsocket", self.socket_path, "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", self.directory, "--logfile", log_path],
+            [
+                self.binary,
+                "--port",
+                "0",
+                "--unixsocket",
+                self.socket_path,
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.directory,
+                "--logfile",
+                log_path,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
@@ -72,6 +89,8 @@ def load_keys(client: redis.Redis, count: int, prefix: str = "bench:key:", chunk
         upto = min(done + chunk, count)
         script(args=[done, upto - 1, prefix])
         done = upto
-        sys.stderr.write("\rloading keys: %d of %d (%.1fs elapsed)" % (done, count, time.perf_counter() - start))
+        sys.stderr.write(
+            "\rloading keys: %d of %d (%.1fs elapsed)" % (done, count, time.perf_counter() - start)
+        )
         sys.stderr.flush()
     sys.stderr.write("\n")

@@ -25,9 +25,16 @@ from limpyd.database import RedisDatabase
 
 def define(database: RedisDatabase, namespace: str, atomic: bool, **settings: Any) -> type:
     """The benchmark model, in one write mode."""
-    attrs = {"database": database, "namespace": namespace, "atomic_writes": atomic,
-             "code": fields.InstanceHashField(indexable=True, unique=True), "name": fields.StringField(indexable=True),
-             "note": fields.InstanceHashField(), "tags": fields.SetField(), **settings}
+    attrs = {
+        "database": database,
+        "namespace": namespace,
+        "atomic_writes": atomic,
+        "code": fields.InstanceHashField(indexable=True, unique=True),
+        "name": fields.StringField(indexable=True),
+        "note": fields.InstanceHashField(),
+        "tags": fields.SetField(),
+        **settings,
+    }
     return type("BenchItem", (model.RedisModel,), attrs)
 
 
@@ -35,7 +42,10 @@ def timed(count: int, run: Callable[[], None]) -> Dict[str, float]:
     """Run ``run`` (``count`` operations); return wall and client CPU µs per operation."""
     wall, cpu = time.perf_counter(), time.process_time()
     run()
-    return {"us": (time.perf_counter() - wall) / count * 1e6, "cpu_us": (time.process_time() - cpu) / count * 1e6}
+    return {
+        "us": (time.perf_counter() - wall) / count * 1e6,
+        "cpu_us": (time.process_time() - cpu) / count * 1e6,
+    }
 
 
 def per_operation(database: RedisDatabase, instances: int) -> List[Dict[str, Any]]:
@@ -46,11 +56,18 @@ def per_operation(database: RedisDatabase, instances: int) -> List[Dict[str, Any
         Item = define(database, "bench%s" % ("a" if atomic else "d"), atomic)
         Item(code="warm", name="w", note="x", tags=["a", "b", "c"]).delete()
         items: list = []
-        progress("per operation, %s mode: create, get+set, delete of %d instances"
-                 % ("atomic" if atomic else "default", instances))
+        progress(
+            "per operation, %s mode: create, get+set, delete of %d instances"
+            % ("atomic" if atomic else "default", instances)
+        )
         measured = {
-            "create": timed(instances, lambda: items.extend(
-                Item(code="c%d" % i, name="n%d" % (i % 100), note="x", tags=["a", "b", "c"]) for i in range(instances))),
+            "create": timed(
+                instances,
+                lambda: items.extend(
+                    Item(code="c%d" % i, name="n%d" % (i % 100), note="x", tags=["a", "b", "c"])
+                    for i in range(instances)
+                ),
+            ),
             "get+set": timed(instances, lambda: [item.name.set(item.name.get() + "x") for item in items]),
         }
         if len(Item.collection(name="n7x")) != instances // 100 + (1 if 7 < instances % 100 else 0):
@@ -61,8 +78,14 @@ def per_operation(database: RedisDatabase, instances: int) -> List[Dict[str, Any
         results[atomic] = measured
     for operation in ("create", "get+set", "delete"):
         default, atomic = results[False][operation], results[True][operation]
-        rows.append({"operation": operation, "default": default, "atomic": atomic,
-                     "speedup": default["us"] / atomic["us"]})
+        rows.append(
+            {
+                "operation": operation,
+                "default": default,
+                "atomic": atomic,
+                "speedup": default["us"] / atomic["us"],
+            }
+        )
     return rows
 
 
@@ -84,16 +107,22 @@ def bulk(database: RedisDatabase, count: int) -> Dict[str, Any]:
     elapsed = time.perf_counter() - start
     if created != count or len(Item.collection(name="n3")) != count // 100 + (1 if 3 < count % 100 else 0):
         sys.exit("WRONG RESULT: create_many created %d of %d" % (created, count))
-    return {"instances": count, "seconds": elapsed, "per_second": count / elapsed,
-            "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    return {
+        "instances": count,
+        "seconds": elapsed,
+        "per_second": count / elapsed,
+        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
 
 
 def purge(database: RedisDatabase, count: int) -> Dict[str, Any]:
     """Expire ``count`` instances, then purge them; instances/s."""
     Item = define(database, "purge", True, expiring=True)
     progress("purge_expired of %d due instances (created first)" % count)
-    pks = Item.create_many(({"code": "c%d" % i, "name": "n%d" % (i % 100), "note": "x", "tags": ["a"]}
-                            for i in range(count)), ttl=3600)
+    pks = Item.create_many(
+        ({"code": "c%d" % i, "name": "n%d" % (i % 100), "note": "x", "tags": ["a"]} for i in range(count)),
+        ttl=3600,
+    )
     # due now: their deadlines are moved to the past directly (a creation with a tiny ttl would see
     # the writes of the next batches purge the first ones already)
     raw = redis.Redis(**database.connection_settings)
@@ -118,7 +147,9 @@ def progress(message: str) -> None:
 
 
 def main(argv: Any = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_atomic", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_atomic", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--socket", required=True, help="unix socket of the private redis-server")
     parser.add_argument("--instances", type=int, default=10000, help="instances of the per-operation rows")
     parser.add_argument("--bulk", type=int, default=1000000, help="rows streamed through create_many")
@@ -126,8 +157,11 @@ def main(argv: Any = None) -> None:
     args = parser.parse_args(argv)
     database = RedisDatabase(unix_socket_path=args.socket)
     database.connection.flushdb()
-    result = {"rows": per_operation(database, args.instances), "bulk": bulk(database, args.bulk),
-              "purge": purge(database, args.purge)}
+    result = {
+        "rows": per_operation(database, args.instances),
+        "bulk": bulk(database, args.bulk),
+        "purge": purge(database, args.purge),
+    }
     print(json.dumps(result))
 
 

@@ -60,10 +60,29 @@ def start_cluster(directory: str) -> List[Any]:
     for port in ports:
         node_dir = os.path.join(directory, str(port))
         os.makedirs(node_dir)
-        processes.append(subprocess.Popen(
-            [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file",
-             os.path.join(node_dir, "nodes.conf"), "--save", "", "--appendonly", "no", "--dir", node_dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(
+            subprocess.Popen(
+                [
+                    server,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    os.path.join(node_dir, "nodes.conf"),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    node_dir,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     for port in ports:
         for _ in range(200):
             try:
@@ -71,8 +90,12 @@ def start_cluster(directory: str) -> List[Any]:
                 break
             except redis.ConnectionError:
                 time.sleep(0.02)
-    subprocess.run([cli, "--cluster", "create", *["127.0.0.1:%d" % port for port in ports], "--cluster-yes"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [cli, "--cluster", "create", *["127.0.0.1:%d" % port for port in ports], "--cluster-yes"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     for _ in range(500):
         if all(redis.Redis(port=port).cluster("info")["cluster_state"] == "ok" for port in ports):
             break
@@ -113,26 +136,48 @@ class Counter:
 
 
 def define(database: RedisDatabase, namespace: str) -> type:
-    return type("Bike", (model.RedisModel,), {
-        "database": database, "namespace": namespace, "collection_manager": ExtendedCollectionManager,
-        "name": fields.InstanceHashField(indexable=True, unique=True), "wheels": fields.StringField(indexable=True),
-        "tags": fields.SetField(indexable=True)})
+    return type(
+        "Bike",
+        (model.RedisModel,),
+        {
+            "database": database,
+            "namespace": namespace,
+            "collection_manager": ExtendedCollectionManager,
+            "name": fields.InstanceHashField(indexable=True, unique=True),
+            "wheels": fields.StringField(indexable=True),
+            "tags": fields.SetField(indexable=True),
+        },
+    )
 
 
-def per_operation(database: RedisDatabase, servers: List[redis.Redis], count: int) -> Dict[str, Dict[str, float]]:
+def per_operation(
+    database: RedisDatabase, servers: List[redis.Redis], count: int
+) -> Dict[str, Dict[str, float]]:
     Bike = define(database, "benchcluster")
     Bike(name="warm", wheels=1, tags=["x"]).delete()
     list(Bike.collection(tags="x").sort(by="name", alpha=True)[0:1])
     counter = Counter(servers)
     bikes: list = []
     rows = {
-        "create": counter.measure(count, lambda: bikes.extend(
-            Bike(name="b%d" % i, wheels=i % 4, tags=["t%d" % (i % 10)]) for i in range(count))),
-        "get+set": counter.measure(count, lambda: [bike.wheels.set(int(bike.wheels.get()) + 1) for bike in bikes]),
-        "filter": counter.measure(count, lambda: [list(Bike.collection(wheels=i % 4 + 1, tags="t%d" % (i % 10)))
-                                                  for i in range(count)]),
-        "sorted slice": counter.measure(count, lambda: [Bike.collection(tags="t%d" % (i % 10)).sort(
-            by="name", alpha=True)[2:5] for i in range(count)]),
+        "create": counter.measure(
+            count,
+            lambda: bikes.extend(
+                Bike(name="b%d" % i, wheels=i % 4, tags=["t%d" % (i % 10)]) for i in range(count)
+            ),
+        ),
+        "get+set": counter.measure(
+            count, lambda: [bike.wheels.set(int(bike.wheels.get()) + 1) for bike in bikes]
+        ),
+        "filter": counter.measure(
+            count,
+            lambda: [list(Bike.collection(wheels=i % 4 + 1, tags="t%d" % (i % 10))) for i in range(count)],
+        ),
+        "sorted slice": counter.measure(
+            count,
+            lambda: [
+                Bike.collection(tags="t%d" % (i % 10)).sort(by="name", alpha=True)[2:5] for i in range(count)
+            ],
+        ),
         "delete": counter.measure(count, lambda: [bike.delete() for bike in bikes]),
     }
     if len(Bike.collection()):
@@ -194,33 +239,53 @@ def main() -> None:
 
         progress("scan_keys: loading %d keys on each side" % args.keys)
         script = single_servers[0].register_script(
-            "for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do redis.call('SET', ARGV[3] .. i, i) end")
+            "for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do redis.call('SET', ARGV[3] .. i, i) end"
+        )
         for start in range(0, args.keys, 50000):
             script(args=[start, min(start + 50000, args.keys) - 1, "bench:key:"])
         load_cluster_keys(cluster_db.connection, args.keys)
         single_seconds = best_scan(single_db, args.keys)
         cluster_seconds = best_scan(cluster_db, args.keys)
-        result["scan"] = {"keys": args.keys, "single_s": single_seconds, "cluster_s": cluster_seconds,
-                          "ratio": cluster_seconds / single_seconds}
+        result["scan"] = {
+            "keys": args.keys,
+            "single_s": single_seconds,
+            "cluster_s": cluster_seconds,
+            "ratio": cluster_seconds / single_seconds,
+        }
         single_servers[0].flushall()
         cluster_db.connection.flushall()
 
         progress("migration: %d instances, single server -> cluster" % args.migrate)
         from limpyd.migrate import migrate
 
-        Item = type("Item", (model.RedisModel,), {
-            "database": single_db, "namespace": "benchmigrate", "atomic_writes": True,
-            "code": fields.InstanceHashField(indexable=True, unique=True), "name": fields.StringField(indexable=True),
-            "tags": fields.SetField()})
-        Item.create_many(({"code": "c%d" % i, "name": "n%d" % (i % 100), "tags": ["a", "b"]}
-                          for i in range(args.migrate)), batch_size=1000)
+        Item = type(
+            "Item",
+            (model.RedisModel,),
+            {
+                "database": single_db,
+                "namespace": "benchmigrate",
+                "atomic_writes": True,
+                "code": fields.InstanceHashField(indexable=True, unique=True),
+                "name": fields.StringField(indexable=True),
+                "tags": fields.SetField(),
+            },
+        )
+        Item.create_many(
+            ({"code": "c%d" % i, "name": "n%d" % (i % 100), "tags": ["a", "b"]} for i in range(args.migrate)),
+            batch_size=1000,
+        )
         keys = single_servers[0].dbsize()
         start = time.perf_counter()
         results = migrate([Item], single_servers[0], cluster_db.connection, batch_size=1000)
         seconds = time.perf_counter() - start
-        result["migration"] = {"instances": args.migrate, "keys": keys, "seconds": seconds,
-                               "instances_per_s": args.migrate / seconds, "keys_per_s": keys / seconds,
-                               "copied": results[0]["copied"]}
+        result["migration"] = {
+            "instances": args.migrate,
+            "keys": keys,
+            "seconds": seconds,
+            "instances_per_s": args.migrate / seconds,
+            "keys_per_s": keys / seconds,
+            "copied": results[0]["copied"],
+        }
     finally:
         for process in processes:
             process.terminate()

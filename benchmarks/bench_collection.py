@@ -74,8 +74,9 @@ class PlainRedisPy:
         return self.r.get("%s:%s:kind" % (self.prefix, pk))
 
     def sorted_slice(self) -> list:
-        return self.r.sort("%s:collection" % self.prefix, by="%s:*:hash->name" % self.prefix, alpha=True,
-                           start=10, num=10)
+        return self.r.sort(
+            "%s:collection" % self.prefix, by="%s:*:hash->name" % self.prefix, alpha=True, start=10, num=10
+        )
 
 
 def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
@@ -86,24 +87,51 @@ def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
     counters = Counters(redis.Redis(**settings))
     Person = define_model(database)
     for index in range(instances):
-        Person(name="person-%06d" % ((index * 7919) % instances), city="c%d" % (index % CITIES),
-               kind="k%d" % (index % KINDS))
+        Person(
+            name="person-%06d" % ((index * 7919) % instances),
+            city="c%d" % (index % CITIES),
+            kind="k%d" % (index % KINDS),
+        )
     plain = PlainRedisPy(redis.Redis(decode_responses=True, **settings), Person._name)
     rows = []
     workloads = [
-        ("filter 1 field, pks", 200,
-         lambda: list(Person.collection(city="c1")), lambda: plain.filter_pks("c1")),
-        ("filter 1 field, .instances()", 20,
-         lambda: list(Person.collection(city="c1").instances()), lambda: plain.filter_instances("c1")),
-        ("filter 2 fields, .instances()", 100,
-         lambda: list(Person.collection(city="c1", kind="k1").instances()),
-         lambda: plain.two_filters_instances("c1", "k1")),
-        ("len() of a filtered collection", 500,
-         lambda: len(Person.collection(city="c1")), lambda: plain.length("c1")),
-        ("alpha sort by hash field, [10:20]", 20,
-         lambda: Person.collection().sort(by="name", alpha=True)[10:20], plain.sorted_slice),
+        (
+            "filter 1 field, pks",
+            200,
+            lambda: list(Person.collection(city="c1")),
+            lambda: plain.filter_pks("c1"),
+        ),
+        (
+            "filter 1 field, .instances()",
+            20,
+            lambda: list(Person.collection(city="c1").instances()),
+            lambda: plain.filter_instances("c1"),
+        ),
+        (
+            "filter 2 fields, .instances()",
+            100,
+            lambda: list(Person.collection(city="c1", kind="k1").instances()),
+            lambda: plain.two_filters_instances("c1", "k1"),
+        ),
+        (
+            "len() of a filtered collection",
+            500,
+            lambda: len(Person.collection(city="c1")),
+            lambda: plain.length("c1"),
+        ),
+        (
+            "alpha sort by hash field, [10:20]",
+            20,
+            lambda: Person.collection().sort(by="name", alpha=True)[10:20],
+            plain.sorted_slice,
+        ),
         ("Model(pk)", 500, lambda: Person("7")._pk == "7", lambda: bool(plain.load("7"))),
-        ("Model(pk) then hmget", 500, lambda: Person("7").hmget("name", "city"), lambda: plain.load_then_hmget("7")),
+        (
+            "Model(pk) then hmget",
+            500,
+            lambda: Person("7").hmget("name", "city"),
+            lambda: plain.load_then_hmget("7"),
+        ),
         ("field.get()", 1000, lambda: loaded.kind.get(), lambda: plain.field_get("7")),
     ]
     loaded = Person("7")
@@ -113,7 +141,8 @@ def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
         plain_value = isinstance(got, (bool, int, str)) or name == "Model(pk) then hmget"
         got_pks = got if plain_value else [getattr(item, "_pk", item) for item in got]
         if (sorted(got_pks) if isinstance(got_pks, list) else got_pks) != (
-                sorted(expected) if isinstance(expected, list) else expected):
+            sorted(expected) if isinstance(expected, list) else expected
+        ):
             sys.exit("WRONG RESULT: limpyd and redis-py disagree on %r: %r != %r" % (name, got_pks, expected))
 
         def repeat_limpyd(run=limpyd_run, times=repeat) -> None:
@@ -124,26 +153,42 @@ def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
             for _ in range(times):
                 run()
 
-        rows.append({
-            "operation": name,
-            "results": 1 if isinstance(got, (bool, str)) or name == "Model(pk) then hmget"
-            else got if isinstance(got, int) else len(got),
-            "limpyd": measure(counters, repeat, repeat_limpyd),
-            "redis-py": measure(counters, repeat, repeat_plain),
-        })
-        sys.stderr.write("collections [%s]: %d of %d (%s) done\n"
-                         % (limpyd.speedups.IMPLEMENTATION, index, len(workloads), name))
+        rows.append(
+            {
+                "operation": name,
+                "results": 1
+                if isinstance(got, (bool, str)) or name == "Model(pk) then hmget"
+                else got
+                if isinstance(got, int)
+                else len(got),
+                "limpyd": measure(counters, repeat, repeat_limpyd),
+                "redis-py": measure(counters, repeat, repeat_plain),
+            }
+        )
+        sys.stderr.write(
+            "collections [%s]: %d of %d (%s) done\n"
+            % (limpyd.speedups.IMPLEMENTATION, index, len(workloads), name)
+        )
         sys.stderr.flush()
     return rows
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_collection",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", required=True, help="unix socket of the redis-server to use (it is flushed)")
-    parser.add_argument("--instances", type=int, default=10000, help="instances created first (default 10,000)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_collection", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--socket", required=True, help="unix socket of the redis-server to use (it is flushed)"
+    )
+    parser.add_argument(
+        "--instances", type=int, default=10000, help="instances created first (default 10,000)"
+    )
     args = parser.parse_args(argv)
-    print(json.dumps({"implementation": limpyd.speedups.IMPLEMENTATION, "rows": run(args.socket, args.instances)}))
+    print(
+        json.dumps(
+            {"implementation": limpyd.speedups.IMPLEMENTATION, "rows": run(args.socket, args.instances)}
+        )
+    )
 
 
 if __name__ == "__main__":

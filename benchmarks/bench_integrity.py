@@ -24,9 +24,14 @@ from limpyd.integrity import audit, rebuild_indexes, repair
 
 
 def define(database: RedisDatabase) -> type:
-    attrs = {"database": database, "namespace": "bench",
-             "code": fields.InstanceHashField(unique=True), "name": fields.StringField(indexable=True),
-             "note": fields.InstanceHashField(), "tags": fields.SetField(indexable=True)}
+    attrs = {
+        "database": database,
+        "namespace": "bench",
+        "code": fields.InstanceHashField(unique=True),
+        "name": fields.StringField(indexable=True),
+        "note": fields.InstanceHashField(),
+        "tags": fields.SetField(indexable=True),
+    }
     return type("IntegrityItem", (model.RedisModel,), attrs)
 
 

@@ -150,8 +150,10 @@ def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
     rows = []
 
     def limpyd_create() -> None:
-        items.extend(Item(code="c%d" % i, name="n%d" % (i % 100), note="x", tags=["a", "b", "c"])
-                     for i in range(instances))
+        items.extend(
+            Item(code="c%d" % i, name="n%d" % (i % 100), note="x", tags=["a", "b", "c"])
+            for i in range(instances)
+        )
 
     def plain_create() -> None:
         pks.extend(plain.create("c%d" % i, "n%d" % (i % 100)) for i in range(instances))
@@ -180,26 +182,40 @@ def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
         plain_pks = raw.smembers("%s:collection" % plain.prefix)
         expected = 0 if name == "delete" else instances
         if len(limpyd_pks) != expected or len(plain_pks) != expected:
-            sys.exit("WRONG RESULT after %s: %d limpyd and %d plain instances, expected %d"
-                     % (name, len(limpyd_pks), len(plain_pks), expected))
+            sys.exit(
+                "WRONG RESULT after %s: %d limpyd and %d plain instances, expected %d"
+                % (name, len(limpyd_pks), len(plain_pks), expected)
+            )
         if name == "get+set":
             names = {item.name.get() for item in items[:50]}
             plain_names = {raw.get("%s:%s:name" % (plain.prefix, pk)) for pk in pks[:50]}
             if not all(value.endswith("x") for value in names | plain_names):
-                sys.exit("WRONG RESULT after get+set: names %r / %r" % (sorted(names)[:3], sorted(plain_names)[:3]))
+                sys.exit(
+                    "WRONG RESULT after get+set: names %r / %r" % (sorted(names)[:3], sorted(plain_names)[:3])
+                )
 
-    for index, (name, limpyd_run, plain_run) in enumerate((
-        ("create", limpyd_create, plain_create),
-        ("get+set", limpyd_get_set, plain_get_set),
-        ("delete", limpyd_delete, plain_delete),
-    ), 1):
+    for index, (name, limpyd_run, plain_run) in enumerate(
+        (
+            ("create", limpyd_create, plain_create),
+            ("get+set", limpyd_get_set, plain_get_set),
+            ("delete", limpyd_delete, plain_delete),
+        ),
+        1,
+    ):
         limpyd_figures = measure(counters, instances, limpyd_run)
         plain_figures = measure(counters, instances, plain_run)
         check(name)
         sys.stderr.write("orm [%s]: %d of 3 (%s) done\n" % (limpyd.speedups.IMPLEMENTATION, index, name))
         sys.stderr.flush()
-        rows.append({"operation": name, "limpyd": limpyd_figures, "redis-py": plain_figures,
-                     "upstream_round_trips": UPSTREAM[name][0], "upstream_commands": UPSTREAM[name][1]})
+        rows.append(
+            {
+                "operation": name,
+                "limpyd": limpyd_figures,
+                "redis-py": plain_figures,
+                "upstream_round_trips": UPSTREAM[name][0],
+                "upstream_commands": UPSTREAM[name][1],
+            }
+        )
     leftovers = [key for key in database.connection.keys("*") if not key.endswith(":max_pk")]
     if leftovers:
         sys.exit("the benchmark left keys behind: %s" % leftovers[:5])
@@ -207,11 +223,21 @@ def run(socket_path: str, instances: int) -> List[Dict[str, object]]:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_orm", description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", required=True, help="unix socket of the redis-server to use (it is flushed)")
-    parser.add_argument("--instances", type=int, default=10000, help="instances per workload (default 10,000)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_orm", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--socket", required=True, help="unix socket of the redis-server to use (it is flushed)"
+    )
+    parser.add_argument(
+        "--instances", type=int, default=10000, help="instances per workload (default 10,000)"
+    )
     args = parser.parse_args(argv)
-    print(json.dumps({"implementation": limpyd.speedups.IMPLEMENTATION, "rows": run(args.socket, args.instances)}))
+    print(
+        json.dumps(
+            {"implementation": limpyd.speedups.IMPLEMENTATION, "rows": run(args.socket, args.instances)}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -63,10 +63,15 @@ def define_model(database: PipelineDatabase, namespace: str) -> type:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_pipeline",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--instances", type=int, default=10000, help="instances written per row (default 10,000)")
-    parser.add_argument("--socket", help="unix socket of a redis-server to use and flush (default: start one)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_pipeline", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--instances", type=int, default=10000, help="instances written per row (default 10,000)"
+    )
+    parser.add_argument(
+        "--socket", help="unix socket of a redis-server to use and flush (default: start one)"
+    )
     args = parser.parse_args(argv)
     count = args.instances
     with contextlib.ExitStack() as stack:
@@ -96,26 +101,42 @@ def main(argv: Optional[List[str]] = None) -> None:
                 pipe.execute()
 
         rows = [
-            {"workload": "create (PKField model, 2 plain fields), one by one", **measure(client, count, create_one_by_one)},
+            {
+                "workload": "create (PKField model, 2 plain fields), one by one",
+                **measure(client, count, create_one_by_one),
+            },
         ]
         sys.stderr.write("pipeline: 1 of 2 (one by one) done\n")
         rows.append(
-            {"workload": "same data written in one pipeline(transaction=False)", **measure(client, count, create_pipelined)},
+            {
+                "workload": "same data written in one pipeline(transaction=False)",
+                **measure(client, count, create_pipelined),
+            },
         )
         sys.stderr.write("pipeline: 2 of 2 (pipelined) done\n")
         one = {key.split(":", 1)[1] for key in client.scan_iter("one:*")}
         same = one == {key.split(":", 1)[1] for key in client.scan_iter("pipe:*")}
         if not same or client.scard(one_by_one.get_field("pk").collection_key) != count:
-            sys.exit("WRONG RESULT: the pipelined row did not write the same %d instances as the one-by-one row"
-                     % count)
+            sys.exit(
+                "WRONG RESULT: the pipelined row did not write the same %d instances as the one-by-one row"
+                % count
+            )
         try:
             with database.pipeline(transaction=False):
                 pipelined(id="new", name="x")
             creation_in_pipeline = "accepted"
         except UniquenessError as exc:
             creation_in_pipeline = "UniquenessError: %s" % exc
-        print(json.dumps({"instances": count, "rows": rows, "same_keys": same,
-                          "Model(...) inside a pipeline": creation_in_pipeline}))
+        print(
+            json.dumps(
+                {
+                    "instances": count,
+                    "rows": rows,
+                    "same_keys": same,
+                    "Model(...) inside a pipeline": creation_in_pipeline,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

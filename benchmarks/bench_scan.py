@@ -114,11 +114,17 @@ def run(socket_path: str, repeat: int, c_client: Optional[str], rows: List[str])
     }
     selected = {name: candidates[name] for name in rows if name not in notes}
     progress("scan [%s]: warm-up and exact check over %d keys" % (limpyd.speedups.IMPLEMENTATION, expected))
-    for name, iterate in ((SCAN_KEYS_ROW, database.scan_keys), (SCAN_ITER_ROW, lambda: client.scan_iter(count=1000))):
+    for name, iterate in (
+        (SCAN_KEYS_ROW, database.scan_keys),
+        (SCAN_ITER_ROW, lambda: client.scan_iter(count=1000)),
+    ):
         if name in selected:
             keys = set(iterate())
             if len(keys) != expected or (expected and not keys >= {client.randomkey() for _ in range(100)}):
-                sys.exit("WRONG RESULT: %s found %d distinct keys, the database holds %d" % (name, len(keys), expected))
+                sys.exit(
+                    "WRONG RESULT: %s found %d distinct keys, the database holds %d"
+                    % (name, len(keys), expected)
+                )
     best = {name: float("inf") for name in selected}
     start = time.perf_counter()
     for round_number in range(1, repeat + 1):
@@ -132,18 +138,32 @@ def run(socket_path: str, repeat: int, c_client: Optional[str], rows: List[str])
             if found < expected:
                 sys.exit("WRONG RESULT: %s saw %d keys, the database holds %d" % (name, found, expected))
             best[name] = min(best[name], elapsed)
-        progress("scan [%s]: round %d of %d done (%.1fs elapsed)"
-                 % (limpyd.speedups.IMPLEMENTATION, round_number, repeat, time.perf_counter() - start))
+        progress(
+            "scan [%s]: round %d of %d done (%.1fs elapsed)"
+            % (limpyd.speedups.IMPLEMENTATION, round_number, repeat, time.perf_counter() - start)
+        )
     return {"implementation": limpyd.speedups.IMPLEMENTATION, "keys": expected, "rows": best, "notes": notes}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_scan", description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", required=True, help="unix socket of a redis-server holding the keys to scan")
-    parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds; the best is kept (default 5)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_scan", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--socket", required=True, help="unix socket of a redis-server holding the keys to scan"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="interleaved rounds; the best is kept (default 5)"
+    )
     parser.add_argument("--c-client", help="the compiled scan_client (default: compile it now)")
-    parser.add_argument("--rows", nargs="+", choices=ALL_ROWS, default=ALL_ROWS[:4], metavar="ROW",
-                        help="rows to time, among: %s (default: the first four)" % "; ".join(ALL_ROWS))
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=ALL_ROWS,
+        default=ALL_ROWS[:4],
+        metavar="ROW",
+        help="rows to time, among: %s (default: the first four)" % "; ".join(ALL_ROWS),
+    )
     args = parser.parse_args(argv)
     print(json.dumps(run(args.socket, args.repeat, args.c_client, args.rows)))
 

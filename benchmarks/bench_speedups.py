@@ -42,10 +42,16 @@ CASES: List[Tuple[str, str, Callable[[], tuple]]] = [
     ("make_key(str, int, str)", "make_key", lambda: ("shop:bike", 12345, "name")),
     ("make_key(str, str, str)", "make_key", lambda: ("shop:bike", "12345", "name")),
     ("make_key(str x5) (index key)", "make_key", lambda: ("shop:bike", "name", "rev", "key", "rosalie")),
-    ("register_model(), a re-import", "register_model",
-     lambda: ({"Bike": _Model}, "Bike", object, "shop", "_Model", "shop._Model", ("models.py", 12))),
-    ("decode_scan_batch(), 1000 str keys", "decode_scan_batch",
-     lambda: ([b"123", [key.decode() for key in _KEYS]],)),
+    (
+        "register_model(), a re-import",
+        "register_model",
+        lambda: ({"Bike": _Model}, "Bike", object, "shop", "_Model", "shop._Model", ("models.py", 12)),
+    ),
+    (
+        "decode_scan_batch(), 1000 str keys",
+        "decode_scan_batch",
+        lambda: ([b"123", [key.decode() for key in _KEYS]],),
+    ),
     ("decode_scan_batch(), 1000 bytes keys", "decode_scan_batch", lambda: ([b"123", list(_KEYS)],)),
     ("parse_scan_header(), a COUNT 1000 reply", "parse_scan_header", lambda: (_REPLY, 0)),
     ("decode_scan_keys(), 1000 keys", "decode_scan_keys", lambda: (_REPLY, 23, 1000)),
@@ -76,21 +82,35 @@ def run(quick: bool = False) -> List[Dict[str, object]]:
         cython_function = getattr(_speedups_cy, name) if _speedups_cy else None
         expected = python_function(*args)
         if cython_function is not None and cython_function(*args) != expected:
-            sys.exit("WRONG RESULT: compiled %s gives %r, the twin %r" % (label, cython_function(*args), expected))
+            sys.exit(
+                "WRONG RESULT: compiled %s gives %r, the twin %r" % (label, cython_function(*args), expected)
+            )
         python_ns = _best_ns(python_function, args, budget)
         cython_ns = _best_ns(cython_function, args, budget) if cython_function else None
-        rows.append({"case": label, "function": name, "python_ns": python_ns, "cython_ns": cython_ns,
-                     "ratio": (python_ns / cython_ns) if cython_ns else None})
-        sys.stderr.write("speedups: %d of %d (%s) done (%.1fs elapsed)\n"
-                         % (index, len(CASES), label, time.perf_counter() - start))
+        rows.append(
+            {
+                "case": label,
+                "function": name,
+                "python_ns": python_ns,
+                "cython_ns": cython_ns,
+                "ratio": (python_ns / cython_ns) if cython_ns else None,
+            }
+        )
+        sys.stderr.write(
+            "speedups: %d of %d (%s) done (%.1fs elapsed)\n"
+            % (index, len(CASES), label, time.perf_counter() - start)
+        )
         sys.stderr.flush()
     return rows
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_speedups",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="time each case for about 0.1 s instead of 0.5 s")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_speedups", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="time each case for about 0.1 s instead of 0.5 s"
+    )
     args = parser.parse_args(argv)
     names = {name for _, name, _ in CASES}
     missing = sorted(set(_speedups_py.__all__) - names)

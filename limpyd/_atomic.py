@@ -31,8 +31,18 @@ __all__ = ["atomic_enabled", "lua_literal", "script_of", "command_args", "run", 
 
 #: index classes the script maintains, and the methods a subclass must not override for that
 _SERVER_SIDE_INDEXES = ((EqualIndex, "eq"), (TextRangeIndex, "text"), (NumberRangeIndex, "num"))
-_INDEX_METHODS = ("get_storage_key", "normalize_value", "prepare_data_to_store", "store", "unstore", "add",
-                  "remove", "_key_parts", "check_uniqueness", "transform_value")
+_INDEX_METHODS = (
+    "get_storage_key",
+    "normalize_value",
+    "prepare_data_to_store",
+    "store",
+    "unstore",
+    "add",
+    "remove",
+    "_key_parts",
+    "check_uniqueness",
+    "transform_value",
+)
 #: the methods of a multi-index the script reproduces
 _MULTI_METHODS = ("add", "remove", "prepare_args", "transform_value")
 #: the methods of EqualIndexWith / ScoredEqualIndex the script reproduces
@@ -50,8 +60,14 @@ def atomic_enabled(model: Any) -> bool:
 def _field_kind(field: Any) -> Optional[str]:
     from limpyd import fields
 
-    for klass, kind in ((fields.InstanceHashField, "ih"), (fields.StringField, "str"), (fields.SetField, "set"),
-                        (fields.ListField, "list"), (fields.SortedSetField, "zset"), (fields.HashField, "hash")):
+    for klass, kind in (
+        (fields.InstanceHashField, "ih"),
+        (fields.StringField, "str"),
+        (fields.SetField, "set"),
+        (fields.ListField, "list"),
+        (fields.SortedSetField, "zset"),
+        (fields.HashField, "hash"),
+    ):
         if isinstance(field, klass):
             return kind
     return None
@@ -93,21 +109,31 @@ def _compound(model: Any, field: Any, index: Any, contrib: Any) -> Optional[Dict
         ):
             raise _refuse(model, field, index)
         head = make_key(model._name, field.name, *[part for part in (index.prefix, index.key) if part])
-        return {"y": "with", "h": head, "fields": [field.name] + [other.name for other in index._other_fields],
-                "u": bool(index.unique)}
+        return {
+            "y": "with",
+            "h": head,
+            "fields": [field.name] + [other.name for other in index._other_fields],
+            "u": bool(index.unique),
+        }
     if scored_class is not None and isinstance(index, scored_class):
         if index.transform is not None or any(
             getattr(type(index), name) is not getattr(scored_class, name) for name in _COMPOUND_METHODS
         ):
             raise _refuse(model, field, index)
         tail = "".join(":%s" % part for part in (index.prefix, index.key) if part)
-        return {"y": "scored", "h": make_key(model._name, field.name), "t": tail,
-                "fields": [field.name, index._score_field.name], "u": bool(field.unique)}
+        return {
+            "y": "scored",
+            "h": make_key(model._name, field.name),
+            "t": tail,
+            "fields": [field.name, index._score_field.name],
+            "u": bool(field.unique),
+        }
     return None
 
 
-def _index_descriptors(model: Any, field: Any, index: Any, slices: Tuple[List[int], ...] = (),
-                       extras: Tuple[str, ...] = ()) -> List[Dict[str, Any]]:
+def _index_descriptors(
+    model: Any, field: Any, index: Any, slices: Tuple[List[int], ...] = (), extras: Tuple[str, ...] = ()
+) -> List[Dict[str, Any]]:
     """Return what the script needs of ``index`` (one entry per real index), or raise naming the fix.
 
     A multi-index (``limpyd.contrib.indexes.MultiIndexes``: the date and time indexes) gives one
@@ -132,7 +158,9 @@ def _index_descriptors(model: Any, field: Any, index: Any, slices: Tuple[List[in
             slices = slices + (piece,)
         if index.key:
             extras = extras + (index.key,)
-        return [entry for sub in index._indexes for entry in _index_descriptors(model, field, sub, slices, extras)]
+        return [
+            entry for sub in index._indexes for entry in _index_descriptors(model, field, sub, slices, extras)
+        ]
     for klass, kind in _SERVER_SIDE_INDEXES:
         if isinstance(index, klass) and all(
             getattr(type(index), name, None) is getattr(klass, name, None) for name in _INDEX_METHODS
@@ -203,7 +231,12 @@ def schema_of(model: Any) -> Dict[str, Any]:
         "function": name,
         "library": "#!lua name=%s\n%s" % (name, code.replace("__ENTRY__", FUNCTION_ENTRY % name, 1)),
     }
-    model._limpyd_atomic_schema = (model._name, schema, script, {name: entry["k"] for name, entry in described.items()})
+    model._limpyd_atomic_schema = (
+        model._name,
+        schema,
+        script,
+        {name: entry["k"] for name, entry in described.items()},
+    )
     return schema
 
 
@@ -228,7 +261,9 @@ def lua_literal(value: Any) -> str:
     if isinstance(value, str):
         return _lua_string(value)
     if isinstance(value, dict):
-        return "{%s}" % ",".join("[%s]=%s" % (_lua_string(str(key)), lua_literal(item)) for key, item in value.items())
+        return "{%s}" % ",".join(
+            "[%s]=%s" % (_lua_string(str(key)), lua_literal(item)) for key, item in value.items()
+        )
     if isinstance(value, (list, tuple)):
         return "{%s}" % ",".join(lua_literal(item) for item in value)
     raise TypeError("no Lua literal for %r" % (value,))
@@ -275,18 +310,30 @@ def parse_reply(client: Any, command: str, reply: Any, options: Dict[str, Any]) 
     return callback(reply, **options) if callback is not None else reply
 
 
-def modify(field: Any, pk: str, names: List[str], name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any],
-           check: bool) -> Any:
+def modify(
+    field: Any,
+    pk: str,
+    names: List[str],
+    name: str,
+    args: Tuple[Any, ...],
+    kwargs: Dict[str, Any],
+    check: bool,
+) -> Any:
     """Run the redis-py command ``name(*args, **kwargs)`` on fields ``names`` of ``pk`` in one script call."""
     model = field._model
     command, options = command_args(name, *args, **kwargs)
-    request: Dict[str, Any] = {"op": "modify", "pk": pk, "names": names,
-                               "cmd": [str(command[0]).lower()] + encode_all(model.database, command[1:])}
+    request: Dict[str, Any] = {
+        "op": "modify",
+        "pk": pk,
+        "names": names,
+        "cmd": [str(command[0]).lower()] + encode_all(model.database, command[1:]),
+    }
     if check:
         request["check"] = True
     reply = run(model, request)
-    return parse_reply(model.database.connection, str(command[0]).upper(), reply[1] if len(reply) > 1 else None,
-                       options)
+    return parse_reply(
+        model.database.connection, str(command[0]).upper(), reply[1] if len(reply) > 1 else None, options
+    )
 
 
 def _encode(encoder: Any, value: Any) -> str:
@@ -353,7 +400,10 @@ def creation_fields(model: Any, values: Dict[str, Any], encoder: Any = None) -> 
             index_values = pieces
         else:
             pieces = index_values = [convert(value)]
-        entry: List[Any] = [name, [piece if type(piece) is str else _encode(encoder, piece) for piece in pieces]]
+        entry: List[Any] = [
+            name,
+            [piece if type(piece) is str else _encode(encoder, piece) for piece in pieces],
+        ]
         if scored is not None:
             entry.append([_encode(encoder, scored.normalize_value(one)) for one in index_values])
         result.append(entry)
@@ -410,8 +460,9 @@ def run_raw(model: Any, request: Dict[str, Any]) -> List[Any]:
     return database.call_script(script, keys=[key], args=[payload])
 
 
-def refusal(model: Any, status: Any, first: Any = None, second: Any = None, third: Any = None,
-            pk: Any = None) -> Exception:
+def refusal(
+    model: Any, status: Any, first: Any = None, second: Any = None, third: Any = None, pk: Any = None
+) -> Exception:
     """Return the error the default write path raises for the script's refusal ``status``."""
     if status == "unique":
         return UniquenessError(
@@ -427,7 +478,9 @@ def refusal(model: Any, status: Any, first: Any = None, second: Any = None, thir
         return UniquenessError("PKField %s already exists for model %s)" % (first, model))
     if status == "missing":
         return DoesNotExist("No %s found with pk %s" % (model.__name__, pk))
-    return ImplementationError("unexpected reply of the atomic-writes script: %r" % ([status, first, second, third],))
+    return ImplementationError(
+        "unexpected reply of the atomic-writes script: %r" % ([status, first, second, third],)
+    )
 
 
 def in_pipeline(model: Any) -> bool:
@@ -450,7 +503,11 @@ class script_sender:  # noqa: N801 - a context manager
 
     def __enter__(self) -> Any:
         client = self.model.database.connection
-        if type(client) is not redis.Redis and not isinstance(client, redis.Redis) or isinstance(client, Pipeline):
+        if (
+            type(client) is not redis.Redis
+            and not isinstance(client, redis.Redis)
+            or isinstance(client, Pipeline)
+        ):
             return self._plain
         script = script_of(self.model)
         self.client = client

@@ -57,10 +57,29 @@ __all__ = [
 ]
 
 #: commands whose reply is needed but which may travel behind an unconfirmed lock: they read
-READ_COMMANDS = frozenset((
-    "GET", "HGET", "HMGET", "HGETALL", "HEXISTS", "SMEMBERS", "SISMEMBER", "SCARD", "LRANGE", "LINDEX",
-    "LLEN", "ZRANGE", "ZRANGEBYSCORE", "ZRANGEBYLEX", "ZSCORE", "ZCARD", "EXISTS", "TYPE", "STRLEN",
-))
+READ_COMMANDS = frozenset(
+    (
+        "GET",
+        "HGET",
+        "HMGET",
+        "HGETALL",
+        "HEXISTS",
+        "SMEMBERS",
+        "SISMEMBER",
+        "SCARD",
+        "LRANGE",
+        "LINDEX",
+        "LLEN",
+        "ZRANGE",
+        "ZRANGEBYSCORE",
+        "ZRANGEBYLEX",
+        "ZSCORE",
+        "ZCARD",
+        "EXISTS",
+        "TYPE",
+        "STRLEN",
+    )
+)
 
 
 class Pending:
@@ -105,9 +124,16 @@ def resolve(value: Any) -> Any:
 class _Item:
     __slots__ = ("args", "options", "on_reply", "guard", "relaxed", "is_write", "on_lost")
 
-    def __init__(self, args: tuple, options: dict, on_reply: Optional[Callable[[Any], None]] = None,
-                 guard: Any = None, relaxed: bool = False, is_write: bool = True,
-                 on_lost: Optional[Callable[[], None]] = None) -> None:
+    def __init__(
+        self,
+        args: tuple,
+        options: dict,
+        on_reply: Optional[Callable[[Any], None]] = None,
+        guard: Any = None,
+        relaxed: bool = False,
+        is_write: bool = True,
+        on_lost: Optional[Callable[[], None]] = None,
+    ) -> None:
         self.args = args
         self.options = options
         self.on_reply = on_reply
@@ -142,8 +168,11 @@ class BatchClient(redis.Redis):
         call's reply to its callback.
         """
         real_dict = self._limpyd_real.__dict__
-        overrides = {name: value for name, value in real_dict.items()
-                     if callable(value) and not name.startswith("_") and hasattr(redis.Redis, name)}
+        overrides = {
+            name: value
+            for name, value in real_dict.items()
+            if callable(value) and not name.startswith("_") and hasattr(redis.Redis, name)
+        }
         own = self.__dict__
         for name in [name for name in own.get("_limpyd_overrides", ()) if name not in overrides]:
             own.pop(name, None)
@@ -382,8 +411,11 @@ class batch_scope:  # noqa: N801 - used as a context manager, like contextlib's 
         batch = current_batch(database)
         if batch is None:
             real = database.connection
-            if (isinstance(real, Pipeline) or not (isinstance(real, redis.Redis) or is_batchable_cluster(real))
-                    or "execute_command" in real.__dict__):
+            if (
+                isinstance(real, Pipeline)
+                or not (isinstance(real, redis.Redis) or is_batchable_cluster(real))
+                or "execute_command" in real.__dict__
+            ):
                 # a user pipeline, a custom client, or one whose execute_command is wrapped: every
                 # command goes there, one by one (a limpyd cluster client batches: one slot, one node)
                 return None
@@ -417,8 +449,14 @@ class batch_scope:  # noqa: N801 - used as a context manager, like contextlib's 
                 _local.spares[id(batch.real)] = batch
 
 
-def defer_next(connection: Any, on_reply: Optional[Callable[[Any], None]] = None, guard: Any = None,
-               relaxed: bool = False, is_write: bool = True, on_lost: Optional[Callable[[], None]] = None) -> bool:
+def defer_next(
+    connection: Any,
+    on_reply: Optional[Callable[[Any], None]] = None,
+    guard: Any = None,
+    relaxed: bool = False,
+    is_write: bool = True,
+    on_lost: Optional[Callable[[], None]] = None,
+) -> bool:
     """Mark the next command sent through ``connection`` to be queued; return whether it will be.
 
     Only a :class:`BatchClient` queues commands; on any other client the command runs at once.
@@ -491,7 +529,9 @@ def release_reply_checker(lock: Any, token: Any) -> Callable[[Any], None]:
 
     def check(reply: Any) -> None:
         if isinstance(reply, NoScriptError):  # first release on this server: load the script, retry
-            reply = lock.lua_release(keys=[lock.name], args=[token], client=getattr(lock.redis, "_limpyd_real", lock.redis))
+            reply = lock.lua_release(
+                keys=[lock.name], args=[token], client=getattr(lock.redis, "_limpyd_real", lock.redis)
+            )
         elif isinstance(reply, Exception):
             raise reply
         if not reply and not getattr(lock, "not_acquired", False):

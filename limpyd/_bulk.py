@@ -82,7 +82,7 @@ class _Replies:
     def add(self, start: int, end: int, positions: List[int], reply: Any) -> None:
         created = {}
         for index, at in enumerate(positions):
-            status, first, second, third = reply[4 * index:4 * index + 4]
+            status, first, second, third = reply[4 * index : 4 * index + 4]
             if status == "ok":
                 created[at] = first
             else:
@@ -90,7 +90,9 @@ class _Replies:
         self.pks.extend(created.get(at) for at in range(start, end))
 
 
-def create_many(model: Any, rows: Iterable[Any], batch_size: int = 1000, ttl: Optional[float] = None) -> List[Any]:
+def create_many(
+    model: Any, rows: Iterable[Any], batch_size: int = 1000, ttl: Optional[float] = None
+) -> List[Any]:
     """Create the instances of ``rows``; see ``RedisModel.create_many``.
 
     With the script, a batch is sent before the next one is prepared, and its reply read after:
@@ -119,8 +121,12 @@ def create_many(model: Any, rows: Iterable[Any], batch_size: int = 1000, ttl: Op
                 position += 1
             start = position - len(chunk)
             if requests:
-                send({"op": "create_many", "rows": requests},
-                     lambda reply, start=start, end=position, positions=positions: replies.add(start, end, positions, reply))
+                send(
+                    {"op": "create_many", "rows": requests},
+                    lambda reply, start=start, end=position, positions=positions: replies.add(
+                        start, end, positions, reply
+                    ),
+                )
             else:
                 replies.pks.extend([None] * len(chunk))
     if replies.refusals:

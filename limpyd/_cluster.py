@@ -61,7 +61,8 @@ def _startup_node(node: Any) -> Any:
         return ClusterNode(node["host"], int(node.get("port", 6379)))
     raise ValueError(
         "RedisDatabase(cluster=True, startup_nodes=[..., %r, ...]): each startup node must be a "
-        "redis.cluster.ClusterNode, a 'host:port' string, a (host, port) pair or a dict with host and port." % (node,)
+        "redis.cluster.ClusterNode, a 'host:port' string, a (host, port) pair or a dict with host and port."
+        % (node,)
     )
 
 
@@ -149,7 +150,9 @@ def rename_models(database: Any) -> None:
     relations: Optional[Dict[str, List[Tuple[str, str, str]]]] = database._relations
     if relations:
         converted = {
-            name_on(is_cluster, target): [(name_on(is_cluster, owner), field, related) for owner, field, related in entries]
+            name_on(is_cluster, target): [
+                (name_on(is_cluster, owner), field, related) for owner, field, related in entries
+            ]
             for target, entries in relations.items()
         }
         relations.clear()
@@ -263,13 +266,24 @@ def cluster_batch_client_class(batch_client_class: type) -> type:
     global _CLUSTER_VIEW_CLASS
     if _CLUSTER_VIEW_CLASS is not None:
         return _CLUSTER_VIEW_CLASS
-    skipped = ("__dict__", "__weakref__", "__module__", "__qualname__", "__doc__", "execute_command", "pipeline")
+    skipped = (
+        "__dict__",
+        "__weakref__",
+        "__module__",
+        "__qualname__",
+        "__doc__",
+        "execute_command",
+        "pipeline",
+    )
     namespace = {name: value for name, value in batch_client_class.__dict__.items() if name not in skipped}
     queued_or_sent = batch_client_class.__dict__["execute_command"]
 
     def execute_command(self: Any, *args: Any, **options: Any) -> Any:
-        if self._limpyd_defer is None and ("target_nodes" in options or "nodes_flag" in options
-                                            or _routed_by_node_flag(self._limpyd_real, args)):
+        if self._limpyd_defer is None and (
+            "target_nodes" in options
+            or "nodes_flag" in options
+            or _routed_by_node_flag(self._limpyd_real, args)
+        ):
             self._limpyd_batch.flush()
             return self._limpyd_real.execute_command(*args, **options)
         return queued_or_sent(self, *args, **options)
@@ -280,19 +294,49 @@ def cluster_batch_client_class(batch_client_class: type) -> type:
 
     base = _cluster_client_class()
 
-    def sort(self: Any, name: Any, start: Any = None, num: Any = None, by: Any = None, get: Any = None,
-             desc: bool = False, alpha: bool = False, store: Any = None, groups: bool = False) -> Any:
+    def sort(
+        self: Any,
+        name: Any,
+        start: Any = None,
+        num: Any = None,
+        by: Any = None,
+        get: Any = None,
+        desc: bool = False,
+        alpha: bool = False,
+        store: Any = None,
+        groups: bool = False,
+    ) -> Any:
         """Sort ``name`` as ``SORT`` does (https://redis.io/commands/sort); queued unless it runs as the script."""
         item = self._limpyd_defer
         if item is None or not needs_sort_script(by, get):
-            return base.sort(self, name, start=start, num=num, by=by, get=get, desc=desc, alpha=alpha,
-                             store=store, groups=groups)
+            return base.sort(
+                self,
+                name,
+                start=start,
+                num=num,
+                by=by,
+                get=get,
+                desc=desc,
+                alpha=alpha,
+                store=store,
+                groups=groups,
+            )
         # the SORT script's reply is transformed (groups, STORE) and a NOSCRIPT reply must load it:
         # it is sent now, the queue in front of it, and its result handed to the queued call
         self._limpyd_defer = None
         try:
-            result = base.sort(self, name, start=start, num=num, by=by, get=get, desc=desc, alpha=alpha,
-                               store=store, groups=groups)
+            result = base.sort(
+                self,
+                name,
+                start=start,
+                num=num,
+                by=by,
+                get=get,
+                desc=desc,
+                alpha=alpha,
+                store=store,
+                groups=groups,
+            )
         except (redis.ResponseError, redis.DataError) as exc:
             if item.on_reply is None:
                 raise
@@ -330,8 +374,13 @@ def cluster_batch_client_class(batch_client_class: type) -> type:
         method = split_across_slots(command)
         namespace[method.__name__] = method
 
-    namespace.update(execute_command=execute_command, pipeline=pipeline, sort=sort, __module__=__name__,
-                     __doc__="The limpyd ``RedisCluster`` seen through ``database.connection`` while a batch is open.")
+    namespace.update(
+        execute_command=execute_command,
+        pipeline=pipeline,
+        sort=sort,
+        __module__=__name__,
+        __doc__="The limpyd ``RedisCluster`` seen through ``database.connection`` while a batch is open.",
+    )
     _CLUSTER_VIEW_CLASS = type("ClusterBatchClient", (base,), namespace)
     return _CLUSTER_VIEW_CLASS
 
@@ -458,7 +507,7 @@ def hash_tag(key: str) -> Optional[str]:
     closing = key.find("}", opening + 1)
     if closing <= opening + 1:
         return None
-    return key[opening + 1:closing]
+    return key[opening + 1 : closing]
 
 
 def check_same_slot(client: Any, key: str, other: str, role: str, fix: str) -> None:
@@ -486,8 +535,18 @@ def needs_sort_script(by: Any, get: Any) -> bool:
     return bool(get) or (by is not None and "*" in str(by))
 
 
-def cluster_sort(client: Any, name: str, start: Any = None, num: Any = None, by: Any = None, get: Any = None,
-                 desc: bool = False, alpha: bool = False, store: Any = None, groups: bool = False) -> Any:
+def cluster_sort(
+    client: Any,
+    name: str,
+    start: Any = None,
+    num: Any = None,
+    by: Any = None,
+    get: Any = None,
+    desc: bool = False,
+    alpha: bool = False,
+    store: Any = None,
+    groups: bool = False,
+) -> Any:
     """Run redis-py's ``sort`` on a cluster: as a script when it uses BY/GET patterns.
 
     Same arguments, errors and replies as ``redis.Redis.sort``
@@ -501,18 +560,33 @@ def cluster_sort(client: Any, name: str, start: Any = None, num: Any = None, by:
     for pattern in ([by] if by is not None else []) + gets:
         if "*" not in str(pattern):
             continue  # "#", or no per-element key ("nosort", a constant: missing values)
-        check_same_slot(client, name, str(pattern).replace("*", "x", 1), "the SORT pattern",
-                        "put the hash tag of the sorted key in the pattern (limpyd's own patterns "
-                        "always carry the model's tag).")
+        check_same_slot(
+            client,
+            name,
+            str(pattern).replace("*", "x", 1),
+            "the SORT pattern",
+            "put the hash tag of the sorted key in the pattern (limpyd's own patterns "
+            "always carry the model's tag).",
+        )
     if store is not None:
         check_same_slot(client, name, store, "the SORT STORE key", "store in a key of the same hash tag.")
     if groups and not gets:
-        raise DataError("when using ``groups`` the ``get`` argument must be specified and contain at least two keys")
+        raise DataError(
+            "when using ``groups`` the ``get`` argument must be specified and contain at least two keys"
+        )
     if groups and len(gets) < 2:
-        raise DataError("when using ``groups`` the ``get`` argument must be specified and contain at least two keys")
+        raise DataError(
+            "when using ``groups`` the ``get`` argument must be specified and contain at least two keys"
+        )
     script = _sort_script(getattr(client, "_limpyd_real", client))  # a batch view: cached on the real client
-    arguments = [by if by is not None else "", int(bool(alpha)), int(bool(desc)),
-                 start if start is not None else 0, num if num is not None else -1, *gets]
+    arguments = [
+        by if by is not None else "",
+        int(bool(alpha)),
+        int(bool(desc)),
+        start if start is not None else 0,
+        num if num is not None else -1,
+        *gets,
+    ]
     result = script(keys=[name], args=arguments, client=client)
     if store is not None:
         pipe_commands = [("DEL", store)] + ([("RPUSH", store, *result)] if result else [])
@@ -521,7 +595,7 @@ def cluster_sort(client: Any, name: str, start: Any = None, num: Any = None, by:
         return len(result)
     if groups:
         size = len(gets)
-        return [tuple(result[i:i + size]) for i in range(0, len(result), size)]
+        return [tuple(result[i : i + size]) for i in range(0, len(result), size)]
     return result
 
 
@@ -547,18 +621,52 @@ def _cluster_client_class() -> Any:
             field through :data:`SORT_SCRIPT` instead (one ``EVALSHA`` to the node of the slot).
             """
 
-            def sort(self, name: Any, start: Any = None, num: Any = None, by: Any = None, get: Any = None,
-                     desc: bool = False, alpha: bool = False, store: Any = None, groups: bool = False) -> Any:
+            def sort(
+                self,
+                name: Any,
+                start: Any = None,
+                num: Any = None,
+                by: Any = None,
+                get: Any = None,
+                desc: bool = False,
+                alpha: bool = False,
+                store: Any = None,
+                groups: bool = False,
+            ) -> Any:
                 """Sort ``name`` as ``SORT`` does (https://redis.io/commands/sort)."""
                 if store is not None:
-                    check_same_slot(self, name, store, "the SORT STORE key",
-                                    "store in a key of the same hash tag (for a collection: a key "
-                                    "beginning with the model's prefix, Model._name).")
+                    check_same_slot(
+                        self,
+                        name,
+                        store,
+                        "the SORT STORE key",
+                        "store in a key of the same hash tag (for a collection: a key "
+                        "beginning with the model's prefix, Model._name).",
+                    )
                 if not needs_sort_script(by, get):
-                    return super().sort(name, start=start, num=num, by=by, get=get, desc=desc,
-                                        alpha=alpha, store=store, groups=groups)
-                return cluster_sort(self, name, start=start, num=num, by=by, get=get, desc=desc,
-                                    alpha=alpha, store=store, groups=groups)
+                    return super().sort(
+                        name,
+                        start=start,
+                        num=num,
+                        by=by,
+                        get=get,
+                        desc=desc,
+                        alpha=alpha,
+                        store=store,
+                        groups=groups,
+                    )
+                return cluster_sort(
+                    self,
+                    name,
+                    start=start,
+                    num=num,
+                    by=by,
+                    get=get,
+                    desc=desc,
+                    alpha=alpha,
+                    store=store,
+                    groups=groups,
+                )
 
         _CLUSTER_CLASS = LimpydRedisCluster
     return _CLUSTER_CLASS
@@ -622,8 +730,10 @@ def scan_cluster(client: Any, arguments: List[Any], scan_pool: Any) -> Any:
         finally:
             keys.close()
 
-    threads = [threading.Thread(target=run, args=(pool,), name="limpyd-scan-%d" % index, daemon=True)
-               for index, pool in enumerate(pools)]
+    threads = [
+        threading.Thread(target=run, args=(pool,), name="limpyd-scan-%d" % index, daemon=True)
+        for index, pool in enumerate(pools)
+    ]
     for thread in threads:
         thread.start()
     try:

@@ -79,7 +79,7 @@ def _skip_frame(data: bytes, position: int) -> int:
     if newline < 0:
         return -1
     kind = data[position]
-    line = data[position + 1:newline]
+    line = data[position + 1 : newline]
     position = newline + 2
     if kind in b"$=!":  # bulk string, verbatim string, bulk error
         length = int(line)
@@ -104,8 +104,12 @@ def _skip_frame(data: bytes, position: int) -> int:
     )
 
 
-def scan_pool(pool: Any, arguments: List[Any], parse_header: HeaderReader = parse_scan_header,
-              decode_keys: KeysDecoder = decode_scan_keys) -> Iterator[str]:
+def scan_pool(
+    pool: Any,
+    arguments: List[Any],
+    parse_header: HeaderReader = parse_scan_header,
+    decode_keys: KeysDecoder = decode_scan_keys,
+) -> Iterator[str]:
     """Yield the keys of a ``SCAN`` loop (``SCAN cursor *arguments``) run on a connection of ``pool``.
 
     The connection is taken at the first ``next()`` and given back to ``pool`` when the loop
@@ -189,8 +193,9 @@ def _describe(connection: Any) -> str:
     return repr(connection)
 
 
-def _read_header(recv: Callable[[int], bytes], data: bytes, position: int,
-                 parse_header: HeaderReader) -> Tuple[Any, bytes]:
+def _read_header(
+    recv: Callable[[int], bytes], data: bytes, position: int, parse_header: HeaderReader
+) -> Tuple[Any, bytes]:
     """Return the next reply's header and the buffer it was read from, receiving bytes as needed.
 
     RESP3 push and attribute frames met before the header are skipped.
@@ -220,8 +225,15 @@ def _receive(recv: Callable[[int], bytes], data: bytes, position: int) -> bytes:
     return chunk
 
 
-def _drain(recv: Callable[[int], bytes], data: bytes, position: int, remaining: int, in_flight: bool,
-           parse_header: HeaderReader, decode_keys: KeysDecoder) -> bool:
+def _drain(
+    recv: Callable[[int], bytes],
+    data: bytes,
+    position: int,
+    remaining: int,
+    in_flight: bool,
+    parse_header: HeaderReader,
+    decode_keys: KeysDecoder,
+) -> bool:
     """Read and drop the keys still due and the reply in flight; return whether nothing else is left."""
     while True:
         while remaining:

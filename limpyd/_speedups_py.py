@@ -130,7 +130,7 @@ def _invalid_reply(data: bytes, index: int, expected: str) -> ValueError:
     return ValueError(
         "Invalid SCAN reply: expected %s at byte %d, got %r. The connection is out of sync "
         "with Redis (a proxy or another reader on the same socket?): it is dropped."
-        % (expected, index, data[index:index + 16])
+        % (expected, index, data[index : index + 16])
     )
 
 
@@ -165,7 +165,8 @@ def _check_buffer(data: Any, start: Any, function: str) -> None:
         )
     if type(start) is not int or start < 0 or start > len(data):
         raise ValueError(
-            "%s(start=%r): start must be an int offset from 0 to len(data) (%d)." % (function, start, len(data))
+            "%s(start=%r): start must be an int offset from 0 to len(data) (%d)."
+            % (function, start, len(data))
         )
 
 
@@ -188,7 +189,7 @@ def parse_scan_header(data: bytes, start: int) -> Any:
         newline = data.find(b"\r\n", start)
         if newline < 0:
             return None
-        return None, data[start + 1:newline].decode("utf-8", "replace"), newline + 2
+        return None, data[start + 1 : newline].decode("utf-8", "replace"), newline + 2
     if kind != 42:
         raise _invalid_reply(data, start, "a SCAN reply (*2)")
     number = _read_number(data, start + 1, "the length of the reply")
@@ -215,11 +216,11 @@ def parse_scan_header(data: bytes, start: int) -> Any:
             raise _invalid_reply(data, position, "a cursor of 1 to %d digits" % _MAX_DIGITS)
         if start_of_cursor + length + 2 > end:
             return None
-        cursor = data[start_of_cursor:start_of_cursor + length]
+        cursor = data[start_of_cursor : start_of_cursor + length]
         if not cursor.isdigit():
             raise _invalid_reply(data, start_of_cursor, "a cursor of 1 to %d digits" % _MAX_DIGITS)
         position = start_of_cursor + length
-        if data[position:position + 2] != b"\r\n":
+        if data[position : position + 2] != b"\r\n":
             raise _invalid_reply(data, position, "CRLF after the cursor")
         position += 2
     else:
@@ -255,8 +256,8 @@ def decode_scan_keys(data: bytes, start: int, count: int) -> Tuple[List[str], in
         whole = (len(parts) - 1) // 2  # pairs followed by their CRLF
         if whole > count:
             whole = count
-        heads = parts[0:2 * whole:2]
-        values = parts[1:2 * whole:2]
+        heads = parts[0 : 2 * whole : 2]
+        values = parts[1 : 2 * whole : 2]
         lengths = list(map(len, values))
         if heads == list(map(b"$%d".__mod__, lengths)):
             stop = start + sum(map(len, heads)) + sum(lengths) + 4 * whole
@@ -279,7 +280,7 @@ def decode_scan_keys(data: bytes, start: int, count: int) -> Tuple[List[str], in
         if data[position] != 36:  # "$"
             raise _invalid_reply(data, position, "a key ($)")
         newline = find(b"\r\n", position + 1, position + 22)
-        digits = data[position + 1:newline]
+        digits = data[position + 1 : newline]
         if newline < 0 or not digits.isdigit() or len(digits) > _MAX_DIGITS:
             number = _read_number(data, position + 1, "the length of a key")
             if number is None:

@@ -25,15 +25,21 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 __all__ = ["main", "register", "settings_from_url"]
 
 #: name -> (help, add arguments, run)
-SUBCOMMANDS: Dict[str, Tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+SUBCOMMANDS: Dict[
+    str, Tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {}
 
 
 class CommandError(Exception):
     """A one-line error for the user (no traceback), naming the fix."""
 
 
-def register(name: str, help_text: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-             run: Callable[[argparse.Namespace], int]) -> None:
+def register(
+    name: str,
+    help_text: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+) -> None:
     """Add the subcommand ``name`` to the ``limpyd`` command."""
     SUBCOMMANDS[name] = (help_text, add_arguments, run)
 
@@ -43,7 +49,9 @@ def settings_from_url(url: str) -> Dict[str, Any]:
     from redis.connection import parse_url
 
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise CommandError("--url %r: give a redis://host:port/db, rediss://... or unix:///path/to/socket?db=N URL" % url)
+        raise CommandError(
+            "--url %r: give a redis://host:port/db, rediss://... or unix:///path/to/socket?db=N URL" % url
+        )
     try:
         settings = parse_url(url)
     except ValueError as exc:
@@ -68,8 +76,10 @@ def load_models(args: argparse.Namespace) -> List[type]:
         try:
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - any import failure is reported in one line
-            raise CommandError("cannot import --models %s (%s: %s): check the module path and PYTHONPATH"
-                               % (module, type(exc).__name__, exc)) from exc
+            raise CommandError(
+                "cannot import --models %s (%s: %s): check the module path and PYTHONPATH"
+                % (module, type(exc).__name__, exc)
+            ) from exc
     from limpyd.database import RedisDatabase  # noqa: F401 - the registry lives on database objects
 
     models = _registered_models(args.models)
@@ -83,10 +93,14 @@ def load_models(args: argparse.Namespace) -> List[type]:
     if wanted:
         chosen = []
         for name in wanted:
-            match = [m for m in models if name in (m.__name__, m._name, "%s.%s" % (m.__module__, m.__qualname__))]
+            match = [
+                m for m in models if name in (m.__name__, m._name, "%s.%s" % (m.__module__, m.__qualname__))
+            ]
             if not match:
-                raise CommandError("unknown model %r: choose among %s" % (
-                    name, ", ".join("%s.%s" % (m.__module__, m.__qualname__) for m in models)))
+                raise CommandError(
+                    "unknown model %r: choose among %s"
+                    % (name, ", ".join("%s.%s" % (m.__module__, m.__qualname__) for m in models))
+                )
             chosen.extend(match)
         models = list(dict.fromkeys(chosen))
     for database in {id(model.database): model.database for model in models}.values():
@@ -120,7 +134,9 @@ def _ping(database: Any, url: Optional[str]) -> None:
         database.connection.ping()
     except redis.RedisError as exc:
         where = url or database.connection_settings
-        raise CommandError("cannot reach Redis at %s (%s): check --url and that the server runs" % (where, exc)) from exc
+        raise CommandError(
+            "cannot reach Redis at %s (%s): check --url and that the server runs" % (where, exc)
+        ) from exc
 
 
 def model_label(model: type) -> str:
@@ -141,6 +157,7 @@ class Progress:
         self.last = 0.0
         try:
             import tqdm
+
             self.tqdm = tqdm.tqdm
         except ImportError:
             self.tqdm = None
@@ -151,8 +168,14 @@ class Progress:
         if self.tqdm is not None:
             bar = self.bars.get(phase)
             if bar is None:
-                bar = self.bars[phase] = self.tqdm(total=total, desc="%s %s" % (self.label, phase), unit="",
-                                                   file=sys.stderr, leave=False, dynamic_ncols=True)
+                bar = self.bars[phase] = self.tqdm(
+                    total=total,
+                    desc="%s %s" % (self.label, phase),
+                    unit="",
+                    file=sys.stderr,
+                    leave=False,
+                    dynamic_ncols=True,
+                )
             bar.update(done - bar.n)
             return
         import time
@@ -185,15 +208,23 @@ def _out(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _add_model_selection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", metavar="NAME",
-                        help="only this model (class name, module.Class or namespace:name); repeatable")
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="only this model (class name, module.Class or namespace:name); repeatable",
+    )
 
 
 def _audit_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_selection(parser)
     parser.add_argument("--chunk-size", type=int, default=1000, help="pks read per round trip (default 1000)")
-    parser.add_argument("--max-findings", type=int, default=100_000, help="findings kept per model (all are counted)")
-    parser.add_argument("--limit", type=int, default=20, help="findings printed per model (text output; default 20)")
+    parser.add_argument(
+        "--max-findings", type=int, default=100_000, help="findings kept per model (all are counted)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=20, help="findings printed per model (text output; default 20)"
+    )
 
 
 def _run_audit(args: argparse.Namespace) -> int:
@@ -203,15 +234,24 @@ def _run_audit(args: argparse.Namespace) -> int:
     for model in load_models(args):
         progress = _progress(args, model.__name__)
         try:
-            reports.append(audit(model, chunk_size=args.chunk_size, max_findings=args.max_findings, progress=progress))
+            reports.append(
+                audit(model, chunk_size=args.chunk_size, max_findings=args.max_findings, progress=progress)
+            )
         finally:
             progress.close()
     lines = []
     for report in reports:
         lines.append(report.summary())
-        for finding in report.findings[:args.limit]:
-            lines.append("  %s %s%s: %s" % (finding.kind, finding.key,
-                                              " (pk %s)" % finding.pk if finding.pk is not None else "", finding.detail))
+        for finding in report.findings[: args.limit]:
+            lines.append(
+                "  %s %s%s: %s"
+                % (
+                    finding.kind,
+                    finding.key,
+                    " (pk %s)" % finding.pk if finding.pk is not None else "",
+                    finding.detail,
+                )
+            )
         if len(report.findings) > args.limit:
             lines.append("  ... %d more (--limit, or --json for all)" % (len(report.findings) - args.limit))
     clean = all(report.clean for report in reports)
@@ -221,11 +261,20 @@ def _run_audit(args: argparse.Namespace) -> int:
 
 def _repair_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_selection(parser)
-    parser.add_argument("--apply", action="store_true", help="apply the fixes (default: dry run, nothing written)")
-    parser.add_argument("--delete-orphans", action="store_true",
-                        help="also delete orphan data, empty pks, unknown keys and the other pks' unique values")
-    parser.add_argument("--keep", choices=("oldest", "newest"), default="oldest",
-                        help="which pk keeps a unique value held by several (default: oldest)")
+    parser.add_argument(
+        "--apply", action="store_true", help="apply the fixes (default: dry run, nothing written)"
+    )
+    parser.add_argument(
+        "--delete-orphans",
+        action="store_true",
+        help="also delete orphan data, empty pks, unknown keys and the other pks' unique values",
+    )
+    parser.add_argument(
+        "--keep",
+        choices=("oldest", "newest"),
+        default="oldest",
+        help="which pk keeps a unique value held by several (default: oldest)",
+    )
 
 
 def _run_repair(args: argparse.Namespace) -> int:
@@ -235,8 +284,15 @@ def _run_repair(args: argparse.Namespace) -> int:
     for model in load_models(args):
         progress = _progress(args, model.__name__)
         try:
-            results.append(repair(model, dry_run=not args.apply, delete_orphans=args.delete_orphans, keep=args.keep,
-                                  progress=progress))
+            results.append(
+                repair(
+                    model,
+                    dry_run=not args.apply,
+                    delete_orphans=args.delete_orphans,
+                    keep=args.keep,
+                    progress=progress,
+                )
+            )
         finally:
             progress.close()
     lines = []
@@ -254,8 +310,12 @@ def _run_repair(args: argparse.Namespace) -> int:
 
 def _rebuild_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_selection(parser)
-    parser.add_argument("--field", action="append", metavar="NAME", help="only this field's indexes; repeatable")
-    parser.add_argument("--restart", action="store_true", help="drop a stopped rebuild instead of resuming it")
+    parser.add_argument(
+        "--field", action="append", metavar="NAME", help="only this field's indexes; repeatable"
+    )
+    parser.add_argument(
+        "--restart", action="store_true", help="drop a stopped rebuild instead of resuming it"
+    )
     parser.add_argument("--chunk-size", type=int, default=1000, help="pks per round trip (default 1000)")
 
 
@@ -267,23 +327,39 @@ def _run_rebuild(args: argparse.Namespace) -> int:
         progress = _progress(args, model.__name__)
         try:
             try:
-                result = rebuild_indexes(model, fields=args.field, resume=not args.restart, progress=progress,
-                                         chunk_size=args.chunk_size)
+                result = rebuild_indexes(
+                    model,
+                    fields=args.field,
+                    resume=not args.restart,
+                    progress=progress,
+                    chunk_size=args.chunk_size,
+                )
             except ValueError as exc:
                 raise CommandError(str(exc)) from exc
         finally:
             progress.close()
         result["model"] = model_label(model)
         results.append(result)
-    lines = ["%s: rebuilt %s on %d instances%s, %d entries fixed after the swap (%.2fs)" % (
-        r["model"], ", ".join(r["fields"]), r["instances"], " (resumed)" if r["resumed"] else "", r["fixed"],
-        r["seconds"]) for r in results]
+    lines = [
+        "%s: rebuilt %s on %d instances%s, %d entries fixed after the swap (%.2fs)"
+        % (
+            r["model"],
+            ", ".join(r["fields"]),
+            r["instances"],
+            " (resumed)" if r["resumed"] else "",
+            r["fixed"],
+            r["seconds"],
+        )
+        for r in results
+    ]
     _out(args, {"models": results}, "\n".join(lines))
     return 0
 
 
 def _stats_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sample", type=int, default=50, help="keys sampled per group for memory/TTL (default 50)")
+    parser.add_argument(
+        "--sample", type=int, default=50, help="keys sampled per group for memory/TTL (default 50)"
+    )
 
 
 def _run_stats(args: argparse.Namespace) -> int:
@@ -296,24 +372,48 @@ def _run_stats(args: argparse.Namespace) -> int:
         result = stats(database, models=models, sample=args.sample, progress=progress)
     finally:
         progress.close()
-    lines = ["%d keys scanned in %.2fs; memory and TTL from a sample of at most %d keys per group"
-             % (result["keys"], result["scan_seconds"], result["sample"]),
-             "%-28s %-14s %-16s %10s %14s %10s  %s" % ("model", "role", "field", "keys", "memory (B)", "with TTL", "types")]
+    lines = [
+        "%d keys scanned in %.2fs; memory and TTL from a sample of at most %d keys per group"
+        % (result["keys"], result["scan_seconds"], result["sample"]),
+        "%-28s %-14s %-16s %10s %14s %10s  %s"
+        % ("model", "role", "field", "keys", "memory (B)", "with TTL", "types"),
+    ]
     for row in result["groups"]:
-        lines.append("%-28s %-14s %-16s %10d %14d %10d  %s" % (
-            row["model"], row["role"], row["field"] or "-", row["count"], row["memory"], row["with_ttl"],
-            ",".join("%s:%d" % item for item in sorted(row["types"].items()))))
+        lines.append(
+            "%-28s %-14s %-16s %10d %14d %10d  %s"
+            % (
+                row["model"],
+                row["role"],
+                row["field"] or "-",
+                row["count"],
+                row["memory"],
+                row["with_ttl"],
+                ",".join("%s:%d" % item for item in sorted(row["types"].items())),
+            )
+        )
     _out(args, result, "\n".join(lines))
     return 0
 
 
-register("audit", "report what the stored data and the indexes disagree on (exit 0 clean, 1 findings)",
-         _audit_arguments, _run_audit)
+register(
+    "audit",
+    "report what the stored data and the indexes disagree on (exit 0 clean, 1 findings)",
+    _audit_arguments,
+    _run_audit,
+)
 register("repair", "fix what the audit finds (dry run unless --apply)", _repair_arguments, _run_repair)
-register("rebuild-indexes", "rebuild indexes online, aside then swapped in; resumable", _rebuild_arguments,
-         _run_rebuild)
-register("stats", "count keys by model, role, field and index; sampled memory and TTLs", _stats_arguments,
-         _run_stats)
+register(
+    "rebuild-indexes",
+    "rebuild indexes online, aside then swapped in; resumable",
+    _rebuild_arguments,
+    _run_rebuild,
+)
+register(
+    "stats",
+    "count keys by model, role, field and index; sampled memory and TTLs",
+    _stats_arguments,
+    _run_stats,
+)
 
 
 def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -328,8 +428,12 @@ def _run_migrate(args: argparse.Namespace) -> int:
     return migrate.run(args)
 
 
-register("migrate", "copy the keys of models between a single server and a Redis Cluster (resumable)",
-         _migrate_arguments, _run_migrate)
+register(
+    "migrate",
+    "copy the keys of models between a single server and a Redis Cluster (resumable)",
+    _migrate_arguments,
+    _run_migrate,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,11 +443,21 @@ register("migrate", "copy the keys of models between a single server and a Redis
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="limpyd", description="Operate limpyd models stored in Redis.")
     parser.add_argument("--url", help="redis://host:port/db, rediss://..., or unix:///path/redis.sock?db=N")
-    parser.add_argument("--models", action="append", default=[], metavar="MODULE",
-                        help="module declaring models (imported); repeatable")
+    parser.add_argument(
+        "--models",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module declaring models (imported); repeatable",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    parser.add_argument("--progress", dest="progress", action="store_true", default=None,
-                        help="show progress on stderr (default: when stderr is a terminal)")
+    parser.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="show progress on stderr (default: when stderr is a terminal)",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_arguments, _) in SUBCOMMANDS.items():
@@ -366,15 +480,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write("limpyd %s: error: %s\n" % (args.command, exc))
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("limpyd %s: interrupted%s\n" % (
-            args.command, "; run the same command again to resume the rebuild" if args.command == "rebuild-indexes" else ""))
+        sys.stderr.write(
+            "limpyd %s: interrupted%s\n"
+            % (
+                args.command,
+                "; run the same command again to resume the rebuild"
+                if args.command == "rebuild-indexes"
+                else "",
+            )
+        )
         return 130
     except Exception as exc:  # noqa: BLE001 - the command never shows a traceback
         import redis
 
         if isinstance(exc, redis.ConnectionError):
-            sys.stderr.write("limpyd %s: error: lost the connection to Redis (%s): check --url and the server\n"
-                             % (args.command, exc))
+            sys.stderr.write(
+                "limpyd %s: error: lost the connection to Redis (%s): check --url and the server\n"
+                % (args.command, exc)
+            )
         else:
             sys.stderr.write("limpyd %s: error: %s: %s\n" % (args.command, type(exc).__name__, exc))
         return 2

@@ -67,7 +67,9 @@ __all__ = [
 #: A filter on an indexed field, as parsed when it is added to a collection: the index serving it,
 #: the filter suffix (``None``, ``'eq'``, ``'in'``, ``'gt'``...), the extra field parts (the hash key
 #: of a ``HashField``), the value as given, and (multi-field indexes only) the related filters.
-ParsedFilter = namedtuple("ParsedFilter", ["index", "suffix", "extra_field_parts", "value", "related_filters"])
+ParsedFilter = namedtuple(
+    "ParsedFilter", ["index", "suffix", "extra_field_parts", "value", "related_filters"]
+)
 
 NONE_SLICE = slice(None, None, None)
 
@@ -135,7 +137,9 @@ class _CheckedInstances:
         self.entries, self.position, self.known = entries, 0, {}
 
     def _check_next_chunk(self) -> None:
-        chunk = [pk for pk in self.entries[self.position:self.position + self.CHUNK] if pk not in self.known]
+        chunk = [
+            pk for pk in self.entries[self.position : self.position + self.CHUNK] if pk not in self.known
+        ]
         if not chunk:
             return
         model = self.model
@@ -144,7 +148,9 @@ class _CheckedInstances:
             return
         pk_field = model.get_field("pk")
         collection_key = pk_field.collection_key
-        replies = send_commands(connection, [(("SISMEMBER", collection_key, pk_field.normalize(pk)), {}) for pk in chunk])
+        replies = send_commands(
+            connection, [(("SISMEMBER", collection_key, pk_field.normalize(pk)), {}) for pk in chunk]
+        )
         for pk, exists in zip(chunk, replies):
             if isinstance(exists, Exception):
                 raise exists
@@ -252,9 +258,7 @@ class CollectionResults(object):
         if isinstance(arg, int) or hasattr(type(arg), "__index__"):
             entry = self.data[operator.index(arg)]
             return entry if self.func is None else self.func(entry)
-        raise TypeError(
-            "CollectionResults indices must be integers or slices, not %s" % type(arg).__name__
-        )
+        raise TypeError("CollectionResults indices must be integers or slices, not %s" % type(arg).__name__)
 
     def __eq__(self, other: Any) -> bool:
         if isinstance(other, list):
@@ -285,9 +289,19 @@ class CollectionResults(object):
 
 #: the evaluation steps the one-command path (``_direct_key``) skips: a class overriding one of
 #: them always takes the general path
-_DIRECT_STEPS = ("_prepare_sets", "_get_final_set", "_retrieve", "_final_redis_call", "_collection_length",
-                 "_prepare_parsed_filter", "_reduce_related_filters", "_fetch_collection_now", "_count_now",
-                 "_length_command", "_to_instance")
+_DIRECT_STEPS = (
+    "_prepare_sets",
+    "_get_final_set",
+    "_retrieve",
+    "_final_redis_call",
+    "_collection_length",
+    "_prepare_parsed_filter",
+    "_reduce_related_filters",
+    "_fetch_collection_now",
+    "_count_now",
+    "_length_command",
+    "_to_instance",
+)
 _direct_classes: Dict[type, bool] = {}
 
 
@@ -356,7 +370,9 @@ class CollectionManager(object):
 
     def _get_simple_fields(self) -> List[str]:
         """Return the names of the model's ``SingleValueField`` fields (pk included), in model order."""
-        return [name for name in self.model._fields if isinstance(self.model.get_field(name), SingleValueField)]
+        return [
+            name for name in self.model._fields if isinstance(self.model.get_field(name), SingleValueField)
+        ]
 
     # -------------------------------------------------------------------- building (no Redis)
 
@@ -389,7 +405,9 @@ class CollectionManager(object):
                 pks.append(self.model.get_field("pk").normalize(value))
             else:
                 index, suffix, extra_field_parts = self._parse_filter_key(key)
-                self._check_filter_value_type(key, suffix is not None and (suffix == "in" or suffix.endswith("__in")), value)
+                self._check_filter_value_type(
+                    key, suffix is not None and (suffix == "in" or suffix.endswith("__in")), value
+                )
                 parsed.append(ParsedFilter(index, suffix, extra_field_parts, value, None))
         if filters:
             self._lazy_collection["pks"].update(pks)
@@ -415,11 +433,14 @@ class CollectionManager(object):
                     "%s=[%r]" % (value, key, _model_path(self.model), key, value)
                 )
             for item in value if not isinstance(value, (str, bytes)) else ():
-                self._check_filter_value_type(key[: -len("__in")] if key.endswith("__in") else key, False, item)
+                self._check_filter_value_type(
+                    key[: -len("__in")] if key.endswith("__in") else key, False, item
+                )
             return
         if value is None or isinstance(value, (bool, list, tuple, set, frozenset, dict)):
             fix = (
-                "to match several values use %s__in=[...]" % key if isinstance(value, (list, tuple, set, frozenset))
+                "to match several values use %s__in=[...]" % key
+                if isinstance(value, (list, tuple, set, frozenset))
                 else "stored values are str, so filter with the text stored (e.g. %s=%r)" % (key, str(value))
                 if isinstance(value, bool)
                 else "an absent value is not indexed: filter on a value, or use a collection without this filter"
@@ -449,12 +470,16 @@ class CollectionManager(object):
 
         if not field.indexable:
             if model._field_is_pk(parts[0]):
-                fix = ("filter on one pk with %s=<pk> (or %s__eq=<pk>); to filter by a list of pks use "
-                       "intersect() of limpyd.contrib.collection.ExtendedCollectionManager" % (parts[0], parts[0]))
+                fix = (
+                    "filter on one pk with %s=<pk> (or %s__eq=<pk>); to filter by a list of pks use "
+                    "intersect() of limpyd.contrib.collection.ExtendedCollectionManager"
+                    % (parts[0], parts[0])
+                )
             else:
                 fix = "declare the field with indexable=True (or unique=True) to filter on it"
             raise ImplementationError(
-                "Field %s.%s is not indexable (filter %r on %s): %s" % (model.__name__, field.name, key, _model_path(model), fix)
+                "Field %s.%s is not indexable (filter %r on %s): %s"
+                % (model.__name__, field.name, key, _model_path(model), fix)
             )
 
         extra_count = field._field_parts - 1
@@ -464,8 +489,8 @@ class CollectionManager(object):
                 "after the field name, e.g. %s__<hash key>=<value>"
                 % (key, model.__name__, field.name, type(field).__name__, extra_count, parts[0])
             )
-        extra_field_parts = parts[1:1 + extra_count]
-        suffix = "__".join(parts[1 + extra_count:]) or None
+        extra_field_parts = parts[1 : 1 + extra_count]
+        suffix = "__".join(parts[1 + extra_count :]) or None
 
         indexes = field._indexes
         candidates = [index for index in indexes if index.can_handle_suffix(suffix)]
@@ -475,8 +500,12 @@ class CollectionManager(object):
         if candidates:
             return candidates[0], suffix, extra_field_parts
         served = "; ".join(
-            "%s%s: %s" % (type(index).__name__, " (prefix %r)" % index.prefix if index.prefix else "",
-                          _describe_suffixes(index.handled_suffixes))
+            "%s%s: %s"
+            % (
+                type(index).__name__,
+                " (prefix %r)" % index.prefix if index.prefix else "",
+                _describe_suffixes(index.handled_suffixes),
+            )
             for index in indexes
         )
         raise ImplementationError(
@@ -505,12 +534,19 @@ class CollectionManager(object):
             )
         if by is not None:
             name = by[1:] if by.startswith("-") else by
-            if not (self.model._field_is_pk(name) or self.model.has_field(name) or "*" in name or name == "nosort"):
+            if not (
+                self.model._field_is_pk(name) or self.model.has_field(name) or "*" in name or name == "nosort"
+            ):
                 raise ValueError(
                     "sort(by=%r) on a collection of %s: %r is neither a field nor a Redis pattern (with *). "
                     "Use one of %s (prefix with - for descending), a pattern such as %r, or 'nosort'."
-                    % (by, _model_path(self.model), name, ", ".join(map(repr, self.model._fields)),
-                       make_key(self.model._name, "*", "<field>"))
+                    % (
+                        by,
+                        _model_path(self.model),
+                        name,
+                        ", ".join(map(repr, self.model._fields)),
+                        make_key(self.model._name, "*", "<field>"),
+                    )
                 )
         collection = self.clone()
         collection._apply_sort(**parameters)
@@ -563,7 +599,10 @@ class CollectionManager(object):
         if not pks:
             return None
         if len(pks) > 1:
-            raise ValueError("Too many pks (%d distinct) in the filters of a collection of %s" % (len(pks), self.model.__name__))
+            raise ValueError(
+                "Too many pks (%d distinct) in the filters of a collection of %s"
+                % (len(pks), self.model.__name__)
+            )
         return next(iter(pks))
 
     def _pk_exists(self, pk: Any) -> bool:
@@ -618,27 +657,46 @@ class CollectionManager(object):
                 for combination in index.can_filter_fields(pairs):
                     if all(pair in pairs for pair in combination):
                         proposed.setdefault(tuple(combination), index)
-            kept = [combination for combination in proposed
-                    if not any(set(combination) < set(other) for other in proposed)]
+            kept = [
+                combination
+                for combination in proposed
+                if not any(set(combination) < set(other) for other in proposed)
+            ]
             combined: List[Any] = []
             covered: Set[Tuple[str, Optional[str]]] = set()
             for combination in kept:
-                groups = [[item for item in parsed if (item.index.field.name, item.suffix) == pair]
-                          for pair in combination]
+                groups = [
+                    [item for item in parsed if (item.index.field.name, item.suffix) == pair]
+                    for pair in combination
+                ]
                 for product in itertools.product(*groups):
                     main, others = product[0], product[1:]
-                    related = {other.index.field.name: (list(other.extra_field_parts) + [other.value], other.suffix)
-                               for other in others}
-                    combined.append(ParsedFilter(proposed[combination], main.suffix, main.extra_field_parts,
-                                                 main.value, related))
+                    related = {
+                        other.index.field.name: (list(other.extra_field_parts) + [other.value], other.suffix)
+                        for other in others
+                    }
+                    combined.append(
+                        ParsedFilter(
+                            proposed[combination], main.suffix, main.extra_field_parts, main.value, related
+                        )
+                    )
                 covered.update(combination)
-            result = [item for item in sets
-                      if not (isinstance(item, ParsedFilter) and (item.index.field.name, item.suffix) in covered)]
+            result = [
+                item
+                for item in sets
+                if not (isinstance(item, ParsedFilter) and (item.index.field.name, item.suffix) in covered)
+            ]
             result.extend(combined)
         for item in result:
-            if isinstance(item, ParsedFilter) and item.related_filters is None and not item.index.filter_single_field:
+            if (
+                isinstance(item, ParsedFilter)
+                and item.related_filters is None
+                and not item.index.filter_single_field
+            ):
                 field = item.index.field
-                key = "__".join([field.name] + list(item.extra_field_parts) + ([item.suffix] if item.suffix else []))
+                key = "__".join(
+                    [field.name] + list(item.extra_field_parts) + ([item.suffix] if item.suffix else [])
+                )
                 raise ImplementationError(
                     'No index found to manage filter "%s" for field %s.%s: %s filters only together with '
                     "other fields; filter those too, or give the field an index of its own"
@@ -680,8 +738,13 @@ class CollectionManager(object):
                         raise ValueError(
                             "The index key returned by the index %s is not valid: %r is a %r, %s accepts only "
                             "%s (use limpyd.contrib.collection.ExtendedCollectionManager for other types)"
-                            % (item.index.__class__, key, key_type, type(self).__name__,
-                               ", ".join(sorted(self._accepted_key_types)))
+                            % (
+                                item.index.__class__,
+                                key,
+                                key_type,
+                                type(self).__name__,
+                                ", ".join(sorted(self._accepted_key_types)),
+                            )
                         )
                     keys.add(key)
         except BaseException:
@@ -699,7 +762,9 @@ class CollectionManager(object):
         self.connection.sinterstore(final_key, list(sets))
         return final_key
 
-    def _get_final_set(self, sets: List[Any], pk: Any, sort_options: Optional[Dict[str, Any]]) -> Tuple[Optional[str], bool]:
+    def _get_final_set(
+        self, sets: List[Any], pk: Any, sort_options: Optional[Dict[str, Any]]
+    ) -> Tuple[Optional[str], bool]:
         """Return ``(final key or None, whether to delete it after use)``.
 
         ``None`` means "no key": the result is ``[pk]`` for a pk filter alone, else empty (an
@@ -804,8 +869,12 @@ class CollectionManager(object):
         ``EqualIndex`` (its set), no pk filter, no window, no kept final key, and none of the
         evaluation steps overridden; ``None`` otherwise (the general evaluation then runs).
         """
-        if (self._lazy_collection["pks"] or self._final_set is not None or self._sort_limits is not None
-                or not _direct_allowed(type(self))):
+        if (
+            self._lazy_collection["pks"]
+            or self._final_set is not None
+            or self._sort_limits is not None
+            or not _direct_allowed(type(self))
+        ):
             return None
         sets = self._lazy_collection["sets"]
         if not sets:
@@ -816,7 +885,10 @@ class CollectionManager(object):
         if not isinstance(item, ParsedFilter) or item.related_filters is not None:
             return None
         index = item.index
-        if type(index).get_filtered_keys is not EqualIndex.get_filtered_keys or index.remove_prefix(item.suffix) == "in":
+        if (
+            type(index).get_filtered_keys is not EqualIndex.get_filtered_keys
+            or index.remove_prefix(item.suffix) == "in"
+        ):
             return None
         return index.get_storage_key(*item.extra_field_parts, item.value, transform_value=False)
 
@@ -831,9 +903,15 @@ class CollectionManager(object):
         if key is not None and current_batch(self.model.database) is None:  # one command: sent at once
             sort_options = self._prepare_sort_options(False)
             connection = self.connection
-            results = list(connection.smembers(key)) if sort_options is None else connection.sort(key, **sort_options)
+            results = (
+                list(connection.smembers(key))
+                if sort_options is None
+                else connection.sort(key, **sort_options)
+            )
             full = apply_slice is None
-            return self._prepare_results(results, _len_hint=len(results) if full else None, apply_slice=apply_slice)
+            return self._prepare_results(
+                results, _len_hint=len(results) if full else None, apply_slice=apply_slice
+            )
         with temporary_keys(self.model.database), batch_scope(self.model.database):
             return self._fetch_collection_now(apply_slice)
 
@@ -859,7 +937,9 @@ class CollectionManager(object):
             if final_set is None:
                 return self._cache_empty_collection(full, apply_slice)
         results = self._retrieve(final_set, deletable, sort_options)
-        return self._prepare_results(results, _len_hint=len(results) if full else None, apply_slice=apply_slice)
+        return self._prepare_results(
+            results, _len_hint=len(results) if full else None, apply_slice=apply_slice
+        )
 
     def _count(self) -> int:
         """Return the number of results without retrieving them (count mode)."""
@@ -917,8 +997,9 @@ class CollectionManager(object):
             self._final_set, self._final_set_deletable = final_set, True
         return length
 
-    def _prepare_results(self, results: List[Any], _len_hint: Optional[int] = None,
-                         apply_slice: Optional[slice] = None) -> Tuple[List[Any], Converter]:
+    def _prepare_results(
+        self, results: List[Any], _len_hint: Optional[int] = None, apply_slice: Optional[slice] = None
+    ) -> Tuple[List[Any], Converter]:
         """Return ``(results[apply_slice], converter)``; record ``_len_hint`` as the length if given."""
         if _len_hint is not None:
             self._len = _len_hint
@@ -936,7 +1017,9 @@ class CollectionManager(object):
             return self.model.lazy_connect(pk)
         return self.model(pk)
 
-    def _cache_empty_collection(self, full: bool = True, apply_slice: Optional[slice] = None) -> Tuple[List[Any], Converter]:
+    def _cache_empty_collection(
+        self, full: bool = True, apply_slice: Optional[slice] = None
+    ) -> Tuple[List[Any], Converter]:
         """Return an empty result, cached as the whole collection when ``full`` (a full evaluation)."""
         results, converter = self._prepare_results([], _len_hint=0 if full else None, apply_slice=apply_slice)
         if full:
@@ -962,7 +1045,9 @@ class CollectionManager(object):
     # -------------------------------------------------------------------- indexing and slicing
 
     @staticmethod
-    def _optimize_slice(the_slice: slice, can_reverse: bool) -> Tuple[bool, Optional[int], Optional[int], bool, Optional[slice]]:
+    def _optimize_slice(
+        the_slice: slice, can_reverse: bool
+    ) -> Tuple[bool, Optional[int], Optional[int], bool, Optional[slice]]:
         """Return ``(optimized, start, count, rev, python_slice)`` for ``the_slice`` (Python's slicing, sent as ``SORT ... LIMIT`` windows where possible).
 
         ``optimized`` with ``count == 0``: known empty, nothing to fetch (rule 1). ``optimized``:
@@ -996,7 +1081,9 @@ class CollectionManager(object):
             return True, b + 1, -1, False, slice(a, None, k)
         return False, None, None, False, slice(a, b, k)
 
-    def _fetch_window(self, start: int, count: int, rev: bool, python_slice: Optional[slice] = None) -> Tuple[List[Any], Converter]:
+    def _fetch_window(
+        self, start: int, count: int, rev: bool, python_slice: Optional[slice] = None
+    ) -> Tuple[List[Any], Converter]:
         """Evaluate with the window ``LIMIT start count`` (reversed if ``rev``), for this call only."""
         self._sort_limits = {"start": start, "num": count}
         self._sort_limits_reverse = rev
@@ -1047,8 +1134,11 @@ class CollectionManager(object):
 
     def __getitem__(self, arg: Any) -> Any:
         if isinstance(arg, slice):
-            arg = slice(_slice_part(arg.start, self.model), _slice_part(arg.stop, self.model),
-                        _slice_part(arg.step, self.model))
+            arg = slice(
+                _slice_part(arg.start, self.model),
+                _slice_part(arg.stop, self.model),
+                _slice_part(arg.step, self.model),
+            )
             if arg.step == 0:
                 raise ValueError("slice step cannot be zero")
         elif isinstance(arg, int) or hasattr(type(arg), "__index__"):

@@ -108,7 +108,9 @@ class RedisDatabase:
         Names are part of the key: ``{"port": 6379}`` and ``{"password": "6379"}`` must not share a
         client (redis-limpyd 2.x joined the values alone; see docs/failure-semantics.rst).
         """
-        return make_key(*["%s=%s" % (name, _cluster.cache_value(name, settings[name])) for name in sorted(settings)])
+        return make_key(
+            *["%s=%s" % (name, _cluster.cache_value(name, settings[name])) for name in sorted(settings)]
+        )
 
     def connect(self, **settings: Any) -> redis.Redis:
         """Return the client for the current settings, or switch to ``settings`` and return theirs.
@@ -137,7 +139,9 @@ class RedisDatabase:
             created = client is None
             if created:
                 client = self._connections[cache_key] = (
-                    _cluster.make_cluster_client(options) if options.get("cluster") else redis.Redis(**options)
+                    _cluster.make_cluster_client(options)
+                    if options.get("cluster")
+                    else redis.Redis(**options)
                 )
         if created:
             # reads the server version through ``connection``, which hits the cache filled above
@@ -262,16 +266,21 @@ class RedisDatabase:
 
     # ------------------------------------------------------------------ scripts and scans
 
-    def call_script(self, script_dict: Dict[str, Any], keys: Optional[List[Any]] = None,
-                    args: Optional[List[Any]] = None) -> Any:
+    def call_script(
+        self, script_dict: Dict[str, Any], keys: Optional[List[Any]] = None, args: Optional[List[Any]] = None
+    ) -> Any:
         """Run the Lua script ``script_dict["lua"]`` (registered once, then sent with ``EVALSHA``)."""
         script = script_dict.get("script_object")
         if script is None:
             script = script_dict["script_object"] = self.connection.register_script(script_dict["lua"])
         return script(keys=keys or [], args=args or [], client=self.connection)
 
-    def scan_keys(self, match: Optional[str] = None, count: Optional[int] = None,
-                  type: Optional[str] = None) -> Iterator[str]:  # noqa: A002 - SCAN's own word
+    def scan_keys(
+        self,
+        match: Optional[str] = None,
+        count: Optional[int] = None,
+        type: Optional[str] = None,  # noqa: A002 - SCAN's own word
+    ) -> Iterator[str]:
         """Yield every key of the database (matching ``match`` and of Redis type ``type`` if given).
 
         ``count`` is the hint sent with each ``SCAN`` (``default_scan_count`` when ``None``); a key

@@ -35,5 +35,7 @@ class BulkError(LimpydException):
         self.pks = pks
         shown = "; ".join("row %d: %s" % (position, error) for position, error in refusals[:5])
         more = " (and %d more)" % (len(refusals) - 5) if len(refusals) > 5 else ""
-        super().__init__("%d row(s) refused, the %d others created: %s%s"
-                         % (len(refusals), sum(pk is not None for pk in pks), shown, more))
+        super().__init__(
+            "%d row(s) refused, the %d others created: %s%s"
+            % (len(refusals), sum(pk is not None for pk in pks), shown, more)
+        )

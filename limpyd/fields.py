@@ -30,8 +30,27 @@ __all__ = [
 ]
 
 # the classes and helpers are known by this module's name (reprs, docs, pickles), as before the split
-for _shared in (RedisField, FieldLock, hold_released_locks, holds_lock, HashField, ListField, MultiValuesField,
-                SetField, SortedSetField, MetaRedisProxy, RedisProxyCommand, AutoPKField, InstanceHashField, PKField,
-                SingleValueField, StringField, check_fresh_reply, check_value, field_label, write_hash):
+for _shared in (
+    RedisField,
+    FieldLock,
+    hold_released_locks,
+    holds_lock,
+    HashField,
+    ListField,
+    MultiValuesField,
+    SetField,
+    SortedSetField,
+    MetaRedisProxy,
+    RedisProxyCommand,
+    AutoPKField,
+    InstanceHashField,
+    PKField,
+    SingleValueField,
+    StringField,
+    check_fresh_reply,
+    check_value,
+    field_label,
+    write_hash,
+):
     _shared.__module__ = __name__
 del _shared

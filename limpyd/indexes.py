@@ -118,7 +118,11 @@ class BaseIndex:
         if filter_type not in self.handled_suffixes:
             raise ValueError(
                 "Invalid filter type %r for %s: use one of %s"
-                % (filter_type, type(self).__name__, ", ".join(sorted(repr(s) for s in self.handled_suffixes)))
+                % (
+                    filter_type,
+                    type(self).__name__,
+                    ", ".join(sorted(repr(s) for s in self.handled_suffixes)),
+                )
             )
 
     # ------------------------------------------------------------------ configuration
@@ -177,7 +181,7 @@ class BaseIndex:
             return None
         start = prefix + "__"
         if suffix is not None and suffix.startswith(start):
-            return suffix[len(start):] or None
+            return suffix[len(start) :] or None
         raise IndexError("Suffix %r does not start with the prefix %r of %s" % (suffix, prefix, cls.__name__))
 
     @classmethod
@@ -281,7 +285,8 @@ class BaseIndex:
         if len(pks) == 1 and (not exclude or str(pks[0]) != str(exclude)):
             display = get_display_value() if callable(get_display_value) else get_display_value
             raise UniquenessError(
-                'Value "%s" already indexed for %s (for instance %s)' % (display, self.unique_index_name, pks[0])
+                'Value "%s" already indexed for %s (for instance %s)'
+                % (display, self.unique_index_name, pks[0])
             )
 
     # ------------------------------------------------------------------ writing
@@ -440,9 +445,11 @@ class EqualIndex(BaseIndex):
             values = set(values)
             if not values:
                 return []
-            in_keys = list(dict.fromkeys(
-                self.get_storage_key(*extra_parts, value, transform_value=False) for value in values
-            ))
+            in_keys = list(
+                dict.fromkeys(
+                    self.get_storage_key(*extra_parts, value, transform_value=False) for value in values
+                )
+            )
             tmp_key = self._unique_key("tmp")
             self.union_filtered_in_keys(tmp_key, *in_keys)
             return [(tmp_key, "set", True)]
@@ -526,7 +533,8 @@ _STORE_PAGE_LUA = """    if #pks > 0 then
     end
 """
 
-_TEXT_FILTER_LUA = """
+_TEXT_FILTER_LUA = (
+    """
 local source, dest = KEYS[1], KEYS[2]
 local dest_type, start, stop, exclusion, separator = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local has_exclude = string.len(exclusion) > 0
@@ -555,12 +563,16 @@ repeat
             end
         end
     end
-""" + _STORE_PAGE_LUA + """    offset = offset + page_size
+"""
+    + _STORE_PAGE_LUA
+    + """    offset = offset + page_size
 until count < page_size
 return dest
 """
+)
 
-_NUMBER_FILTER_LUA = """
+_NUMBER_FILTER_LUA = (
+    """
 local source, dest = KEYS[1], KEYS[2]
 local dest_type, start, stop = ARGV[1], ARGV[2], ARGV[3]
 local page_size = 100
@@ -569,10 +581,13 @@ local count
 repeat
     local pks = redis.call('ZRANGEBYSCORE', source, start, stop, 'LIMIT', offset, page_size)
     count = #pks
-""" + _STORE_PAGE_LUA + """    offset = offset + page_size
+"""
+    + _STORE_PAGE_LUA
+    + """    offset = offset + page_size
 until count < page_size
 return dest
 """
+)
 
 
 class BaseRangeIndex(BaseIndex):
@@ -641,8 +656,9 @@ class BaseRangeIndex(BaseIndex):
         """Return the pks of ``key`` matching ``filter_type`` for the normalized ``value`` (Python side)."""
         raise NotImplementedError
 
-    def call_script(self, key: str, tmp_key: str, key_type: str, start: Any, end: Any,
-                    exclude: Any, *args: Any) -> Any:
+    def call_script(
+        self, key: str, tmp_key: str, key_type: str, start: Any, end: Any, exclude: Any, *args: Any
+    ) -> Any:
         """Run the class's Lua filter script, storing the matching pks of ``key`` into ``tmp_key``.
 
         ``exclude`` is the value whose entries are dropped (``None``: none); it is sent as
@@ -660,7 +676,9 @@ class BaseRangeIndex(BaseIndex):
             args=[key_type, start, end, exclusion] + list(args),
         )
 
-    def _filter_into(self, tmp_key: str, key: str, key_type: str, filter_type: Optional[str], value: Any) -> None:
+    def _filter_into(
+        self, tmp_key: str, key: str, key_type: str, filter_type: Optional[str], value: Any
+    ) -> None:
         """Store into ``tmp_key`` the pks of ``key`` matching ``filter_type`` for the raw filter ``value``."""
         value = self.normalize_value(value, transform=False)
         start, end, exclude = self.get_boundaries(filter_type, value)
@@ -761,8 +779,9 @@ class TextRangeIndex(BaseRangeIndex):
                 pks.append(pk)
         return pks
 
-    def call_script(self, key: str, tmp_key: str, key_type: str, start: Any, end: Any,
-                    exclude: Any, *args: Any) -> Any:
+    def call_script(
+        self, key: str, tmp_key: str, key_type: str, start: Any, end: Any, exclude: Any, *args: Any
+    ) -> Any:
         """Run the text filter script (the separator is appended to its arguments)."""
         return super().call_script(key, tmp_key, key_type, start, end, exclude, self.separator, *args)
 
@@ -799,8 +818,13 @@ class NumberRangeIndex(BaseRangeIndex):
             raise DataError(
                 "Invalid value %r for %s.%s: its %s score would be %s, which a Redis sorted set cannot "
                 "hold. Store a finite number (or inf/-inf), or use another index for this field."
-                % (value, self.model.__name__, self.field.name, type(self).__name__,
-                   "an overflow" if score is None else "nan")
+                % (
+                    value,
+                    self.model.__name__,
+                    self.field.name,
+                    type(self).__name__,
+                    "an overflow" if score is None else "nan",
+                )
             )
 
     def prepare_data_to_store(self, pk: Any, value: Any, **kwargs: Any) -> Tuple[Any, Any]:
@@ -841,7 +865,9 @@ class _MultiFieldsIndexMixin:
         cls.configurable_attrs = set(cls.configurable_attrs) - {"handle_uniqueness"}
         return super().handle_configurable_attrs(**kwargs)  # type: ignore[misc]
 
-    def can_filter_fields(self, fields_and_suffixes: Iterable[Tuple[str, Optional[str]]]) -> List[Tuple[Tuple[str, Optional[str]], ...]]:
+    def can_filter_fields(
+        self, fields_and_suffixes: Iterable[Tuple[str, Optional[str]]]
+    ) -> List[Tuple[Tuple[str, Optional[str]], ...]]:
         """Return every ``((field, suffix), ...)`` combination this index can serve (memoized).
 
         ``fields_and_suffixes`` lists the ``(field name, suffix)`` of the filters; the answer of
@@ -861,7 +887,9 @@ class _MultiFieldsIndexMixin:
             cache[ordered] = combinations
         return cache[ordered]
 
-    def _can_filter_fields(self, fields_and_suffixes: List[Tuple[str, Optional[str]]]) -> List[Tuple[str, Set[Optional[str]]]]:
+    def _can_filter_fields(
+        self, fields_and_suffixes: List[Tuple[str, Optional[str]]]
+    ) -> List[Tuple[str, Set[Optional[str]]]]:
         """Return ``[(field name, {suffixes}), ...]`` (main field first) servable among the filters, or ``[]``."""
         raise NotImplementedError
 

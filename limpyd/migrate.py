@@ -80,8 +80,13 @@ def _count(client: Any, prefix: str) -> int:
     return sum(1 for _ in client.scan_iter(match=_glob_escape(prefix) + ":*", count=1000))
 
 
-def migrate_model(model: Any, source: Any, target: Any, batch_size: int = 500,
-                  progress: Optional[Callable[[str, int, Optional[int]], None]] = None) -> Dict[str, Any]:
+def migrate_model(
+    model: Any,
+    source: Any,
+    target: Any,
+    batch_size: int = 500,
+    progress: Optional[Callable[[str, int, Optional[int]], None]] = None,
+) -> Dict[str, Any]:
     """Copy every key of ``model`` from ``source`` to ``target`` (redis-py clients; see the module doc).
 
     The layout of each side follows its client: tagged on a ``RedisCluster``, 2.x on a single
@@ -126,18 +131,30 @@ def migrate_model(model: Any, source: Any, target: Any, batch_size: int = 500,
             break
     source_keys, target_keys = _count(reader, source_prefix), _count(writer, target_prefix)
     writer.delete(state_key)
-    result = {"model": plain_model_name(model), "from": source_prefix, "to": target_prefix, "copied": copied,
-              "source_keys": source_keys, "target_keys": target_keys}
+    result = {
+        "model": plain_model_name(model),
+        "from": source_prefix,
+        "to": target_prefix,
+        "copied": copied,
+        "source_keys": source_keys,
+        "target_keys": target_keys,
+    }
     if source_keys != target_keys:
         raise MigrationError(
             "%s: %d keys under %r on the source, %d under %r on the target after the copy (keys written or "
-            "expired meanwhile?): stop the writers and run the migration again" % (
-                model.__name__, source_keys, source_prefix + ":*", target_keys, target_prefix + ":*"))
+            "expired meanwhile?): stop the writers and run the migration again"
+            % (model.__name__, source_keys, source_prefix + ":*", target_keys, target_prefix + ":*")
+        )
     return result
 
 
-def migrate(models: Iterable[Any], source: Any, target: Any, batch_size: int = 500,
-            progress: Optional[Callable[[str, int, Optional[int]], None]] = None) -> List[Dict[str, Any]]:
+def migrate(
+    models: Iterable[Any],
+    source: Any,
+    target: Any,
+    batch_size: int = 500,
+    progress: Optional[Callable[[str, int, Optional[int]], None]] = None,
+) -> List[Dict[str, Any]]:
     """Copy every key of each of ``models`` from ``source`` to ``target``; return one result per model.
 
     ``source``/``target``: redis-py clients (``redis.Redis`` for a single server, ``RedisCluster``
@@ -146,7 +163,9 @@ def migrate(models: Iterable[Any], source: Any, target: Any, batch_size: int = 5
     source, target = _client(source), _client(target)
     if source is target:
         raise MigrationError("the source and the target are the same client")
-    return [migrate_model(model, source, target, batch_size=batch_size, progress=progress) for model in models]
+    return [
+        migrate_model(model, source, target, batch_size=batch_size, progress=progress) for model in models
+    ]
 
 
 def _client(value: Any) -> Any:
@@ -161,15 +180,31 @@ def _client(value: Any) -> Any:
 
 
 def add_arguments(parser: Any) -> None:
-    parser.add_argument("--from", dest="source", required=True, metavar="URL", help="the server holding the keys")
+    parser.add_argument(
+        "--from", dest="source", required=True, metavar="URL", help="the server holding the keys"
+    )
     parser.add_argument("--to", dest="target", required=True, metavar="URL", help="the server receiving them")
-    parser.add_argument("--from-cluster", action="store_true", help="the source is a Redis Cluster (tagged layout)")
-    parser.add_argument("--to-cluster", action="store_true", help="the target is a Redis Cluster (tagged layout)")
-    parser.add_argument("--model", action="append", metavar="NAME",
-                        help="only this model (class name, module.Class or namespace:name); repeatable")
+    parser.add_argument(
+        "--from-cluster", action="store_true", help="the source is a Redis Cluster (tagged layout)"
+    )
+    parser.add_argument(
+        "--to-cluster", action="store_true", help="the target is a Redis Cluster (tagged layout)"
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="only this model (class name, module.Class or namespace:name); repeatable",
+    )
     parser.add_argument("--batch-size", type=int, default=500, help="keys per round trip (default 500)")
-    parser.add_argument("--models", dest="migrate_models", action="append", default=[], metavar="MODULE",
-                        help="module declaring models (also accepted before the subcommand); repeatable")
+    parser.add_argument(
+        "--models",
+        dest="migrate_models",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module declaring models (also accepted before the subcommand); repeatable",
+    )
 
 
 def run(args: Any) -> int:
@@ -184,11 +219,16 @@ def run(args: Any) -> int:
         try:
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - reported in one line
-            raise cli.CommandError("cannot import --models %s (%s: %s)" % (module, type(exc).__name__, exc)) from exc
+            raise cli.CommandError(
+                "cannot import --models %s (%s: %s)" % (module, type(exc).__name__, exc)
+            ) from exc
     models = cli._registered_models(modules)
     if args.model:
-        models = [m for m in models if any(name in (m.__name__, plain_model_name(m), cli.model_label(m))
-                                           for name in args.model)]
+        models = [
+            m
+            for m in models
+            if any(name in (m.__name__, plain_model_name(m), cli.model_label(m)) for name in args.model)
+        ]
     if not models:
         raise cli.CommandError("no model to migrate in %s" % ", ".join(modules))
     source = client_from_url(args.source, args.from_cluster)
@@ -200,6 +240,13 @@ def run(args: Any) -> int:
         raise cli.CommandError(str(exc)) from exc
     finally:
         progress.close()
-    cli._out(args, results, "\n".join("%s: %d keys copied (%s -> %s), %d on each side" % (
-        r["model"], r["copied"], r["from"], r["to"], r["target_keys"]) for r in results))
+    cli._out(
+        args,
+        results,
+        "\n".join(
+            "%s: %d keys copied (%s -> %s), %d on each side"
+            % (r["model"], r["copied"], r["from"], r["to"], r["target_keys"])
+            for r in results
+        ),
+    )
     return 0

@@ -66,16 +66,56 @@ def _is_metaclass_frame(frame: Any) -> bool:
 #: Names of the model's own attributes in 3.0: a field of one of these names would hide it (or be
 #: hidden by it) and break the model later. Frozen on purpose: methods added after 3.0 lose to a
 #: field of their name instead, so existing models keep working.
-RESERVED_FIELD_NAMES = frozenset((
-    "DoesNotExist", "abstract", "available_commands", "available_getters", "available_modifiers",
-    "collection", "collection_manager", "connect", "connected", "connection", "database",
-    "default_indexes", "delete", "exists", "fields", "from_pks", "get", "get_class_field",
-    "get_class_fields", "get_connection", "get_default_indexes", "get_field", "get_fields",
-    "get_instance_field", "get_instance_fields", "get_or_connect", "has_field", "hdel", "hgetall",
-    "hkeys", "hlen", "hmget", "hmset", "hvals", "instances", "key", "lazy_connect", "lockable",
-    "make_key", "namespace", "pk", "post_command", "scan_keys", "scan_model_keys", "sort_wildcard",
-    "use_database",
-))
+RESERVED_FIELD_NAMES = frozenset(
+    (
+        "DoesNotExist",
+        "abstract",
+        "available_commands",
+        "available_getters",
+        "available_modifiers",
+        "collection",
+        "collection_manager",
+        "connect",
+        "connected",
+        "connection",
+        "database",
+        "default_indexes",
+        "delete",
+        "exists",
+        "fields",
+        "from_pks",
+        "get",
+        "get_class_field",
+        "get_class_fields",
+        "get_connection",
+        "get_default_indexes",
+        "get_field",
+        "get_fields",
+        "get_instance_field",
+        "get_instance_fields",
+        "get_or_connect",
+        "has_field",
+        "hdel",
+        "hgetall",
+        "hkeys",
+        "hlen",
+        "hmget",
+        "hmset",
+        "hvals",
+        "instances",
+        "key",
+        "lazy_connect",
+        "lockable",
+        "make_key",
+        "namespace",
+        "pk",
+        "post_command",
+        "scan_keys",
+        "scan_model_keys",
+        "sort_wildcard",
+        "use_database",
+    )
+)
 
 
 def _check_field_name(model_name: str, name: str, field: Any) -> None:
@@ -85,9 +125,15 @@ def _check_field_name(model_name: str, name: str, field: Any) -> None:
     raise ImplementationError(
         "The field %s.%s (%s) clashes with the model attribute %r that limpyd itself uses (%s). Rename "
         "the field (e.g. %r)%s."
-        % (model_name, name, type(field).__name__, name,
-           "the primary key" if name == "pk" else "RedisModel.%s" % name, name + "_",
-           "; a primary key named pk must be a PKField" if name == "pk" else "")
+        % (
+            model_name,
+            name,
+            type(field).__name__,
+            name,
+            "the primary key" if name == "pk" else "RedisModel.%s" % name,
+            name + "_",
+            "; a primary key named pk must be a PKField" if name == "pk" else "",
+        )
     )
 
 
@@ -456,7 +502,9 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
                         continue
                     if field.indexable:
                         for value in (written.get(field.name), field.proxy_get()):
-                            if value is not None and not (isinstance(value, (list, tuple, set, dict)) and not value):
+                            if value is not None and not (
+                                isinstance(value, (list, tuple, set, dict)) and not value
+                            ):
                                 field.deindex(value)
                         for index in field._indexes:
                             index._reset_rollback_cache(pk)
@@ -473,7 +521,9 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
 
     def _check_multi_fields_uniqueness(self, values: Dict[str, Any]) -> None:
         """Check the unique multi-field indexes for the values given at creation."""
-        unique_indexes = [index for index in self._multi_fields_index_for_filtering if getattr(index, "unique", False)]
+        unique_indexes = [
+            index for index in self._multi_fields_index_for_filtering if getattr(index, "unique", False)
+        ]
         if not unique_indexes or not values:
             return
         for index in unique_indexes:
@@ -693,7 +743,11 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
 
     def _call_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run the command ``name``; ``hmset`` of a lazy instance checks the pk under its field locks."""
-        if name in ("hmset", "hdel") and _atomic.atomic_enabled(type(self)) and not _atomic.in_pipeline(type(self)):
+        if (
+            name in ("hmset", "hdel")
+            and _atomic.atomic_enabled(type(self))
+            and not _atomic.in_pipeline(type(self))
+        ):
             return self._hash_write_atomic(name, *args, **kwargs)
         if name == "hmset" and self._pk and not self._connected:
             return self._call_hmset(name, *args, _limpyd_check_exists=True, **kwargs)
@@ -705,7 +759,9 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         self._check_instancehash_names(written)
         if command == "hmset":
             if not values:
-                raise DataError("HSET requires at least one field to write into %r: got an empty mapping" % self.key)
+                raise DataError(
+                    "HSET requires at least one field to write into %r: got an empty mapping" % self.key
+                )
             for name, value in values.items():
                 check_value(self.get_field(name), value)
             args: Tuple[Any, ...] = (self.key,)
@@ -722,7 +778,9 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         else:
             try:
                 # every entry written is in the diff: a refusal puts them all back
-                result = _atomic.modify(self.get_field(indexed[0]), self._pk, written, redis_command, args, kwargs, check)
+                result = _atomic.modify(
+                    self.get_field(indexed[0]), self._pk, written, redis_command, args, kwargs, check
+                )
             except DoesNotExist:
                 if check:
                     self._pk = None
@@ -809,7 +867,9 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         """Make this instance disappear (data, index entries, collection entry) in ``seconds``."""
         type(self)._check_expiring("expire_in()")
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-            raise ValueError("expire_in(%r) on %s: give a number of seconds >= 0" % (seconds, type(self).__name__))
+            raise ValueError(
+                "expire_in(%r) on %s: give a number of seconds >= 0" % (seconds, type(self).__name__)
+            )
         _atomic.run(type(self), {"op": "expire", "pk": self.pk.get(), "ttl": int(seconds * 1000)})
 
     def expire_at(self, when: Any) -> None:
@@ -817,7 +877,9 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         type(self)._check_expiring("expire_at()")
         timestamp = when.timestamp() if hasattr(when, "timestamp") else when
         if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
-            raise ValueError("expire_at(%r) on %s: give a datetime or a Unix timestamp" % (when, type(self).__name__))
+            raise ValueError(
+                "expire_at(%r) on %s: give a datetime or a Unix timestamp" % (when, type(self).__name__)
+            )
         _atomic.run(type(self), {"op": "expire", "pk": self.pk.get(), "at": int(timestamp * 1000)})
 
     def time_to_live(self) -> Optional[float]:
@@ -872,7 +934,11 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         """
         prefix = make_key(self._name, self.pk.get(), "")
         start = len(prefix)
-        return (key for key in self.database.scan_keys(_glob_escape(prefix) + "*", count) if ":" not in key[start:])
+        return (
+            key
+            for key in self.database.scan_keys(_glob_escape(prefix) + "*", count)
+            if ":" not in key[start:]
+        )
 
     def __eq__(self, other: Any) -> bool:
         if not isinstance(getattr(other, "pk", None), PKField):
@@ -925,16 +991,23 @@ def _audit(cls: Any, **options: Any) -> Any:
     return audit(cls, **options)
 
 
-def _repair(cls: Any, report: Any = None, dry_run: bool = True, delete_orphans: bool = False,
-            keep: str = "oldest", **options: Any) -> Any:
+def _repair(
+    cls: Any,
+    report: Any = None,
+    dry_run: bool = True,
+    delete_orphans: bool = False,
+    keep: str = "oldest",
+    **options: Any,
+) -> Any:
     """Fix what the audit of this model finds (see :func:`limpyd.integrity.repair`)."""
     from limpyd.integrity import repair
 
     return repair(cls, report=report, dry_run=dry_run, delete_orphans=delete_orphans, keep=keep, **options)
 
 
-def _rebuild_indexes(cls: Any, fields: Any = None, resume: bool = True, progress: Any = None,
-                     **options: Any) -> Any:
+def _rebuild_indexes(
+    cls: Any, fields: Any = None, resume: bool = True, progress: Any = None, **options: Any
+) -> Any:
     """Rebuild this model's indexes online (see :func:`limpyd.integrity.rebuild_indexes`)."""
     from limpyd.integrity import rebuild_indexes
 

@@ -29,8 +29,13 @@ def next_deadline(model: Any) -> Optional[float]:
     return max(0.0, (first[0][1] - (seconds * 1000 + microseconds // 1000)) / 1000.0)
 
 
-def reap(models: Iterable[Any], once: bool = False, max_sleep: float = MAX_SLEEP,
-         on_purge: Optional[Callable[[Any, int], None]] = None, should_stop: Callable[[], bool] = lambda: False) -> int:
+def reap(
+    models: Iterable[Any],
+    once: bool = False,
+    max_sleep: float = MAX_SLEEP,
+    on_purge: Optional[Callable[[Any, int], None]] = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
     """Purge the due instances of the expiring ``models``; return how many were removed.
 
     Without ``once``, loop until ``should_stop()`` is true (or KeyboardInterrupt), sleeping until

@@ -80,13 +80,31 @@ class ClusterNode:
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", str(self.directory / "nodes.conf"),
-             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
-             # replicas get their first copy at once (default: 5 s later), so a failover can
-             # happen as soon as the cluster is up: a replica that never synced refuses to take over
-             "--repl-diskless-sync-delay", "0",
-             "--dir", str(self.directory), "--logfile", str(self.log_path)],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(self.directory / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(NODE_TIMEOUT_MS),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                # replicas get their first copy at once (default: 5 s later), so a failover can
+                # happen as soon as the cluster is up: a replica that never synced refuses to take over
+                "--repl-diskless-sync-delay",
+                "0",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.log_path),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
@@ -143,8 +161,10 @@ class TestCluster:
         """Return a plain client on each primary (read from the cluster's own view)."""
         client = RedisCluster(host=self.host, port=self.port, decode_responses=True)
         try:
-            return [redis.Redis(host=node.host, port=node.port, decode_responses=True)
-                    for node in client.get_primaries()]
+            return [
+                redis.Redis(host=node.host, port=node.port, decode_responses=True)
+                for node in client.get_primaries()
+            ]
         finally:
             client.close()
 
@@ -162,9 +182,13 @@ class TestCluster:
                     client = node.client()
                     try:
                         info = client.cluster("info")
-                        primaries = sum(1 for line in client.execute_command("CLUSTER", "NODES").splitlines()
-                                        if "master" in line.split(" ")[2] and "fail" not in line.split(" ")[2]
-                                        and line.split(" ")[8:])
+                        primaries = sum(
+                            1
+                            for line in client.execute_command("CLUSTER", "NODES").splitlines()
+                            if "master" in line.split(" ")[2]
+                            and "fail" not in line.split(" ")[2]
+                            and line.split(" ")[8:]
+                        )
                     finally:
                         client.close()
                     states.append(info.get("cluster_state") == "ok" and primaries == 3)
@@ -173,8 +197,11 @@ class TestCluster:
             except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError, IndexError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("the private cluster is not ok after %ss; logs:\n%s" % (
-                    timeout, "\n".join("--- %d\n%s" % (n.port, n.log_tail()) for n in nodes)), pytrace=False)
+                pytest.fail(
+                    "the private cluster is not ok after %ss; logs:\n%s"
+                    % (timeout, "\n".join("--- %d\n%s" % (n.port, n.log_tail()) for n in nodes)),
+                    pytrace=False,
+                )
             time.sleep(0.05)
 
     def wait_replicas_synced(self, timeout: float = 30.0) -> None:
@@ -198,7 +225,9 @@ class TestCluster:
             if synced:
                 return
             if time.monotonic() > deadline:
-                pytest.fail("the replicas of the private cluster are not synced after %ss" % timeout, pytrace=False)
+                pytest.fail(
+                    "the replicas of the private cluster are not synced after %ss" % timeout, pytrace=False
+                )
             time.sleep(0.05)
 
     def flushall(self) -> None:
@@ -246,15 +275,29 @@ def _start_private_cluster(directory: Path) -> TestCluster:
                         break
                     except redis.ConnectionError:
                         if time.monotonic() > deadline:
-                            raise RuntimeError("node %d does not answer:\n%s" % (node.port, node.log_tail())) from None
+                            raise RuntimeError(
+                                "node %d does not answer:\n%s" % (node.port, node.log_tail())
+                            ) from None
                         time.sleep(0.02)
             result = subprocess.run(
-                [cli, "--cluster", "create", *["127.0.0.1:%d" % port for port in ports],
-                 "--cluster-replicas", "1", "--cluster-yes"],
-                capture_output=True, text=True, timeout=60,
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *["127.0.0.1:%d" % port for port in ports],
+                    "--cluster-replicas",
+                    "1",
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             if result.returncode != 0:
-                raise RuntimeError("redis-cli --cluster create failed:\n%s%s" % (result.stdout[-2000:], result.stderr[-2000:]))
+                raise RuntimeError(
+                    "redis-cli --cluster create failed:\n%s%s"
+                    % (result.stdout[-2000:], result.stderr[-2000:])
+                )
             cluster.wait_ok()
             cluster.wait_replicas_synced()
             return cluster
@@ -298,7 +341,9 @@ def cluster_database(redis_cluster: TestCluster) -> Iterator[RedisDatabase]:
 
 #: the core modules whose tests run on both backends: each test using the ``database`` fixture
 #: runs once on the private server (``single``) and once on the private cluster (``cluster``)
-BOTH_BACKENDS = re.compile(r"^test_(model|fields.*|indexes|collection.*|contrib_(?!related_definitions).*)\.py$")
+BOTH_BACKENDS = re.compile(
+    r"^test_(model|fields.*|indexes|collection.*|contrib_(?!related_definitions).*)\.py$"
+)
 # (test_contrib_related_definitions.py checks the registry of relations, keyed by 2.x model names,
 # without Redis: nothing to run on a cluster)
 
@@ -342,7 +387,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def cluster_variant(request: pytest.FixtureRequest) -> Iterator[RedisDatabase]:
     """Yield the cluster ``database`` of a parametrized test (or skip it, with the reason)."""
-    direct = set(inspect.signature(request.node.function).parameters) if hasattr(request.node, "function") else set()
+    direct = (
+        set(inspect.signature(request.node.function).parameters)
+        if hasattr(request.node, "function")
+        else set()
+    )
     for name, reason in SINGLE_SERVER_FIXTURES.items():
         # ``redis_settings`` is also a dependency of ``database`` itself: only a direct use counts
         if name in (direct if name in ("redis_settings", "redis_version") else request.fixturenames):

@@ -74,7 +74,9 @@ def keys_of(client: redis.Redis) -> Dict[str, int]:
 
 def temporary_keys(client: redis.Redis) -> List[str]:
     """Return the temporary keys of collections and indexes present in the db."""
-    return sorted(key for key in client.scan_iter(count=1000) if "__collection__" in key or "__index__" in key)
+    return sorted(
+        key for key in client.scan_iter(count=1000) if "__collection__" in key or "__index__" in key
+    )
 
 
 def boat_model(db, ns):

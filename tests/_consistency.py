@@ -52,8 +52,16 @@ KIND_DEADLINE = "deadline without its instance"
 #: the sorted set of the deadlines of an expiring model's instances (pk scored by ms, server time)
 DEADLINES_PART = "__deadlines__"
 
-KINDS = (KIND_STALE_ENTRY, KIND_MISSING_ENTRY, KIND_EMPTY_PK, KIND_ORPHAN_DATA, KIND_DUPLICATE_UNIQUE,
-         KIND_LOCK, KIND_TEMPORARY, KIND_UNKNOWN)
+KINDS = (
+    KIND_STALE_ENTRY,
+    KIND_MISSING_ENTRY,
+    KIND_EMPTY_PK,
+    KIND_ORPHAN_DATA,
+    KIND_DUPLICATE_UNIQUE,
+    KIND_LOCK,
+    KIND_TEMPORARY,
+    KIND_UNKNOWN,
+)
 
 TEXT_RANGE_SEPARATOR = ":TEXT-RANGE-SEPARATOR:"
 LOCK_PART = "lock-for-update"
@@ -113,8 +121,11 @@ def _index_spec(index_class: type) -> IndexSpec:
     """Describe an index class; refuse what this checker cannot compute independently."""
     if getattr(index_class, "transform", None) is not None:
         raise ValueError("check_consistency does not support index transforms (%r)" % index_class)
-    for base, kind in ((limpyd_indexes.NumberRangeIndex, "number"), (limpyd_indexes.TextRangeIndex, "text"),
-                       (limpyd_indexes.EqualIndex, "equal")):
+    for base, kind in (
+        (limpyd_indexes.NumberRangeIndex, "number"),
+        (limpyd_indexes.TextRangeIndex, "text"),
+        (limpyd_indexes.EqualIndex, "equal"),
+    ):
         if issubclass(index_class, base) and getattr(index_class, "filter_single_field", True):
             key = index_class.key
             if kind == "text" and key is None:
@@ -136,8 +147,9 @@ def _field_spec(model: type, name: str) -> Optional[FieldSpec]:
     else:
         raise ValueError("check_consistency does not support the field %s.%s" % (model.__name__, name))
     index_classes = [type(index) for index in model_field._indexes] if model_field.indexable else []
-    return FieldSpec(name, kind, redis_type, tuple(_index_spec(c) for c in index_classes),
-                     bool(model_field.unique))
+    return FieldSpec(
+        name, kind, redis_type, tuple(_index_spec(c) for c in index_classes), bool(model_field.unique)
+    )
 
 
 def _model_spec(model: type) -> ModelSpec:
@@ -192,7 +204,7 @@ def read_snapshot(client: redis.Redis, chunk: int = 500) -> Snapshot:
     keys = sorted({_text(key) for key in client.scan_iter(count=1000)})
     snapshot = Snapshot()
     for start in range(0, len(keys), chunk):
-        part = keys[start:start + chunk]
+        part = keys[start : start + chunk]
         pipe = client.pipeline(transaction=False)
         for key in part:
             pipe.type(key)
@@ -242,8 +254,9 @@ def _join(*parts: Any) -> str:
     return ":".join(str(part) for part in parts)
 
 
-def _expected_entry(model_name: str, spec: FieldSpec, index: IndexSpec, pk: str,
-                    parts: Tuple[str, ...]) -> Tuple[str, str, str, Optional[float]]:
+def _expected_entry(
+    model_name: str, spec: FieldSpec, index: IndexSpec, pk: str, parts: Tuple[str, ...]
+) -> Tuple[str, str, str, Optional[float]]:
     """Return ``(key, redis type, member, score)`` of the entry of ``pk`` for ``parts`` in ``index``."""
     extra, value = parts[:-1], parts[-1]
     base = [model_name, spec.name, *extra]
@@ -325,21 +338,24 @@ def _classify(snapshot: Snapshot, models: Sequence[ModelSpec], problems: List[st
             problems.append("%s: %s (%s, belongs to no checked model)" % (KIND_UNKNOWN, key, kind))
             continue
         keys = found[spec.name]
-        rest = key[len(spec.name) + 1:]
+        rest = key[len(spec.name) + 1 :]
         if (rest == "collection" and kind == "set") or (rest == "max_pk" and kind == "string"):
             continue
         if rest == DEADLINES_PART and kind == "zset":  # expiring instances: every pk must exist
             for pk in snapshot.contents[key]:  # {member: score}
                 if pk not in keys.collection:
-                    problems.append("%s: %s member %r (no such pk in %s:collection)"
-                                    % (KIND_DEADLINE, key, pk, spec.name))
+                    problems.append(
+                        "%s: %s member %r (no such pk in %s:collection)" % (KIND_DEADLINE, key, pk, spec.name)
+                    )
             continue
         if rest.startswith(LOCK_PART + ":"):
             problems.append("%s: %s" % (KIND_LOCK, key))
             continue
         if rest.split(":", 1)[0] in TEMPORARY_PARTS:
             if not (rest.startswith(STORE_PREFIX) and snapshot.has_ttl.get(key)):
-                problems.append("%s: %s (%s, ttl: %s)" % (KIND_TEMPORARY, key, kind, snapshot.has_ttl.get(key)))
+                problems.append(
+                    "%s: %s (%s, ttl: %s)" % (KIND_TEMPORARY, key, kind, snapshot.has_ttl.get(key))
+                )
             continue
         instance = _instance_field(spec, rest, kind)
         if instance is not None and (instance[0] in keys.collection or not _is_index_key(spec, rest, kind)):
@@ -351,8 +367,9 @@ def _classify(snapshot: Snapshot, models: Sequence[ModelSpec], problems: List[st
     return found
 
 
-def _stored_values(spec: ModelSpec, snapshot: Snapshot, pk_keys: List[Tuple[str, str]],
-                   problems: List[str]) -> Dict[str, Any]:
+def _stored_values(
+    spec: ModelSpec, snapshot: Snapshot, pk_keys: List[Tuple[str, str]], problems: List[str]
+) -> Dict[str, Any]:
     """Return ``{field name: stored value}`` of one pk (instance-hash entries split per field)."""
     values: Dict[str, Any] = {}
     for key, name in pk_keys:
@@ -397,12 +414,15 @@ def _check_model(spec: ModelSpec, snapshot: Snapshot, keys: _ModelKeys, problems
                     owners.setdefault((name, _uniqueness_value(unique_index, parts[-1])), set()).add(pk)
     for (name, value), pks in sorted(owners.items(), key=repr):
         if len(pks) > 1:
-            problems.append("%s: %s.%s = %r held by pks %s" % (KIND_DUPLICATE_UNIQUE, spec.name, name, value,
-                                                               sorted(pks)))
+            problems.append(
+                "%s: %s.%s = %r held by pks %s" % (KIND_DUPLICATE_UNIQUE, spec.name, name, value, sorted(pks))
+            )
     _compare_indexes(expected, snapshot, keys.index_keys, problems)
 
 
-def _compare_indexes(expected: _Expected, snapshot: Snapshot, index_keys: Iterable[str], problems: List[str]) -> None:
+def _compare_indexes(
+    expected: _Expected, snapshot: Snapshot, index_keys: Iterable[str], problems: List[str]
+) -> None:
     """Report every actual index member not expected, and every expected member missing or wrong."""
     actual_keys = set(index_keys)
     for key in sorted(actual_keys):
@@ -425,8 +445,10 @@ def _compare_indexes(expected: _Expected, snapshot: Snapshot, index_keys: Iterab
             if member not in members:
                 problems.append("%s: %s member %r (%s)" % (KIND_MISSING_ENTRY, key, member, origin))
             elif score is not None and not _same_score(members[member], score):
-                problems.append("%s: %s member %r has score %r, expected %r (%s)"
-                                % (KIND_MISSING_ENTRY, key, member, members[member], score, origin))
+                problems.append(
+                    "%s: %s member %r has score %r, expected %r (%s)"
+                    % (KIND_MISSING_ENTRY, key, member, members[member], score, origin)
+                )
 
 
 def _same_score(actual: float, wanted: float) -> bool:
@@ -454,5 +476,8 @@ def assert_consistent(client: redis.Redis, models: Iterable[type], context: str 
     """Fail with every problem found by :func:`check_consistency`."""
     problems = check_consistency(client, models)
     if problems:
-        header = "inconsistent database%s: %d problem(s)" % (" (%s)" % context if context else "", len(problems))
+        header = "inconsistent database%s: %d problem(s)" % (
+            " (%s)" % context if context else "",
+            len(problems),
+        )
         raise AssertionError("\n  ".join([header] + problems[:60] + (["..."] if len(problems) > 60 else [])))

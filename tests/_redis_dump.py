@@ -81,7 +81,10 @@ def slowlog_entries(client: redis.Redis) -> Iterator[List[dict]]:
 
     Yields a list filled at exit with the SLOWLOG entries; the server's settings are restored.
     """
-    saved = {name: next(iter(client.config_get(name).values())) for name in ("slowlog-max-len", "slowlog-log-slower-than")}
+    saved = {
+        name: next(iter(client.config_get(name).values()))
+        for name in ("slowlog-max-len", "slowlog-log-slower-than")
+    }
     client.config_set("slowlog-max-len", 100000)
     client.config_set("slowlog-log-slower-than", 0)
     client.slowlog_reset()

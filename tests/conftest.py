@@ -48,7 +48,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         client.close()
         if "db" not in settings or not url.rstrip("/").rsplit("/", 1)[-1].isdigit():
             pytest.fail("LIMPYD_TEST_REDIS_URL must name a db, e.g. redis://localhost:6379/15", pytrace=False)
-        yield {"external": True, **{k: settings[k] for k in ("host", "port", "db", "password") if k in settings}}
+        yield {
+            "external": True,
+            **{k: settings[k] for k in ("host", "port", "db", "password") if k in settings},
+        }
         return
 
     binary = _find_redis_server()
@@ -56,8 +59,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     socket_path = directory / "redis.sock"
     log_path = directory / "redis.log"
     process = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
-         "--save", "", "--appendonly", "no", "--dir", str(directory), "--logfile", str(log_path)],
+        [
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket_path),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--logfile",
+            str(log_path),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
@@ -112,7 +130,9 @@ def _flush(client: redis.Redis, external: bool) -> None:
 
 
 @pytest.fixture
-def database(request: pytest.FixtureRequest, redis_server: dict, redis_settings: dict) -> Iterator[RedisDatabase]:
+def database(
+    request: pytest.FixtureRequest, redis_server: dict, redis_settings: dict
+) -> Iterator[RedisDatabase]:
     """Return a ``RedisDatabase`` on the private server, emptied after the test.
 
     In the core modules it is parametrized (``single``/``cluster``, tests/_cluster.py): the
@@ -217,7 +237,10 @@ def count_commands(redis_settings: dict):
         with counter:
             yield counter
         if expected is not None:
-            assert counter.count == expected, "expected %d Redis commands, %d were sent" % (expected, counter.count)
+            assert counter.count == expected, "expected %d Redis commands, %d were sent" % (
+                expected,
+                counter.count,
+            )
 
     yield counting
     client.close()
@@ -257,6 +280,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     for item in items:
         if "redis_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.redis)
+
 
 from _cluster import (  # noqa: E402, F401 - the Redis Cluster fixtures (lazy) and the backend parametrization
     cluster_database,

@@ -43,8 +43,21 @@ def define(database, namespace, atomic, name="Item"):
 
 def scenario(Item):
     """Every modifier of every field type, on indexable fields."""
-    a = Item(code="a", name="n1", text="hello", size=5, count=3, label="L", tags=["x", "y"], items=["i1", "i2"],
-             scores={"m1": 1}, h={"k": "v"}, note="z", plain="p", uset=["u1"])
+    a = Item(
+        code="a",
+        name="n1",
+        text="hello",
+        size=5,
+        count=3,
+        label="L",
+        tags=["x", "y"],
+        items=["i1", "i2"],
+        scores={"m1": 1},
+        h={"k": "v"},
+        note="z",
+        plain="p",
+        uset=["u1"],
+    )
     b = Item(code="b", name="n2", size="not a number", text="")
     c = Item(code="c", tags=["x"], d="given")
     a.name.set("n3")
@@ -84,8 +97,13 @@ def scenario(Item):
     c.name.delete()
     c.tags.delete()
     c.code.delete()
-    for write in (lambda: b.code.hset("a3"), lambda: Item(code="a3"), lambda: b.hmset(code="a3", note="q"),
-                  lambda: b.uset.sadd("u1"), lambda: Item(code="new", uset=["u2"])):
+    for write in (
+        lambda: b.code.hset("a3"),
+        lambda: Item(code="a3"),
+        lambda: b.hmset(code="a3", note="q"),
+        lambda: b.uset.sadd("u1"),
+        lambda: Item(code="new", uset=["u2"]),
+    ):
         with pytest.raises(UniquenessError):
             write()
     b.delete()
@@ -97,8 +115,11 @@ def scenario(Item):
 
 def strip(namespace, content):
     """Return the dump with the namespace taken out of the key names."""
-    return {key.replace(namespace + ":", "<ns>:", 1): value for key, value in content.items()
-            if key.startswith(namespace + ":")}
+    return {
+        key.replace(namespace + ":", "<ns>:", 1): value
+        for key, value in content.items()
+        if key.startswith(namespace + ":")
+    }
 
 
 @pytest.fixture
@@ -123,10 +144,14 @@ def test_related_fields_same_bytes(database, namespace, raw):
         attrs = {"database": database, "namespace": ns, "atomic_writes": atomic, "abstract": True}
         Base = type("Base", (RelatedModel,), attrs)
         Person = type("Person", (Base,), {"name": fields.InstanceHashField(indexable=True)})
-        Group = type("Group", (Base,), {
-            "owner": FKInstanceHashField(Person, related_name="owned"),
-            "members": M2MSetField(Person, related_name="memberships"),
-        })
+        Group = type(
+            "Group",
+            (Base,),
+            {
+                "owner": FKInstanceHashField(Person, related_name="owned"),
+                "members": M2MSetField(Person, related_name="memberships"),
+            },
+        )
         return Person, Group
 
     for ns, atomic in ((namespace + "d", False), (namespace + "a", True)):
@@ -170,11 +195,19 @@ def test_refusals_write_nothing(database, namespace, raw):
     first = Item(code="a", uset=["u1"], tags=["t"])
     second = Item(code="b")
     before = dump(raw)
-    for write in (lambda: Item(code="a"), lambda: Item(code="z", uset=["u1"]), lambda: second.code.hset("a"),
-                  lambda: second.hmset(code="a", note="n", size=3), lambda: second.uset.sadd("u0", "u1"),
-                  lambda: Item(name="x", code="a", tags=["q"])):
-        with pytest.raises(UniquenessError, match=r'^Value "(a|u1)" already indexed for unique field Item\.(code|uset) '
-                                                  r'\(for instance 1\)$'):
+    for write in (
+        lambda: Item(code="a"),
+        lambda: Item(code="z", uset=["u1"]),
+        lambda: second.code.hset("a"),
+        lambda: second.hmset(code="a", note="n", size=3),
+        lambda: second.uset.sadd("u0", "u1"),
+        lambda: Item(name="x", code="a", tags=["q"]),
+    ):
+        with pytest.raises(
+            UniquenessError,
+            match=r'^Value "(a|u1)" already indexed for unique field Item\.(code|uset) '
+            r"\(for instance 1\)$",
+        ):
             write()
         assert dump(raw) == before
     with pytest.raises(DoesNotExist):
@@ -188,29 +221,64 @@ def test_database_and_base_settings(database, namespace):
         atomic_writes = True
 
     db = AtomicDatabase(**database.connection_settings)
-    Item = type("Item", (model.RedisModel,), {"database": db, "namespace": namespace,
-                                              "name": fields.StringField(indexable=True)})
-    Base = type("Base", (model.RedisModel,), {"database": database, "namespace": namespace + "b",
-                                              "abstract": True, "atomic_writes": True})
+    Item = type(
+        "Item",
+        (model.RedisModel,),
+        {"database": db, "namespace": namespace, "name": fields.StringField(indexable=True)},
+    )
+    Base = type(
+        "Base",
+        (model.RedisModel,),
+        {"database": database, "namespace": namespace + "b", "abstract": True, "atomic_writes": True},
+    )
     Child = type("Child", (Base,), {"name": fields.StringField(indexable=True)})
-    Opted = type("Opted", (model.RedisModel,), {"database": db, "namespace": namespace, "atomic_writes": False,
-                                                "name": fields.StringField(indexable=True)})
+    Opted = type(
+        "Opted",
+        (model.RedisModel,),
+        {
+            "database": db,
+            "namespace": namespace,
+            "atomic_writes": False,
+            "name": fields.StringField(indexable=True),
+        },
+    )
     from limpyd import _atomic
 
-    assert _atomic.atomic_enabled(Item) and _atomic.atomic_enabled(Child) and not _atomic.atomic_enabled(Opted)
+    assert (
+        _atomic.atomic_enabled(Item) and _atomic.atomic_enabled(Child) and not _atomic.atomic_enabled(Opted)
+    )
 
 
-@pytest.mark.parametrize("index, words", [
-    (EqualIndex.configure(transform=lambda value: value.lower()), ["EqualIndex", "transform"]),
-    (type("MyIndex", (EqualIndex,), {"get_storage_key": EqualIndex.get_storage_key.__wrapped__
-                                     if hasattr(EqualIndex.get_storage_key, "__wrapped__") else
-                                     (lambda self, *args, **kwargs: EqualIndex.get_storage_key(self, *args, **kwargs))}),
-     ["MyIndex"]),
-])
+@pytest.mark.parametrize(
+    "index, words",
+    [
+        (EqualIndex.configure(transform=lambda value: value.lower()), ["EqualIndex", "transform"]),
+        (
+            type(
+                "MyIndex",
+                (EqualIndex,),
+                {
+                    "get_storage_key": EqualIndex.get_storage_key.__wrapped__
+                    if hasattr(EqualIndex.get_storage_key, "__wrapped__")
+                    else (lambda self, *args, **kwargs: EqualIndex.get_storage_key(self, *args, **kwargs))
+                },
+            ),
+            ["MyIndex"],
+        ),
+    ],
+)
 def test_an_index_without_server_side_form_is_refused_at_definition(database, namespace, index, words):
     with pytest.raises(ImplementationError) as raised:
-        type("Item", (model.RedisModel,), {"database": database, "namespace": namespace, "atomic_writes": True,
-                                           "name": fields.StringField(indexable=True, indexes=[index])})
+        type(
+            "Item",
+            (model.RedisModel,),
+            {
+                "database": database,
+                "namespace": namespace,
+                "atomic_writes": True,
+                "name": fields.StringField(indexable=True, indexes=[index]),
+            },
+        )
     message = str(raised.value)
     assert "Item.name" in message and "has no server-side form" in message
     assert "Set atomic_writes = False (and no expiring/default_ttl) on Item" in message
@@ -222,14 +290,22 @@ def test_date_and_time_indexes_same_bytes(database, namespace, raw):
     from limpyd.contrib.indexes import DateIndex, DateTimeIndex, SimpleDateTimeIndex, TimeIndex
 
     def scenario_dates(ns, atomic):
-        Event = type("Event", (model.RedisModel,), {
-            "database": database, "namespace": ns, "atomic_writes": atomic,
-            "day": fields.StringField(indexable=True, indexes=[DateIndex]),
-            "hour": fields.InstanceHashField(indexable=True, indexes=[TimeIndex]),
-            "at": fields.StringField(indexable=True, indexes=[DateTimeIndex]),
-            "simple": fields.InstanceHashField(indexable=True, indexes=[SimpleDateTimeIndex]),
-        })
-        first = Event(day="2024-02-29", hour="12:34:56", at="2024-02-29 12:34:56", simple="2023-01-01 00:00:01")
+        Event = type(
+            "Event",
+            (model.RedisModel,),
+            {
+                "database": database,
+                "namespace": ns,
+                "atomic_writes": atomic,
+                "day": fields.StringField(indexable=True, indexes=[DateIndex]),
+                "hour": fields.InstanceHashField(indexable=True, indexes=[TimeIndex]),
+                "at": fields.StringField(indexable=True, indexes=[DateTimeIndex]),
+                "simple": fields.InstanceHashField(indexable=True, indexes=[SimpleDateTimeIndex]),
+            },
+        )
+        first = Event(
+            day="2024-02-29", hour="12:34:56", at="2024-02-29 12:34:56", simple="2023-01-01 00:00:01"
+        )
         second = Event(day="2025-12-31", at="2025-12-31 23:59:59")
         first.day.set("2024-03-01")
         first.hmset(hour="01:02:03", simple="2022-06-15 10:20:30")
@@ -253,16 +329,27 @@ def test_equal_index_with_and_scored_equal_index_same_bytes(database, namespace,
     from limpyd.contrib.indexes import EqualIndexWith, ScoredEqualIndex
 
     def run(ns, atomic):
-        Task = type("Task", (model.RedisModel,), {
-            "database": database, "namespace": ns, "atomic_writes": atomic,
-            "collection_manager": ExtendedCollectionManager,
-            "owner": fields.InstanceHashField(indexable=True, indexes=[
-                EqualIndexWith.configure(other_fields=["kind"], unique=True)]),
-            "kind": fields.StringField(indexable=True),
-            "queue": fields.StringField(indexable=True, indexes=[ScoredEqualIndex.configure(score_field="prio")]),
-            "prio": fields.InstanceHashField(),
-            "labels": fields.SetField(indexable=True, indexes=[EqualIndexWith.configure(other_fields=["kind"])]),
-        })
+        Task = type(
+            "Task",
+            (model.RedisModel,),
+            {
+                "database": database,
+                "namespace": ns,
+                "atomic_writes": atomic,
+                "collection_manager": ExtendedCollectionManager,
+                "owner": fields.InstanceHashField(
+                    indexable=True, indexes=[EqualIndexWith.configure(other_fields=["kind"], unique=True)]
+                ),
+                "kind": fields.StringField(indexable=True),
+                "queue": fields.StringField(
+                    indexable=True, indexes=[ScoredEqualIndex.configure(score_field="prio")]
+                ),
+                "prio": fields.InstanceHashField(),
+                "labels": fields.SetField(
+                    indexable=True, indexes=[EqualIndexWith.configure(other_fields=["kind"])]
+                ),
+            },
+        )
         a = Task(owner="ann", kind="bug", queue="q1", prio=5, labels=["x", "y"])
         b = Task(owner="bob", kind="bug", queue="q1", prio=1)
         with pytest.raises(UniquenessError):

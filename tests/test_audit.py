@@ -107,8 +107,11 @@ def test_recheck_drops_findings_fixed_meanwhile(Base, client):
 
 def test_range_indexes_and_configured_equal_indexes(Base, client):
     class Ranged(Base):
-        title = fields.StringField(indexable=True, unique=True,
-                                   indexes=[TextRangeIndex, EqualIndex.configure(prefix="rev", transform=lambda v: v[::-1])])
+        title = fields.StringField(
+            indexable=True,
+            unique=True,
+            indexes=[TextRangeIndex, EqualIndex.configure(prefix="rev", transform=lambda v: v[::-1])],
+        )
         age = fields.InstanceHashField(indexable=True, indexes=[NumberRangeIndex])
         info = fields.HashField(indexable=True, indexes=[EqualIndex, NumberRangeIndex])
 
@@ -150,13 +153,23 @@ def test_contrib_indexes(Base, client):
         when = fields.StringField(indexable=True, indexes=[DateTimeIndex])
         simple = fields.InstanceHashField(indexable=True, indexes=[SimpleDateTimeIndex])
         prio = fields.InstanceHashField()
-        kind = fields.InstanceHashField(indexable=True, indexes=[ScoredEqualIndex.configure(score_field="prio")])
-        a = fields.StringField(indexable=True, indexes=[EqualIndexWith.configure(other_fields=["b"], unique=True)])
+        kind = fields.InstanceHashField(
+            indexable=True, indexes=[ScoredEqualIndex.configure(score_field="prio")]
+        )
+        a = fields.StringField(
+            indexable=True, indexes=[EqualIndexWith.configure(other_fields=["b"], unique=True)]
+        )
         b = fields.SetField()
 
     for i in range(5):
-        Event(when="2015-12-1%d 15:16:17" % i, simple="2016-01-0%d 01:02:03" % (i + 1), prio=i, kind="k%d" % (i % 2),
-              a="x%d" % i, b=["p", "q"])
+        Event(
+            when="2015-12-1%d 15:16:17" % i,
+            simple="2016-01-0%d 01:02:03" % (i + 1),
+            prio=i,
+            kind="k%d" % (i % 2),
+            a="x%d" % i,
+            b=["p", "q"],
+        )
     assert Event.audit().clean
     # the expected keys exist (written by the library, found by the audit's own computation)
     assert client.zscore("%s:when:year:number-range" % Event._name, "2") == 2015.0

@@ -64,10 +64,36 @@ def M(database, namespace):
 @pytest.fixture
 def objects(M):
     """Two fully populated instances: ``taken`` owns the unique values, ``obj`` is the one we break."""
-    taken = M(s="s0", i="i0", u="taken", t="taken", ih="ih0", uih="taken", tags=["a0"], utags=["taken"],
-              items=["l0"], uitems=["taken"], scores={"z0": 1}, uscores={"taken": 1}, h={"k": "v0"})
-    obj = M(s="s1", i="i1", u="u1", t="t1", ih="ih1", uih="uih1", tags=["a1", "b1"], utags=["x1"],
-            items=["l1", "m1"], uitems=["y1"], scores={"z1": 2}, uscores={"w1": 2}, h={"k": "v1", "n": "5"})
+    taken = M(
+        s="s0",
+        i="i0",
+        u="taken",
+        t="taken",
+        ih="ih0",
+        uih="taken",
+        tags=["a0"],
+        utags=["taken"],
+        items=["l0"],
+        uitems=["taken"],
+        scores={"z0": 1},
+        uscores={"taken": 1},
+        h={"k": "v0"},
+    )
+    obj = M(
+        s="s1",
+        i="i1",
+        u="u1",
+        t="t1",
+        ih="ih1",
+        uih="uih1",
+        tags=["a1", "b1"],
+        utags=["x1"],
+        items=["l1", "m1"],
+        uitems=["y1"],
+        scores={"z1": 2},
+        uscores={"w1": 2},
+        h={"k": "v1", "n": "5"},
+    )
     return taken, obj
 
 
@@ -116,8 +142,18 @@ class NoStr:
     pass
 
 
-BAD_VALUES = [object(), NoStr(), True, False, decimal.Decimal("1.5"), datetime.datetime(2020, 1, 2),
-              datetime.date(2020, 1, 2), (1,), [1], {"a": 1}]
+BAD_VALUES = [
+    object(),
+    NoStr(),
+    True,
+    False,
+    decimal.Decimal("1.5"),
+    datetime.datetime(2020, 1, 2),
+    datetime.date(2020, 1, 2),
+    (1,),
+    [1],
+    {"a": 1},
+]
 BAD_IDS = ["object", "class", "True", "False", "Decimal", "datetime", "date", "tuple", "list", "dict"]
 
 VALUE_CALLS = [
@@ -150,9 +186,15 @@ def test_non_utf8_bytes(raw, M, objects, namespace):
     obj.s.set("s1")
     # indexable: the index value cannot be computed (it is the UTF-8 decoded str), nothing is written
     # (the spec names no exception for this case: the decode error, or a DataError raised earlier)
-    for call in (lambda: obj.i.set(b"\xff"), lambda: obj.u.set(b"\xff"), lambda: obj.tags.sadd("ok", b"\xff"),
-                 lambda: obj.items.rpush(b"\xc3"), lambda: obj.h.hset("k", b"\xff"),
-                 lambda: obj.hmset(ih=b"\xff"), lambda: M(u=b"\xff")):
+    for call in (
+        lambda: obj.i.set(b"\xff"),
+        lambda: obj.u.set(b"\xff"),
+        lambda: obj.tags.sadd("ok", b"\xff"),
+        lambda: obj.items.rpush(b"\xc3"),
+        lambda: obj.h.hset("k", b"\xff"),
+        lambda: obj.hmset(ih=b"\xff"),
+        lambda: M(u=b"\xff"),
+    ):
         unchanged(raw, call, (UnicodeDecodeError, redis.DataError))
     # valid UTF-8 bytes are fine and index as str
     obj.i.set("caf\u00e9".encode())
@@ -181,31 +223,73 @@ NOT_ALLOWED = [
     ("instance hash expire", lambda o: o.ih.expire(10), (AttributeError, ImplementationError), None),
     ("instance hash ttl", lambda o: o.uih.ttl(), AttributeError, None),
     ("pk ttl", lambda o: o.pk.ttl(), AttributeError, "^ttl is not an available command for AutoPKField "),
-    ("traverse unknown", lambda o: o.s._traverse_command("hget", "x"), AttributeError,
-     "^hget is not an available command for StringField "),
-    ("expire indexable", lambda o: o.i.expire(10), ImplementationError, "^Indexable fields cannot be expired$"),
-    ("pexpire set", lambda o: o.tags.pexpire(10000), ImplementationError, "^Indexable fields cannot be expired$"),
-    ("expireat list", lambda o: o.items.expireat(2 ** 40), ImplementationError, None),
-    ("pexpireat zset", lambda o: o.scores.pexpireat(2 ** 50), ImplementationError, None),
+    (
+        "traverse unknown",
+        lambda o: o.s._traverse_command("hget", "x"),
+        AttributeError,
+        "^hget is not an available command for StringField ",
+    ),
+    (
+        "expire indexable",
+        lambda o: o.i.expire(10),
+        ImplementationError,
+        "^Indexable fields cannot be expired$",
+    ),
+    (
+        "pexpire set",
+        lambda o: o.tags.pexpire(10000),
+        ImplementationError,
+        "^Indexable fields cannot be expired$",
+    ),
+    ("expireat list", lambda o: o.items.expireat(2**40), ImplementationError, None),
+    ("pexpireat zset", lambda o: o.scores.pexpireat(2**50), ImplementationError, None),
     ("expire hash", lambda o: o.h.expire(10), ImplementationError, None),
-    ("setex indexable", lambda o: o.i.setex(10, "x"), ImplementationError, "^Indexable fields cannot be expired$"),
+    (
+        "setex indexable",
+        lambda o: o.i.setex(10, "x"),
+        ImplementationError,
+        "^Indexable fields cannot be expired$",
+    ),
     ("psetex unique", lambda o: o.u.psetex(10000, "x"), ImplementationError, None),
     ("set ex indexable", lambda o: o.i.set("x", ex=10), ImplementationError, None),
     ("set px unique", lambda o: o.u.set("x", px=10), ImplementationError, None),
-    ("set nx", lambda o: o.s.set("x", nx=True), LimpydException, "^nx argument to SET is not supported by limpyd$"),
-    ("set xx", lambda o: o.i.set("x", xx=True), LimpydException, "^xx argument to SET is not supported by limpyd$"),
+    (
+        "set nx",
+        lambda o: o.s.set("x", nx=True),
+        LimpydException,
+        "^nx argument to SET is not supported by limpyd$",
+    ),
+    (
+        "set xx",
+        lambda o: o.i.set("x", xx=True),
+        LimpydException,
+        "^xx argument to SET is not supported by limpyd$",
+    ),
     ("set keepttl", lambda o: o.s.set("x", keepttl=True), TypeError, None),
     ("set get", lambda o: o.i.set("x", get=True), TypeError, None),
     ("zadd nx", lambda o: o.scores.zadd({"x": 1}, nx=True), LimpydException, None),
-    ("zadd incr", lambda o: o.scores.zadd(x=1, incr=True), LimpydException,
-     "^incr argument to ZADD is not supported by limpyd$"),
-    ("zadd three args", lambda o: o.scores.zadd({"x": 1}, True, 3), LimpydException,
-     "^ZADD accepts only two argumnets: 'mapping' and 'ch'$"),
+    (
+        "zadd incr",
+        lambda o: o.scores.zadd(x=1, incr=True),
+        LimpydException,
+        "^incr argument to ZADD is not supported by limpyd$",
+    ),
+    (
+        "zadd three args",
+        lambda o: o.scores.zadd({"x": 1}, True, 3),
+        LimpydException,
+        "^ZADD accepts only two argumnets: 'mapping' and 'ch'$",
+    ),
     ("zadd mapping and members", lambda o: o.scores.zadd(mapping={"x": 1}, y=2), TypeError, None),
     ("zadd empty", lambda o: o.scores.zadd({}), redis.DataError, None),
     ("hincrby without amount", lambda o: o.h.hincrby("n"), TypeError, None),
     ("hash exists without key", lambda o: o.h.exists(), TypeError, None),
-    ("sscan_iter", lambda o: o.tags.sscan_iter(), ImplementationError, r"^Use sscan instead of sscan_iter \("),
+    (
+        "sscan_iter",
+        lambda o: o.tags.sscan_iter(),
+        ImplementationError,
+        r"^Use sscan instead of sscan_iter \(",
+    ),
     ("pk delete", lambda o: o.pk.delete(), ImplementationError, "^PKField cannot be deleted directly.$"),
     ("pk update", lambda o: o.pk.set(None), ValueError, None),
     ("lset out of range", lambda o: o.items.lset(99, "x"), redis.ResponseError, None),
@@ -220,16 +304,27 @@ NOT_ALLOWED = [
     ("unknown redis-py argument", lambda o: o.items.lrange(0, -1, 5), TypeError, None),
     ("missing argument", lambda o: o.tags.sismember(), TypeError, None),
     ("two positional args", lambda o: type(o)(1, 2), ValueError, None),
-    ("args and kwargs", lambda o: type(o)(1, s="x"), ValueError, "^Cannot use args and kwargs to instanciate.$"),
+    (
+        "args and kwargs",
+        lambda o: type(o)(1, s="x"),
+        ValueError,
+        "^Cannot use args and kwargs to instanciate.$",
+    ),
     ("get without arguments", lambda o: type(o).get(), ValueError, None),
     ("exists without arguments", lambda o: type(o).exists(), ValueError, None),
     ("unknown pk", lambda o: type(o)(42), DoesNotExist, "^No M found with pk 42$"),
-    ("auto pk given", lambda o: type(o)(pk=5, s="x"), ValueError,
-     '^The pk for M is "auto-increment", you must not fill it$'),
+    (
+        "auto pk given",
+        lambda o: type(o)(pk=5, s="x"),
+        ValueError,
+        '^The pk for M is "auto-increment", you must not fill it$',
+    ),
 ]
 
 
-@pytest.mark.parametrize("call, exception, match", [c[1:] for c in NOT_ALLOWED], ids=[c[0] for c in NOT_ALLOWED])
+@pytest.mark.parametrize(
+    "call, exception, match", [c[1:] for c in NOT_ALLOWED], ids=[c[0] for c in NOT_ALLOWED]
+)
 def test_commands_not_allowed(raw, objects, call, exception, match):
     unchanged(raw, lambda: call(objects[1]), exception, match)
 
@@ -269,7 +364,9 @@ def test_existing_pk_value(raw, database, namespace):
         s = StringField(default="d")
 
     P(id="a")
-    unchanged(raw, lambda: P(id="a", s="x"), UniquenessError, r"^PKField a already exists for model <class .*P'>\)$")
+    unchanged(
+        raw, lambda: P(id="a", s="x"), UniquenessError, r"^PKField a already exists for model <class .*P'>\)$"
+    )
     unchanged(raw, lambda: P(pk="a"), UniquenessError)
     unchanged(raw, lambda: P().pk.set("a"), UniquenessError)
     unchanged(raw, lambda: P(s="x"), ValueError, '^The pk for P is not "auto-increment", you must fill it$')
@@ -282,12 +379,21 @@ CHECKED_AFTER_WRITE = [
     ("hsetnx", lambda o: o.uih.delete(), lambda o: o.uih.hsetnx("taken"), "uih", b"taken"),
     ("append", lambda o: o.u.set("tak"), lambda o: o.u.append("en"), "u", b"taken"),
     ("lset", lambda o: None, lambda o: o.uitems.lset(0, "taken"), "uitems", [b"taken"]),
-    ("linsert", lambda o: None, lambda o: o.uitems.linsert("before", "y1", "taken"), "uitems", [b"taken", b"y1"]),
+    (
+        "linsert",
+        lambda o: None,
+        lambda o: o.uitems.linsert("before", "y1", "taken"),
+        "uitems",
+        [b"taken", b"y1"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("setup, call, field, stored", [c[1:] for c in CHECKED_AFTER_WRITE],
-                         ids=[c[0] for c in CHECKED_AFTER_WRITE])
+@pytest.mark.parametrize(
+    "setup, call, field, stored",
+    [c[1:] for c in CHECKED_AFTER_WRITE],
+    ids=[c[0] for c in CHECKED_AFTER_WRITE],
+)
 def test_unique_checked_after_the_write(raw, objects, setup, call, field, stored):
     obj = objects[1]
     setup(obj)
@@ -296,7 +402,9 @@ def test_unique_checked_after_the_write(raw, objects, setup, call, field, stored
         call(obj)
     after = dump(raw)
     key = getattr(obj, field).key.encode()
-    assert {k for k in set(before) | set(after) if before.get(k) != after.get(k)} == {key}  # indexes unchanged
+    assert {k for k in set(before) | set(after) if before.get(k) != after.get(k)} == {
+        key
+    }  # indexes unchanged
     kind, content, _ = after[key]
     assert (content[field.encode()] if kind == "hash" else content) == stored
 
@@ -316,10 +424,12 @@ def test_the_library_checks_arguments_without_assert():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Assert):
                 found.append("%s:%d" % (path.name, node.lineno))
-    assert found == [], "replace these asserts with raise ImplementationError/ValueError/TypeError: %s" % found
+    assert found == [], (
+        "replace these asserts with raise ImplementationError/ValueError/TypeError: %s" % found
+    )
 
 
-OPTIMIZED_CHECKS = '''
+OPTIMIZED_CHECKS = """
 import sys
 assert False, "not run under python -O"
 from limpyd import model, fields
@@ -344,7 +454,7 @@ for call, error in [
         print(type(exc).__name__, exc)
     else:
         print("nothing raised")
-'''
+"""
 
 
 def test_checks_raise_under_python_optimized():

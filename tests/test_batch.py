@@ -38,8 +38,10 @@ def test_set_on_an_indexable_field_costs_two_round_trips(Base, client, database,
     with command_log(client) as log:
         trips = round_trips(database, monkeypatch, lambda: instance.name.set("b"))
     assert trips == 2  # [SET NX lock, GET] then [SREM, SADD, SET, EVALSHA]
-    assert log == locked(n + ":lock-for-update:name",
-                         ["GET %s:1:name" % n, "SREM %s:name:a 1" % n, "SADD %s:name:b 1" % n, "SET %s:1:name b" % n])
+    assert log == locked(
+        n + ":lock-for-update:name",
+        ["GET %s:1:name" % n, "SREM %s:name:a 1" % n, "SADD %s:name:b 1" % n, "SET %s:1:name b" % n],
+    )
 
 
 def test_a_lock_held_elsewhere_is_waited_for_and_the_read_sent_again(Base, client, database):
@@ -127,8 +129,9 @@ def test_the_release_script_is_loaded_when_the_server_lost_it(Base, client, data
 
 def test_values_redis_py_cannot_encode_are_sent_one_by_one(database):
     connection = database.connection
-    replies = _batch.send_commands(connection, [(("SET", "k1", "v1"), {}), (("SET", "k2", object()), {}),
-                                                (("GET", "k1"), {})])
+    replies = _batch.send_commands(
+        connection, [(("SET", "k1", "v1"), {}), (("SET", "k2", object()), {}), (("GET", "k1"), {})]
+    )
     assert replies[0] is True and replies[2] == "v1"
     assert isinstance(replies[1], redis.DataError)
     assert connection.get("k2") is None

@@ -18,9 +18,16 @@ def atomic(request):
 
 
 def define(database, namespace, atomic, **extra):
-    attrs = {"database": database, "namespace": namespace, "atomic_writes": atomic,
-             "code": fields.InstanceHashField(unique=True), "name": fields.StringField(indexable=True),
-             "tags": fields.SetField(indexable=True), "note": fields.InstanceHashField(), **extra}
+    attrs = {
+        "database": database,
+        "namespace": namespace,
+        "atomic_writes": atomic,
+        "code": fields.InstanceHashField(unique=True),
+        "name": fields.StringField(indexable=True),
+        "tags": fields.SetField(indexable=True),
+        "note": fields.InstanceHashField(),
+        **extra,
+    }
     return type("Item", (model.RedisModel,), attrs)
 
 
@@ -44,7 +51,9 @@ def test_create_many_streams_batches_in_one_round_trip_each(database, namespace,
         pks = Item.create_many(rows(2500), batch_size=1000)
     assert pks == [str(n) for n in range(1, 2501)]
     client_commands = [line[:40] for line in log if line.split(" ", 1)[0].isupper()]
-    assert len(client_commands) == 3 and all(line.startswith(("EVALSHA", "FCALL")) for line in client_commands), client_commands
+    assert len(client_commands) == 3 and all(
+        line.startswith(("EVALSHA", "FCALL")) for line in client_commands
+    ), client_commands
     assert len(Item.collection(tags="all")) == 2500 and len(Item.collection(name="n3")) == 357
     assert Item(1500).hmget("code", "note") == ["c1499", "x"]
     assert check_consistency(raw, [Item]) == []
@@ -55,10 +64,10 @@ def test_refused_rows_are_reported_together(database, namespace, atomic, raw):
     Item(code="taken")
     given = [
         {"code": "a"},
-        {"code": "taken"},                  # taken by stored data
-        {"code": "b", "name": object()},    # a value Redis cannot store
-        {"code": "a"},                      # taken by an earlier row
-        {"code": "c", "nope": 1},           # not a field
+        {"code": "taken"},  # taken by stored data
+        {"code": "b", "name": object()},  # a value Redis cannot store
+        {"code": "a"},  # taken by an earlier row
+        {"code": "c", "nope": 1},  # not a field
         {"code": "d"},
     ]
     with pytest.raises(BulkError) as raised:
@@ -98,7 +107,9 @@ def test_delete_many_and_collection_delete(database, namespace, atomic, raw):
         assert Item.delete_many((str(n) for n in range(1, 101)), batch_size=50) == 100
     assert len([line for line in log if line.startswith(("EVALSHA", "FCALL"))]) == 2
     assert Item.delete_many(["1", "2", "250"]) == 1  # the deleted ones are skipped
-    assert Item.collection(name="n0").delete() == len([n for n in range(101, 301) if n != 250 and (n - 1) % 7 == 0])
+    assert Item.collection(name="n0").delete() == len(
+        [n for n in range(101, 301) if n != 250 and (n - 1) % 7 == 0]
+    )
     assert len(Item.collection()) == 199 - 28
     assert check_consistency(raw, [Item]) == []
 

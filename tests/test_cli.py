@@ -14,14 +14,18 @@ import pytest
 
 SCRIPT = shutil.which("limpyd", path=os.path.dirname(sys.executable))
 
-pytestmark = pytest.mark.skipif(SCRIPT is None, reason="the limpyd console script is not installed: pip install -e .")
+pytestmark = pytest.mark.skipif(
+    SCRIPT is None, reason="the limpyd console script is not installed: pip install -e ."
+)
 
 
 @pytest.fixture
 def models_module(tmp_path: Path, namespace: str, redis_settings: dict, database) -> dict:
     """Write a module declaring a model (on a database with wrong settings: --url must fix them)."""
     name = "cli_models_%s" % namespace
-    (tmp_path / ("%s.py" % name)).write_text(textwrap.dedent("""
+    (tmp_path / ("%s.py" % name)).write_text(
+        textwrap.dedent(
+            """
         from limpyd import fields, model
         from limpyd.database import RedisDatabase
 
@@ -32,7 +36,10 @@ def models_module(tmp_path: Path, namespace: str, redis_settings: dict, database
             namespace = %r
             code = fields.InstanceHashField(unique=True)
             name = fields.StringField(indexable=True)
-    """ % namespace))
+    """
+            % namespace
+        )
+    )
     url = "unix://%s?db=%d" % (redis_settings["unix_socket_path"], redis_settings.get("db", 0))
     env = dict(os.environ, PYTHONPATH=str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return {"module": name, "url": url, "env": env, "namespace": namespace}
@@ -101,19 +108,40 @@ def test_rebuild_and_stats(models_module, client):
 
 
 def test_python_dash_m(models_module, client):
-    done = subprocess.run([sys.executable, "-m", "limpyd", "--url", models_module["url"], "--models",
-                           models_module["module"], "audit"], capture_output=True, text=True, env=models_module["env"],
-                          timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "limpyd",
+            "--url",
+            models_module["url"],
+            "--models",
+            models_module["module"],
+            "audit",
+        ],
+        capture_output=True,
+        text=True,
+        env=models_module["env"],
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--models", "no_such_module_xyz", "audit"], "cannot import --models no_such_module_xyz"),
-    (["audit"], "no models: name the module"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--models", "no_such_module_xyz", "audit"], "cannot import --models no_such_module_xyz"),
+        (["audit"], "no models: name the module"),
+    ],
+)
 def test_bad_module(args, message, models_module):
-    done = subprocess.run([SCRIPT, "--url", models_module["url"], *args], capture_output=True, text=True,
-                          env=models_module["env"], timeout=60)
+    done = subprocess.run(
+        [SCRIPT, "--url", models_module["url"], *args],
+        capture_output=True,
+        text=True,
+        env=models_module["env"],
+        timeout=60,
+    )
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

@@ -50,12 +50,20 @@ def _make_bike_model(db, ns):
         "scores": fields.SortedSetField(),
         "headers": fields.HashField(indexable=True),
     }
-    return type(model.RedisModel)("Bike", (model.RedisModel,), dict(attrs, __module__=__name__, __qualname__="Bike"))
+    return type(model.RedisModel)(
+        "Bike", (model.RedisModel,), dict(attrs, __module__=__name__, __qualname__="Bike")
+    )
 
 
 def _fill(Bike):
-    Bike(name="rosalie", wheels=4, tags=["red", "old"], passengers=["a", "b"], scores={"x": 1.5},
-         headers={"from": "me"})
+    Bike(
+        name="rosalie",
+        wheels=4,
+        tags=["red", "old"],
+        passengers=["a", "b"],
+        scores={"x": 1.5},
+        headers={"from": "me"},
+    )
     Bike(name="bob", tags=["red"])
 
 
@@ -78,7 +86,12 @@ class TestDatabase:
         nodes = ["%s:%d" % (redis_cluster.host, redis_cluster.port)]
         db = RedisDatabase(cluster=True, startup_nodes=nodes)
         assert isinstance(db.connection, RedisCluster)
-        assert db.connection is RedisDatabase(cluster=True, startup_nodes=[(redis_cluster.host, redis_cluster.port)]).connection
+        assert (
+            db.connection
+            is RedisDatabase(
+                cluster=True, startup_nodes=[(redis_cluster.host, redis_cluster.port)]
+            ).connection
+        )
         assert db.connection.ping()
 
     def test_bad_startup_node(self, redis_cluster):
@@ -98,8 +111,10 @@ class TestDatabase:
         assert Bike._name == "{%s:bike}" % namespace
         assert db._models == {"{%s:bike}" % namespace: Bike}
         Bike(name="x")
-        assert set(_cluster_keys(redis_cluster)) == {"{%s:bike}:%s" % (namespace, k) for k in (
-            "collection", "max_pk", "1:hash", "1:wheels", "name:x", "wheels:2")}
+        assert set(_cluster_keys(redis_cluster)) == {
+            "{%s:bike}:%s" % (namespace, k)
+            for k in ("collection", "max_pk", "1:hash", "1:wheels", "name:x", "wheels:2")
+        }
         assert isinstance(db.connect(**redis_settings), redis.Redis)
         assert Bike._name == "%s:bike" % namespace
         assert db._models == {"%s:bike" % namespace: Bike}
@@ -120,8 +135,9 @@ class TestDatabase:
 
 
 class TestLayout:
-    def test_cluster_layout_is_the_single_layout_with_braces(self, cluster_database, database, redis_cluster,
-                                                             redis_settings, namespace):
+    def test_cluster_layout_is_the_single_layout_with_braces(
+        self, cluster_database, database, redis_cluster, redis_settings, namespace
+    ):
         single = _make_bike_model(database, namespace)
         clustered = _make_bike_model(cluster_database, namespace)
         _fill(single)
@@ -130,7 +146,9 @@ class TestLayout:
         cluster_keys = _cluster_keys(redis_cluster)
         prefix = "%s:bike" % namespace
         assert all(key.startswith(prefix + ":") for key in single_keys)
-        assert cluster_keys == {"{%s}%s" % (prefix, key[len(prefix):]): kind for key, kind in single_keys.items()}
+        assert cluster_keys == {
+            "{%s}%s" % (prefix, key[len(prefix) :]): kind for key, kind in single_keys.items()
+        }
         assert "{%s}:1:hash" % prefix in cluster_keys
         assert "{%s}:name:rosalie" % prefix in cluster_keys
 
@@ -149,21 +167,35 @@ def _scenario(db, ns):
     """Run a little of everything on ``db``; return the results (no key names in them)."""
     from limpyd.indexes import NumberRangeIndex, TextRangeIndex
 
-    Bike = type(model.RedisModel)("Bike", (model.RedisModel,), {
-        "__module__": __name__, "__qualname__": "Bike", "database": db, "namespace": ns,
-        "collection_manager": ExtendedCollectionManager,
-        "name": fields.InstanceHashField(indexable=True, unique=True),
-        "wheels": fields.StringField(indexable=True, indexes=[NumberRangeIndex]),
-        "color": fields.InstanceHashField(indexable=True, indexes=[TextRangeIndex]),
-        "tags": fields.SetField(indexable=True),
-        "history": fields.ListField(),
-        "ranks": fields.SortedSetField(),
-        "meta": fields.HashField(indexable=True),
-    })
+    Bike = type(model.RedisModel)(
+        "Bike",
+        (model.RedisModel,),
+        {
+            "__module__": __name__,
+            "__qualname__": "Bike",
+            "database": db,
+            "namespace": ns,
+            "collection_manager": ExtendedCollectionManager,
+            "name": fields.InstanceHashField(indexable=True, unique=True),
+            "wheels": fields.StringField(indexable=True, indexes=[NumberRangeIndex]),
+            "color": fields.InstanceHashField(indexable=True, indexes=[TextRangeIndex]),
+            "tags": fields.SetField(indexable=True),
+            "history": fields.ListField(),
+            "ranks": fields.SortedSetField(),
+            "meta": fields.HashField(indexable=True),
+        },
+    )
     names = ["bmx", "alpha", "cargo", "eagle", "delta", "fixie", "gravel"]
     for index, name in enumerate(names):
-        Bike(name=name, wheels=index % 3 + 1, color="c%d" % (index % 4), tags=["t%d" % (index % 2), "all"],
-             history=[name, "x"], ranks={name: index * 1.5}, meta={"k": "v%d" % (index % 2)})
+        Bike(
+            name=name,
+            wheels=index % 3 + 1,
+            color="c%d" % (index % 4),
+            tags=["t%d" % (index % 2), "all"],
+            history=[name, "x"],
+            ranks={name: index * 1.5},
+            meta={"k": "v%d" % (index % 2)},
+        )
     results = {}
     collections = {
         "all": Bike.collection(),
@@ -181,12 +213,19 @@ def _scenario(db, ns):
         results[label + " alpha"] = list(collection.sort(by="name", alpha=True))
         results[label + " alpha desc"] = list(collection.sort(by="-name", alpha=True))
         results[label + " numeric"] = list(collection.sort(by="wheels"))[:0] + sorted(
-            collection.sort(by="wheels"), key=lambda pk, c=collection: list(c.sort(by="wheels")).index(pk))
+            collection.sort(by="wheels"), key=lambda pk, c=collection: list(c.sort(by="wheels")).index(pk)
+        )
         sorted_collection = collection.sort(by="name", alpha=True)
-        results[label + " slices"] = [sorted_collection[1:3], sorted_collection[-2:], sorted_collection[0:1],
-                                      list(collection.sort(by="-wheels")[:2])]
+        results[label + " slices"] = [
+            sorted_collection[1:3],
+            sorted_collection[-2:],
+            sorted_collection[0:1],
+            list(collection.sort(by="-wheels")[:2]),
+        ]
         results[label + " values"] = list(collection.sort(by="name", alpha=True).values("name", "color"))
-        results[label + " values_list"] = list(collection.sort(by="-name", alpha=True).values_list("name", flat=True))
+        results[label + " values_list"] = list(
+            collection.sort(by="-name", alpha=True).values_list("name", flat=True)
+        )
         results[label + " instances"] = sorted(bike.name.hget() for bike in collection.instances())
     results["get"] = Bike.get(name="cargo").pk.get()
     results["exists"] = (Bike.exists(name="cargo"), Bike.exists(name="nope"))
@@ -197,10 +236,17 @@ def _scenario(db, ns):
     bike = Bike(3)
     bike.wheels.set(9)
     bike.hmset(name="carrier", color="c9")
-    results["after update"] = (sorted(Bike.collection(wheels=9)), sorted(Bike.collection(name="carrier")),
-                               sorted(Bike.collection(name="cargo")))
-    results["fields"] = (bike.history.lrange(0, -1), bike.ranks.zrange(0, -1, withscores=True),
-                         bike.meta.hgetall(), sorted(bike.tags.smembers()))
+    results["after update"] = (
+        sorted(Bike.collection(wheels=9)),
+        sorted(Bike.collection(name="carrier")),
+        sorted(Bike.collection(name="cargo")),
+    )
+    results["fields"] = (
+        bike.history.lrange(0, -1),
+        bike.ranks.zrange(0, -1, withscores=True),
+        bike.meta.hgetall(),
+        sorted(bike.tags.smembers()),
+    )
     bike.delete()
     results["after delete"] = (sorted(Bike.collection()), sorted(Bike.collection(tags="t0")))
     results["intersect"] = sorted(Bike.collection().intersect(["1", "2", "9"]))
@@ -219,10 +265,19 @@ def test_same_results_as_a_single_server(database, cluster_database, namespace):
 
 def test_sort_by_field_matches_sort_for_ties_and_missing_values(database, cluster_database, namespace):
     def run(db):
-        M = type(model.RedisModel)("M", (model.RedisModel,), {
-            "__module__": __name__, "__qualname__": "M", "database": db, "namespace": namespace,
-            "collection_manager": ExtendedCollectionManager,
-            "v": fields.StringField(), "h": fields.InstanceHashField()})
+        M = type(model.RedisModel)(
+            "M",
+            (model.RedisModel,),
+            {
+                "__module__": __name__,
+                "__qualname__": "M",
+                "database": db,
+                "namespace": namespace,
+                "collection_manager": ExtendedCollectionManager,
+                "v": fields.StringField(),
+                "h": fields.InstanceHashField(),
+            },
+        )
         for value in ["3", "1", None, "3", "10", None, "-2.5", "1e1"]:
             instance = M()
             instance.pk.get()
@@ -267,10 +322,16 @@ def test_related_models_in_other_slots(cluster_database, database, namespace):
         team = Team(name="red", captain=people[0])
         team.members.sadd(people[0], people[2])
         Team(name="blue", captain=people[1]).members.sadd(people[1])
-        return (sorted(team.members()), sorted(p.name.hget() for p in team.members().instances()),
-                sorted(people[0].teams()), sorted(people[1].captained()), team.captain.hget(),
-                list(Person.collection().intersect(team.members).sort(by="-name", alpha=True)),
-                sorted(Team.collection(captain=people[0])), sorted(Person.collection(name="bob")))
+        return (
+            sorted(team.members()),
+            sorted(p.name.hget() for p in team.members().instances()),
+            sorted(people[0].teams()),
+            sorted(people[1].captained()),
+            team.captain.hget(),
+            list(Person.collection().intersect(team.members).sort(by="-name", alpha=True)),
+            sorted(Team.collection(captain=people[0])),
+            sorted(Person.collection(name="bob")),
+        )
 
     clustered = run(cluster_database)
     assert clustered == run(database)
@@ -360,13 +421,23 @@ def test_transaction_across_slots_is_a_clear_error(redis_cluster, namespace):
     from limpyd.exceptions import LimpydException
 
     if _redis_py_version() < TRANSACTIONS_MIN_REDIS_PY:
-        pytest.skip("redis-py %s has no transaction on RedisCluster (test_pipeline_and_transaction checks the "
-                    "error naming redis-py >= 6.1)" % redis.__version__)
+        pytest.skip(
+            "redis-py %s has no transaction on RedisCluster (test_pipeline_and_transaction checks the "
+            "error naming redis-py >= 6.1)" % redis.__version__
+        )
     db = PipelineDatabase(**redis_cluster.settings)
     Bike = _make_bike_model(db, namespace)
-    Car = type(model.RedisModel)("Car", (model.RedisModel,), {
-        "__module__": __name__, "__qualname__": "Car", "database": db, "namespace": namespace,
-        "owners": fields.ListField()})
+    Car = type(model.RedisModel)(
+        "Car",
+        (model.RedisModel,),
+        {
+            "__module__": __name__,
+            "__qualname__": "Car",
+            "database": db,
+            "namespace": namespace,
+            "owners": fields.ListField(),
+        },
+    )
     bike, car = Bike(name="a"), Car()
     car.pk.get()
     client = db.connection
@@ -397,12 +468,14 @@ def test_scan_keys_on_every_primary(cluster_database, redis_cluster):
     client = cluster_database.connection
     expected = {"k%d" % index for index in range(3000)}
     for index in range(0, 3000, 500):
-        for key in list(expected)[index:index + 500]:
+        for key in list(expected)[index : index + 500]:
             client.set(key, 1)
     nodes = {client.get_node_from_key(key).name for key in expected}
     assert len(nodes) == 3
     assert set(cluster_database.scan_keys()) == expected
-    assert set(cluster_database.scan_keys(match="k1*", count=10)) == {key for key in expected if key.startswith("k1")}
+    assert set(cluster_database.scan_keys(match="k1*", count=10)) == {
+        key for key in expected if key.startswith("k1")
+    }
     client.sadd("{k}:set", "x")
     assert set(cluster_database.scan_keys(type="set")) == {"{k}:set"}
     # an abandoned scan stops its threads
@@ -413,7 +486,6 @@ def test_scan_keys_on_every_primary(cluster_database, redis_cluster):
     next(iterator)
     iterator.close()
     assert threading.active_count() == before
-
 
 
 # ---------------------------------------------------------------------- write-behind batches: commands and round trips
@@ -474,33 +546,52 @@ def _batch_operations(Bike):
     def delete():
         state["bike"].delete()
 
-    return [("create", create), ("get+set", get_set), ("hmset", set_hash), ("filter", filter_),
-            ("sorted slice", sorted_slice), ("delete", delete)]
+    return [
+        ("create", create),
+        ("get+set", get_set),
+        ("hmset", set_hash),
+        ("filter", filter_),
+        ("sorted slice", sorted_slice),
+        ("delete", delete),
+    ]
 
 
 def _bike_for_counts(db, ns):
     from limpyd.contrib.collection import ExtendedCollectionManager as Manager
 
-    return type(model.RedisModel)("Bike", (model.RedisModel,), {
-        "__module__": __name__, "__qualname__": "Bike", "database": db, "namespace": ns,
-        "collection_manager": Manager,
-        "name": fields.InstanceHashField(indexable=True, unique=True),
-        "color": fields.InstanceHashField(),
-        "wheels": fields.StringField(indexable=True),
-        "tags": fields.SetField(indexable=True),
-    })
+    return type(model.RedisModel)(
+        "Bike",
+        (model.RedisModel,),
+        {
+            "__module__": __name__,
+            "__qualname__": "Bike",
+            "database": db,
+            "namespace": ns,
+            "collection_manager": Manager,
+            "name": fields.InstanceHashField(indexable=True, unique=True),
+            "color": fields.InstanceHashField(),
+            "wheels": fields.StringField(indexable=True),
+            "tags": fields.SetField(indexable=True),
+        },
+    )
 
 
-def test_batches_on_the_cluster_cost_no_more_round_trips(database, cluster_database, redis_settings, redis_cluster,
-                                                        namespace, monkeypatch):
+def test_batches_on_the_cluster_cost_no_more_round_trips(
+    database, cluster_database, redis_settings, redis_cluster, namespace, monkeypatch
+):
     """Same commands per operation on the cluster as on one server, all on the model's node, and no more round trips."""
     single_port = redis_settings.get("port") or "unix"
     single_servers = {single_port: redis.Redis(**redis_settings)}
-    cluster_servers = {client.connection_pool.connection_kwargs["port"]: client for client in redis_cluster.primaries()}
+    cluster_servers = {
+        client.connection_pool.connection_kwargs["port"]: client for client in redis_cluster.primaries()
+    }
     for client in list(single_servers.values()) + list(cluster_servers.values()):
         client.ping()  # connected before counting
     rows = {}
-    for kind, db, servers in (("single", database, single_servers), ("cluster", cluster_database, cluster_servers)):
+    for kind, db, servers in (
+        ("single", database, single_servers),
+        ("cluster", cluster_database, cluster_servers),
+    ):
         Bike = _bike_for_counts(db, namespace)
         Bike(name="warm-up", wheels=1, tags=["x"]).delete()  # scripts loaded, connections open
         list(Bike.collection(tags="x").sort(by="name", alpha=True)[0:1])
@@ -577,10 +668,20 @@ def test_failover_mid_workload(tmp_path, namespace):
         # redis-py retries a refused connection with backoff and reads the slot map again: the
         # first call after the kill waits for the promotion (~3 s with a 1 s node timeout) and most
         # often succeeds; a round trip lost with the node raises ConnectionError
-        unclear = [exc for exc in errors if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError,
-                                                                     redis.exceptions.ClusterDownError,
-                                                                     redis.exceptions.ClusterError,
-                                                                     RedisClusterException))]
+        unclear = [
+            exc
+            for exc in errors
+            if not isinstance(
+                exc,
+                (
+                    redis.ConnectionError,
+                    redis.TimeoutError,
+                    redis.exceptions.ClusterDownError,
+                    redis.exceptions.ClusterError,
+                    RedisClusterException,
+                ),
+            )
+        ]
         assert unclear == []
         new_owner = client.get_node_from_key(Bike._name)
         assert new_owner.port != victim.port
@@ -620,16 +721,21 @@ def test_atomic_writes_on_the_cluster(database, cluster_database, redis_settings
     cluster_model = define(cluster_database, namespace, True)
     for Item in (single_model, cluster_model):
         scenario(Item)
-        pks = Item.create_many([{"code": "bulk%d" % i, "name": "b", "tags": ["t%d" % i]} for i in range(30)],
-                               batch_size=7)
+        pks = Item.create_many(
+            [{"code": "bulk%d" % i, "name": "b", "tags": ["t%d" % i]} for i in range(30)], batch_size=7
+        )
         assert Item.delete_many(pks[:10], batch_size=4) == 10
         Item.collection(name="b").sort(by="code", alpha=True)[:3]  # the SORT script in a batch
     single_client = raw_client(redis_settings)
     node_client = _node_client_of(cluster_database, cluster_model)
     try:
         prefix = "%s:item" % namespace
-        single_dump = {key: value for key, value in dump(single_client).items() if key.startswith(prefix + ":")}
-        cluster_dump = {key.replace("{%s}" % prefix, prefix, 1): value for key, value in dump(node_client).items()}
+        single_dump = {
+            key: value for key, value in dump(single_client).items() if key.startswith(prefix + ":")
+        }
+        cluster_dump = {
+            key.replace("{%s}" % prefix, prefix, 1): value for key, value in dump(node_client).items()
+        }
         assert len(single_dump) > 20
         assert cluster_dump == single_dump
         assert check_consistency(node_client, [cluster_model]) == []
@@ -639,8 +745,14 @@ def test_atomic_writes_on_the_cluster(database, cluster_database, redis_settings
 
     # expiring instances: expire_in, purge_expired, create_many with a ttl: as on the single server
     def expiring_scenario(db):
-        attrs = {"database": db, "namespace": namespace, "atomic_writes": True, "expiring": True,
-                 "name": fields.StringField(indexable=True), "tags": fields.SetField(indexable=True)}
+        attrs = {
+            "database": db,
+            "namespace": namespace,
+            "atomic_writes": True,
+            "expiring": True,
+            "name": fields.StringField(indexable=True),
+            "tags": fields.SetField(indexable=True),
+        }
         Temp = type("Temp", (model.RedisModel,), attrs)
         kept = Temp(name="kept", tags=["a"])
         gone = Temp(name="gone", tags=["a"])
@@ -660,7 +772,8 @@ def test_atomic_writes_on_the_cluster(database, cluster_database, redis_settings
     try:
         assert check_consistency(node_client, [Temp, cluster_model]) == []  # Item's node may be Temp's
         assert sorted(node_client.scan_iter(match="{%s:temp}:*" % namespace)) == sorted(
-            "{%s:temp}:%s" % (namespace, suffix) for suffix in ("collection", "max_pk", "1:name", "name:kept", "tags:a",
-                                                                  "1:tags"))
+            "{%s:temp}:%s" % (namespace, suffix)
+            for suffix in ("collection", "max_pk", "1:name", "name:kept", "tags:a", "1:tags")
+        )
     finally:
         node_client.close()

@@ -31,13 +31,37 @@ def test_module_names():
 
 def test_hooks_exist():
     """The names the contrib manager overrides (docs/extending.rst)."""
-    for name in ("_add_filters", "_field_is_pk", "_parse_filter_key", "_get_pk", "_prepare_sort_options",
-                 "_get_final_set", "_prepare_sets", "_prepare_parsed_filter", "_reduce_related_filters",
-                 "_combine_sets", "_final_redis_call", "_collection_length", "_fetch_collection",
-                 "_prepare_results", "_to_instance", "_get_from_results_cache", "_getitem", "_optimize_slice",
-                 "_cache_empty_collection", "_reset_if_sort_limits", "_coerce_by_parameter", "_apply_sort",
-                 "_reset_result_type", "_get_simple_fields", "_unique_key", "clone", "sort", "instances",
-                 "primary_keys"):
+    for name in (
+        "_add_filters",
+        "_field_is_pk",
+        "_parse_filter_key",
+        "_get_pk",
+        "_prepare_sort_options",
+        "_get_final_set",
+        "_prepare_sets",
+        "_prepare_parsed_filter",
+        "_reduce_related_filters",
+        "_combine_sets",
+        "_final_redis_call",
+        "_collection_length",
+        "_fetch_collection",
+        "_prepare_results",
+        "_to_instance",
+        "_get_from_results_cache",
+        "_getitem",
+        "_optimize_slice",
+        "_cache_empty_collection",
+        "_reset_if_sort_limits",
+        "_coerce_by_parameter",
+        "_apply_sort",
+        "_reset_result_type",
+        "_get_simple_fields",
+        "_unique_key",
+        "clone",
+        "sort",
+        "instances",
+        "primary_keys",
+    ):
         assert callable(getattr(CollectionManager, name)), name
     assert isinstance(CollectionManager.__dict__["_optimize_slice"], staticmethod)
 
@@ -48,7 +72,12 @@ def test_initial_state(database, namespace):
     assert collection.model is Boat
     assert collection.connection is database.connection
     assert collection._lazy_collection == {"sets": [], "pks": set()}
-    assert (collection._instances, collection._sort, collection._sort_limits, collection._len) == (False, None, None, None)
+    assert (collection._instances, collection._sort, collection._sort_limits, collection._len) == (
+        False,
+        None,
+        None,
+        None,
+    )
     assert collection._len_mode is True
     assert (collection._collection_cache, collection._cache_iterator_function) == (None, None)
     assert (collection._final_set, collection._final_set_deletable) == (None, False)
@@ -100,11 +129,17 @@ def test_subclass_filters_in_init_and_clone_keeps_class(database, namespace):
     collection = Boat.collection(manager=SailOnly)
     assert type(collection) is SailOnly
     assert set(collection) == {"1", "2", "3"}
-    for derived in (collection(launched=1966), collection.sort(), collection.instances(lazy=True),
-                    collection.primary_keys(), collection.clone()):
+    for derived in (
+        collection(launched=1966),
+        collection.sort(),
+        collection.instances(lazy=True),
+        collection.primary_keys(),
+        collection.clone(),
+    ):
         assert type(derived) is SailOnly
         assert len(derived._lazy_collection["sets"]) == len(collection._lazy_collection["sets"]) + (
-            1 if derived._lazy_collection["sets"] != collection._lazy_collection["sets"] else 0)
+            1 if derived._lazy_collection["sets"] != collection._lazy_collection["sets"] else 0
+        )
     assert set(collection(launched=1966)) == {"3"}
     assert set(collection.clone()) == {"1", "2", "3"}
 
@@ -193,14 +228,33 @@ def test_pk_filter_with_real_pk_name(database, namespace):
     [
         ({"foo": 1}, AttributeError, r'^"foo" is not a field for the model "Boat" \(filter \'foo\''),
         ({"foo__eq": 1}, AttributeError, r'^"foo" is not a field for the model "Boat" \(filter \'foo__eq\''),
-        ({"length": 1}, ImplementationError, r"^Field Boat\.length is not indexable \(filter 'length'.*indexable=True"),
-        ({"pk__in": [1]}, ImplementationError, r"^Field Boat\.pk is not indexable \(filter 'pk__in'.*intersect"),
+        (
+            {"length": 1},
+            ImplementationError,
+            r"^Field Boat\.length is not indexable \(filter 'length'.*indexable=True",
+        ),
+        (
+            {"pk__in": [1]},
+            ImplementationError,
+            r"^Field Boat\.pk is not indexable \(filter 'pk__in'.*intersect",
+        ),
         ({"pk__gt": 1}, ImplementationError, r"^Field Boat\.pk is not indexable"),
-        ({"name__startswith": "P"}, ImplementationError,
-         r'^No index found to manage filter "name__startswith" for field Boat\.name: .*EqualIndex: '
-         r"\(no suffix\), eq, in"),
-        ({"power__gt": "a"}, ImplementationError, r'^No index found to manage filter "power__gt" for field Boat\.power'),
-        ({"launched__in__eq": [1]}, ImplementationError, r'^No index found to manage filter "launched__in__eq"'),
+        (
+            {"name__startswith": "P"},
+            ImplementationError,
+            r'^No index found to manage filter "name__startswith" for field Boat\.name: .*EqualIndex: '
+            r"\(no suffix\), eq, in",
+        ),
+        (
+            {"power__gt": "a"},
+            ImplementationError,
+            r'^No index found to manage filter "power__gt" for field Boat\.power',
+        ),
+        (
+            {"launched__in__eq": [1]},
+            ImplementationError,
+            r'^No index found to manage filter "launched__in__eq"',
+        ),
     ],
 )
 def test_filter_errors_at_filter_time(database, namespace, count_commands, filters, exception, message):
@@ -240,9 +294,14 @@ def test_hash_field_filters(database, namespace):
     assert set(Email.collection(headers__from__in=["a@b", "x@y"], subject="yo")) == {"2"}
     index, suffix, parts = Email.collection()._parse_filter_key("headers__from__in")
     assert (suffix, parts) == ("in", ["from"])
-    with pytest.raises(ImplementationError, match=r"^Unexpected number of parts in filter headers for field Email\.headers"):
+    with pytest.raises(
+        ImplementationError, match=r"^Unexpected number of parts in filter headers for field Email\.headers"
+    ):
         Email.collection(headers="x")
-    with pytest.raises(ImplementationError, match=r'^No index found to manage filter "headers__from__age" for field Email\.headers'):
+    with pytest.raises(
+        ImplementationError,
+        match=r'^No index found to manage filter "headers__from__age" for field Email\.headers',
+    ):
         Email.collection(headers__from__age="x")
     with pytest.raises(ImplementationError, match=r'^No index found to manage filter "subject__building"'):
         Email.collection(subject__building="x")
@@ -345,7 +404,8 @@ def test_sequence_pk_and_filter(database, namespace, redis_settings, count_comma
         "EXISTS %s:boat:__collection__:tmp:<a>" % n,
         "SADD %s:boat:__collection__:tmp:<a> 1" % n,
         "EXISTS %s:boat:__collection__:final:<b>" % n,
-        "SINTERSTORE %s:boat:__collection__:final:<b> %s:boat:__collection__:tmp:<a> %s:boat:power:sail" % (n, n, n),
+        "SINTERSTORE %s:boat:__collection__:final:<b> %s:boat:__collection__:tmp:<a> %s:boat:power:sail"
+        % (n, n, n),
         "DEL %s:boat:__collection__:tmp:<a>" % n,
         "SMEMBERS %s:boat:__collection__:final:<b>" % n,
         "DEL %s:boat:__collection__:final:<b>" % n,
@@ -365,7 +425,8 @@ def test_sequence_equal_in(database, namespace, redis_settings, count_commands):
         assert set(Boat.collection(launched__in=[1898, 1966])) == {"1", "3"}
     assert log == [
         "EXISTS %s:boat:__index__:equalindex:tmp:<a>" % n,
-        "SUNIONSTORE %s:boat:__index__:equalindex:tmp:<a> %s:boat:launched:1898 %s:boat:launched:1966" % (n, n, n),
+        "SUNIONSTORE %s:boat:__index__:equalindex:tmp:<a> %s:boat:launched:1898 %s:boat:launched:1966"
+        % (n, n, n),
         "SMEMBERS %s:boat:__index__:equalindex:tmp:<a>" % n,
         "DEL %s:boat:__index__:equalindex:tmp:<a>" % n,
     ]
@@ -398,8 +459,13 @@ def _range_model(db, ns):
         cat = StringField(indexable=True)
         name = StringField(indexable=True, indexes=[TextRangeIndex])
 
-    for value, cat, name in ((-15, "a", "foo"), (-25, "a", "bar"), (30, "b", "foobar"), (30, "a", "foobar"),
-                             (123, "b", "qux")):
+    for value, cat, name in (
+        (-15, "a", "foo"),
+        (-25, "a", "bar"),
+        (30, "b", "foobar"),
+        (30, "a", "foobar"),
+        (123, "b", "qux"),
+    ):
         P(value=value, cat=cat, name=name)
     return P
 
@@ -416,7 +482,8 @@ def test_range_filters_sequences(database, namespace, redis_settings, count_comm
         "EXISTS %s:p:__index__:numberrangeindex:tmp:<a>" % n,
         "EVALSHA <sha> 2 %s:p:value:number-range %s:p:__index__:numberrangeindex:tmp:<a>" % (n, n),
         "EXISTS %s:p:__collection__:final:<b>" % n,
-        "SINTERSTORE %s:p:__collection__:final:<b> %s:p:__index__:numberrangeindex:tmp:<a> %s:p:cat:a" % (n, n, n),
+        "SINTERSTORE %s:p:__collection__:final:<b> %s:p:__index__:numberrangeindex:tmp:<a> %s:p:cat:a"
+        % (n, n, n),
         "DEL %s:p:__index__:numberrangeindex:tmp:<a>" % n,
         "SMEMBERS %s:p:__collection__:final:<b>" % n,
         "DEL %s:p:__collection__:final:<b>" % n,
@@ -429,7 +496,8 @@ def test_range_filters_sequences(database, namespace, redis_settings, count_comm
     with command_log(client) as log:
         assert set(P.collection(value__in=(30, 123, 0))) == {"3", "4", "5"}
     assert [entry.split(" ")[0] for entry in log] == (
-        ["EXISTS"] + ["EXISTS", "EVALSHA"] * 3 + ["SUNIONSTORE"] + ["DEL"] * 3 + ["SMEMBERS", "DEL"])
+        ["EXISTS"] + ["EXISTS", "EVALSHA"] * 3 + ["SUNIONSTORE"] + ["DEL"] * 3 + ["SMEMBERS", "DEL"]
+    )
     with count_commands(13 + 5):  # 13 client commands; Lua: 3 ZRANGEBYSCORE, 2 SADD (no match for 0)
         assert set(P.collection(value__in=(30, 123, 0))) == {"3", "4", "5"}
     assert set(P.collection(value__gt=-25, value__lte=30, cat="a", name__lte="fooa")) == {"1"}
@@ -448,7 +516,8 @@ def test_len_then_retrieval_reuses_the_final_key(database, namespace, redis_sett
         "SUNIONSTORE %s:boat:__index__:equalindex:tmp:<a> %s:boat:launched:1898 %s:boat:launched:1955 "
         "%s:boat:launched:1966" % (n, n, n, n),
         "EXISTS %s:boat:__collection__:final:<b>" % n,
-        "SINTERSTORE %s:boat:__collection__:final:<b> %s:boat:__index__:equalindex:tmp:<a> %s:boat:power:sail" % (n, n, n),
+        "SINTERSTORE %s:boat:__collection__:final:<b> %s:boat:__index__:equalindex:tmp:<a> %s:boat:power:sail"
+        % (n, n, n),
         "DEL %s:boat:__index__:equalindex:tmp:<a>" % n,
         "SCARD %s:boat:__collection__:final:<b>" % n,
         "EXPIRE %s:boat:__collection__:final:<b> 300" % n,
@@ -547,7 +616,9 @@ def test_sort_coercion(database, namespace):
     assert Boat.collection().sort(by="raw:*:key")._sort == {"by": "raw:*:key"}
     assert Boat.collection().sort()._sort == {}
     # sort() replaces any previous sort (no merge)
-    assert Boat.collection().sort(by="-length", alpha=True).sort(by="name")._sort == {"by": "%s:boat:*:name" % n}
+    assert Boat.collection().sort(by="-length", alpha=True).sort(by="name")._sort == {
+        "by": "%s:boat:*:name" % n
+    }
 
 
 def test_sort_by_hash_field_of_other_pk_name(database, namespace):
@@ -560,7 +631,12 @@ def test_sort_by_hash_field_of_other_pk_name(database, namespace):
         id = PKField()
         name = InstanceHashField(indexable=True)
 
-    for pk, name in ((1, "Jacques Higelin"), (2, "Jacques Brel"), (3, "Alain Bashung"), (4, "Gérard Blanchard")):
+    for pk, name in (
+        (1, "Jacques Higelin"),
+        (2, "Jacques Brel"),
+        (3, "Alain Bashung"),
+        (4, "Gérard Blanchard"),
+    ):
         Singer(id=pk, name=name)
     assert list(Singer.collection().sort(by="name", alpha=True)) == ["3", "4", "2", "1"]
     assert list(Singer.collection().sort(by="-id")) == ["4", "3", "2", "1"]
@@ -620,7 +696,9 @@ def test_sort_on_non_numeric_pks(database, namespace, redis_settings, count_comm
 def test_sort_argument_errors(database, namespace, count_commands):
     Boat = boat_model(database, namespace)
     with count_commands(0):
-        with pytest.raises(TypeError, match=r"Unexpected argument\(s\) order to sort\(\) on a collection of .*Boat"):
+        with pytest.raises(
+            TypeError, match=r"Unexpected argument\(s\) order to sort\(\) on a collection of .*Boat"
+        ):
             Boat.collection().sort(order="length")
         with pytest.raises(TypeError, match=r"The `by` argument of sort\(\) .* must be"):
             Boat.collection().sort(by=3)
@@ -630,7 +708,11 @@ def test_sort_with_get_and_limits_pass_through(database, namespace):
     Boat = boats(database, namespace)
     n = namespace
     assert list(Boat.collection().sort(by="length", get="%s:boat:*:name" % n)) == [
-        "Pen Duick II", "Pen Duick I", "Pen Duick III", "Rainbow Warrior I"]
+        "Pen Duick II",
+        "Pen Duick I",
+        "Pen Duick III",
+        "Rainbow Warrior I",
+    ]
     assert list(Boat.collection().sort(start=1, num=2)) == ["2", "3"]
 
 
@@ -723,7 +805,10 @@ def test_repr(database, namespace, monkeypatch, count_commands):
     with count_commands(1):
         assert repr(Boat.collection().sort()) == "<CollectionManager ['1', '2', '3', '4']>"
     monkeypatch.setattr(CollectionResults, "MAX_REPR_ITEMS", 2)
-    assert repr(Boat.collection().sort()) == "<CollectionManager ['1', '2', '... (2 remaining elements truncated)...']>"
+    assert (
+        repr(Boat.collection().sort())
+        == "<CollectionManager ['1', '2', '... (2 remaining elements truncated)...']>"
+    )
     assert repr(Boat.collection(pk=1)) == "<CollectionManager ['1']>"
     assert repr(Boat.collection(pk=9)) == "<CollectionManager []>"
     text = repr(Boat.collection(pk=2).instances())
@@ -821,7 +906,8 @@ def test_collection_results_repr(monkeypatch):
     assert repr(CollectionResults(["1", "2", "3", "4"])) == "<CollectionResults ['1', '2', '3', '4']>"
     monkeypatch.setattr(CollectionResults, "MAX_REPR_ITEMS", 2)
     assert repr(CollectionResults(["1", "2", "3", "4"])) == (
-        "<CollectionResults ['1', '2', '... (2 remaining elements truncated)...']>")
+        "<CollectionResults ['1', '2', '... (2 remaining elements truncated)...']>"
+    )
     assert repr(CollectionResults(["1", "2"])) == "<CollectionResults ['1', '2']>"
     assert repr(CollectionResults([])) == "<CollectionResults []>"
 
@@ -916,7 +1002,9 @@ def test_no_temporary_key_left_after_errors(database, namespace, redis_settings)
     Thing(name="b", zfield="z", broken="b")
     client = raw_client(redis_settings)
     before = keys_of(client)
-    with pytest.raises(ValueError, match=r"^The index key returned by the index .*_ZsetOnlyIndex.* is not valid"):
+    with pytest.raises(
+        ValueError, match=r"^The index key returned by the index .*_ZsetOnlyIndex.* is not valid"
+    ):
         list(Thing.collection(name__in=["a", "b"], zfield="z"))
     assert keys_of(client) == before
     with pytest.raises(ValueError):
@@ -937,10 +1025,14 @@ def test_no_temporary_key_left_after_sort_error(database, namespace, redis_setti
     Boat = boats(database, namespace)
     client = raw_client(redis_settings)
     before = keys_of(client)
-    for collection in (Boat.collection(power="sail", launched__in=[1898, 1964]).sort(by="name"),
-                       Boat.collection(launched__in=[1898, 1964]).sort(by="name"),
-                       Boat.collection(pk=1, launched__in=[1898, 1964]).sort(by="name").instances()(power="sail")
-                       .sort(by="name", desc=True)):
+    for collection in (
+        Boat.collection(power="sail", launched__in=[1898, 1964]).sort(by="name"),
+        Boat.collection(launched__in=[1898, 1964]).sort(by="name"),
+        Boat.collection(pk=1, launched__in=[1898, 1964])
+        .sort(by="name")
+        .instances()(power="sail")
+        .sort(by="name", desc=True),
+    ):
         if collection._lazy_collection["pks"]:  # C8: no SORT with a pk filter, so no error
             assert list(collection)[0]._pk == "1"
             continue
@@ -1002,7 +1094,9 @@ def test_multi_field_index_resolution(database, namespace, redis_settings):
     collection = Duo.collection(second="b")
     assert collection._lazy_collection["sets"][0].index.filter_single_field is False
     # ... and refused at evaluation, without any key left
-    with pytest.raises(ImplementationError, match=r'^No index found to manage filter "second" for field Duo\.second'):
+    with pytest.raises(
+        ImplementationError, match=r'^No index found to manage filter "second" for field Duo\.second'
+    ):
         list(collection)
     with pytest.raises(ImplementationError, match=r'^No index found to manage filter "second__eq"'):
         len(Duo.collection(second__eq="b", third="x"))
@@ -1038,17 +1132,35 @@ def test_overridden_hooks_are_called_with_the_same_commands(database, namespace,
     client = raw_client(redis_settings)
     logs = []
     for manager in (CollectionManager, Traced):
-        collection = Boat.collection(manager=manager, power="sail", launched__in=[1898, 1966]).sort(by="-length")
+        collection = Boat.collection(manager=manager, power="sail", launched__in=[1898, 1966]).sort(
+            by="-length"
+        )
         with command_log(client) as log:
             assert len(collection) == 2
             assert list(collection) == ["3", "1"]
-            assert list(Boat.collection(manager=manager, power="sail", launched__in=[1898, 1966])[0:1]) == ["1"]
+            assert list(Boat.collection(manager=manager, power="sail", launched__in=[1898, 1966])[0:1]) == [
+                "1"
+            ]
         logs.append(log)
     assert logs[0] == logs[1]
     assert [entry.split(" ")[0] for entry in logs[0]] == [
-        "EXISTS", "SUNIONSTORE", "EXISTS", "SINTERSTORE", "DEL", "SCARD", "EXPIRE",  # len()
-        "EXPIRE", "SORT", "DEL",  # list()
-        "EXISTS", "SUNIONSTORE", "EXISTS", "SINTERSTORE", "DEL", "SORT", "DEL",  # [0:1]
+        "EXISTS",
+        "SUNIONSTORE",
+        "EXISTS",
+        "SINTERSTORE",
+        "DEL",
+        "SCARD",
+        "EXPIRE",  # len()
+        "EXPIRE",
+        "SORT",
+        "DEL",  # list()
+        "EXISTS",
+        "SUNIONSTORE",
+        "EXISTS",
+        "SINTERSTORE",
+        "DEL",
+        "SORT",
+        "DEL",  # [0:1]
     ]
     n = namespace
     assert [name for name, _ in calls] == ["combine", "length", "retrieve", "combine", "retrieve"]
@@ -1087,6 +1199,10 @@ def test_sort_limits_never_outlive_a_window(database, namespace):
     assert collection._sort == {"by": "%s:boat:*:length" % namespace}  # C1: not flipped
     assert list(collection) == ["2", "1", "3", "4"]
     assert seen == [
-        ({"start": 0, "num": 1}, True, {"by": "%s:boat:*:length" % namespace, "start": 0, "num": 1, "desc": True}),
+        (
+            {"start": 0, "num": 1},
+            True,
+            {"by": "%s:boat:*:length" % namespace, "start": 0, "num": 1, "desc": True},
+        ),
         ({}, False, {"by": "%s:boat:*:length" % namespace}),
     ]

@@ -89,7 +89,11 @@ def test_exhaustive_slices(database, namespace, count_commands, variant, cloned)
         # otherwise the order of the full fetch (SMEMBERS / SORT BY nosort: Redis set order)
         assert list(result) == expected, (label, s, list(result), expected)
     # the slices Python itself proves empty from their bounds alone cost nothing (e.g. [3:1], [-1:-3])
-    assert slice(3, 1) in without_command and slice(-1, -3) in without_command and slice(1, 3, -1) in without_command
+    assert (
+        slice(3, 1) in without_command
+        and slice(-1, -3) in without_command
+        and slice(1, 3, -1) in without_command
+    )
 
 
 @pytest.mark.parametrize("cloned", [False, True], ids=["direct", "clone"])
@@ -124,7 +128,10 @@ def test_unsorted_windows_follow_numeric_order(database, namespace):
 def test_one_collection_object_stays_whole(database, namespace, count_commands):
     """C1 and C2: indexes and slices on one object never change what later operations see."""
     Nine = _nine(database, namespace)
-    for collection, full in ((Nine.collection().sort(), ITEMS), (Nine.collection(tag="x").sort(by="-pk"), ITEMS[::-1])):
+    for collection, full in (
+        (Nine.collection().sort(), ITEMS),
+        (Nine.collection(tag="x").sort(by="-pk"), ITEMS[::-1]),
+    ):
         assert collection[-1] == full[-1]
         assert collection[-2] == full[-2]
         assert collection[-1] == full[-1]
@@ -207,8 +214,10 @@ def test_descending_windows(database, namespace, redis_settings):
     with command_log(client) as log:
         assert Nine.collection(tag="x").sort(by="-v")[-1] == "1"
         assert list(Nine.collection(tag="x").sort(by="-v")[1:3]) == ["8", "7"]
-    assert log == ["SORT %s:nine:tag:x BY %s:nine:*:v LIMIT 0 1" % (n, n),
-                   "SORT %s:nine:tag:x BY %s:nine:*:v LIMIT 1 2 DESC" % (n, n)]
+    assert log == [
+        "SORT %s:nine:tag:x BY %s:nine:*:v LIMIT 0 1" % (n, n),
+        "SORT %s:nine:tag:x BY %s:nine:*:v LIMIT 1 2 DESC" % (n, n),
+    ]
 
 
 def test_nosort_windows(database, namespace, redis_settings):
@@ -217,7 +226,9 @@ def test_nosort_windows(database, namespace, redis_settings):
     client = raw_client(redis_settings)
     c = "%s:nine:collection" % namespace
     with command_log(client) as log:
-        assert list(Nine.collection().sort(by="nosort")[2:3]) == [list(Nine.collection().sort(by="nosort"))[2]]
+        assert list(Nine.collection().sort(by="nosort")[2:3]) == [
+            list(Nine.collection().sort(by="nosort"))[2]
+        ]
     assert log == ["SORT %s BY nosort LIMIT 2 1" % c, "SORT %s BY nosort" % c]
     full = list(Nine.collection().sort(by="nosort"))
     with command_log(client) as log:
@@ -267,7 +278,15 @@ def test_window_with_filters_and_instances(database, namespace, redis_settings, 
     collection = Boat.collection(power="sail", launched__in=[1898, 1964, 1966]).sort(by="-length")
     with command_log(client) as log:
         assert collection[0] == "3"
-    assert [entry.split(" ")[0] for entry in log] == ["EXISTS", "SUNIONSTORE", "EXISTS", "SINTERSTORE", "DEL", "SORT", "DEL"]
+    assert [entry.split(" ")[0] for entry in log] == [
+        "EXISTS",
+        "SUNIONSTORE",
+        "EXISTS",
+        "SINTERSTORE",
+        "DEL",
+        "SORT",
+        "DEL",
+    ]
     assert "LIMIT 0 1 DESC" in log[5]
     assert list(collection[1:]) == ["1", "2"]
     assert collection.instances()[-1]._pk == "2"
@@ -286,7 +305,10 @@ def test_window_with_filters_and_instances(database, namespace, redis_settings, 
 def test_bad_index_types(database, namespace, count_commands, bad):
     Boat = boats(database, namespace)
     with count_commands(0):
-        with pytest.raises(TypeError, match=r"CollectionManager indices must be integers or slices, not .* \(collection of .*Boat\)"):
+        with pytest.raises(
+            TypeError,
+            match=r"CollectionManager indices must be integers or slices, not .* \(collection of .*Boat\)",
+        ):
             Boat.collection()[bad]
 
 
@@ -296,7 +318,9 @@ def test_bad_slice_parts(database, namespace, count_commands, bad):
     cached = Boat.collection()
     list(cached)
     with count_commands(0):
-        with pytest.raises(TypeError, match=r"^slice indices must be integers or None .* collection of .*Boat"):
+        with pytest.raises(
+            TypeError, match=r"^slice indices must be integers or None .* collection of .*Boat"
+        ):
             Boat.collection()[bad]
         with pytest.raises(TypeError, match=r"^slice indices must be integers"):
             cached[bad]
@@ -311,7 +335,7 @@ def test_index_like_objects(database, namespace):
 
     Boat = boats(database, namespace)
     assert Boat.collection().sort()[Two()] == "3"
-    assert list(Boat.collection().sort()[Two():]) == ["3", "4"]
+    assert list(Boat.collection().sort()[Two() :]) == ["3", "4"]
     assert Boat.collection().sort()[True] == "2"
 
 

@@ -22,12 +22,23 @@ def test_colliding_unique_creations_across_processes(database, redis_server):
         pytest.skip("the workers connect through the private server's unix socket")
     socket_path = redis_server["unix_socket_path"]
     Racer = define_model(database)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    )
     processes = [
         subprocess.Popen(
-            [sys.executable, str(Path(__file__).parent / "_concurrency_worker.py"), socket_path, str(worker),
-             str(ATTEMPTS), str(VALUES)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            [
+                sys.executable,
+                str(Path(__file__).parent / "_concurrency_worker.py"),
+                socket_path,
+                str(worker),
+                str(ATTEMPTS),
+                str(VALUES),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for worker in range(WORKERS)
     ]

@@ -37,8 +37,9 @@ def Everything(Base):
         tags = fields.SetField(indexable=True)
         todo = fields.ListField(indexable=True)
         scores = fields.SortedSetField(indexable=True)
-        info = fields.HashField(indexable=True, indexes=[EqualIndex.configure(prefix="e", key="k"),
-                                                         NumberRangeIndex])
+        info = fields.HashField(
+            indexable=True, indexes=[EqualIndex.configure(prefix="e", key="k"), NumberRangeIndex]
+        )
 
     return Everything
 
@@ -46,8 +47,16 @@ def Everything(Base):
 @pytest.fixture
 def populated(Everything, client):
     """Two full instances written by limpyd; returns ``(model, client, name)``."""
-    Everything(code="c1", note="n", name="john", size="30", tags=["a", "b"], todo=["x", "x", "y"],
-               scores={"m1": 1.5}, info={"k1": "10", "k2": "v"})
+    Everything(
+        code="c1",
+        note="n",
+        name="john",
+        size="30",
+        tags=["a", "b"],
+        todo=["x", "x", "y"],
+        scores={"m1": 1.5},
+        info={"k1": "10", "k2": "v"},
+    )
     Everything(code="c2", name="jo", size="abc", tags=["a"], info={"k1": "20"})
     return Everything, client, Everything._name
 
@@ -67,24 +76,33 @@ def test_expected_keys_follow_the_spec_layout(populated):
     model, client, name = populated
     assert client.smembers(name + ":name:john") == {"1"}
     assert client.zrange(name + ":name:text-range", 0, -1) == [
-        "jo:TEXT-RANGE-SEPARATOR:2", "john:TEXT-RANGE-SEPARATOR:1"]
+        "jo:TEXT-RANGE-SEPARATOR:2",
+        "john:TEXT-RANGE-SEPARATOR:1",
+    ]
     assert client.zrange(name + ":size:number-range", 0, -1, withscores=True) == [("2", 0.0), ("1", 30.0)]
     assert client.smembers(name + ":info:k1:e:k:10") == {"1"}
     assert client.zrange(name + ":info:k1:number-range", 0, -1, withscores=True) == [("1", 10.0), ("2", 20.0)]
 
 
-@pytest.mark.parametrize("corrupt, kind, text", [
-    (lambda c, n: c.sadd(n + ":name:ghost", "1"), KIND_STALE_ENTRY, ":name:ghost"),
-    (lambda c, n: c.srem(n + ":name:john", "1"), KIND_MISSING_ENTRY, ":name:john"),
-    (lambda c, n: c.zrem(n + ":name:text-range", "john:TEXT-RANGE-SEPARATOR:1"), KIND_MISSING_ENTRY, "text-range"),
-    (lambda c, n: c.zadd(n + ":size:number-range", {"1": 31}), KIND_MISSING_ENTRY, "score"),
-    (lambda c, n: c.srem(n + ":tags:b", "1"), KIND_MISSING_ENTRY, ":tags:b"),
-    (lambda c, n: c.sadd(n + ":todo:z", "2"), KIND_STALE_ENTRY, ":todo:z"),
-    (lambda c, n: c.srem(n + ":scores:m1", "1"), KIND_MISSING_ENTRY, ":scores:m1"),
-    (lambda c, n: c.hset(n + ":1:info", "k2", "w"), KIND_MISSING_ENTRY, ":info:k2:e:k:w"),
-    (lambda c, n: c.set(n + ":1:name", "johnny"), KIND_STALE_ENTRY, ":name:john"),
-    (lambda c, n: c.hset(n + ":1:hash", "code", "zz"), KIND_MISSING_ENTRY, ":code:zz"),
-])
+@pytest.mark.parametrize(
+    "corrupt, kind, text",
+    [
+        (lambda c, n: c.sadd(n + ":name:ghost", "1"), KIND_STALE_ENTRY, ":name:ghost"),
+        (lambda c, n: c.srem(n + ":name:john", "1"), KIND_MISSING_ENTRY, ":name:john"),
+        (
+            lambda c, n: c.zrem(n + ":name:text-range", "john:TEXT-RANGE-SEPARATOR:1"),
+            KIND_MISSING_ENTRY,
+            "text-range",
+        ),
+        (lambda c, n: c.zadd(n + ":size:number-range", {"1": 31}), KIND_MISSING_ENTRY, "score"),
+        (lambda c, n: c.srem(n + ":tags:b", "1"), KIND_MISSING_ENTRY, ":tags:b"),
+        (lambda c, n: c.sadd(n + ":todo:z", "2"), KIND_STALE_ENTRY, ":todo:z"),
+        (lambda c, n: c.srem(n + ":scores:m1", "1"), KIND_MISSING_ENTRY, ":scores:m1"),
+        (lambda c, n: c.hset(n + ":1:info", "k2", "w"), KIND_MISSING_ENTRY, ":info:k2:e:k:w"),
+        (lambda c, n: c.set(n + ":1:name", "johnny"), KIND_STALE_ENTRY, ":name:john"),
+        (lambda c, n: c.hset(n + ":1:hash", "code", "zz"), KIND_MISSING_ENTRY, ":code:zz"),
+    ],
+)
 def test_index_mismatches_are_detected(populated, corrupt, kind, text):
     model, client, name = populated
     corrupt(client, name)
@@ -134,11 +152,14 @@ def test_leftover_lock(populated):
     assert kinds(check_consistency(client, [model])) == {KIND_LOCK}
 
 
-@pytest.mark.parametrize("suffix", [
-    ":__index__:equalindex:tmp:0123456789abcdef0123456789abcdef",
-    ":__collection__:final:0123456789abcdef0123456789abcdef",
-    ":__collection__:tmp:0123456789abcdef0123456789abcdef:1",
-])
+@pytest.mark.parametrize(
+    "suffix",
+    [
+        ":__index__:equalindex:tmp:0123456789abcdef0123456789abcdef",
+        ":__collection__:final:0123456789abcdef0123456789abcdef",
+        ":__collection__:tmp:0123456789abcdef0123456789abcdef:1",
+    ],
+)
 def test_leftover_temporary_key(populated, suffix):
     model, client, name = populated
     client.sadd(name + suffix, "1")
@@ -153,11 +174,14 @@ def test_stored_collection_with_ttl_is_not_a_leftover(populated):
     assert check_consistency(client, [model]) == []
 
 
-@pytest.mark.parametrize("key, kind", [
-    ("stranger", "string"),
-    ("{name}:1:nofield", "string"),
-    ("{name}:1:name", "set"),  # a field key of the wrong type
-])
+@pytest.mark.parametrize(
+    "key, kind",
+    [
+        ("stranger", "string"),
+        ("{name}:1:nofield", "string"),
+        ("{name}:1:name", "set"),  # a field key of the wrong type
+    ],
+)
 def test_unknown_keys(populated, key, kind):
     model, client, name = populated
     key = key.format(name=name)

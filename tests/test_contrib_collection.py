@@ -44,7 +44,12 @@ def test_module_names():
     assert CollectionManager._accepted_key_types == {"set"}  # the base is untouched
     lua = ExtendedCollectionManager.scripts["list_to_set"]["lua"]
     assert "DEL" in lua and "LRANGE" in lua and "SADD" in lua
-    assert set(contrib_collection.__all__) >= {"ExtendedCollectionManager", "SORTED_SCORE", "DEFAULT_STORE_TTL", "RawFilter"}
+    assert set(contrib_collection.__all__) >= {
+        "ExtendedCollectionManager",
+        "SORTED_SCORE",
+        "DEFAULT_STORE_TTL",
+        "RawFilter",
+    }
 
 
 def test_initial_state(database, namespace):
@@ -97,8 +102,16 @@ def test_every_method_returns_a_new_collection(database, namespace):
     Product = shop(database, namespace)
     board = Product(6)
     base = Product.collection(cat="x")
-    derived = [base.filter(price=20), base.intersect([2]), base.sort(by_score=board.ranks),
-               base.values(), base.values_list(), base.instances(), base.primary_keys(), base(price=20)]
+    derived = [
+        base.filter(price=20),
+        base.intersect([2]),
+        base.sort(by_score=board.ranks),
+        base.values(),
+        base.values_list(),
+        base.instances(),
+        base.primary_keys(),
+        base(price=20),
+    ]
     for collection in derived:
         assert collection is not base
     assert base._lazy_collection == {"sets": base._lazy_collection["sets"], "pks": set(), "intersects": set()}
@@ -124,9 +137,18 @@ def test_subclass_with_mixin_survives_every_method(database, namespace):
     board = Product(6)
     collection = Product.collection(manager=_CheapCollection)
     assert set(collection) == {"2", "4", "6"}
-    derived = [collection(price=20), collection.filter(price=20), collection.sort(by_score=board.ranks),
-               collection.intersect([2, 4]), collection.instances(), collection.primary_keys(),
-               collection.values("name"), collection.values_list("name"), collection.sort(), collection.clone()]
+    derived = [
+        collection(price=20),
+        collection.filter(price=20),
+        collection.sort(by_score=board.ranks),
+        collection.intersect([2, 4]),
+        collection.instances(),
+        collection.primary_keys(),
+        collection.values("name"),
+        collection.values_list("name"),
+        collection.sort(),
+        collection.clone(),
+    ]
     for item in derived:
         assert type(item) is _CheapCollection
     assert list(collection.intersect([2, 4, 5]).sort()) == ["2", "4"]
@@ -140,20 +162,23 @@ def test_subclass_with_mixin_survives_every_method(database, namespace):
 # ---------------------------------------------------------------------- base behaviour kept
 
 
-@pytest.mark.parametrize("operation", [
-    "list(M.collection())",
-    "set(M.collection(cat='x'))",
-    "list(M.collection(cat='x', price=20))",
-    "list(M.collection(cat='x').sort(by='-price'))",
-    "len(M.collection(cat='x', price__in=[20, 40]))",
-    "M.collection(cat='x').sort()[1:2]",
-    "M.collection(cat='x').sort(by='price')[-1]",
-    "list(M.collection(pk=2, cat='x'))",
-    "list(M.collection(pk=2))",
-    "len(M.collection(pk=2))",
-    "list(M.collection(pk=1, pk__eq=2))",
-    "list(M.collection(cat='x').instances())",
-])
+@pytest.mark.parametrize(
+    "operation",
+    [
+        "list(M.collection())",
+        "set(M.collection(cat='x'))",
+        "list(M.collection(cat='x', price=20))",
+        "list(M.collection(cat='x').sort(by='-price'))",
+        "len(M.collection(cat='x', price__in=[20, 40]))",
+        "M.collection(cat='x').sort()[1:2]",
+        "M.collection(cat='x').sort(by='price')[-1]",
+        "list(M.collection(pk=2, cat='x'))",
+        "list(M.collection(pk=2))",
+        "len(M.collection(pk=2))",
+        "list(M.collection(pk=1, pk__eq=2))",
+        "list(M.collection(cat='x').instances())",
+    ],
+)
 def test_same_commands_as_the_base_manager(database, namespace, redis_settings, operation):
     """Without the extended features, the extended manager sends exactly the base commands."""
     client = raw_client(redis_settings)
@@ -257,10 +282,17 @@ def test_filter_values_that_are_bad_fields(database, namespace, count_commands):
     Product = shop(database, namespace + "p")
     board = Product(6)
     base = Ref.collection(label="one")
-    message = r"^If a field is used as a filter value, it must be a simple value field attached to an instance"
+    message = (
+        r"^If a field is used as a filter value, it must be a simple value field attached to an instance"
+    )
     with count_commands(0):
-        for value in (board.tags, board.ranks, Product.get_field("name"), Ref.get_field("alias"),
-                      Product.get_field("tags")):
+        for value in (
+            board.tags,
+            board.ranks,
+            Product.get_field("name"),
+            Ref.get_field("alias"),
+            Product.get_field("tags"),
+        ):
             for key in ("owner", "pk", "owner__in"):
                 with pytest.raises(ValueError, match=message) as info:
                     base(**{key: [value] if key.endswith("__in") else value})
@@ -331,17 +363,30 @@ def test_intersect_errors_at_call_time(database, namespace, count_commands):
     collection = Product.collection()
     model = r"_contrib_collection_helpers\.shop\.<locals>\.Product"
     with count_commands(0):
-        for field, name in ((Product.get_field("tags"), "SetField"), (Product.get_field("ranks"), "SortedSetField"),
-                            (Product.get_field("history"), "ListField"), (HashField(), "HashField")):
-            with pytest.raises(ValueError, match=r'^%s passed to "intersect" must be bound \(collection of %s\): '
-                               r"pass the field of an instance" % (name, model)):
+        for field, name in (
+            (Product.get_field("tags"), "SetField"),
+            (Product.get_field("ranks"), "SortedSetField"),
+            (Product.get_field("history"), "ListField"),
+            (HashField(), "HashField"),
+        ):
+            with pytest.raises(
+                ValueError,
+                match=r'^%s passed to "intersect" must be bound \(collection of %s\): '
+                r"pass the field of an instance" % (name, model),
+            ):
                 collection.intersect(field)
         for bad in ({}, {"a": 1}, 3, None, 2.5, b"key", board.name, Product, board):
-            with pytest.raises(ValueError, match=r"^%s is not a valid type of argument that can be used as a set\. "
-                               r"Allowed: .*%s" % (re.escape(repr(bad)), model)):
+            with pytest.raises(
+                ValueError,
+                match=r"^%s is not a valid type of argument that can be used as a set\. "
+                r"Allowed: .*%s" % (re.escape(repr(bad)), model),
+            ):
                 collection.intersect(bad)
-        with pytest.raises(TypeError, match=r"^The pks passed to intersect\(\) on a collection of %s must be "
-                           r"hashable" % model):
+        with pytest.raises(
+            TypeError,
+            match=r"^The pks passed to intersect\(\) on a collection of %s must be "
+            r"hashable" % model,
+        ):
             collection.intersect([[1, 2]])
         with pytest.raises(ValueError):  # one bad argument: nothing is added
             collection.intersect([1], None)
@@ -368,11 +413,16 @@ def test_intersect_errors_at_evaluation(database, namespace, redis_settings, cou
     holder = WithHash()
     holder.data.hset("k", "v")
     before = dump(client)
-    for bad, message in ((empty, r"^Invalid filter type: an empty list of pks cannot be intersected"),
-                         (WithHash.collection().intersect(holder.data), r"^Invalid filter type: a HashField"),
-                         (collection.intersect([2], "raw:string"), r"^Cannot use redis key raw:string of type string "
-                                                                  r"for filtering \(collection of .*Product\)"),
-                         (collection.intersect("raw:hash", board.ranks), r"^Cannot use redis key raw:hash of type hash")):
+    for bad, message in (
+        (empty, r"^Invalid filter type: an empty list of pks cannot be intersected"),
+        (WithHash.collection().intersect(holder.data), r"^Invalid filter type: a HashField"),
+        (
+            collection.intersect([2], "raw:string"),
+            r"^Cannot use redis key raw:string of type string "
+            r"for filtering \(collection of .*Product\)",
+        ),
+        (collection.intersect("raw:hash", board.ranks), r"^Cannot use redis key raw:hash of type hash"),
+    ):
         with pytest.raises(ValueError, match=message):
             list(bad)
         with pytest.raises(ValueError, match=message):
@@ -438,7 +488,8 @@ def test_intersect_sequences(database, namespace, redis_settings, count_commands
         "EXISTS %s:__collection__:tmp:<a>" % n,
         "SADD %s:__collection__:tmp:<a> 3" % n,
         "EXISTS %s:__collection__:final:<b>" % n,
-        "ZINTERSTORE %s:__collection__:final:<b> 3 %s:6:ranks %s:__collection__:tmp:<a> %s:collection" % (n, n, n, n),
+        "ZINTERSTORE %s:__collection__:final:<b> 3 %s:6:ranks %s:__collection__:tmp:<a> %s:collection"
+        % (n, n, n, n),
         "DEL %s:__collection__:tmp:<a>" % n,
         "ZRANGE %s:__collection__:final:<b> 0 -1" % n,
         "DEL %s:__collection__:final:<b>" % n,
@@ -480,8 +531,11 @@ def test_zset_order_iteration_and_len(database, namespace, redis_settings, count
     assert len(counted) == 5
     with command_log(client) as log:  # the kept final key is a sorted set: read in score order
         assert list(counted) == ["2", "4", "3", "5", "1"]
-    assert log == ["EXPIRE %s:__collection__:final:<a> 300" % n, "ZRANGE %s:__collection__:final:<a> 0 -1" % n,
-                   "DEL %s:__collection__:final:<a>" % n]
+    assert log == [
+        "EXPIRE %s:__collection__:final:<a> 300" % n,
+        "ZRANGE %s:__collection__:final:<a> 0 -1" % n,
+        "DEL %s:__collection__:final:<a>" % n,
+    ]
     # sort() and values() go through SORT and follow its order
     assert list(collection.sort()) == ["1", "2", "3", "4", "5"]
     assert list(collection.sort(by="-pk")) == ["5", "4", "3", "2", "1"]
@@ -492,7 +546,9 @@ def test_zset_order_iteration_and_len(database, namespace, redis_settings, count
     assert log[2] == "SORT %s:__collection__:final:<a>" % n
     # instances follow the same order
     assert [instance._pk for instance in collection.instances(lazy=True)] == ["2", "4", "3", "5", "1"]
-    assert temporary_keys(client) == [key for key in temporary_keys(client) if ":final:" in key]  # len() keeps one
+    assert temporary_keys(client) == [
+        key for key in temporary_keys(client) if ":final:" in key
+    ]  # len() keeps one
 
 
 def test_zset_order_windows(database, namespace, redis_settings, count_commands):
@@ -567,7 +623,14 @@ def test_sort_by_score(database, namespace, redis_settings):
     assert list(Product.collection(cat="y").sort(by_score=board.ranks)) == ["3", "5", "1"]
     assert list(collection.intersect([1, 4, 6]).sort(by_score=board.ranks)) == ["6", "4", "1"]
     client.zadd(key, {"6": 9.5, "7": 0})  # 7 is not a Product: sorting does not add it
-    assert list(collection.sort(by_score=board.ranks, alpha=True)) == ["2", "4", "3", "5", "1", "6"]  # "9.5" last
+    assert list(collection.sort(by_score=board.ranks, alpha=True)) == [
+        "2",
+        "4",
+        "3",
+        "5",
+        "1",
+        "6",
+    ]  # "9.5" last
     assert list(collection.sort(by_score=board.ranks)) == ["6", "2", "4", "3", "5", "1"]
     # any later sort replaces the score sort, and the other way round
     by_name = collection.sort(by_score=board.ranks).sort(by="name", alpha=True, desc=True)
@@ -576,7 +639,14 @@ def test_sort_by_score(database, namespace, redis_settings):
     back = by_name.sort(by_score=board.ranks, desc=True)
     assert back._sort is None and back._sort_by_sortedset == {"by": key, "desc": True, "alpha": False}
     assert list(back) == ["1", "5", "3", "4", "2", "6"]
-    assert list(collection.sort(by_score=board.ranks).sort(by="nosort").sort()) == ["1", "2", "3", "4", "5", "6"]
+    assert list(collection.sort(by_score=board.ranks).sort(by="nosort").sort()) == [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+        "6",
+    ]
     assert temporary_keys(client) == []
 
 
@@ -603,12 +673,34 @@ def test_sort_by_score_sequence(database, namespace, redis_settings, count_comma
         "%s:__collection__:tmp:<a>:6 %s:__collection__:tmp:<a>_final_set" % (n, n, n, n, n),
     ]
     with command_log(client) as log:
-        assert list(Product.collection(cat="x").sort(by_score=board.ranks, desc=True, alpha=True)) == ["4", "2", "6"]
-    assert log[8] == "SORT %s:__collection__:tmp:<a>_final_set BY %s:__collection__:tmp:<a>:* DESC ALPHA" % (n, n)
+        assert list(Product.collection(cat="x").sort(by_score=board.ranks, desc=True, alpha=True)) == [
+            "4",
+            "2",
+            "6",
+        ]
+    assert log[8] == "SORT %s:__collection__:tmp:<a>_final_set BY %s:__collection__:tmp:<a>:* DESC ALPHA" % (
+        n,
+        n,
+    )
     with command_log(client) as log:  # with a final key: deleted right after the retrieval
         assert list(Product.collection(cat="x", price__in=[20, 40]).sort(by_score=board.ranks)) == ["2", "4"]
-    assert verbs(log) == ["EXISTS", "SUNIONSTORE", "EXISTS", "SINTERSTORE", "DEL", "SMEMBERS", "DEL",
-                          "ZSCORE", "ZSCORE", "EXISTS", "SET", "MSET", "SADD", "SORT", "DEL"]
+    assert verbs(log) == [
+        "EXISTS",
+        "SUNIONSTORE",
+        "EXISTS",
+        "SINTERSTORE",
+        "DEL",
+        "SMEMBERS",
+        "DEL",
+        "ZSCORE",
+        "ZSCORE",
+        "EXISTS",
+        "SET",
+        "MSET",
+        "SADD",
+        "SORT",
+        "DEL",
+    ]
     with count_commands(1):  # one result, no values: nothing to sort
         assert list(Product.collection(price=40).sort(by_score=board.ranks)) == ["4"]
     with count_commands(1):
@@ -618,7 +710,9 @@ def test_sort_by_score_sequence(database, namespace, redis_settings, count_comma
     assert temporary_keys(client) == []
 
 
-def test_sort_by_score_on_a_pipeline_database(database, namespace, redis_settings, count_commands, monkeypatch):
+def test_sort_by_score_on_a_pipeline_database(
+    database, namespace, redis_settings, count_commands, monkeypatch
+):
     """On a ``PipelineDatabase`` the ZSCOREs go through a non-transactional pipeline: same commands."""
     client = raw_client(redis_settings)
     logs = []
@@ -638,7 +732,14 @@ def test_sort_by_score_on_a_pipeline_database(database, namespace, redis_setting
             assert list(Product.collection().sort(by_score=board.ranks)) == ["6", "2", "4", "3", "5", "1"]
         logs.append([entry.replace(Product._name, "M") for entry in log])
         with count_commands(1 + 6 + 6):
-            assert list(Product.collection().sort(by_score=board.ranks, desc=True)) == ["1", "5", "3", "4", "2", "6"]
+            assert list(Product.collection().sort(by_score=board.ranks, desc=True)) == [
+                "1",
+                "5",
+                "3",
+                "4",
+                "2",
+                "6",
+            ]
         assert db._connection is db.connect()  # the pipeline is gone
     assert logs[0] == logs[1]
     assert verbs(logs[0]).count("ZSCORE") == 6
@@ -656,10 +757,14 @@ def test_sort_by_score_with_a_pk_filter(database, namespace, count_commands):
         assert list(Product.collection(pk=3).sort(by_score=board.ranks).values("name")) == [{"name": "p3"}]
     with count_commands(1 + 1 + 3 + 3):  # SISMEMBER, ZSCORE, EXISTS SET MSET, SADD SORT DEL
         assert list(Product.collection(pk=3).sort(by_score=board.ranks).values("name", SORTED_SCORE)) == [
-            {"name": "p3", SORTED_SCORE: "30.0"}]
-    assert list(Product.collection(pk=6).sort(by_score=board.ranks).values_list(SORTED_SCORE, flat=True)) == ["-inf"]
-    assert list(Product.collection(pk=6, cat="x").sort(by_score=board.ranks).values_list("pk", SORTED_SCORE)) == [
-        ("6", "-inf")]
+            {"name": "p3", SORTED_SCORE: "30.0"}
+        ]
+    assert list(Product.collection(pk=6).sort(by_score=board.ranks).values_list(SORTED_SCORE, flat=True)) == [
+        "-inf"
+    ]
+    assert list(
+        Product.collection(pk=6, cat="x").sort(by_score=board.ranks).values_list("pk", SORTED_SCORE)
+    ) == [("6", "-inf")]
 
 
 def test_sort_by_score_slices_use_the_whole_sorted_set(database, namespace, redis_settings, count_commands):
@@ -679,7 +784,8 @@ def test_sort_by_score_slices_use_the_whole_sorted_set(database, namespace, redi
         "%s:__collection__:tmp:<a>:4 20.0 %s:__collection__:tmp:<a>:5 40.0" % (n, n, n, n, n),
         "SORT %s:cat:x BY %s:__collection__:tmp:<a>:* LIMIT 0 2" % (n, n),
         "DEL %s:__collection__:tmp:<a> %s:__collection__:tmp:<a>:1 %s:__collection__:tmp:<a>:2 "
-        "%s:__collection__:tmp:<a>:3 %s:__collection__:tmp:<a>:4 %s:__collection__:tmp:<a>:5" % (n, n, n, n, n, n),
+        "%s:__collection__:tmp:<a>:3 %s:__collection__:tmp:<a>:4 %s:__collection__:tmp:<a>:5"
+        % (n, n, n, n, n, n),
     ]
     with command_log(client) as log:
         assert collection[-1] == "4"
@@ -690,8 +796,19 @@ def test_sort_by_score_slices_use_the_whole_sorted_set(database, namespace, redi
     assert log[4] == "SORT %s:cat:x BY %s:__collection__:tmp:<a>:* LIMIT 0 1 ALPHA" % (n, n)
     with command_log(client) as log:
         assert list(Product.collection(cat="x", price__in=[20, 60]).sort(by_score=board.ranks)[1:]) == ["2"]
-    assert verbs(log) == ["EXISTS", "SUNIONSTORE", "EXISTS", "SINTERSTORE", "DEL",
-                          "ZRANGE", "EXISTS", "SET", "MSET", "SORT", "DEL"]
+    assert verbs(log) == [
+        "EXISTS",
+        "SUNIONSTORE",
+        "EXISTS",
+        "SINTERSTORE",
+        "DEL",
+        "ZRANGE",
+        "EXISTS",
+        "SET",
+        "MSET",
+        "SORT",
+        "DEL",
+    ]
     assert log[-2] == "SORT %s:__collection__:final:<b> BY %s:__collection__:tmp:<c>:* LIMIT 1 -1" % (n, n)
     assert log[-1].startswith("DEL %s:__collection__:final:<b> %s:__collection__:tmp:<c> " % (n, n))
     # absent members: 0 on a window, -inf on a full evaluation
@@ -713,7 +830,11 @@ def test_sort_by_score_index_never_changes_the_collection(database, namespace, c
     assert collection[-1] == "1"
     assert list(collection[-2:]) == ["5", "1"]
     assert (dict(collection._sort_by_sortedset), collection._sort, repr(collection._values)) == state
-    assert (collection._sort_limits, collection._sort_limits_reverse, collection._collection_cache) == (None, False, None)
+    assert (collection._sort_limits, collection._sort_limits_reverse, collection._collection_cache) == (
+        None,
+        False,
+        None,
+    )
     assert list(collection) == ["3", "5", "1"]
     with count_commands(0):
         assert collection[-1] == "1" and collection[0] == "3" and list(collection[1:]) == ["5", "1"]
@@ -723,18 +844,41 @@ def test_sort_arguments(database, namespace, redis_settings, count_commands):
     Product = shop(database, namespace)
     board = Product(6)
     collection = Product.collection()
-    assert list(collection.sort(by=Product.get_field("name"), desc=True, alpha=True)) == ["6", "5", "4", "3", "2", "1"]
+    assert list(collection.sort(by=Product.get_field("name"), desc=True, alpha=True)) == [
+        "6",
+        "5",
+        "4",
+        "3",
+        "2",
+        "1",
+    ]
     assert list(collection.sort(by=board.price)) == ["1", "2", "3", "4", "5", "6"]
-    score_message = (r"^To sort by sorted set, you must pass a SortedSetFied \(attached to a model\) or a string "
-                     r"representing the key of a redis zset to the `by_score` named argument \(got .*Product\)")
+    score_message = (
+        r"^To sort by sorted set, you must pass a SortedSetFied \(attached to a model\) or a string "
+        r"representing the key of a redis zset to the `by_score` named argument \(got .*Product\)"
+    )
     with count_commands(0):
-        for bad in (None, "", 3, board.tags, board.name, Product.get_field("ranks"), SortedSetField(), [board.ranks]):
+        for bad in (
+            None,
+            "",
+            3,
+            board.tags,
+            board.name,
+            Product.get_field("ranks"),
+            SortedSetField(),
+            [board.ranks],
+        ):
             with pytest.raises(ValueError, match=score_message):
                 collection.sort(by_score=bad)
-        with pytest.raises(ValueError, match=r"^You can't use `by` and `by_score` in the same call to `sort`\."):
+        with pytest.raises(
+            ValueError, match=r"^You can't use `by` and `by_score` in the same call to `sort`\."
+        ):
             collection.sort(by="name", by_score=board.ranks)
-        with pytest.raises(TypeError, match=r"^Unexpected argument\(s\) get, start to sort\(by_score=\.\.\.\) on a "
-                           r"collection of .*Product: only desc and alpha"):
+        with pytest.raises(
+            TypeError,
+            match=r"^Unexpected argument\(s\) get, start to sort\(by_score=\.\.\.\) on a "
+            r"collection of .*Product: only desc and alpha",
+        ):
             collection.sort(by_score=board.ranks, start=0, get="#")
         with pytest.raises(TypeError, match=r"^Unexpected argument\(s\) foo to sort\(\)"):
             collection.sort(foo=1)
@@ -748,9 +892,11 @@ def test_sort_by_score_no_temporary_key_left_after_errors(database, namespace, r
     client = raw_client(redis_settings)
     client.set("not:a:zset", "x")
     before = dump(client)
-    for collection in (Product.collection().sort(by_score="not:a:zset"),
-                       Product.collection(cat="x", price__in=[20, 40]).sort(by_score="not:a:zset"),
-                       Product.collection(cat="x").sort(by_score="not:a:zset").values("name", SORTED_SCORE)):
+    for collection in (
+        Product.collection().sort(by_score="not:a:zset"),
+        Product.collection(cat="x", price__in=[20, 40]).sort(by_score="not:a:zset"),
+        Product.collection(cat="x").sort(by_score="not:a:zset").values("name", SORTED_SCORE),
+    ):
         with pytest.raises(redis.exceptions.ResponseError, match="^WRONGTYPE"):
             list(collection)
         assert dump(client) == before
@@ -765,18 +911,21 @@ def test_sort_by_score_no_temporary_key_left_after_errors(database, namespace, r
 # ---------------------------------------------------------------------- round trips
 
 
-@pytest.mark.parametrize("operation", [
-    "list(M.collection(cat='x').intersect([2, 4, 5], board.history, board.ranks))",
-    "len(M.collection(cat='x').intersect([2, 4, 5], board.ranks))",
-    "list(M.collection(cat='x', price__in=[20, 40]).sort(by_score=board.ranks).values('name', SORTED_SCORE))",
-    "list(M.collection(cat='x', price__in=[20, 40]).sort(by_score=board.ranks, desc=True)[0:1])",
-    "list(M.collection(pk=2).sort(by_score=board.ranks).values_list('pk', SORTED_SCORE))",
-    "list(M.collection(cat='x').sort(by_score=board.ranks).store(key='k'))",
-    "list(M.collection(pk=2, cat='x').store(key='k'))",
-    "list(M.collection(cat='z').store(key='k'))",
-    "list(M.collection().from_stored('k')(cat='x'))",
-    "len(M.collection().from_stored('k'))",
-])
+@pytest.mark.parametrize(
+    "operation",
+    [
+        "list(M.collection(cat='x').intersect([2, 4, 5], board.history, board.ranks))",
+        "len(M.collection(cat='x').intersect([2, 4, 5], board.ranks))",
+        "list(M.collection(cat='x', price__in=[20, 40]).sort(by_score=board.ranks).values('name', SORTED_SCORE))",
+        "list(M.collection(cat='x', price__in=[20, 40]).sort(by_score=board.ranks, desc=True)[0:1])",
+        "list(M.collection(pk=2).sort(by_score=board.ranks).values_list('pk', SORTED_SCORE))",
+        "list(M.collection(cat='x').sort(by_score=board.ranks).store(key='k'))",
+        "list(M.collection(pk=2, cat='x').store(key='k'))",
+        "list(M.collection(cat='z').store(key='k'))",
+        "list(M.collection().from_stored('k')(cat='x'))",
+        "len(M.collection().from_stored('k'))",
+    ],
+)
 def test_batched_round_trips_keep_the_commands(database, namespace, redis_settings, monkeypatch, operation):
     """The commands sent one by one (no write-behind batch) are exactly those sent batched."""
     client = raw_client(redis_settings)

@@ -57,24 +57,71 @@ def _nine(db, ns):
 # (label, factory(Nine, zkey), expected full list, reversible,
 #  commands of a window, commands of a full fetch)
 VARIANTS = [
-    ("score", lambda M, z: M.collection().sort(by_score=z), BY_SCORE, True,
-     6, 1 + 9 + 6),  # ZRANGE WITHSCORES, EXISTS, SET, MSET, SORT, DEL / SMEMBERS, ZSCOREs, EXISTS SET MSET SADD SORT DEL
-    ("score desc filtered", lambda M, z: M.collection(tag="x").sort(by_score=z, desc=True), BY_SCORE[::-1], True,
-     6, 1 + 9 + 6),
-    ("score two filters", lambda M, z: M.collection(tag="x", other="y").sort(by_score=z), BY_SCORE, True,
-     2 + 6, 2 + 2 + 9 + 6),  # EXISTS + SINTERSTORE first; the final key's DEL joins the score keys' on a window
-    ("score values", lambda M, z: M.collection().sort(by_score=z).values_list("pk", flat=True), BY_SCORE, True,
-     6, 1 + 9 + 6),
-    ("zset order", lambda M, z: M.collection().intersect(z), BY_SCORE, True,
-     5, 5),  # TYPE of the key, EXISTS, ZINTERSTORE, ZRANGE/ZREVRANGE, DEL
-    ("zset order filtered", lambda M, z: M.collection(tag="x").intersect(z), BY_SCORE, True,
-     5, 5),
-    ("stored", lambda M, z: M.collection().from_stored("stored:by:score"), BY_SCORE, False,
-     2, 2),  # EXISTS, SORT ... BY nosort LIMIT / EXISTS, LRANGE
-    ("stored resorted by score", lambda M, z: M.collection().from_stored("stored:by:pk").sort(by_score=z, desc=True),
-     BY_SCORE[::-1], True, 1 + 6, 1 + 1 + 9 + 6),
-    ("stored resorted", lambda M, z: M.collection().from_stored("stored:by:score").sort(by="-pk"), ITEMS[::-1], True,
-     2, 2),
+    (
+        "score",
+        lambda M, z: M.collection().sort(by_score=z),
+        BY_SCORE,
+        True,
+        6,
+        1 + 9 + 6,
+    ),  # ZRANGE WITHSCORES, EXISTS, SET, MSET, SORT, DEL / SMEMBERS, ZSCOREs, EXISTS SET MSET SADD SORT DEL
+    (
+        "score desc filtered",
+        lambda M, z: M.collection(tag="x").sort(by_score=z, desc=True),
+        BY_SCORE[::-1],
+        True,
+        6,
+        1 + 9 + 6,
+    ),
+    (
+        "score two filters",
+        lambda M, z: M.collection(tag="x", other="y").sort(by_score=z),
+        BY_SCORE,
+        True,
+        2 + 6,
+        2 + 2 + 9 + 6,
+    ),  # EXISTS + SINTERSTORE first; the final key's DEL joins the score keys' on a window
+    (
+        "score values",
+        lambda M, z: M.collection().sort(by_score=z).values_list("pk", flat=True),
+        BY_SCORE,
+        True,
+        6,
+        1 + 9 + 6,
+    ),
+    (
+        "zset order",
+        lambda M, z: M.collection().intersect(z),
+        BY_SCORE,
+        True,
+        5,
+        5,
+    ),  # TYPE of the key, EXISTS, ZINTERSTORE, ZRANGE/ZREVRANGE, DEL
+    ("zset order filtered", lambda M, z: M.collection(tag="x").intersect(z), BY_SCORE, True, 5, 5),
+    (
+        "stored",
+        lambda M, z: M.collection().from_stored("stored:by:score"),
+        BY_SCORE,
+        False,
+        2,
+        2,
+    ),  # EXISTS, SORT ... BY nosort LIMIT / EXISTS, LRANGE
+    (
+        "stored resorted by score",
+        lambda M, z: M.collection().from_stored("stored:by:pk").sort(by_score=z, desc=True),
+        BY_SCORE[::-1],
+        True,
+        1 + 6,
+        1 + 1 + 9 + 6,
+    ),
+    (
+        "stored resorted",
+        lambda M, z: M.collection().from_stored("stored:by:score").sort(by="-pk"),
+        ITEMS[::-1],
+        True,
+        2,
+        2,
+    ),
 ]
 
 
@@ -90,12 +137,15 @@ def _prepare(database, namespace, cloned, variant):
 
 #: every variant directly, and a clone of one collection of each kind (its state copied by clone())
 COMBINATIONS = [pytest.param(variant, False, id=VARIANTS[variant][0]) for variant in range(len(VARIANTS))] + [
-    pytest.param(variant, True, id=VARIANTS[variant][0] + " clone") for variant in (1, 3, 4, 7)]
+    pytest.param(variant, True, id=VARIANTS[variant][0] + " clone") for variant in (1, 3, 4, 7)
+]
 
 
 @pytest.mark.parametrize("variant, cloned", COMBINATIONS)
 def test_exhaustive_slices(database, namespace, redis_settings, count_commands, variant, cloned):
-    make, label, expected_full, reversible, window_count, full_count = _prepare(database, namespace, cloned, variant)
+    make, label, expected_full, reversible, window_count, full_count = _prepare(
+        database, namespace, cloned, variant
+    )
     assert list(make()) == expected_full
     client = raw_client(redis_settings)
     sliced = [make() for _ in ALL_SLICES]  # (from_stored reads LLEN: not counted below)
@@ -119,8 +169,15 @@ def test_exhaustive_slices(database, namespace, redis_settings, count_commands, 
     pristine = make()
     state = (pristine._sort, pristine._sort_by_sortedset, pristine._values, None, False, None, None)
     for position, (s, collection) in enumerate(zip(ALL_SLICES, sliced)):
-        assert (collection._sort, collection._sort_by_sortedset, collection._values, collection._sort_limits,
-                collection._sort_limits_reverse, collection._collection_cache, collection._len) == state, (label, s)
+        assert (
+            collection._sort,
+            collection._sort_by_sortedset,
+            collection._values,
+            collection._sort_limits,
+            collection._sort_limits_reverse,
+            collection._collection_cache,
+            collection._len,
+        ) == state, (label, s)
         if position % 13 == 0:
             assert list(collection) == expected_full, (label, s)
             assert len(collection) == 9
@@ -129,7 +186,9 @@ def test_exhaustive_slices(database, namespace, redis_settings, count_commands, 
 
 @pytest.mark.parametrize("variant, cloned", COMBINATIONS)
 def test_exhaustive_indexes(database, namespace, redis_settings, count_commands, variant, cloned):
-    make, label, expected_full, reversible, window_count, full_count = _prepare(database, namespace, cloned, variant)
+    make, label, expected_full, reversible, window_count, full_count = _prepare(
+        database, namespace, cloned, variant
+    )
     client = raw_client(redis_settings)
     collection = make()
     for i in range(-9, 9):
@@ -175,6 +234,8 @@ def test_score_sorted_windows_commands(database, namespace, redis_settings):
     values = collection.values_list("pk", SORTED_SCORE)
     with command_log(client) as log:
         assert values[-1] == ("2", "9.0")
-    assert log[4] == ("SORT %s:tag:x BY %s:__collection__:tmp:<a>:* LIMIT 0 1 GET # GET %s:__collection__:tmp:<a>:* DESC"
-                      % (n, n, n))
+    assert log[4] == (
+        "SORT %s:tag:x BY %s:__collection__:tmp:<a>:* LIMIT 0 1 GET # GET %s:__collection__:tmp:<a>:* DESC"
+        % (n, n, n)
+    )
     assert temporary_keys(client) == []

@@ -49,13 +49,19 @@ def test_values_default_fields(database, namespace):
     assert list(collection.values_list())[0] == ("2", "p2", "x", "20", None)
     values = collection.values()._values
     n = Product._name
-    assert values == {"fields": {"names": ["pk", "name", "cat", "price", "note"],
-                                 "keys": ["#", "%s:*:name" % n, "%s:*:cat" % n, "%s:*:hash->price" % n, "%s:*:note" % n]},
-                      "mode": "dicts"}
+    assert values == {
+        "fields": {
+            "names": ["pk", "name", "cat", "price", "note"],
+            "keys": ["#", "%s:*:name" % n, "%s:*:cat" % n, "%s:*:hash->price" % n, "%s:*:note" % n],
+        },
+        "mode": "dicts",
+    }
     Person = _people(database, namespace + "p")
     # pk first under its real name; no multi-value field; missing values are None
     assert list(Person.collection(city="paris").sort(alpha=True).values()) == [
-        {"id": "amy", "city": "paris", "age": None}, {"id": "bob", "city": "paris", "age": "30"}]
+        {"id": "amy", "city": "paris", "age": None},
+        {"id": "bob", "city": "paris", "age": "30"},
+    ]
 
 
 def test_values_names(database, namespace, redis_settings):
@@ -66,13 +72,22 @@ def test_values_names(database, namespace, redis_settings):
     assert list(collection.values("pk")) == [{"pk": "bob"}, {"pk": "amy"}]
     assert list(collection.values("id", "age")) == [{"id": "bob", "age": "30"}, {"id": "amy", "age": None}]
     assert list(collection.values("pk__eq")) == [{"pk__eq": "bob"}, {"pk__eq": "amy"}]
-    assert list(collection.values_list("age", "id__eq", "city")) == [("30", "bob", "paris"), (None, "amy", "paris")]
+    assert list(collection.values_list("age", "id__eq", "city")) == [
+        ("30", "bob", "paris"),
+        (None, "amy", "paris"),
+    ]
     assert list(collection.values_list("age", "age")) == [("30", "30"), (None, None)]
     assert list(collection.values_list("id", flat=True)) == ["bob", "amy"]
     assert list(collection.values_list("age", flat=True)) == ["30", None]
-    assert list(collection.values(SORTED_SCORE, "id")) == [{SORTED_SCORE: None, "id": "bob"}, {SORTED_SCORE: None, "id": "amy"}]
+    assert list(collection.values(SORTED_SCORE, "id")) == [
+        {SORTED_SCORE: None, "id": "bob"},
+        {SORTED_SCORE: None, "id": "amy"},
+    ]
     with command_log(client) as log:
-        assert list(collection.values_list("pk", SORTED_SCORE, "city")) == [("bob", None, "paris"), ("amy", None, "paris")]
+        assert list(collection.values_list("pk", SORTED_SCORE, "city")) == [
+            ("bob", None, "paris"),
+            ("amy", None, "paris"),
+        ]
     assert log == ["SORT %s:city:paris GET # GET sorted_score GET %s:*:hash->city DESC ALPHA" % (n, n)]
 
 
@@ -81,17 +96,26 @@ def test_values_errors(database, namespace, count_commands):
     collection = Product.collection()
     with count_commands(0):
         for bad in ("nope", "name__eq", "pk__in", 3, None):
-            with pytest.raises(ValueError, match=r"^%s if not a valid field to get from collection for Product: use one of "
-                               r"'pk', 'name'" % bad):
+            with pytest.raises(
+                ValueError,
+                match=r"^%s if not a valid field to get from collection for Product: use one of "
+                r"'pk', 'name'" % bad,
+            ):
                 collection.values(bad)
             with pytest.raises(ValueError, match=r"^%s if not a valid field" % bad):
                 collection.values_list("name", bad)
         for multi in ("tags", "ranks", "history"):
-            with pytest.raises(ValueError, match=r"^It's not possible to get a MultiValuesField from a collection \(asked: "
-                               r"%s\) on %s" % (multi, MODEL)):
+            with pytest.raises(
+                ValueError,
+                match=r"^It's not possible to get a MultiValuesField from a collection \(asked: "
+                r"%s\) on %s" % (multi, MODEL),
+            ):
                 collection.values("name", multi)
-        with pytest.raises(ValueError, match=r"^Unexpected keyword arguments for the values method: \['bar', 'foo'\] "
-                           r"\(values_list\(\) on a collection of %s\)" % MODEL):
+        with pytest.raises(
+            ValueError,
+            match=r"^Unexpected keyword arguments for the values method: \['bar', 'foo'\] "
+            r"\(values_list\(\) on a collection of %s\)" % MODEL,
+        ):
             collection.values_list("name", foo=1, bar=2, flat=True)
         with pytest.raises(TypeError):
             collection.values(flat=True)
@@ -147,7 +171,9 @@ def test_values_with_a_pk_filter(database, namespace, redis_settings, count_comm
         "DEL %s:__collection__:tmp:<a>" % n,
     ]
     with count_commands(8):
-        assert list(Person.collection(pk="bob", city="paris").sort(by="age").values_list("id", flat=True)) == ["bob"]
+        assert list(
+            Person.collection(pk="bob", city="paris").sort(by="age").values_list("id", flat=True)
+        ) == ["bob"]
     with count_commands(1):
         assert list(Person.collection(pk="zed").values()) == []
     assert list(Person.collection(pk="bob", city="rome").values()) == []
@@ -166,15 +192,25 @@ def test_values_sorted_score(database, namespace):
     board = Product(6)
     collection = Product.collection(cat="x").sort(by_score=board.ranks)
     assert list(collection.values("name", SORTED_SCORE)) == [
-        {"name": "p6", SORTED_SCORE: "-inf"}, {"name": "p2", SORTED_SCORE: "10.0"}, {"name": "p4", SORTED_SCORE: "20.0"}]
+        {"name": "p6", SORTED_SCORE: "-inf"},
+        {"name": "p2", SORTED_SCORE: "10.0"},
+        {"name": "p4", SORTED_SCORE: "20.0"},
+    ]
     assert list(collection.values_list(SORTED_SCORE, flat=True)) == ["-inf", "10.0", "20.0"]
     # a window reads the scores of the whole zset: 6 is absent (no score, sorted as 0)
     assert list(collection.values_list(SORTED_SCORE, "pk")[1:]) == [("10.0", "2"), ("20.0", "4")]
-    assert list(collection.values_list(SORTED_SCORE, "pk")[0:3]) == [(None, "6"), ("10.0", "2"), ("20.0", "4")]
+    assert list(collection.values_list(SORTED_SCORE, "pk")[0:3]) == [
+        (None, "6"),
+        ("10.0", "2"),
+        ("20.0", "4"),
+    ]
     assert collection.values_list("pk", SORTED_SCORE)[-1] == ("4", "20.0")
     assert list(Product.collection(price=40).sort(by_score=board.ranks).values()) == [
-        {"pk": "4", "name": "p4", "cat": "x", "price": "40", "note": None}]
-    assert list(Product.collection(cat="x").values(SORTED_SCORE)) == [{SORTED_SCORE: None}] * 3  # not score-sorted
+        {"pk": "4", "name": "p4", "cat": "x", "price": "40", "note": None}
+    ]
+    assert (
+        list(Product.collection(cat="x").values(SORTED_SCORE)) == [{SORTED_SCORE: None}] * 3
+    )  # not score-sorted
 
 
 def test_values_result_type_switches(database, namespace, count_commands):
@@ -190,7 +226,11 @@ def test_values_result_type_switches(database, namespace, count_commands):
     assert (pks._values, pks._instances) == (None, False)
     assert list(pks) == ["2", "4", "6"]
     assert list(values.values_list("pk", flat=True)) == ["2", "4", "6"]  # replaces
-    assert list(values.sort(by="-pk")) == [{"name": "p6"}, {"name": "p4"}, {"name": "p2"}]  # sort keeps values
+    assert list(values.sort(by="-pk")) == [
+        {"name": "p6"},
+        {"name": "p4"},
+        {"name": "p2"},
+    ]  # sort keeps values
     assert list(values(price__in=[20, 60])) == [{"name": "p2"}, {"name": "p6"}]
     with count_commands(1):
         assert values.clone()[1] == {"name": "p4"}
@@ -243,11 +283,20 @@ def test_store_order_and_non_numeric_pks(database, namespace, redis_settings):
     Product = shop(database, namespace)
     client = raw_client(redis_settings)
     assert client.lrange(Product.collection(cat="y").store().stored_key, 0, -1) == ["1", "3", "5"]  # numeric
-    assert list(Product.collection().sort(by="name", alpha=True, desc=True).store()) == ["6", "5", "4", "3", "2", "1"]
+    assert list(Product.collection().sort(by="name", alpha=True, desc=True).store()) == [
+        "6",
+        "5",
+        "4",
+        "3",
+        "2",
+        "1",
+    ]
     assert list(Product.collection(cat="x", price__in=[20, 60]).store()) == ["2", "6"]
     Person = _people(database, namespace + "p")
     before = dump(client)
-    with pytest.raises(redis.exceptions.ResponseError, match=r"^One or more scores can't be converted into double$"):
+    with pytest.raises(
+        redis.exceptions.ResponseError, match=r"^One or more scores can't be converted into double$"
+    ):
         Person.collection(city="paris").store()
     with pytest.raises(redis.exceptions.ResponseError):
         Person.collection().intersect(["amy", "cid"]).store()
@@ -265,8 +314,10 @@ def test_store_ttl(database, namespace, redis_settings):
     assert 0 < client.ttl(short.stored_key) <= 5
     gone = Product.collection(cat="x").store(ttl=0)  # deleted at once...
     assert client.exists(gone.stored_key) == 0 and gone._stored_len == 3
-    message = (r"^This collection is based on a previous one, stored at a key that does not exist anymore\. \(key "
-               r"'[^']+', collection of %s\)" % MODEL)
+    message = (
+        r"^This collection is based on a previous one, stored at a key that does not exist anymore\. \(key "
+        r"'[^']+', collection of %s\)" % MODEL
+    )
     with pytest.raises(DoesNotExist, match=message):  # ... so it raises when evaluated
         list(gone)
     with pytest.raises(DoesNotExist, match=message):
@@ -278,10 +329,14 @@ def test_store_ttl(database, namespace, redis_settings):
     empty = Product.collection(cat="z").store(ttl=0)  # empty: nothing to check, empty result
     assert list(empty) == [] and len(empty) == 0
     for bad in (-1, 1.5, "60", True):
-        with pytest.raises(ValueError, match=r"^store\(ttl=%r\) on a collection of %s: the ttl must be" % (bad, MODEL)):
+        with pytest.raises(
+            ValueError, match=r"^store\(ttl=%r\) on a collection of %s: the ttl must be" % (bad, MODEL)
+        ):
             Product.collection().store(ttl=bad)
     for bad in ("", 3, b"key"):
-        with pytest.raises(TypeError, match=r"^store\(key=%r\) on a collection of %s: the key must be" % (bad, MODEL)):
+        with pytest.raises(
+            TypeError, match=r"^store\(key=%r\) on a collection of %s: the key must be" % (bad, MODEL)
+        ):
             Product.collection().store(key=bad)
 
 
@@ -300,8 +355,13 @@ def test_store_explicit_key_and_empty_results(database, namespace, redis_setting
     assert dump(client) == before and list(empty) == [] and empty._stored_len == 0
     with count_commands(0):
         assert list(empty.clone()) == [] and len(empty.clone()) == 0 and empty.clone()[0:3] == []
-    for collection in (Product.collection(cat="z"), Product.collection(pk=99), Product.collection(pk=1, cat="x"),
-                       Product.collection(pk=1, pk__eq=2), Product.collection(cat="x", price__in=[])):
+    for collection in (
+        Product.collection(cat="z"),
+        Product.collection(pk=99),
+        Product.collection(pk=1, cat="x"),
+        Product.collection(pk=1, pk__eq=2),
+        Product.collection(cat="x", price__in=[]),
+    ):
         client.rpush("my:old", "1")
         assert list(collection.store(key="my:old")) == []
         assert client.exists("my:old") == 0
@@ -389,10 +449,16 @@ def test_store_keeps_the_result_type(database, namespace):
     assert list(base.values_list("pk", "price").store()[1:]) == [("4", "40"), ("2", "20")]
     assert list(base.store().values_list("name", flat=True)) == ["p6", "p4", "p2"]
     scored = Product.collection(cat="x").sort(by_score=board.ranks).values("pk", SORTED_SCORE).store()
-    assert list(scored) == [{"pk": "6", SORTED_SCORE: None}, {"pk": "2", SORTED_SCORE: None},
-                            {"pk": "4", SORTED_SCORE: None}]  # the stored collection is not score-sorted
-    assert list(scored.sort(by_score=board.ranks)) == [{"pk": "6", SORTED_SCORE: "-inf"}, {"pk": "2", SORTED_SCORE: "10.0"},
-                                                       {"pk": "4", SORTED_SCORE: "20.0"}]
+    assert list(scored) == [
+        {"pk": "6", SORTED_SCORE: None},
+        {"pk": "2", SORTED_SCORE: None},
+        {"pk": "4", SORTED_SCORE: None},
+    ]  # the stored collection is not score-sorted
+    assert list(scored.sort(by_score=board.ranks)) == [
+        {"pk": "6", SORTED_SCORE: "-inf"},
+        {"pk": "2", SORTED_SCORE: "10.0"},
+        {"pk": "4", SORTED_SCORE: "20.0"},
+    ]
 
 
 def test_store_after_len_and_on_a_clone(database, namespace, redis_settings):
@@ -427,13 +493,21 @@ def test_from_stored(database, namespace, redis_settings, count_commands):
     with count_commands(0):
         assert list(missing) == [] and len(missing.clone()) == 0 and list(missing(cat="x")) == []
     with count_commands(0):
-        for bad in (lambda: collection.from_stored("other"), lambda: collection(cat="x").from_stored("other"),
-                    lambda: collection.sort().from_stored("other")):
-            with pytest.raises(ValueError, match=r"^This collection is already based on a stored one \(key 'manual', "
-                               r"collection of %s\): call from_stored\(\) on a collection that is not" % MODEL):
+        for bad in (
+            lambda: collection.from_stored("other"),
+            lambda: collection(cat="x").from_stored("other"),
+            lambda: collection.sort().from_stored("other"),
+        ):
+            with pytest.raises(
+                ValueError,
+                match=r"^This collection is already based on a stored one \(key 'manual', "
+                r"collection of %s\): call from_stored\(\) on a collection that is not" % MODEL,
+            ):
                 bad()
         for bad in (None, 3, ""):
-            with pytest.raises(TypeError, match=r"^from_stored\(key=%r\) on a collection of %s" % (bad, MODEL)):
+            with pytest.raises(
+                TypeError, match=r"^from_stored\(key=%r\) on a collection of %s" % (bad, MODEL)
+            ):
                 Product.collection().from_stored(bad)
     client.set("a:string", "x")
     with pytest.raises(redis.exceptions.ResponseError, match="^WRONGTYPE"):
@@ -448,8 +522,11 @@ def test_stored_key_exists(database, namespace, redis_settings, count_commands):
         assert stored.stored_key_exists() == 1
     client.delete(stored.stored_key)
     assert stored.stored_key_exists() == 0
-    with pytest.raises(ValueError, match=r"^stored_key_exists\(\) on a collection of %s that is not based on a stored "
-                       r"one: use store\(\) or from_stored\(key\) first" % MODEL):
+    with pytest.raises(
+        ValueError,
+        match=r"^stored_key_exists\(\) on a collection of %s that is not based on a stored "
+        r"one: use store\(\) or from_stored\(key\) first" % MODEL,
+    ):
         Product.collection().stored_key_exists()
 
 
@@ -492,8 +569,14 @@ def test_stored_collection_can_do_everything(database, namespace, redis_settings
     plain = Product.collection().from_stored("stored")  # never evaluated: no cached length
     client.delete(stored.stored_key)
     before = dump(client)
-    for collection in (plain, plain(cat="x"), plain.intersect([1]), plain.sort(by_score=board.ranks),
-                       plain.values("name"), plain(pk=4)):
+    for collection in (
+        plain,
+        plain(cat="x"),
+        plain.intersect([1]),
+        plain.sort(by_score=board.ranks),
+        plain.values("name"),
+        plain(pk=4),
+    ):
         with pytest.raises(DoesNotExist):
             list(collection)
         with pytest.raises(DoesNotExist):
@@ -517,16 +600,31 @@ def test_no_temporary_key_left_after_errors(database, namespace, redis_settings)
     without_len = ("list", "index", "slice", "store", "store key")  # len() never sorts
     failing = [
         (Product.collection(cat="x").intersect([1, 2], board.history, "a:string"), ValueError, everything),
-        (Product.collection(cat="x").intersect([1, 2], board.ranks).sort(by="name"), redis.exceptions.ResponseError,
-         without_len),
-        (Product.collection(cat="x").intersect([1, 2]).values("name").sort(by="name"), redis.exceptions.ResponseError,
-         without_len),
+        (
+            Product.collection(cat="x").intersect([1, 2], board.ranks).sort(by="name"),
+            redis.exceptions.ResponseError,
+            without_len,
+        ),
+        (
+            Product.collection(cat="x").intersect([1, 2]).values("name").sort(by="name"),
+            redis.exceptions.ResponseError,
+            without_len,
+        ),
         (Product.collection(cat="x", price__in=[10, 20]).intersect([]), ValueError, everything),
-        (Product.collection().intersect(board.history, [1, 2]).sort(by_score="a:string"), redis.exceptions.ResponseError,
-         without_len),
+        (
+            Product.collection().intersect(board.history, [1, 2]).sort(by_score="a:string"),
+            redis.exceptions.ResponseError,
+            without_len,
+        ),
     ]
-    operations = {"list": list, "len": len, "index": lambda c: c[0], "slice": lambda c: c[-2:],
-                  "store": lambda c: c.store(), "store key": lambda c: c.store(key="k")}
+    operations = {
+        "list": list,
+        "len": len,
+        "index": lambda c: c[0],
+        "slice": lambda c: c[-2:],
+        "store": lambda c: c.store(),
+        "store key": lambda c: c.store(key="k"),
+    }
     for collection, exception, names in failing:
         for name in names:
             with pytest.raises(exception):

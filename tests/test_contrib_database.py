@@ -260,7 +260,16 @@ def test_getters_return_the_pipeline_and_replies_come_in_order(pdb, namespace):
         assert a.scores.zrange(0, -1, withscores=True) is pipe
         assert a.pk.get() == a._pk  # local, no command
         assert len(pipe.command_stack) == 8
-        assert pipe.execute() == ["v1", "v2", {"x", "y"}, ["q1", "q2"], "i", ["i", None], {"k": "v"}, [("m", 2.0)]]
+        assert pipe.execute() == [
+            "v1",
+            "v2",
+            {"x", "y"},
+            ["q1", "q2"],
+            "i",
+            ["i", None],
+            {"k": "v"},
+            [("m", 2.0)],
+        ]
 
 
 def test_modifiers_of_non_indexable_fields(pdb, namespace, client):
@@ -336,7 +345,9 @@ def test_pipeline_without_transaction_sends_no_multi(pdb, namespace, client):
                 pipe.execute()
         assert [c for c in log if c in ("MULTI", "EXEC")] == expected
         assert [c for c in log if c not in ("MULTI", "EXEC")] == [
-            "GET %s" % counter.name.key, "SET %s 1" % counter.value.key]
+            "GET %s" % counter.name.key,
+            "SET %s 1" % counter.value.key,
+        ]
 
 
 # ---------------------------------------------------------------------- threads
@@ -533,7 +544,9 @@ def test_aggressive_clear_uses_a_pipeline_and_restores_the_connection(pdb, names
     with command_log(client) as log:
         field.clear_indexes(aggressive=True)
     assert sorted(c for c in log if c.startswith("DEL")) == [
-        "DEL %s:person:name:a" % namespace, "DEL %s:person:name:b" % namespace]
+        "DEL %s:person:name:a" % namespace,
+        "DEL %s:person:name:b" % namespace,
+    ]
     assert "MULTI" not in log
     assert pdb.connection is direct and pdb._pipelined_connection is None
     # the index got it from the database's hook: one of its own pipelines, installed while open
@@ -564,7 +577,11 @@ def test_score_sorting_of_extended_collections_on_a_pipeline_database(pdb, names
     players = [Player(name="p%d" % i) for i in range(3)]
     board = Board(scores={players[0]._pk: 30, players[1]._pk: 10, players[2]._pk: 20})
     direct = pdb.connection
-    assert list(Player.collection().sort(by_score=board.scores)) == [players[1]._pk, players[2]._pk, players[0]._pk]
+    assert list(Player.collection().sort(by_score=board.scores)) == [
+        players[1]._pk,
+        players[2]._pk,
+        players[0]._pk,
+    ]
     assert pdb.connection is direct and pdb._pipelined_connection is None
     assert [key for key in client.keys("*") if "__collection__" in key] == []
 
@@ -598,10 +615,14 @@ def _scenario(db, ns):
 
 
 @pytest.mark.parametrize("scenario", [_scenario])
-def test_same_commands_and_round_trips_as_redis_database(redis_settings, database, namespace, client, scenario,
-                                                          monkeypatch):
+def test_same_commands_and_round_trips_as_redis_database(
+    redis_settings, database, namespace, client, scenario, monkeypatch
+):
     results = {}
-    for kind, db in (("redis", RedisDatabase(**redis_settings)), ("pipeline", PipelineDatabase(**redis_settings))):
+    for kind, db in (
+        ("redis", RedisDatabase(**redis_settings)),
+        ("pipeline", PipelineDatabase(**redis_settings)),
+    ):
         db.connection.ping()
         client.flushdb()
         # round trips counted on the client side (one per write of the database's connections):

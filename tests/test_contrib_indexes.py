@@ -51,8 +51,11 @@ def keys_of(client, model_class):
     """Return the layout of the index keys of ``model_class`` (no instance data, collection, locks)."""
     name = model_class._name
     instance_key = re.compile(re.escape(name) + r":(\d+|collection|max_pk|lock-for-update)(:|$)")
-    return {key: value for key, value in layout(client).items()
-            if key.startswith(name + ":") and not instance_key.match(key)}
+    return {
+        key: value
+        for key, value in layout(client).items()
+        if key.startswith(name + ":") and not instance_key.match(key)
+    }
 
 
 def pks(collection):
@@ -76,10 +79,23 @@ def read_keys(connection, keys):
 
 
 def test_module_names():
-    for name in ("MultiIndexes", "DateIndexParts", "DateRangeIndex", "DateIndex", "TimeIndexParts",
-                 "TimeRangeIndex", "TimeIndex", "DateSimpleTimeIndex", "DateTimeIndex", "SimpleDateTimeIndex",
-                 "ScoredEqualIndex", "EqualIndexWith", "_BaseRelatedIndex", "_ScoredEqualIndex_RelatedIndex",
-                 "_EqualIndexWith_RelatedIndex"):
+    for name in (
+        "MultiIndexes",
+        "DateIndexParts",
+        "DateRangeIndex",
+        "DateIndex",
+        "TimeIndexParts",
+        "TimeRangeIndex",
+        "TimeIndex",
+        "DateSimpleTimeIndex",
+        "DateTimeIndex",
+        "SimpleDateTimeIndex",
+        "ScoredEqualIndex",
+        "EqualIndexWith",
+        "_BaseRelatedIndex",
+        "_ScoredEqualIndex_RelatedIndex",
+        "_EqualIndexWith_RelatedIndex",
+    ):
         assert isinstance(getattr(contrib_indexes, name), type), name
     assert contrib_indexes.BaseIndex is indexes.BaseIndex
     assert contrib_indexes.EqualIndex is EqualIndex
@@ -88,7 +104,9 @@ def test_module_names():
     assert contrib_indexes._MultiFieldsIndexMixin is indexes._MultiFieldsIndexMixin
     assert issubclass(MultiIndexes, indexes.BaseIndex)
     assert issubclass(ScoredEqualIndex, EqualIndex)
-    assert issubclass(EqualIndexWith, indexes._MultiFieldsIndexMixin) and issubclass(EqualIndexWith, EqualIndex)
+    assert issubclass(EqualIndexWith, indexes._MultiFieldsIndexMixin) and issubclass(
+        EqualIndexWith, EqualIndex
+    )
     assert issubclass(_ScoredEqualIndex_RelatedIndex, _BaseRelatedIndex)
     assert issubclass(_EqualIndexWith_RelatedIndex, indexes._MultiFieldsIndexMixin)
     assert issubclass(_EqualIndexWith_RelatedIndex, _BaseRelatedIndex)
@@ -143,8 +161,11 @@ def test_multi_indexes_example(Base, client, count_commands):
 def test_multi_indexes_instance_members(Base):
     Unique = EqualIndex
     NoUnique = TextRangeIndex.configure(handle_uniqueness=False)
-    Multi = MultiIndexes.compose([NoUnique, NumberRangeIndex.configure(prefix="n", handle_uniqueness=False), Unique], key="k",
-                                 transform=lambda v: v * 2)
+    Multi = MultiIndexes.compose(
+        [NoUnique, NumberRangeIndex.configure(prefix="n", handle_uniqueness=False), Unique],
+        key="k",
+        transform=lambda v: v * 2,
+    )
     NoneUnique = MultiIndexes.compose([NoUnique])
 
     class M(Base):
@@ -157,7 +178,11 @@ def test_multi_indexes_instance_members(Base):
     assert all(sub.field is M.get_field("a") for sub in index._indexes)
     assert index.handle_uniqueness is True
     assert index.get_unique_index() is index._indexes[2]
-    assert index.can_handle_suffix(None) and index.can_handle_suffix("startswith") and index.can_handle_suffix("n__gt")
+    assert (
+        index.can_handle_suffix(None)
+        and index.can_handle_suffix("startswith")
+        and index.can_handle_suffix("n__gt")
+    )
     assert not index.can_handle_suffix("n__startswith") and not index.can_handle_suffix("year")
     assert index.prepare_args(["x"]) == ["k", "xx"]
     assert index.prepare_args(["h", "x"], transform=False) == ["h", "k", "x"]
@@ -169,11 +194,13 @@ def test_multi_indexes_instance_members(Base):
 
 
 def test_multi_indexes_uniqueness_is_checked_by_the_first_capable_index(Base, client):
-    Multi = MultiIndexes.compose([
-        EqualIndex.configure(prefix="up", transform=lambda v: v.upper(), handle_uniqueness=False),
-        TextRangeIndex,
-        EqualIndex,
-    ])
+    Multi = MultiIndexes.compose(
+        [
+            EqualIndex.configure(prefix="up", transform=lambda v: v.upper(), handle_uniqueness=False),
+            TextRangeIndex,
+            EqualIndex,
+        ]
+    )
 
     class M(Base):
         a = fields.StringField(unique=True, indexes=[Multi])
@@ -181,7 +208,9 @@ def test_multi_indexes_uniqueness_is_checked_by_the_first_capable_index(Base, cl
     calls = []
     first = M(a="b")
     second = M(a="B")  # the upper-cased index does not check: 'b' and 'B' coexist
-    with pytest.raises(UniquenessError, match=r'^Value "b" already indexed for unique field M.a \(for instance 1\)$'):
+    with pytest.raises(
+        UniquenessError, match=r'^Value "b" already indexed for unique field M.a \(for instance 1\)$'
+    ):
         M(a="b")
     before = layout(client)
     with pytest.raises(UniquenessError):
@@ -278,21 +307,31 @@ def test_date_time_building_blocks():
     assert TimeRangeIndex.key == "time" and issubclass(TimeRangeIndex, TextRangeIndex)
     parts = DateIndexParts.index_classes
     assert [(c.__name__, c.prefix, c.key, c.handle_uniqueness) for c in parts] == [
-        ("YearIndex", "year", "number-range", False), ("MonthIndex", "month", "number-range", False),
-        ("DayIndex", "day", "number-range", False)]
+        ("YearIndex", "year", "number-range", False),
+        ("MonthIndex", "month", "number-range", False),
+        ("DayIndex", "day", "number-range", False),
+    ]
     assert all(issubclass(c, NumberRangeIndex) for c in parts)
     assert [(c.__name__, c.prefix) for c in TimeIndexParts.index_classes] == [
-        ("HourIndex", "hour"), ("MinuteIndex", "minute"), ("SecondIndex", "second")]
+        ("HourIndex", "hour"),
+        ("MinuteIndex", "minute"),
+        ("SecondIndex", "second"),
+    ]
     assert DateIndex.index_classes == [DateRangeIndex, DateIndexParts]
     assert TimeIndex.index_classes == [TimeRangeIndex, TimeIndexParts]
     assert [(c.__name__, c.prefix, c.key) for c in DateSimpleTimeIndex.index_classes] == [
-        ("FullDateTimeRangeIndex", None, "full"), ("DateRangeIndex", "date", "date"),
-        ("DateIndexParts", None, None), ("TimeRangeIndex", "time", "time")]
+        ("FullDateTimeRangeIndex", None, "full"),
+        ("DateRangeIndex", "date", "date"),
+        ("DateIndexParts", None, None),
+        ("TimeRangeIndex", "time", "time"),
+    ]
     assert DateTimeIndex.index_classes[0] is DateSimpleTimeIndex
     assert issubclass(DateTimeIndex.index_classes[1], TimeIndexParts)
     assert [(c.__name__, c.prefix, c.key) for c in SimpleDateTimeIndex.index_classes] == [
-        ("FullDateTimeRangeIndex", None, "full"), ("DateRangeIndex", "date", "date"),
-        ("TimeRangeIndex", "time", "time")]
+        ("FullDateTimeRangeIndex", None, "full"),
+        ("DateRangeIndex", "date", "date"),
+        ("TimeRangeIndex", "time", "time"),
+    ]
 
 
 def test_date_index(Base, client):
@@ -392,7 +431,10 @@ def test_simple_date_time_index(Base, client):
     b = M(dt="2015-12-17 08:00:00")
     n = M._name
     assert keys_of(client, M) == {
-        "%s:dt:full" % n: ("zset", [("2015-12-16 15:16:17%s1" % SEP, 0.0), ("2015-12-17 08:00:00%s2" % SEP, 0.0)]),
+        "%s:dt:full" % n: (
+            "zset",
+            [("2015-12-16 15:16:17%s1" % SEP, 0.0), ("2015-12-17 08:00:00%s2" % SEP, 0.0)],
+        ),
         "%s:dt:date:date" % n: ("zset", [("2015-12-16%s1" % SEP, 0.0), ("2015-12-17%s2" % SEP, 0.0)]),
         "%s:dt:time:time" % n: ("zset", [("08:00:00%s2" % SEP, 0.0), ("15:16:17%s1" % SEP, 0.0)]),
     }
@@ -406,7 +448,7 @@ def test_simple_date_time_index(Base, client):
     with pytest.raises(ImplementationError):
         M.collection(dt__year=2015)
     # uniqueness on the first 19 characters
-    with pytest.raises(UniquenessError, match='already indexed for unique field M.dt'):
+    with pytest.raises(UniquenessError, match="already indexed for unique field M.dt"):
         b.dt.set("2015-12-16 15:16:17.999")
     assert b.dt.get() == "2015-12-17 08:00:00"
     with pytest.raises(UniquenessError):
@@ -420,14 +462,31 @@ def test_date_time_index_spec_example(Base, client):
     m = M(dt="2015-12-16 15:16:17.123")
     M(dt="2016-01-01 00:00:00")
     n = M._name
-    assert set(keys_of(client, M)) == {"%s:dt:%s" % (n, suffix) for suffix in (
-        "full", "date:date", "time:time", "year:number-range", "month:number-range", "day:number-range",
-        "hour:number-range", "minute:number-range", "second:number-range")}
+    assert set(keys_of(client, M)) == {
+        "%s:dt:%s" % (n, suffix)
+        for suffix in (
+            "full",
+            "date:date",
+            "time:time",
+            "year:number-range",
+            "month:number-range",
+            "day:number-range",
+            "hour:number-range",
+            "minute:number-range",
+            "second:number-range",
+        )
+    }
     assert client.zscore("%s:dt:second:number-range" % n, m._pk) == 17.0
     assert client.zscore("%s:dt:hour:number-range" % n, m._pk) == 15.0
-    for filters in ({"dt": "2015-12-16 15:16:17"}, {"dt__date__lt": "2015-12-17"}, {"dt__year": 2015},
-                    {"dt__time__startswith": "15"}, {"dt__second": 17}, {"dt__month__gt": 11},
-                    {"dt__minute__lte": 16, "dt__day": 16}):
+    for filters in (
+        {"dt": "2015-12-16 15:16:17"},
+        {"dt__date__lt": "2015-12-17"},
+        {"dt__year": 2015},
+        {"dt__time__startswith": "15"},
+        {"dt__second": 17},
+        {"dt__month__gt": 11},
+        {"dt__minute__lte": 16, "dt__day": 16},
+    ):
         assert pks(M.collection(**filters)) == {m._pk}, filters
 
 
@@ -459,17 +518,27 @@ def test_scored_equal_index_class_attributes():
     configured = ScoredEqualIndex.configure(score_field="prio", prefix="p", name="X")
     assert (configured.__name__, configured.score_field, configured.prefix) == ("X", "prio", "p")
     assert ScoredEqualIndex.score_field is None
-    with pytest.raises(TypeError, match="ScoredEqualIndex.configure only accepts these named arguments: .*score_field"):
+    with pytest.raises(
+        TypeError, match="ScoredEqualIndex.configure only accepts these named arguments: .*score_field"
+    ):
         ScoredEqualIndex.configure(other_fields=["x"])
 
 
-@pytest.mark.parametrize("manager, score_field, field_class, message", [
-    (CollectionManager, "prio", fields.StringField, "collection_manager CollectionManager cannot use sorted sets"),
-    (None, "nothing", fields.StringField, "score_field 'nothing' is not a field of M"),
-    (None, None, fields.StringField, "score_field None is not a field of M"),
-    (None, "name", fields.StringField, "score_field 'name' is the indexed field itself"),
-    (None, "tags", fields.StringField, "score_field 'tags' is a SetField"),
-])
+@pytest.mark.parametrize(
+    "manager, score_field, field_class, message",
+    [
+        (
+            CollectionManager,
+            "prio",
+            fields.StringField,
+            "collection_manager CollectionManager cannot use sorted sets",
+        ),
+        (None, "nothing", fields.StringField, "score_field 'nothing' is not a field of M"),
+        (None, None, fields.StringField, "score_field None is not a field of M"),
+        (None, "name", fields.StringField, "score_field 'name' is the indexed field itself"),
+        (None, "tags", fields.StringField, "score_field 'tags' is a SetField"),
+    ],
+)
 def test_scored_equal_index_definition_errors(Base, manager, score_field, field_class, message):
     Index = ScoredEqualIndex.configure(score_field=score_field)
     attrs = {
@@ -584,7 +653,8 @@ def test_scored_equal_index_filtered_keys(Scored, client, count_commands):
     with count_commands(0):
         assert index.get_filtered_keys(None, "x") == [("%s:name:equal-scored:x" % n, "zset", False)]
         assert index.get_filtered_keys("eq", "y", accepted_key_types={"set", "zset"}) == [
-            ("%s:name:equal-scored:y" % n, "zset", False)]
+            ("%s:name:equal-scored:y" % n, "zset", False)
+        ]
     with count_commands(2):  # EXISTS + ZUNIONSTORE
         keys = index.get_filtered_keys("in", ["x", "y"])
     [(key, kind, temporary)] = keys
@@ -614,7 +684,9 @@ def test_scored_equal_index_uniqueness(ZBase, client):
     a = U(name="x")  # no score: the uniqueness set is written anyway
     assert keys_of(client, U) == {"%s:name:equal-scored:x:__uniqueness__" % n: ("set", {a._pk})}
     before = layout(client)
-    with pytest.raises(UniquenessError, match=r'^Value "x" already indexed for unique field U.name \(for instance 1\)$'):
+    with pytest.raises(
+        UniquenessError, match=r'^Value "x" already indexed for unique field U.name \(for instance 1\)$'
+    ):
         U(name="x", prio=3)
     assert layout(client) == before  # checked at creation with pk None: nothing allocated
     b = U(name="y", prio=2)
@@ -679,7 +751,9 @@ def test_scored_equal_index_on_an_inherited_model(Scored, client):
     child = Child(name="x", prio=3)
     parent = Scored(name="x", prio=4)
     assert client.zrange("%s:name:equal-scored:x" % Child._name, 0, -1, withscores=True) == [(child._pk, 3.0)]
-    assert client.zrange("%s:name:equal-scored:x" % Scored._name, 0, -1, withscores=True) == [(parent._pk, 4.0)]
+    assert client.zrange("%s:name:equal-scored:x" % Scored._name, 0, -1, withscores=True) == [
+        (parent._pk, 4.0)
+    ]
     child.prio.hset(5)
     parent.prio.hset(6)
     assert client.zscore("%s:name:equal-scored:x" % Child._name, child._pk) == 5.0
@@ -713,23 +787,33 @@ def test_equal_index_with_class_attributes_and_configure():
     assert EqualIndexWith.RelatedIndex is _EqualIndexWith_RelatedIndex
     configured = EqualIndexWith.configure(["a", "b"], unique=True, prefix="p", name="Both")
     assert (configured.__name__, configured.other_fields, configured.unique, configured.prefix) == (
-        "Both", ["a", "b"], True, "p")
+        "Both",
+        ["a", "b"],
+        True,
+        "p",
+    )
     assert EqualIndexWith.configure(other_fields=("a",)).unique is False
     with pytest.raises(TypeError):
         EqualIndexWith.configure()
-    with pytest.raises(TypeError, match="^EqualIndexWith.configure only accepts these named arguments: "
-                                        "key, name, other_fields, prefix, transform, unique$"):
+    with pytest.raises(
+        TypeError,
+        match="^EqualIndexWith.configure only accepts these named arguments: "
+        "key, name, other_fields, prefix, transform, unique$",
+    ):
         EqualIndexWith.configure(["a"], handle_uniqueness=True)
     assert _EqualIndexWith_RelatedIndex.handled_suffixes == {None, "eq", "in"}
 
 
-@pytest.mark.parametrize("index, message", [
-    (EqualIndexWith, "EqualIndexWith on {module}.M.foo: no other fields"),
-    (EqualIndexWith.configure([]), "no other fields"),
-    (EqualIndexWith.configure(["nope"]), "'nope' in other_fields is not a field of M"),
-    (EqualIndexWith.configure(["foo"]), "other_fields names the indexed field 'foo' itself"),
-    (EqualIndexWith.configure(["bar", "data"], unique=True), "cannot include the HashField data"),
-])
+@pytest.mark.parametrize(
+    "index, message",
+    [
+        (EqualIndexWith, "EqualIndexWith on {module}.M.foo: no other fields"),
+        (EqualIndexWith.configure([]), "no other fields"),
+        (EqualIndexWith.configure(["nope"]), "'nope' in other_fields is not a field of M"),
+        (EqualIndexWith.configure(["foo"]), "other_fields names the indexed field 'foo' itself"),
+        (EqualIndexWith.configure(["bar", "data"], unique=True), "cannot include the HashField data"),
+    ],
+)
 def test_equal_index_with_definition_errors(Base, index, message):
     attrs = {
         "foo": fields.StringField(indexable=True, indexes=[index]),
@@ -754,18 +838,26 @@ def test_equal_index_with_model_ready(Base):
     assert bar.indexable and len(bar.index_classes) == 1
     assert issubclass(bar.index_classes[0], _EqualIndexWith_RelatedIndex)
     assert bar.index_classes[0].related_index_class is Index
-    assert baz.index_classes[0] is EqualIndex and issubclass(baz.index_classes[1], _EqualIndexWith_RelatedIndex)
+    assert baz.index_classes[0] is EqualIndex and issubclass(
+        baz.index_classes[1], _EqualIndexWith_RelatedIndex
+    )
     multi = M._multi_fields_index_for_filtering
     assert [(index.field.name, type(index)) for index in multi] == [
-        ("foo", Index), ("bar", bar.index_classes[0]), ("baz", baz.index_classes[1])]
+        ("foo", Index),
+        ("bar", bar.index_classes[0]),
+        ("baz", baz.index_classes[1]),
+    ]
     index = multi[0]
     assert index.can_filter_fields([("foo", None), ("bar", "eq"), ("baz", "in")]) == [
-        (("foo", None), ("baz", "in"), ("bar", "eq"))]
+        (("foo", None), ("baz", "in"), ("bar", "eq"))
+    ]
     assert index.can_filter_fields([("foo", None), ("bar", None)]) == []
     assert index.can_filter_fields([("foo", "gt"), ("bar", None), ("baz", None)]) == []
     combinations = index.can_filter_fields([("foo", None), ("foo", "in"), ("bar", None), ("baz", None)])
     assert set(combinations) == {
-        (("foo", None), ("baz", None), ("bar", None)), (("foo", "in"), ("baz", None), ("bar", None))}
+        (("foo", None), ("baz", None), ("bar", None)),
+        (("foo", "in"), ("baz", None), ("bar", None)),
+    }
     assert multi[1].can_filter_fields([("foo", None), ("bar", None), ("baz", None)]) == []
 
 
@@ -790,12 +882,14 @@ def test_equal_index_with_storage_cartesian_product(Together, client):
     t.bar.rpush("B3")
     t.foo.hset("F2", "v2")
     assert {key for key in keys_of(client, Together) if ":equal-with:" in key} == {
-        "%s:foo:equal-with:%s:%s:z" % (n, f, b) for f in ("F1:v1", "F2:v2") for b in ("B1", "B2", "B3")}
+        "%s:foo:equal-with:%s:%s:z" % (n, f, b) for f in ("F1:v1", "F2:v2") for b in ("B1", "B2", "B3")
+    }
     t.baz.set("y")
     t.bar.lrem(0, "B1")
     t.foo.hdel("F1")
     assert {key for key in keys_of(client, Together) if ":equal-with:" in key} == {
-        "%s:foo:equal-with:F2:v2:%s:y" % (n, b) for b in ("B2", "B3")}
+        "%s:foo:equal-with:F2:v2:%s:y" % (n, b) for b in ("B2", "B3")
+    }
     t.delete()
     assert keys_of(client, Together) == {}
 
@@ -805,7 +899,8 @@ def test_equal_index_with_nothing_while_a_field_is_empty(Together, client):
     assert not [key for key in keys_of(client, Together) if ":equal-with:" in key]
     t.bar.rpush("b")
     assert [key for key in keys_of(client, Together) if ":equal-with:" in key] == [
-        "%s:foo:equal-with:F:v:b:z" % Together._name]
+        "%s:foo:equal-with:F:v:b:z" % Together._name
+    ]
     t.baz.delete()
     assert not [key for key in keys_of(client, Together) if ":equal-with:" in key]
     u = Together(bar=["b"], baz="z")
@@ -857,7 +952,8 @@ def test_equal_index_with_filtering(Base, client, count_commands):
     n = M._name
     with count_commands(0):
         assert index.get_filtered_keys(None, "f1", related_filters={"bar": (["b1"], None)}) == [
-            ("%s:foo:equal-with:f1:b1" % n, "set", False)]
+            ("%s:foo:equal-with:f1:b1" % n, "set", False)
+        ]
     with count_commands(2):
         keys = index.get_filtered_keys("in", ["f1", "f2"], related_filters={"bar": (["b1"], "eq")})
     [(key, kind, temporary)] = keys
@@ -870,10 +966,14 @@ def test_equal_index_with_filtering(Base, client, count_commands):
 
 def test_equal_index_with_filter_resolution_example(Base):
     class M(Base):
-        foo = fields.StringField(indexable=True, indexes=[EqualIndex, EqualIndexWith.configure(["bar", "baz", "qux"])])
+        foo = fields.StringField(
+            indexable=True, indexes=[EqualIndex, EqualIndexWith.configure(["bar", "baz", "qux"])]
+        )
         bar = fields.StringField()
-        baz = fields.StringField(indexable=True, indexes=[EqualIndexWith.configure(["foo", "bar"]),
-                                                          EqualIndexWith.configure(["qux"])])
+        baz = fields.StringField(
+            indexable=True,
+            indexes=[EqualIndexWith.configure(["foo", "bar"]), EqualIndexWith.configure(["qux"])],
+        )
         qux = fields.StringField(indexable=True)
 
     m = M(foo="1", bar="2", baz="3", qux="4")
@@ -884,10 +984,13 @@ def test_equal_index_with_filter_resolution_example(Base):
     assert pks(M.collection(foo="1", baz="3", qux="4")) == {m._pk, "2"}
     assert pks(M.collection(foo="1", bar="2", baz="3")) == {m._pk}
     assert pks(M.collection(foo="1", bar="2", baz="3", qux="4")) == {m._pk}
-    [foo_index, baz_foo_bar, baz_qux] = [index for index in M._multi_fields_index_for_filtering
-                                          if isinstance(index, EqualIndexWith)]
+    [foo_index, baz_foo_bar, baz_qux] = [
+        index for index in M._multi_fields_index_for_filtering if isinstance(index, EqualIndexWith)
+    ]
     everything = [("foo", None), ("bar", None), ("baz", None), ("qux", None)]
-    assert foo_index.can_filter_fields(everything) == [(("foo", None), ("bar", None), ("baz", None), ("qux", None))]
+    assert foo_index.can_filter_fields(everything) == [
+        (("foo", None), ("bar", None), ("baz", None), ("qux", None))
+    ]
     assert baz_foo_bar.can_filter_fields(everything) == [(("baz", None), ("foo", None), ("bar", None))]
     assert baz_qux.can_filter_fields(everything) == [(("baz", None), ("qux", None))]
 
@@ -910,7 +1013,9 @@ def test_equal_index_with_uniqueness(Base, client):
     with pytest.raises(UniquenessError, match=message):
         c.foo.set("f")
     assert c.foo.get() == "g"  # rolled back
-    with pytest.raises(UniquenessError, match=r'^Value "foo=f, bar=c" already indexed .* \(for instance 2\)$'):
+    with pytest.raises(
+        UniquenessError, match=r'^Value "foo=f, bar=c" already indexed .* \(for instance 2\)$'
+    ):
         a.bar.hset("c")
     assert a.bar.hget() == "b"
     assert keys_of(client, M)["%s:foo:equal-with:f:b" % n] == ("set", {a._pk})
@@ -1003,7 +1108,8 @@ def test_equal_index_with_hmset_of_several_fields(Base, client, order):
     assert layout(client) == before
     m.hmset(**values)
     assert {k: v for k, v in keys_of(client, M).items() if ":equal-with:" in k} == {
-        "%s:foo:equal-with:y:b" % n: ("set", {m._pk})}
+        "%s:foo:equal-with:y:b" % n: ("set", {m._pk})
+    }
     empty = M(foo="x")
     empty.hmset(**values)  # bar had no value
     assert keys_of(client, M)["%s:foo:equal-with:y:b" % n] == ("set", {m._pk, empty._pk})
@@ -1055,7 +1161,10 @@ def test_indexes_stay_consistent_through_random_operations(ZBase, client):
     failures = 0
     for _ in range(300):
         instance = rng.choice(instances)
-        values = {name: rng.choice(["1", "2", "3"]) for name in rng.sample(["a", "b", "c", "s", "p"], rng.randint(1, 5))}
+        values = {
+            name: rng.choice(["1", "2", "3"])
+            for name in rng.sample(["a", "b", "c", "s", "p"], rng.randint(1, 5))
+        }
         if rng.random() < 0.3:
             values["email"] = rng.choice(["e0", "e1", "e2", "e3"])
         try:
@@ -1125,6 +1234,8 @@ def test_scored_equal_index_on_a_foreign_key(database, namespace, client):
     index = Order.get_field("client").get_index()
     assert index.get_storage_key(alice) == "%s:order:client:equal-scored:%s" % (ns, alice._pk)
     assert client.zrange(index.get_storage_key(alice), 0, -1, withscores=True) == [
-        (second._pk, 10.0), (first._pk, 30.0)]
+        (second._pk, 10.0),
+        (first._pk, 30.0),
+    ]
     assert list(Order.collection(client=alice)) == [second._pk, first._pk]
     assert list(alice.order_set()) == [second._pk, first._pk]  # the reverse collection, by amount

@@ -80,9 +80,20 @@ def league(RBase):
 
 
 def test_public_names():
-    for name in ("RelatedModel", "RelatedCollection", "FKStringField", "FKInstanceHashField", "M2MSetField",
-                 "M2MListField", "M2MSortedSetField", "re_identifier", "RelatedFieldMetaclass", "RelatedFieldMixin",
-                 "SimpleValueRelatedFieldMixin", "MultiValuesRelatedFieldMixin"):
+    for name in (
+        "RelatedModel",
+        "RelatedCollection",
+        "FKStringField",
+        "FKInstanceHashField",
+        "M2MSetField",
+        "M2MListField",
+        "M2MSortedSetField",
+        "re_identifier",
+        "RelatedFieldMetaclass",
+        "RelatedFieldMixin",
+        "SimpleValueRelatedFieldMixin",
+        "MultiValuesRelatedFieldMixin",
+    ):
         assert hasattr(related, name), name
     assert related.re_identifier.pattern == r"\W"
     assert related.re_identifier.sub("_", "shop-v2.x") == "shop_v2_x"
@@ -106,9 +117,14 @@ def test_class_hierarchy():
         # the command sets are exactly the base field's
         assert field_class.available_getters == base.available_getters
         assert field_class.available_modifiers == base.available_modifiers
-    assert (M2MSetField._related_remover, M2MListField._related_remover, M2MSortedSetField._related_remover) == (
-        "srem", "lrem", "zrem")
-    assert not hasattr(FKStringField, "_related_remover") and not hasattr(FKInstanceHashField, "_related_remover")
+    assert (
+        M2MSetField._related_remover,
+        M2MListField._related_remover,
+        M2MSortedSetField._related_remover,
+    ) == ("srem", "lrem", "zrem")
+    assert not hasattr(FKStringField, "_related_remover") and not hasattr(
+        FKInstanceHashField, "_related_remover"
+    )
 
 
 def test_to_is_mandatory():
@@ -146,7 +162,9 @@ def test_copies_keep_to_and_related_name(league, namespace):
     assert type(clone) is M2MSetField
     assert clone.related_to == namespace + ":player" and clone.related_name == "teams"
     assert clone.indexable and clone.index_classes == [EqualIndex] and clone.name == "players"
-    assert ("to", "related_to") in M2MSetField._copy_conf["kwargs"] and "related_name" in M2MSetField._copy_conf["kwargs"]
+    assert ("to", "related_to") in M2MSetField._copy_conf[
+        "kwargs"
+    ] and "related_name" in M2MSetField._copy_conf["kwargs"]
     team = Team(id="t")
     assert team.players.related_to == namespace + ":player" and team.players.related_name == "teams"
     assert team.players._model is Team and team.players._instance is team
@@ -207,9 +225,13 @@ def test_from_python(league):
         field = team.get_field(name)
         assert field.from_python(p1) == "p1"
         assert field.from_python(Player.lazy_connect("p9")) == "p9"
-        assert field.from_python("p2") == "p2" and field.from_python(3) == 3 and field.from_python(None) is None
+        assert (
+            field.from_python("p2") == "p2" and field.from_python(3) == 3 and field.from_python(None) is None
+        )
         assert field.from_python(b"p3") == "p3"  # bytes decoded, as the base from_python does
-        assert field.from_python(team.coach) == "p1" and field.from_python(team.captain) == "p1"  # bound FK: its value
+        assert (
+            field.from_python(team.coach) == "p1" and field.from_python(team.captain) == "p1"
+        )  # bound FK: its value
         assert field.from_python_many(p1, "x", team.coach) == ["p1", "x", "p1"]
         assert Team.get_field(name).from_python(p1) == "p1"  # model-level fields convert too
     # a model-level FK field is not a value: left unchanged
@@ -252,10 +274,14 @@ def test_m2m_set_commands_accept_instances(league, client):
     p1, p2, p3 = Player(id="p1"), Player(id="p2"), Player(id="p3")
     team = Team(id="t")
     assert team.players.sadd(p1, p2, "p3") == 3
-    assert team.players.sismember(p1) and team.players.sismember(value=p3) and not team.players.sismember("p9")
+    assert (
+        team.players.sismember(p1) and team.players.sismember(value=p3) and not team.players.sismember("p9")
+    )
     assert team.players.srem(p2, "p9") == 1
     assert team.players.smembers() == {"p1", "p3"}
-    assert client.smembers(Team._name + ":players:p1") == {"t"} and not client.exists(Team._name + ":players:p2")
+    assert client.smembers(Team._name + ":players:p1") == {"t"} and not client.exists(
+        Team._name + ":players:p2"
+    )
     assert team.players.proxy_set([p2]) == 1 and team.players.proxy_get() == {"p1", "p2", "p3"}
 
 
@@ -280,7 +306,10 @@ def test_m2m_list_commands_accept_instances(league, client):
     assert not team.lineup.lcontains(p4)
     assert not client.exists(Team._name + ":lineup:p4")
     assert {p: client.smembers(Team._name + ":lineup:" + p) for p in ("p1", "p2", "p3")} == {
-        "p1": {"t"}, "p2": {"t"}, "p3": set()}  # lset overwrote a p3: deindexed (the 2.x behaviour of lset on an indexed list)
+        "p1": {"t"},
+        "p2": {"t"},
+        "p3": set(),
+    }  # lset overwrote a p3: deindexed (the 2.x behaviour of lset on an indexed list)
 
 
 def test_m2m_sortedset_commands_accept_instances(league, client):
@@ -295,11 +324,15 @@ def test_m2m_sortedset_commands_accept_instances(league, client):
     assert team.ranking.zadd({p1: 5}, True) == 1  # ch
     assert team.ranking.zadd(mapping={p1: 6}, ch=True) == 1
     assert team.ranking.zscore(p1) == 6.0 and team.ranking.zscore(value=p3) == 4.0
-    assert team.ranking.zrank(p2) == 0 and team.ranking.zrevrank(p1) == 0 and team.ranking.zrank(value=p3) == 1
+    assert (
+        team.ranking.zrank(p2) == 0 and team.ranking.zrevrank(p1) == 0 and team.ranking.zrank(value=p3) == 1
+    )
     assert team.ranking.zincrby(10, p2) == 12.0
     assert team.ranking.zrem(p3, "p9") == 1
     assert team.ranking.zrange(0, -1, withscores=True) == [("p1", 6.0), ("p2", 12.0)]
-    assert client.smembers(Team._name + ":ranking:p2") == {"t"} and not client.exists(Team._name + ":ranking:p3")
+    assert client.smembers(Team._name + ":ranking:p2") == {"t"} and not client.exists(
+        Team._name + ":ranking:p3"
+    )
     # a callable given by the caller replaces from_python_many
     assert team.ranking.zadd({"a": 1}, values_callback=lambda *keys: [k.upper() for k in keys]) == 1
     assert team.ranking.zscore("A") == 1.0
@@ -361,14 +394,20 @@ def test_conversion_sends_the_base_commands(league, client, namespace):
     n = namespace + ":team"
     with command_log(client) as log:
         team.players.sadd(p1)
-    assert log == locked(n + ":lock-for-update:players", ["SADD %s:players:p1 t" % n, "SADD %s:t:players p1" % n])
+    assert log == locked(
+        n + ":lock-for-update:players", ["SADD %s:players:p1 t" % n, "SADD %s:t:players p1" % n]
+    )
     with command_log(client) as log:
         team.captain.hset(p1)
-    assert log == locked(n + ":lock-for-update:captain", [
-        "HGET %s:t:hash captain" % n, "SADD %s:captain:p1 t" % n, "HSET %s:t:hash captain p1" % n])
+    assert log == locked(
+        n + ":lock-for-update:captain",
+        ["HGET %s:t:hash captain" % n, "SADD %s:captain:p1 t" % n, "HSET %s:t:hash captain p1" % n],
+    )
     with command_log(client) as log:
         team.ranking.zadd({p1: 3})
-    assert log == locked(n + ":lock-for-update:ranking", ["SADD %s:ranking:p1 t" % n, "ZADD %s:t:ranking 3 p1" % n])
+    assert log == locked(
+        n + ":lock-for-update:ranking", ["SADD %s:ranking:p1 t" % n, "ZADD %s:t:ranking 3 p1" % n]
+    )
     with command_log(client) as log:
         assert team.players.sismember(p1)
     assert log == ["SISMEMBER %s:t:players p1" % n]
@@ -524,7 +563,13 @@ def test_reverse_collections_on_every_kind_of_instance(league):
     Team(id="t", players=["p1"])
     Player(id="p1")
     for instance in (Player.lazy_connect("p1"), Player("p1"), Player.get(id="p1"), Player(id="p2"), Player()):
-        assert instance.related_collections == ["captained_teams", "coached_teams", "teams", "lineups", "rankings"]
+        assert instance.related_collections == [
+            "captained_teams",
+            "coached_teams",
+            "teams",
+            "lineups",
+            "rankings",
+        ]
         assert type(instance.teams) is RelatedCollection
     assert set(Player.lazy_connect("p1").teams()) == {"t"}
     # not on the owner model, nor on a model that is not a target
@@ -604,14 +649,24 @@ def test_delete_command_sequence(league, client, namespace):
         p1.delete()
     expected_captain = []
     for t in sorted({"t1", "t2"}, key=lambda t: log.index("SISMEMBER %s:collection %s" % (n, t))):
-        expected_captain += ["SISMEMBER %s:collection %s" % (n, t), "HGET %s:%s:hash captain" % (n, t),
-                             "SREM %s:captain:p1 %s" % (n, t), "HDEL %s:%s:hash captain" % (n, t)]
+        expected_captain += [
+            "SISMEMBER %s:collection %s" % (n, t),
+            "HGET %s:%s:hash captain" % (n, t),
+            "SREM %s:captain:p1 %s" % (n, t),
+            "HDEL %s:%s:hash captain" % (n, t),
+        ]
     expected = (
         locked(n + ":lock-for-update:captain", ["SMEMBERS %s:captain:p1" % n] + expected_captain)
         + locked(n + ":lock-for-update:coach", ["SMEMBERS %s:coach:p1" % n])
-        + locked(n + ":lock-for-update:players", [
-            "SMEMBERS %s:players:p1" % n, "SISMEMBER %s:collection t1" % n,
-            "SREM %s:players:p1 t1" % n, "SREM %s:t1:players p1" % n])
+        + locked(
+            n + ":lock-for-update:players",
+            [
+                "SMEMBERS %s:players:p1" % n,
+                "SISMEMBER %s:collection t1" % n,
+                "SREM %s:players:p1 t1" % n,
+                "SREM %s:t1:players p1" % n,
+            ],
+        )
         + locked(n + ":lock-for-update:lineup", ["SMEMBERS %s:lineup:p1" % n])
         + locked(n + ":lock-for-update:ranking", ["SMEMBERS %s:ranking:p1" % n])
         + ["DEL %s:player:p1:name" % namespace, "SREM %s:player:collection p1" % namespace]
@@ -693,10 +748,24 @@ def test_delete_with_a_post_command_hook_sends_the_same_commands(RBase, client, 
     n, m = namespace + ":team", namespace + ":plainteam"
     assert log == (
         ["SISMEMBER %s:player:collection p1" % namespace]
-        + locked(n + ":lock-for-update:players", ["SMEMBERS %s:players:p1" % n, "SISMEMBER %s:collection t" % n,
-                                                  "SREM %s:players:p1 t" % n, "SREM %s:t:players p1" % n])
-        + locked(m + ":lock-for-update:players", ["SMEMBERS %s:players:p1" % m, "SISMEMBER %s:collection t" % m,
-                                                  "SREM %s:players:p1 t" % m, "SREM %s:t:players p1" % m])
+        + locked(
+            n + ":lock-for-update:players",
+            [
+                "SMEMBERS %s:players:p1" % n,
+                "SISMEMBER %s:collection t" % n,
+                "SREM %s:players:p1 t" % n,
+                "SREM %s:t:players p1" % n,
+            ],
+        )
+        + locked(
+            m + ":lock-for-update:players",
+            [
+                "SMEMBERS %s:players:p1" % m,
+                "SISMEMBER %s:collection t" % m,
+                "SREM %s:players:p1 t" % m,
+                "SREM %s:t:players p1" % m,
+            ],
+        )
         + ["SREM %s:player:collection p1" % namespace]
     )
     assert "srem" in calls
@@ -738,7 +807,9 @@ def test_related_collections_of_a_failed_creation(RBase, client, monkeypatch):
 
     Person(id="a", email="x")
     before = dump(client)
-    monkeypatch.setattr(StringField, "check_uniqueness", lambda self, value: None)  # the step-1 check misses it
+    monkeypatch.setattr(
+        StringField, "check_uniqueness", lambda self, value: None
+    )  # the step-1 check misses it
     with pytest.raises(UniquenessError):
         Person(id="b", name="n", email="x")
     assert dump(client) == before
@@ -767,9 +838,15 @@ def test_model_hmset_accepts_instances(RBase, client, namespace):
     n = namespace + ":team"
     with command_log(client) as log:
         assert team.hmset(captain=p1, label="x") is True
-    assert log == locked(n + ":lock-for-update:captain", [  # hmset locks the indexable fields it writes
-        "HGET %s:t:hash captain" % n, "SREM %s:captain:p0 t" % n, "SADD %s:captain:p1 t" % n,
-        "HSET %s:t:hash captain p1 label x" % n])
+    assert log == locked(
+        n + ":lock-for-update:captain",
+        [  # hmset locks the indexable fields it writes
+            "HGET %s:t:hash captain" % n,
+            "SREM %s:captain:p0 t" % n,
+            "SADD %s:captain:p1 t" % n,
+            "HSET %s:t:hash captain p1 label x" % n,
+        ],
+    )
     assert team.hmget("captain", "label") == ["p1", "x"] and list(p1.captained()) == ["t"]
     before = dump(client)
     with pytest.raises(DataError):
@@ -801,7 +878,9 @@ def test_indexes_and_unique_options(RBase, client, namespace):
     assert other.players.sadd(p2) == 1
     assert set(Team.collection(bench__startswith="p")) == {"t"} and set(Team.collection(bench=p2)) == {"t"}
     assert client.zrange(namespace + ":team:bench:text-range", 0, -1) == [
-        "p2:TEXT-RANGE-SEPARATOR:t", "x9:TEXT-RANGE-SEPARATOR:t"]
+        "p2:TEXT-RANGE-SEPARATOR:t",
+        "x9:TEXT-RANGE-SEPARATOR:t",
+    ]
     p2.delete()
     assert other.players.smembers() == set() and team.bench.lmembers() == ["x9"]
     assert client.zrange(namespace + ":team:bench:text-range", 0, -1) == ["x9:TEXT-RANGE-SEPARATOR:t"]

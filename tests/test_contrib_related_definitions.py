@@ -80,12 +80,15 @@ def test_related_name_unknown_placeholder(RBase, database):
         pass
 
     with pytest.raises(KeyError) as info:
+
         class Customer(RBase):
             friend = FKStringField(Person, related_name="%(app)s_friends")
 
     assert isinstance(info.value, ImplementationError)
     message = str(info.value)
-    assert message.startswith("Unknown placeholder %(app)s in the related_name '%(app)s_friends' of the field Customer.friend")
+    assert message.startswith(
+        "Unknown placeholder %(app)s in the related_name '%(app)s_friends' of the field Customer.friend"
+    )
     assert "%(namespace)s and %(model)s" in message
     assert database._relations == {}
 
@@ -94,7 +97,11 @@ def test_related_name_bad_template(RBase):
     class Person(RBase):
         pass
 
-    with pytest.raises(ImplementationError, match=r"^The related_name '50%' of the field Customer.friend .*not a valid template"):
+    with pytest.raises(
+        ImplementationError,
+        match=r"^The related_name '50%' of the field Customer.friend .*not a valid template",
+    ):
+
         class Customer(RBase):
             friend = FKStringField(Person, related_name="50%")
 
@@ -105,6 +112,7 @@ def test_related_name_not_an_identifier(RBase, database, name):
         pass
 
     with pytest.raises(ImplementationError) as info:
+
         class Customer(RBase):
             friend = M2MSetField(Person, related_name=name)
 
@@ -147,8 +155,10 @@ def test_target_forms(database, namespace):
         by_other_namespace = FKStringField("Other:Space:ELSEWHERE", related_name="r4")
         itself = FKStringField("self", related_name="r5")
 
-    targets = [Owner.get_field(name).related_to for name in
-               ("by_class", "by_name", "by_full_name", "by_other_namespace", "itself")]
+    targets = [
+        Owner.get_field(name).related_to
+        for name in ("by_class", "by_name", "by_full_name", "by_other_namespace", "itself")
+    ]
     assert targets == [ns + ":person"] * 3 + ["other:space:elsewhere", ns + ":owner"]
     # the target is found case-insensitively (decision: upstream failed on an upper-case namespace)
     assert Owner.get_field("by_other_namespace").related_model is Elsewhere
@@ -178,13 +188,15 @@ def test_target_without_namespace(database):
 @pytest.mark.parametrize("to", [42, None, "", object(), RedisModel, StringField])
 def test_bad_target(RBase, database, to):
     with pytest.raises(ImplementationError) as info:
+
         class Owner(RBase):
             friend = FKStringField(to)
 
     message = str(info.value)
     assert message.startswith(
         "The `to` argument to a related field must be a RelatedModel as a class or as a string (with or without "
-        "namespace). Or simply 'self'.")
+        "namespace). Or simply 'self'."
+    )
     assert "Owner.friend" in message and repr(to) in message
     assert database._relations == {}
 
@@ -196,13 +208,20 @@ def test_plain_model_class_target(RBase, database, namespace):
         database = db
         namespace = "x"
 
-    with pytest.raises(ImplementationError, match="^The `to` argument to a related field must be a RelatedModel"):
+    with pytest.raises(
+        ImplementationError, match="^The `to` argument to a related field must be a RelatedModel"
+    ):
+
         class Owner(RBase):
             friend = M2MSetField(Plain)
 
 
 def test_abstract_target_class(RBase):
-    with pytest.raises(ImplementationError, match=r"^The `to` argument to the related field Owner.friend .* is the abstract model"):
+    with pytest.raises(
+        ImplementationError,
+        match=r"^The `to` argument to the related field Owner.friend .* is the abstract model",
+    ):
+
         class Owner(RBase):
             friend = M2MSetField(RBase)
 
@@ -230,7 +249,12 @@ def test_target_never_defined(RBase, namespace, count_commands):
         friends = M2MSetField("Ghost", related_name="fans")
 
     owner = Owner(friend="g1", friends=["g1"])
-    for call in (owner.friend.instance, owner.friends, owner.friends.collection, lambda: owner.friend.instance(lazy=True)):
+    for call in (
+        owner.friend.instance,
+        owner.friends,
+        owner.friends.collection,
+        lambda: owner.friend.instance(lazy=True),
+    ):
         with count_commands(0):  # fails before reading anything
             with pytest.raises(KeyError) as info:
                 call()
@@ -260,13 +284,15 @@ def test_two_fks_without_names_collide(RBase, database, namespace):
         pass
 
     with pytest.raises(ImplementationError) as info:
+
         class Team(RBase):
             captain = FKStringField(Person)
             coach = FKStringField(Person)
 
     assert str(info.value).startswith(
         "The related name defined for the field 'Team.coach', named 'team_set', already exists on the model "
-        "'%s:person' (tied to the field 'captain.%s:team')" % (namespace, namespace))
+        "'%s:person' (tied to the field 'captain.%s:team')" % (namespace, namespace)
+    )
     assert "related_name=" in str(info.value)
     # nothing of the failed class stays registered (neither the model nor its first relation)
     assert database._relations == {namespace + ":person": []}
@@ -287,9 +313,13 @@ def test_same_related_name_from_two_models(RBase, namespace):
     class Team(RBase):
         members = M2MSetField(Person, related_name="groups")
 
-    with pytest.raises(ImplementationError, match="^The related name defined for the field 'Club.members', named "
-                                                  "'groups', already exists on the model '%s:person' \\(tied to the "
-                                                  "field 'members.%s:team'\\)" % (namespace, namespace)):
+    with pytest.raises(
+        ImplementationError,
+        match="^The related name defined for the field 'Club.members', named "
+        "'groups', already exists on the model '%s:person' \\(tied to the "
+        "field 'members.%s:team'\\)" % (namespace, namespace),
+    ):
+
         class Club(RBase):
             members = M2MSetField(Person, related_name="Groups")
 
@@ -346,8 +376,14 @@ def test_related_name_hiding_a_field_or_attribute_of_the_target(RBase, database,
     class Person(RBase):
         name = StringField()
 
-    for related_name, what in (("name", "field"), ("delete", "attribute"), ("pk", "field"), ("fields", "attribute")):
+    for related_name, what in (
+        ("name", "field"),
+        ("delete", "attribute"),
+        ("pk", "field"),
+        ("fields", "attribute"),
+    ):
         with pytest.raises(ImplementationError) as info:
+
             class Team(RBase):
                 members = M2MSetField(Person, related_name=related_name)
 
@@ -378,11 +414,16 @@ def test_abstract_owner_registers_nothing(RBase, database, namespace):
 
     n = namespace
     assert database._relations == {
-        n + ":person": [(n + ":gold", "person", "gold_memberships"), (n + ":silver", "person", "silver_memberships")],
+        n + ":person": [
+            (n + ":gold", "person", "gold_memberships"),
+            (n + ":silver", "person", "silver_memberships"),
+        ],
         n + ":gold": [(n + ":gold", "sponsor", "sponsored_gold")],
         n + ":silver": [(n + ":silver", "sponsor", "sponsored_silver")],
     }
-    assert Membership.get_field("person").related_name == "%(model)s_memberships"  # the abstract one is untouched
+    assert (
+        Membership.get_field("person").related_name == "%(model)s_memberships"
+    )  # the abstract one is untouched
     person = Person()
     person.pk.get()
     gold = Gold(person=person)
@@ -399,7 +440,11 @@ def test_concrete_subclass_of_a_concrete_owner(RBase, namespace):
     class Team(RBase):
         members = M2MSetField(Person)
 
-    with pytest.raises(ImplementationError, match="^The related name defined for the field 'SubTeam.members', named 'team_set'"):
+    with pytest.raises(
+        ImplementationError,
+        match="^The related name defined for the field 'SubTeam.members', named 'team_set'",
+    ):
+
         class SubTeam(Team):
             pass
 
@@ -409,6 +454,7 @@ def test_failed_class_is_not_registered(RBase, database, namespace):
         pass
 
     with pytest.raises(ImplementationError):
+
         class Team(RBase):
             captain = FKStringField(Person, related_name="captained")
             bad = M2MSetField(42)
@@ -429,6 +475,7 @@ def test_failed_plain_model_is_not_registered(database, namespace):
     db, ns = database, namespace
 
     with pytest.raises(ImplementationError):
+
         class Failing(RedisModel):
             database = db
             namespace = ns
@@ -475,7 +522,9 @@ def test_use_database_moves_owned_relations(database, other_database, namespace)
     assert person.related_collections == ["clubs"] and not hasattr(person, "team_set")
     with pytest.raises(AttributeError):
         person.team_set
-    assert Team.use_database(other) == [] and other._relations[ns + ":person"] == [(ns + ":team", "members", "team_set")]
+    assert Team.use_database(other) == [] and other._relations[ns + ":person"] == [
+        (ns + ":team", "members", "team_set")
+    ]
     # moving the target too brings them together again
     assert Person.use_database(other) == [Person]
     assert Person().related_collections == ["team_set"]
@@ -507,7 +556,9 @@ def test_use_database_of_an_abstract_base(database, other_database, namespace):
 
     moved = Base.use_database(other)
     assert set(moved) == {Base, Person, Team}
-    assert other._relations == {ns + ":person": [(ns + ":person", "friends", "friend_of"), (ns + ":team", "members", "team_set")]}
+    assert other._relations == {
+        ns + ":person": [(ns + ":person", "friends", "friend_of"), (ns + ":team", "members", "team_set")]
+    }
     assert db._relations == {ns + ":person": [(ns + ":stay", "person", "stays")]}
     person = Person()
     person.pk.get()
@@ -533,8 +584,11 @@ def test_use_database_checks_related_names_before_moving(database, other_databas
         namespace = ns
         members = M2MSetField("Person", related_name="groups")
 
-    with pytest.raises(ImplementationError, match="^The related name defined for the field 'Team.members', named "
-                                                  "'groups', already exists on the model '%s:person'" % ns):
+    with pytest.raises(
+        ImplementationError,
+        match="^The related name defined for the field 'Team.members', named "
+        "'groups', already exists on the model '%s:person'" % ns,
+    ):
         Team.use_database(other)
     # nothing moved
     assert Team.database is db and db._models[ns + ":team"] is Team and ns + ":team" not in other._models

@@ -65,10 +65,13 @@ class WritableRelatedCollection(RelatedCollection):
     def zadd(self, *args, **kwargs):
         # keys mapped to field objects by coerce_zadd_args' callback, as downstream does
         _, kwargs = SortedSetField.coerce_zadd_args(
-            *args, values_callback=lambda *owners: [self._owner_field(owner) for owner in owners], **kwargs)
+            *args, values_callback=lambda *owners: [self._owner_field(owner) for owner in owners], **kwargs
+        )
         mapping = kwargs.pop("mapping")
-        return sum(field.zadd({self.instance: score}, values_callback=None, **kwargs)
-                   for field, score in mapping.items())
+        return sum(
+            field.zadd({self.instance: score}, values_callback=None, **kwargs)
+            for field, score in mapping.items()
+        )
 
     def zrem(self, *owners):
         for owner in owners:
@@ -131,7 +134,9 @@ def test_reverse_side_writers(writable, client, namespace):
     Tag, Article = writable
     a1, a2 = Article(id="a1"), Article(id="a2")
     tag = Tag(id="python")
-    assert type(tag.articles) is WritableRelatedCollection and tag.articles.related_field is Article.get_field("tags")
+    assert type(
+        tag.articles
+    ) is WritableRelatedCollection and tag.articles.related_field is Article.get_field("tags")
     assert tag.articles.sadd(a1, "a2") == 2
     tag.histories.rpush(a1, a2)
     tag.histories.lpush(a1)
@@ -142,18 +147,24 @@ def test_reverse_side_writers(writable, client, namespace):
     assert layout(client) == {
         namespace + ":tag:collection": ("set", {"python"}),
         n + ":collection": ("set", {"a1", "a2"}),
-        n + ":a1:tags": ("set", {"python"}), n + ":a2:tags": ("set", {"python"}),
+        n + ":a1:tags": ("set", {"python"}),
+        n + ":a2:tags": ("set", {"python"}),
         n + ":tags:python": ("set", {"a1", "a2"}),
-        n + ":a1:history": ("list", ["python", "python"]), n + ":a2:history": ("list", ["python"]),
+        n + ":a1:history": ("list", ["python", "python"]),
+        n + ":a2:history": ("list", ["python"]),
         n + ":history:python": ("set", {"a1", "a2"}),
-        n + ":a1:scores": ("zset", [("python", 1.5)]), n + ":a2:scores": ("zset", [("python", 3.0)]),
+        n + ":a1:scores": ("zset", [("python", 1.5)]),
+        n + ":a2:scores": ("zset", [("python", 3.0)]),
         n + ":scores:python": ("set", {"a1", "a2"}),
-        n + ":a1:main": ("string", "python"), n + ":a2:main": ("string", "python"),
+        n + ":a1:main": ("string", "python"),
+        n + ":a2:main": ("string", "python"),
         n + ":main:python": ("set", {"a1", "a2"}),
         n + ":a2:hash": ("hash", {"second": "python"}),
         n + ":second:python": ("set", {"a2"}),
     }
-    assert set(tag.articles()) == set(tag.histories()) == set(tag.scored()) == set(tag.main_of()) == {"a1", "a2"}
+    assert (
+        set(tag.articles()) == set(tag.histories()) == set(tag.scored()) == set(tag.main_of()) == {"a1", "a2"}
+    )
     assert tag.articles.srem(a1) == 1
     tag.histories.lrem(a1)
     tag.scored.zrem("a2")
@@ -173,11 +184,13 @@ def test_reverse_writer_commands(writable, client, namespace):
     with command_log(client) as log:
         tag.articles.sadd("a1")
     assert log == ["SISMEMBER %s:collection a1" % n] + locked(
-        n + ":lock-for-update:tags", ["SADD %s:tags:t a1" % n, "SADD %s:a1:tags t" % n])
+        n + ":lock-for-update:tags", ["SADD %s:tags:t a1" % n, "SADD %s:a1:tags t" % n]
+    )
     with command_log(client) as log:
         tag.scored.zadd({"a1": 2})
     assert log == ["SISMEMBER %s:collection a1" % n] + locked(
-        n + ":lock-for-update:scores", ["SADD %s:scores:t a1" % n, "ZADD %s:a1:scores 2 t" % n])
+        n + ":lock-for-update:scores", ["SADD %s:scores:t a1" % n, "ZADD %s:a1:scores 2 t" % n]
+    )
 
 
 def test_zadd_with_an_explicit_none_callback(writable):
@@ -194,7 +207,9 @@ def test_coerce_zadd_args_with_field_keys(writable):
     Tag, Article = writable
     a1, a2 = Article(id="a1"), Article(id="a2")
     mapping = {a1: 1, a2: 2}
-    args, kwargs = SortedSetField.coerce_zadd_args(mapping, values_callback=lambda *keys: [k.scores for k in keys])
+    args, kwargs = SortedSetField.coerce_zadd_args(
+        mapping, values_callback=lambda *keys: [k.scores for k in keys]
+    )
     assert args == [] and kwargs["mapping"] == {a1.scores: 1, a2.scores: 2} and mapping is kwargs["mapping"]
     assert {field._instance._pk: score for field, score in kwargs["mapping"].items()} == {"a1": 1, "a2": 2}
 
@@ -230,7 +245,7 @@ class DynamicRelatedMixin:
     def _get_related_name(self):
         if self._dynamic_base is not None:
             base = self._model.get_class_field(self._dynamic_base)
-            part = self.name[len(self._dynamic_base) + 1:]
+            part = self.name[len(self._dynamic_base) + 1 :]
             self.related_name = "%s__%s__%s" % (base.related_name, re_identifier.sub("_", part), id(self))
         return super()._get_related_name()
 
@@ -264,8 +279,12 @@ class DynamicModelMixin:
     def _dynamic_base_field(cls, name):
         for base_name in cls._fields:
             base = getattr(cls, "_redis_attr_" + base_name)
-            if isinstance(base, DynamicRelatedMixin) and base._dynamic_base is None and name.startswith(base_name + "_"):
-                return base, name[len(base_name) + 1:]
+            if (
+                isinstance(base, DynamicRelatedMixin)
+                and base._dynamic_base is None
+                and name.startswith(base_name + "_")
+            ):
+                return base, name[len(base_name) + 1 :]
         return None, None
 
     @classmethod
@@ -300,7 +319,9 @@ class DynamicRelatedCollection(RelatedCollection):
     """A reverse collection whose ``__call__`` takes the dynamic part first (another signature)."""
 
     def __call__(self, dynamic_part=None, **filters):
-        name = self.related_field.name if dynamic_part is None else self.related_field.get_name_for(dynamic_part)
+        name = (
+            self.related_field.name if dynamic_part is None else self.related_field.get_name_for(dynamic_part)
+        )
         filters[name] = self.instance._pk
         return self.related_field._model.collection(**filters)
 
@@ -340,7 +361,11 @@ def test_dynamic_copies_register_their_relation_at_runtime(dynamic, database, na
     assert model_field.related_to == namespace + ":person"  # the copy's lower-cased target, accepted as is
     related_name = "photos__2020__%d" % id(model_field)
     assert model_field.related_name == related_name and field.related_name == related_name
-    assert database._relations[namespace + ":person"][-1] == (namespace + ":photo", "people_2020", related_name)
+    assert database._relations[namespace + ":person"][-1] == (
+        namespace + ":photo",
+        "people_2020",
+        related_name,
+    )
     assert "people_2020" not in Photo._fields  # dynamic fields are not listed
     field.sadd(alice, "bob")
     n = namespace + ":photo"
@@ -517,7 +542,10 @@ def test_abstract_base_on_a_pipeline_database_redirected(database, redis_setting
     moved = BaseJobsModel.use_database(real)
     assert set(moved) == {BaseJobsModel, Queue, Job, Error}
     assert default_db._relations == {ns + ":queue": [], ns + ":job": []}
-    assert real._relations == {ns + ":queue": [(ns + ":job", "queue", "jobs")], ns + ":job": [(ns + ":error", "job", "errors")]}
+    assert real._relations == {
+        ns + ":queue": [(ns + ":job", "queue", "jobs")],
+        ns + ":job": [(ns + ":error", "job", "errors")],
+    }
     assert BaseJobsModel.use_database(real) == []  # a cheap no-op
     queue = Queue(name="q")
     job = Job(identifier="j1", queue=queue)
@@ -534,14 +562,22 @@ def test_abstract_base_on_a_pipeline_database_redirected(database, redis_setting
 def test_related_model_adds_no_public_attribute():
     """RelatedModel adds only ``__init__``, ``delete`` and ``use_database`` to RedisModel (docs/extending.rst)."""
     public = {name for name in vars(RelatedModel) if not name.startswith("_")}
-    assert public == {"abstract", "collection_manager", "delete", "use_database", "available_getters",
-                      "available_modifiers", "available_commands"}
+    assert public == {
+        "abstract",
+        "collection_manager",
+        "delete",
+        "use_database",
+        "available_getters",
+        "available_modifiers",
+        "available_commands",
+    }
     assert RelatedModel.available_commands == RedisModel.available_commands
 
 
 def test_definition_errors_are_implementation_errors_naming_the_fix(database, namespace):
     db, ns = database, namespace
     with pytest.raises(ImplementationError, match="pass another related_name"):
+
         class Person(RelatedModel):
             database = db
             namespace = ns

@@ -26,9 +26,15 @@ KILLS = 200
 
 
 def define(database, namespace, atomic):
-    attrs = {"database": database, "namespace": namespace, "atomic_writes": atomic,
-             "code": fields.InstanceHashField(unique=True), "name": fields.StringField(indexable=True),
-             "note": fields.InstanceHashField(), "tags": fields.SetField(indexable=True)}
+    attrs = {
+        "database": database,
+        "namespace": namespace,
+        "atomic_writes": atomic,
+        "code": fields.InstanceHashField(unique=True),
+        "name": fields.StringField(indexable=True),
+        "note": fields.InstanceHashField(),
+        "tags": fields.SetField(indexable=True),
+    }
     return type("Item", (model.RedisModel,), attrs)
 
 

@@ -49,7 +49,7 @@ def _load_keys(client: redis.Redis, keys: list, value: str = "1") -> None:
     """Create ``keys`` (strings) with a few MSETs in one pipeline round trip."""
     pipe = client.pipeline(transaction=False)
     for start in range(0, len(keys), 10000):
-        pipe.mset(dict.fromkeys(keys[start:start + 10000], value))
+        pipe.mset(dict.fromkeys(keys[start : start + 10000], value))
     pipe.execute()
 
 
@@ -297,7 +297,9 @@ def test_redis_version_is_read_once(redis_settings, client, count_commands, redi
         assert db.redis_version == redis_version
 
 
-def test_redis_version_is_cached_on_the_object_and_forgotten_by_reset(database, redis_settings, count_commands):
+def test_redis_version_is_cached_on_the_object_and_forgotten_by_reset(
+    database, redis_settings, count_commands
+):
     db = RedisDatabase(**redis_settings)
     with count_commands(0):
         db.connection  # the client is in the cache already (the fixture created it)
@@ -542,7 +544,9 @@ def test_scan_keys_type_filter(database, client, redis_version):
 
     assert set(database.scan_keys(type="string")) == strings
     assert set(database.scan_keys(type="hash")) == hashes
-    assert set(database.scan_keys(match="h:1*", type="hash")) == {key for key in hashes if key.startswith("h:1")}
+    assert set(database.scan_keys(match="h:1*", type="hash")) == {
+        key for key in hashes if key.startswith("h:1")
+    }
     assert set(database.scan_keys(match="h:*", type="string")) == set()
     assert set(database.scan_keys(type="hash", count=7)) == hashes
 

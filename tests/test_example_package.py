@@ -106,7 +106,10 @@ def test_import_never_contacts_redis():
         "print(jobs.database.connection_settings, sorted(jobs.database._models), sorted(jobs.database._relations))\n"
         "print(catalog.database.connection_settings, sorted(catalog.database._models))\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")])),
+    )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
@@ -119,7 +122,10 @@ def test_use_database_moves_models_and_relations(jobs_db, count_commands):
     assert jobs.database is not jobs_db and jobs.database.connection_settings == DEFAULT_CONNECTION_SETTINGS
     assert jobs.BaseJobsModel.database is Queue.database is Job.database is Error.database is jobs_db
     assert sorted(jobs_db._models) == ["jobs:error", "jobs:job", "jobs:queue"] and jobs.database._models == {}
-    assert jobs_db._relations == {"jobs:queue": [("jobs:job", "queue", "jobs")], "jobs:job": [("jobs:error", "job", "errors")]}
+    assert jobs_db._relations == {
+        "jobs:queue": [("jobs:job", "queue", "jobs")],
+        "jobs:job": [("jobs:error", "job", "errors")],
+    }
     assert jobs.database._relations == {"jobs:queue": [], "jobs:job": []}
     with count_commands(0):
         assert jobs.BaseJobsModel.use_database(jobs_db) == []  # a cheap no-op
@@ -133,8 +139,12 @@ def test_worker_banner_and_lock(jobs_db, client):
     assert all(issubclass(error, LimpydException) for error in (DoesNotExist, ImplementationError))
     worker = Worker("default")
     assert worker.banner() == "limpyd %s, redis %s on %s:%s, db %s" % (
-        limpyd.EXACT_VERSION, client.info()["redis_version"], jobs_db.connection_settings["host"],
-        jobs_db.connection_settings["port"], jobs_db.connection_settings["db"])
+        limpyd.EXACT_VERSION,
+        client.info()["redis_version"],
+        jobs_db.connection_settings["host"],
+        jobs_db.connection_settings["port"],
+        jobs_db.connection_settings["db"],
+    )
     assert worker.lock_name == "jobs:worker:worker:default"
     client.set(worker.lock_name, "another worker")
     with pytest.raises(ImplementationError, match="already runs"):
@@ -159,17 +169,31 @@ def test_worker_runs_jobs_by_queue_priority(jobs_db, clock, client):
     high, bad = Job.add_job("high", priority=5), Job.add_job("bad", priority=5)
     assert Job.add_job("low1") == low1  # already waiting: not added twice
     low_queue, high_queue = Queue.get_queue("default"), Queue.get_queue("default", 5)
-    assert Queue.get_waiting_keys("default") == ["jobs:queue:%s:waiting" % pk for pk in pks(high_queue, low_queue)]
-    assert high_queue.waiting.lrange(0, -1) == pks(high, bad) and low_queue.waiting.lrange(0, -1) == pks(low1, low2)
+    assert Queue.get_waiting_keys("default") == [
+        "jobs:queue:%s:waiting" % pk for pk in pks(high_queue, low_queue)
+    ]
+    assert high_queue.waiting.lrange(0, -1) == pks(high, bad) and low_queue.waiting.lrange(0, -1) == pks(
+        low1, low2
+    )
 
     assert Worker("default", callback=callback, max_jobs=3).run() == 3  # bounded by max_jobs
     assert Worker("default", callback=callback).run() == 1  # stopped by the BLPOP timeout
     assert ran == [("high", "5"), ("bad", "5"), ("low1", "0"), ("low2", "0")]
-    assert [Job(pk).status.hget() for pk in pks(low1, low2, high, bad)] == ["success", "success", "success", "error"]
+    assert [Job(pk).status.hget() for pk in pks(low1, low2, high, bad)] == [
+        "success",
+        "success",
+        "success",
+        "error",
+    ]
     assert set(Job.collection(status=STATUSES.SUCCESS)) == set(pks(low1, low2, high))
     assert list(Job.collection(status=STATUSES.ERROR, queue=high_queue)) == pks(bad)
-    assert low_queue.success.lrange(0, -1) == pks(low1, low2) and high_queue.success.lrange(0, -1) == pks(high)
-    assert high_queue.errors.lrange(0, -1) == pks(bad) and low_queue.waiting.llen() == high_queue.waiting.llen() == 0
+    assert low_queue.success.lrange(0, -1) == pks(low1, low2) and high_queue.success.lrange(0, -1) == pks(
+        high
+    )
+    assert (
+        high_queue.errors.lrange(0, -1) == pks(bad)
+        and low_queue.waiting.llen() == high_queue.waiting.llen() == 0
+    )
     assert set(low_queue.jobs()) == set(pks(low1, low2)) and Job(high.pk.get()).queue.instance() == high_queue
     assert Job(bad.pk.get()).hmget("tries", "queued", "start", "end") == ["1", "0", str(START), str(START)]
     assert Job(bad.pk.get()).duration == timedelta(0)
@@ -178,7 +202,14 @@ def test_worker_runs_jobs_by_queue_priority(jobs_db, clock, client):
     assert list(Job(bad.pk.get()).errors()) == [error.pk.get()] and error.job.instance() == bad
     assert error.get_job() == bad and error.job_model_repr.hget() == "jobs:job"
     assert error.hmget("type", "message", "queue_name", "identifier", "date", "time", "date_time") == [
-        "ValueError", "bad job", "default", "bad", "2024-02-29", "13:14:15", str(START)]
+        "ValueError",
+        "bad job",
+        "default",
+        "bad",
+        "2024-02-29",
+        "13:14:15",
+        str(START),
+    ]
     assert error.code.hget() is None and error.traceback.get().endswith("ValueError: bad job\n")
     assert (error.ident, bad.ident) == ("jobs:error:%s" % error.pk.get(), "jobs:job:%s" % bad.pk.get())
     assert error.get_connection() is Error.get_connection() is jobs_db.connection
@@ -202,7 +233,10 @@ def test_failed_jobs_are_requeued_until_max_tries(jobs_db, clock, client):
 
     retried = Job.add_job("retried")
     assert Worker("default", callback=fails_once, max_tries=2).run() == 2
-    assert Job(retried.pk.get()).hmget("status", "tries") == ["success", "2"] and len(Job(retried.pk.get()).errors()) == 1
+    assert (
+        Job(retried.pk.get()).hmget("status", "tries") == ["success", "2"]
+        and len(Job(retried.pk.get()).errors()) == 1
+    )
     assert_indexes_consistent(client, Queue, Job, Error)
 
 
@@ -210,15 +244,24 @@ def test_delayed_jobs_and_retry_delay(jobs_db, clock, client):
     later = Job.add_job("later", delayed_until=START + timedelta(minutes=5))
     queue = Queue.get_queue("default")
     timestamp = (START + timedelta(minutes=5)).timestamp()
-    assert later.hmget("status", "queued", "delayed_until") == ["delayed", "1", str(START + timedelta(minutes=5))]
-    assert queue.delayed.zrange(0, -1, withscores=True) == [(later.pk.get(), timestamp)] and queue.waiting.llen() == 0
+    assert later.hmget("status", "queued", "delayed_until") == [
+        "delayed",
+        "1",
+        str(START + timedelta(minutes=5)),
+    ]
+    assert (
+        queue.delayed.zrange(0, -1, withscores=True) == [(later.pk.get(), timestamp)]
+        and queue.waiting.llen() == 0
+    )
     assert queue.delayed.zrange(0, -1) == pks(later)
     assert list(Job.collection(delayed_until__date="2024-02-29")) == pks(later)
     assert list(Job.collection(delayed_until__time__gte="13:19")) == pks(later)
     assert list(Job.collection(delayed_until__time__gte="13:20")) == []
     assert Job.add_job("later") == later  # delayed counts as queued
 
-    worker = Worker("default", callback=lambda job, queue: None, max_tries=2, retry_delay=timedelta(seconds=30))
+    worker = Worker(
+        "default", callback=lambda job, queue: None, max_tries=2, retry_delay=timedelta(seconds=30)
+    )
     assert worker.run() == 0
     clock.advance(minutes=5)
     assert worker.run() == 1
@@ -228,7 +271,11 @@ def test_delayed_jobs_and_retry_delay(jobs_db, clock, client):
     again = Job.add_job("again")
     worker.callback = failing
     assert worker.run() == 1
-    assert again.hmget("status", "tries", "delayed_until") == ["delayed", "1", str(clock.current + timedelta(seconds=30))]
+    assert again.hmget("status", "tries", "delayed_until") == [
+        "delayed",
+        "1",
+        str(clock.current + timedelta(seconds=30)),
+    ]
     assert worker.run() == 0
     clock.advance(seconds=30)
     assert worker.run() == 1 and again.hmget("status", "tries") == ["error", "2"]
@@ -259,13 +306,18 @@ def test_optional_hooks_are_probed_on_the_job(jobs_db, clock, monkeypatch):
     calls = []
 
     def hook(name):
-        return lambda job, *args: calls.append((name, job.pk.get(), getattr(job, "_cached_status", None)) + args)
+        return lambda job, *args: calls.append(
+            (name, job.pk.get(), getattr(job, "_cached_status", None)) + args
+        )
 
     for name in HOOKS[:-1]:
         monkeypatch.setattr(Job, name, hook(name), raising=False)
     queue = Queue.get_queue("default")
     assert Worker("default", callback=lambda job, queue: "result").run() == 1
-    assert calls == [("on_started", job.pk.get(), "running", queue), ("on_success", job.pk.get(), "success", queue, "result")]
+    assert calls == [
+        ("on_started", job.pk.get(), "running", queue),
+        ("on_success", job.pk.get(), "success", queue, "result"),
+    ]
 
     calls.clear()
     error = ValueError("failed")
@@ -277,8 +329,12 @@ def test_optional_hooks_are_probed_on_the_job(jobs_db, clock, monkeypatch):
     Job.add_job("run-method")
     assert Worker("default", max_tries=2, retry_delay=timedelta(minutes=1)).run() == 1  # no callback: job.run
     pk = Job.collection(identifier="run-method").instances()[0].pk.get()
-    assert calls == [("on_started", pk, "running", queue), ("on_error", pk, "error", queue, error),
-                     ("on_delayed", pk, "error", queue), ("on_requeued", pk, "error", queue)]
+    assert calls == [
+        ("on_started", pk, "running", queue),
+        ("on_error", pk, "error", queue, error),
+        ("on_delayed", pk, "error", queue),
+        ("on_requeued", pk, "error", queue),
+    ]
 
 
 def test_queues_ordered_by_priority_with_a_scored_index(jobs_db, count_commands):
@@ -288,7 +344,10 @@ def test_queues_ordered_by_priority_with_a_scored_index(jobs_db, count_commands)
     index = Queue.get_field("name").get_index()
     assert index.get_storage_key("q") == "jobs:queue:name:equal-scored:q"
     assert Queue.get_connection().zrange(index.get_storage_key("q"), 0, -1, withscores=True) == [
-        (q1.pk.get(), 1.0), (q2.pk.get(), 2.0), (q3.pk.get(), 3.0)]
+        (q1.pk.get(), 1.0),
+        (q2.pk.get(), 2.0),
+        (q3.pk.get(), 3.0),
+    ]
     q1.priority.hset(9)
     assert Queue.get_waiting_keys("q") == [q.waiting.key for q in (q1, q3, q2)]
     assert Queue.get(int(q1.waiting.key.split(":")[-2])) == q1  # what the worker does with BLPOP's key
@@ -320,7 +379,9 @@ def test_date_time_indexes(jobs_db, clock, client):
     assert errors(date__month=3) == set(pks(first_error, second_error))
     assert errors(date__day__gte=28, date__year=2024) == set(pks(third_error))
     assert errors(date__lt="2024-03-01") == set(pks(third_error))
-    assert errors(time="15:14:15") == errors(time__hour=15) == set(pks(first_error, second_error, third_error))
+    assert (
+        errors(time="15:14:15") == errors(time__hour=15) == set(pks(first_error, second_error, third_error))
+    )
     assert errors(time__minute__lt=14) == set()
     assert set(Job.collection(added__hour=13)) == set(pks(first))
     assert set(Job.collection(added__date="2024-03-01", added__minute=14)) == set(pks(second))
@@ -344,7 +405,9 @@ def test_deletion_cascades(jobs_db, clock, client):
         Job(doomed.pk.get())
     Job(waiting.pk.get()).delete()
     assert queue.waiting.llen() == 0 and queue.success.lrange(0, -1) == pks(kept)
-    assert not [key for key in client.keys() if ":%s:" % doomed.pk.get() in key and key.startswith("jobs:job:")]
+    assert not [
+        key for key in client.keys() if ":%s:" % doomed.pk.get() in key and key.startswith("jobs:job:")
+    ]
 
     other = Job.add_job("other", queue_name="other")
     Queue(queue.pk.get()).delete()  # limpyd's rule: the jobs stay, their foreign key is emptied
@@ -362,14 +425,25 @@ def test_deletion_cascades(jobs_db, clock, client):
 
 
 def test_dynamic_fields_at_model_level(catalog_db, redis_settings, count_commands):
-    assert catalog_db is catalog.database.connection and catalog.database.connection_settings == redis_settings
+    assert (
+        catalog_db is catalog.database.connection and catalog.database.connection_settings == redis_settings
+    )
     assert Book.tags is Book.get_field("tags") and not hasattr(Book.tags, "_instance")
     with count_commands(0):
         field = Book.get_field("tags_de")
-    assert field is Book.get_field("tags_de") is Book._redis_attr_tags_de and isinstance(field, extensions.DynamicSetField)
-    assert (field.name, field._model, field._dynamic_base, hasattr(field, "_instance")) == ("tags_de", Book, "tags", False)
+    assert field is Book.get_field("tags_de") is Book._redis_attr_tags_de and isinstance(
+        field, extensions.DynamicSetField
+    )
+    assert (field.name, field._model, field._dynamic_base, hasattr(field, "_instance")) == (
+        "tags_de",
+        Book,
+        "tags",
+        False,
+    )
     assert "tags_de" not in Book._fields and Book.has_field("tags_de")
-    assert not Book.has_field("tags_") and not Book.has_field("tags_eng")  # the parts of ``tags`` have 2 letters
+    assert not Book.has_field("tags_") and not Book.has_field(
+        "tags_eng"
+    )  # the parts of ``tags`` have 2 letters
     assert [type(index).__name__ for index in field._indexes] == ["EqualIndex", "TextRangeIndex"]
     assert field._indexes[0] is not Book.tags._indexes[0] and field._indexes[0].field is field
     assert Book.get_field("notes_de").get_name_for("fr") == "notes_fr"
@@ -378,6 +452,7 @@ def test_dynamic_fields_at_model_level(catalog_db, redis_settings, count_command
     with pytest.raises(ValueError, match="not a valid dynamic part"):
         Book.tags.get_name_for("eng")
     with pytest.raises(ImplementationError, match="ModelWithDynamicFieldMixin"):
+
         class Plain(limpyd.model.RedisModel):
             database = catalog.database
             namespace = "catalog-errors"
@@ -387,7 +462,17 @@ def test_dynamic_fields_at_model_level(catalog_db, redis_settings, count_command
 def test_dynamic_fields_at_instance_level(catalog_db, client, count_commands):
     book = Book(title="Dune", tags_en=["scifi", "desert"], notes_fr={"review": "bien"})
     assert book._fields is not Book._fields and book._fields[-2:] == ["tags_en", "notes_fr"]
-    assert Book._fields == ["pk", "title", "tags", "notes", "authors", "editor", "publisher", "readers", "borrowers"]
+    assert Book._fields == [
+        "pk",
+        "title",
+        "tags",
+        "notes",
+        "authors",
+        "editor",
+        "publisher",
+        "readers",
+        "borrowers",
+    ]
     with count_commands(0):
         field = book.get_field("tags_fr")
     assert field._instance is book and field is book.tags_fr and book._fields[-1] == "tags_fr"
@@ -403,8 +488,10 @@ def test_dynamic_fields_at_instance_level(catalog_db, client, count_commands):
         "catalog:book:1:tags_en": ("set", {"scifi", "desert"}),
         "catalog:book:tags_en:scifi": ("set", {"1"}),
         "catalog:book:tags_en:desert": ("set", {"1"}),
-        "catalog:book:tags_en:text-range": ("zset", [("desert:TEXT-RANGE-SEPARATOR:1", 0.0),
-                                                     ("scifi:TEXT-RANGE-SEPARATOR:1", 0.0)]),
+        "catalog:book:tags_en:text-range": (
+            "zset",
+            [("desert:TEXT-RANGE-SEPARATOR:1", 0.0), ("scifi:TEXT-RANGE-SEPARATOR:1", 0.0)],
+        ),
         "catalog:book:1:tags_fr": ("set", {"sf"}),
         "catalog:book:tags_fr:sf": ("set", {"1"}),
         "catalog:book:tags_fr:text-range": ("zset", [("sf:TEXT-RANGE-SEPARATOR:1", 0.0)]),
@@ -438,9 +525,13 @@ def test_dynamic_filters(catalog_db, client, count_commands, monkeypatch):
     monkeypatch.delattr(Book, "_redis_attr_tags_it", raising=False)
     assert list(Book.collection(tags_it="x")) == []  # the filter itself creates the field, through get_field
     assert Book.__dict__["_redis_attr_tags_it"]._dynamic_base == "tags"
-    assert list(Book.collection().dynamic_filter("tags", "en", "scifi").values_list("title", flat=True)) == ["Dune"]
+    assert list(Book.collection().dynamic_filter("tags", "en", "scifi").values_list("title", flat=True)) == [
+        "Dune"
+    ]
     intersected = Book.collection().intersect(pks(emma)).dynamic_filter("notes", "fr", "bien", "review")
-    assert type(intersected) is extensions.ExtendedCollectionManagerWithDynamicFields and list(intersected) == []
+    assert (
+        type(intersected) is extensions.ExtendedCollectionManagerWithDynamicFields and list(intersected) == []
+    )
     assert dune.get_field("notes_fr").hget("review") == "bien"
 
 
@@ -457,8 +548,15 @@ def test_reverse_side_writers(catalog_db, client):
     ann.borrowed_books.lpush(second)
     assert [first.editor.get(), second.editor.get(), first.publisher.hget()] == [ann.pk.get()] * 3
     assert first.readers.zrange(0, -1, withscores=True) == [(ann.pk.get(), 4.5)]
-    assert first.borrowers.lrange(0, -1) == [ann.pk.get()] * 2 and second.borrowers.lrange(0, -1) == [ann.pk.get()]
-    assert set(ann.edited_books()) == set(ann.read_books()) == set(ann.borrowed_books()) == set(pks(first, second))
+    assert first.borrowers.lrange(0, -1) == [ann.pk.get()] * 2 and second.borrowers.lrange(0, -1) == [
+        ann.pk.get()
+    ]
+    assert (
+        set(ann.edited_books())
+        == set(ann.read_books())
+        == set(ann.borrowed_books())
+        == set(pks(first, second))
+    )
     assert list(ann.published_books()) == pks(first)
 
     ann.edited_books.delete(second)
@@ -473,7 +571,12 @@ def test_reverse_side_writers(catalog_db, client):
     assert_indexes_consistent(client, Book, Person)
 
     Person(ann.pk.get()).delete()  # removed from every related field pointing to it
-    assert [first.editor.get(), first.publisher.hget(), second.readers.zcard(), second.borrowers.llen()] == [None, None, 0, 0]
+    assert [first.editor.get(), first.publisher.hget(), second.readers.zcard(), second.borrowers.llen()] == [
+        None,
+        None,
+        0,
+        0,
+    ]
     assert len(Book.collection()) == 2
 
 
@@ -484,9 +587,13 @@ def test_dynamic_related_fields(catalog_db, client):
     ann.books.sadd(book.pk.get(), dynamic_part="illustrator")
     bob.books.sadd(book, dynamic_part="writer")
     assert type(ann.books) is extensions.DynamicRelatedCollection
-    assert list(ann.books("writer")) == list(ann.books("illustrator")) == pks(book) and list(ann.books()) == []
+    assert (
+        list(ann.books("writer")) == list(ann.books("illustrator")) == pks(book) and list(ann.books()) == []
+    )
     authors = book.get_field("authors_writer")()  # built by Person's collection manager
-    assert type(authors) is extensions.ExtendedCollectionManagerWithDynamicFields and set(authors) == set(pks(ann, bob))
+    assert type(authors) is extensions.ExtendedCollectionManagerWithDynamicFields and set(authors) == set(
+        pks(ann, bob)
+    )
     assert list(Book.collection().dynamic_filter("authors", "writer", bob)) == pks(book)
     other = Book(title="Other", authors_illustrator=[bob], readers={bob: 2})  # instances as creation values
     assert list(bob.books("illustrator")) == pks(other) and list(bob.read_books()) == pks(other)
@@ -515,8 +622,12 @@ def test_whole_run_leaves_consistent_indexes(jobs_db, catalog_db, clock, client)
     for name in ("a", "b", "c"):
         Job.add_job(name, priority=ord(name) % 3)
     Job.add_job("d", delayed_until=START + timedelta(seconds=1))
-    worker = Worker("default", callback=lambda job, queue: job.identifier.hget() == "b" and failing(job, queue),
-                    max_tries=2, retry_delay=timedelta(seconds=2))
+    worker = Worker(
+        "default",
+        callback=lambda job, queue: job.identifier.hget() == "b" and failing(job, queue),
+        max_tries=2,
+        retry_delay=timedelta(seconds=2),
+    )
     assert worker.run() == 3
     clock.advance(seconds=5)
     assert worker.run() == 2
@@ -527,5 +638,8 @@ def test_whole_run_leaves_consistent_indexes(jobs_db, catalog_db, clock, client)
     Book(title="U", tags_es=["z"]).delete()
     Job.get(identifier="c").delete()
     assert [job.status.hget() for job in Job.collection().sort(by="identifier", alpha=True).instances()] == [
-        "success", "error", "success"]
+        "success",
+        "error",
+        "success",
+    ]
     assert_indexes_consistent(client, Queue, Job, Error, Book, Person)

@@ -99,8 +99,11 @@ def test_purge_expired_is_bounded_and_repeatable(database, namespace, atomic, ra
 
 def test_not_expiring_models_say_how_to_opt_in(database, namespace):
     Item = define(database, namespace, False)
-    with pytest.raises(ImplementationError, match=r"^Item.expire_in\(\): the instances of Item do not expire\. "
-                                                  r"Declare expiring = True \(or default_ttl = <seconds>\)"):
+    with pytest.raises(
+        ImplementationError,
+        match=r"^Item.expire_in\(\): the instances of Item do not expire\. "
+        r"Declare expiring = True \(or default_ttl = <seconds>\)",
+    ):
         Item(code="a").expire_in(10)
     with pytest.raises(ImplementationError, match="default_ttl = 0: give a number of seconds > 0"):
         define(database, namespace + "x", False, default_ttl=0)
@@ -118,9 +121,14 @@ def test_creation_writes_its_deadline_first(database, namespace, redis_settings)
     client = raw_client(redis_settings)
     with command_log(client) as log:
         Item(code="a", name="n")
-    deadline = [position for position, line in enumerate(log) if "__deadlines__" in line and line.startswith("zadd")]
-    first_value = [position for position, line in enumerate(log)
-                   if line.startswith("HSET ") or re.match(r"SET \S+:\d+:", line)]
+    deadline = [
+        position for position, line in enumerate(log) if "__deadlines__" in line and line.startswith("zadd")
+    ]
+    first_value = [
+        position
+        for position, line in enumerate(log)
+        if line.startswith("HSET ") or re.match(r"SET \S+:\d+:", line)
+    ]
     assert deadline and first_value and deadline[0] < first_value[0], log
 
 
@@ -128,5 +136,13 @@ def test_expiring_models_need_indexes_the_purge_can_maintain(database, namespace
     from limpyd.indexes import EqualIndex
 
     lower = EqualIndex.configure(transform=lambda value: value.lower())
-    with pytest.raises(ImplementationError, match=r"Item\.label: its index EqualIndex has no server-side form"):
-        define(database, namespace, False, expiring=True, label=fields.StringField(indexable=True, indexes=[lower]))
+    with pytest.raises(
+        ImplementationError, match=r"Item\.label: its index EqualIndex has no server-side form"
+    ):
+        define(
+            database,
+            namespace,
+            False,
+            expiring=True,
+            label=fields.StringField(indexable=True, indexes=[lower]),
+        )

@@ -53,7 +53,11 @@ class DynamicFieldMixin:
 
     def _call_command(self, name, *args, **kwargs):
         result = super()._call_command(name, *args, **kwargs)
-        if self._dynamic_base is not None and name in self.available_modifiers and name not in ("delete", "hdel"):
+        if (
+            self._dynamic_base is not None
+            and name in self.available_modifiers
+            and name not in ("delete", "hdel")
+        ):
             self._inventory().sadd(self.name)
         return result
 
@@ -166,15 +170,22 @@ def test_dynamic_fields_in_kwargs_commands_filters_and_delete(Dyn, client):
         "ext:dyn:tags_a:text-range": ("zset", [("x:TEXT-RANGE-SEPARATOR:1", 0.0)]),
         "ext:dyn:tags_b:y": ("set", {"1"}),
         "ext:dyn:tags_b:z": ("set", {"1"}),
-        "ext:dyn:tags_b:text-range": ("zset", [("y:TEXT-RANGE-SEPARATOR:1", 0.0), ("z:TEXT-RANGE-SEPARATOR:1", 0.0)]),
+        "ext:dyn:tags_b:text-range": (
+            "zset",
+            [("y:TEXT-RANGE-SEPARATOR:1", 0.0), ("z:TEXT-RANGE-SEPARATOR:1", 0.0)],
+        ),
     }
     # commands on a version created on demand at instance level, with its own lock
     with command_log(client) as log:
         obj.get_field("tags_c").sadd("w")
-    assert log == locked("ext:dyn:lock-for-update:tags_c", [
-        "SADD ext:dyn:tags_c:w 1",
-        "ZADD ext:dyn:tags_c:text-range 0 w:TEXT-RANGE-SEPARATOR:1", "SADD ext:dyn:1:tags_c w"]) + [
-        "SADD ext:dyn:1:tags tags_c"]
+    assert log == locked(
+        "ext:dyn:lock-for-update:tags_c",
+        [
+            "SADD ext:dyn:tags_c:w 1",
+            "ZADD ext:dyn:tags_c:text-range 0 w:TEXT-RANGE-SEPARATOR:1",
+            "SADD ext:dyn:1:tags_c w",
+        ],
+    ) + ["SADD ext:dyn:1:tags tags_c"]
     # filters resolve dynamic names through get_field
     assert set(Dyn.collection(tags_a="x")) == {"1"}
     assert set(Dyn.collection(tags_b__gte="z")) == {"1"} and set(Dyn.collection(tags_b__gt="z")) == set()
@@ -259,8 +270,14 @@ def test_call_command_override_sees_every_command(database):
     obj.ih.hsetnx("c")
     obj.z.zincrby(2, "m")
     obj.delete()
-    assert obj.recorded == [("s", "set"), ("ih", "hset"), ("z", "zadd"), ("s", "append"), ("ih", "hsetnx"),
-                            ("z", "zincrby")]
+    assert obj.recorded == [
+        ("s", "set"),
+        ("ih", "hset"),
+        ("z", "zadd"),
+        ("s", "append"),
+        ("ih", "hsetnx"),
+        ("z", "zincrby"),
+    ]
 
 
 def test_call_command_override_can_refuse_commands(database, client):
@@ -312,8 +329,14 @@ def test_post_command_changes_results(database):
     assert obj.hmget("ih") == {"ih": "y"}
     assert obj.s.getrange(0, 0) == "X"
     assert obj.tags.sadd("c") == 1
-    assert calls == [(obj.s, "get", (), {}), (obj.ih, "hget", ("ih",), {}), (obj.tags, "smembers", (), {}),
-                     (obj, "hmget", ("ih",), {}), (obj.s, "getrange", (0, 0), {}), (obj.tags, "sadd", ("c",), {})]
+    assert calls == [
+        (obj.s, "get", (), {}),
+        (obj.ih, "hget", ("ih",), {}),
+        (obj.tags, "smembers", (), {}),
+        (obj, "hmget", ("ih",), {}),
+        (obj.s, "getrange", (0, 0), {}),
+        (obj.tags, "sadd", ("c",), {}),
+    ]
 
 
 def test_make_command_method_override(database):
@@ -391,14 +414,28 @@ def test_hooks_are_called_in_the_documented_order(database):
     obj.s.set("a")
     obj.s.set("b")
     assert order == [
-        "_call_command get", "_traverse_command get", "post_command get",
+        "_call_command get",
+        "_traverse_command get",
+        "post_command get",
         # modifier of an indexable field: connect check first (lock taken), then S: read, (de)index, write
-        "_call_command set", "connect", "_call_set",
-        "_call_command get", "_traverse_command get", "post_command get",
-        "index a", "_traverse_command set", "post_command set",
-        "_call_command set", "_call_set",
-        "_call_command get", "_traverse_command get", "post_command get",
-        "deindex a", "index b", "_traverse_command set", "post_command set",
+        "_call_command set",
+        "connect",
+        "_call_set",
+        "_call_command get",
+        "_traverse_command get",
+        "post_command get",
+        "index a",
+        "_traverse_command set",
+        "post_command set",
+        "_call_command set",
+        "_call_set",
+        "_call_command get",
+        "_traverse_command get",
+        "post_command get",
+        "deindex a",
+        "index b",
+        "_traverse_command set",
+        "post_command set",
     ]
 
 
@@ -408,8 +445,15 @@ def test_attach_hooks_order_and_state(database):
 
     class Watching(StringField):
         def _attach_to_model(self, model):
-            seen.append(("model", model.__name__, self.name, model.__dict__.get(self.name),
-                         "_redis_attr_%s" % self.name in model.__dict__))
+            seen.append(
+                (
+                    "model",
+                    model.__name__,
+                    self.name,
+                    model.__dict__.get(self.name),
+                    "_redis_attr_%s" % self.name in model.__dict__,
+                )
+            )
             super()._attach_to_model(model)
 
         def _attach_to_instance(self, instance):
@@ -448,6 +492,7 @@ def test_attach_to_model_may_refuse_a_model(database):
             super()._attach_to_model(model)
 
     with pytest.raises(ImplementationError, match="^Picky fields need the 'ok' namespace$"):
+
         class Bad(model.RedisModel):
             database = db
             namespace = "ko"
@@ -546,10 +591,42 @@ def test_downstream_call_shapes(database, client):
 
 
 DOWNSTREAM_NAMES = [
-    "name", "priority", "status", "identifier", "start", "end", "tries", "queued", "added", "type", "code",
-    "message", "traceback", "date", "time", "date_time", "waiting", "success", "errors", "delayed",
-    "delayed_until", "cancel_on_error", "job_pk", "job_model_repr", "queue_name", "on_started", "on_success",
-    "on_error", "on_skipped", "on_requeued", "on_delayed", "duration", "ident", "datetime", "run", "requeue",
+    "name",
+    "priority",
+    "status",
+    "identifier",
+    "start",
+    "end",
+    "tries",
+    "queued",
+    "added",
+    "type",
+    "code",
+    "message",
+    "traceback",
+    "date",
+    "time",
+    "date_time",
+    "waiting",
+    "success",
+    "errors",
+    "delayed",
+    "delayed_until",
+    "cancel_on_error",
+    "job_pk",
+    "job_model_repr",
+    "queue_name",
+    "on_started",
+    "on_success",
+    "on_error",
+    "on_skipped",
+    "on_requeued",
+    "on_delayed",
+    "duration",
+    "ident",
+    "datetime",
+    "run",
+    "requeue",
     "set_fields",
 ]
 

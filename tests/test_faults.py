@@ -127,8 +127,11 @@ class RoundTripInjector:
         self.pool.disconnect()  # reconnect through the handshake above: every connection knows its id
 
     def _counts(self, conn: Any) -> bool:
-        return (self.thread == threading.get_ident() and not getattr(conn, "_fault_busy", False)
-                and self._is_target(conn))
+        return (
+            self.thread == threading.get_ident()
+            and not getattr(conn, "_fault_busy", False)
+            and self._is_target(conn)
+        )
 
     def _is_target(self, conn: Any) -> bool:
         pool = self.pool
@@ -137,10 +140,20 @@ class RoundTripInjector:
     # -- arming
 
     @contextmanager
-    def armed(self, kill_at: Optional[int] = None, mode: str = MODES[0],
-              on_round_trip: Optional[Callable[[int], None]] = None) -> Iterator["RoundTripInjector"]:
+    def armed(
+        self,
+        kill_at: Optional[int] = None,
+        mode: str = MODES[0],
+        on_round_trip: Optional[Callable[[int], None]] = None,
+    ) -> Iterator["RoundTripInjector"]:
         """Count the round trips of this thread inside the block; kill the ``kill_at``-th one."""
-        self.thread, self.count, self.kill_at, self.mode, self.fired = threading.get_ident(), 0, kill_at, mode, False
+        self.thread, self.count, self.kill_at, self.mode, self.fired = (
+            threading.get_ident(),
+            0,
+            kill_at,
+            mode,
+            False,
+        )
         self.on_round_trip = on_round_trip
         try:
             yield self
@@ -207,7 +220,9 @@ def client_killer(killer: redis.Redis) -> Callable[[Any], None]:
 
 
 @pytest.fixture
-def injector(database: RedisDatabase, killer: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> RoundTripInjector:
+def injector(
+    database: RedisDatabase, killer: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> RoundTripInjector:
     result = RoundTripInjector(database.connection.connection_pool, client_killer(killer))
     result.install(monkeypatch)
     return result
@@ -254,7 +269,10 @@ class StallGuard:
         if self.elapsed <= self.limit:
             return None
         return "took %.2f s (> %.1f s)%s" % (
-            self.elapsed, self.limit, ", waiting on lock %s" % self.stalled_on if self.stalled_on else "")
+            self.elapsed,
+            self.limit,
+            ", waiting on lock %s" % self.stalled_on if self.stalled_on else "",
+        )
 
 
 def outcome_problem(error: Optional[BaseException], legit: Tuple[type, ...] = ()) -> Optional[str]:
@@ -295,10 +313,20 @@ def _nothing(Item: type) -> Any:
 
 OPS = [
     Op("create", _nothing, lambda Item, _: Item(code="c1", name="n1", note="x", tags=["a", "b"], size="5")),
-    Op("create-taken-unique", _nothing, lambda Item, _: Item(code="c0", name="n1", tags=["a"]), (UniquenessError,)),
+    Op(
+        "create-taken-unique",
+        _nothing,
+        lambda Item, _: Item(code="c0", name="n1", tags=["a"]),
+        (UniquenessError,),
+    ),
     Op("string-set", _one_instance, lambda Item, s: _fresh(Item, s).name.set("n2")),
     Op("unique-hset", _one_instance, lambda Item, s: _fresh(Item, s).code.hset("c2")),
-    Op("unique-hset-taken", _one_instance, lambda Item, s: _fresh(Item, s).code.hset("c0"), (UniquenessError,)),
+    Op(
+        "unique-hset-taken",
+        _one_instance,
+        lambda Item, s: _fresh(Item, s).code.hset("c0"),
+        (UniquenessError,),
+    ),
     Op("lazy-unique-hset", _one_instance, lambda Item, s: Item.lazy_connect(s.pk.get()).code.hset("c2")),
     Op("number-hset", _one_instance, lambda Item, s: _fresh(Item, s).size.hset("7")),
     Op("sadd", _one_instance, lambda Item, s: _fresh(Item, s).tags.sadd("c", "d")),
@@ -312,8 +340,9 @@ def reset_db(client: redis.Redis) -> None:
     client.flushdb()
 
 
-def run_killed(Item: type, op: Op, injector: RoundTripInjector, client: redis.Redis,
-               kill_at: Optional[int], mode: str) -> Tuple[List[str], int]:
+def run_killed(
+    Item: type, op: Op, injector: RoundTripInjector, client: redis.Redis, kill_at: Optional[int], mode: str
+) -> Tuple[List[str], int]:
     """Run ``op`` on a fresh db, killing its ``kill_at``-th round trip; return (problems, round trips)."""
     reset_db(client)
     state = op.setup(Item)
@@ -383,7 +412,11 @@ def test_kill_at_every_round_trip(Item, op, mode, injector, client):
     assert round_trips > 0
     for kill_at in range(round_trips):
         problems += run_killed(Item, op, injector, client, kill_at, mode)[0]
-    assert problems == [], "%d round trips, %d problem(s):\n%s" % (round_trips, len(problems), "\n".join(problems))
+    assert problems == [], "%d round trips, %d problem(s):\n%s" % (
+        round_trips,
+        len(problems),
+        "\n".join(problems),
+    )
 
 
 # ---------------------------------------------------------------------- collection evaluation (item 5)
@@ -401,7 +434,11 @@ def test_killed_collection_evaluation_leaves_no_temporary_key(Item, mode, inject
     assert problems == []
     for kill_at in range(round_trips):
         problems += run_killed(Item, op, injector, client, kill_at, mode)[0]
-    assert problems == [], "%d round trips, %d problem(s):\n%s" % (round_trips, len(problems), "\n".join(problems))
+    assert problems == [], "%d round trips, %d problem(s):\n%s" % (
+        round_trips,
+        len(problems),
+        "\n".join(problems),
+    )
 
 
 # ---------------------------------------------------------------------- update racing a delete (item 7)
@@ -415,8 +452,9 @@ RACING_UPDATES = {
 }
 
 
-def _race_once(Item: type, injector: RoundTripInjector, client: redis.Redis, update: Callable,
-               start_at: Optional[int]) -> Tuple[List[str], int]:
+def _race_once(
+    Item: type, injector: RoundTripInjector, client: redis.Redis, update: Callable, start_at: Optional[int]
+) -> Tuple[List[str], int]:
     """Delete an instance; at its ``start_at``-th round trip, start the update in another thread."""
     reset_db(client)
     instance = _one_instance(Item)
@@ -444,15 +482,20 @@ def _race_once(Item: type, injector: RoundTripInjector, client: redis.Redis, upd
             delete_error = exc
     if thread.ident is not None:
         thread.join(10)
-    problems = [p for p in (outcome_problem(delete_error), outcome_problem(outcome.get("error"), (DoesNotExist,)))
-                if p]
+    problems = [
+        p
+        for p in (outcome_problem(delete_error), outcome_problem(outcome.get("error"), (DoesNotExist,)))
+        if p
+    ]
     problems += check_consistency(client, [Item])
     for code in ("c1", "c9"):  # the deleted instance's unique values are free again
         try:
             Item(code=code).delete()
         except UniquenessError as exc:
             problems.append("unique value still taken after the delete: %s" % exc)
-    return ["update started at round trip %s of the delete: %s" % (start_at, p) for p in problems], injector.count
+    return [
+        "update started at round trip %s of the delete: %s" % (start_at, p) for p in problems
+    ], injector.count
 
 
 @pytest.mark.parametrize("update", sorted(RACING_UPDATES))
@@ -468,7 +511,11 @@ def test_update_racing_delete(Item, update, injector, client):
     assert problems == []
     for start_at in range(round_trips):
         problems += _race_once(Item, injector, client, RACING_UPDATES[update], start_at)[0]
-    assert problems == [], "%d round trips, %d problem(s):\n%s" % (round_trips, len(problems), "\n".join(problems))
+    assert problems == [], "%d round trips, %d problem(s):\n%s" % (
+        round_trips,
+        len(problems),
+        "\n".join(problems),
+    )
 
 
 # ---------------------------------------------------------------------- random loop with random kills
@@ -488,8 +535,12 @@ def random_operation(Item: type, rng: random.Random, pks: List[str]) -> Tuple[st
     pk = rng.choice(pks[-15:] or ["1"])
     code, name, tag = rng.choice(CODES), rng.choice(NAMES), rng.choice(TAGS)
     choices = [
-        ("create", lambda: pks.append(Item(code=code, name=name, note="x", tags=[tag],
-                                           size=str(rng.randint(0, 9)))._pk)),
+        (
+            "create",
+            lambda: pks.append(
+                Item(code=code, name=name, note="x", tags=[tag], size=str(rng.randint(0, 9)))._pk
+            ),
+        ),
         ("code.hset", lambda: Item.lazy_connect(pk).code.hset(code)),
         ("name.set", lambda: Item.lazy_connect(pk).name.set(name)),
         ("note.hset", lambda: Item.lazy_connect(pk).note.hset(name)),
@@ -525,7 +576,9 @@ class RandomKiller:
             if self.paused.is_set() or self.stop.is_set():
                 continue
             try:
-                self.kills += int(self.client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+                self.kills += int(
+                    self.client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+                )
             except redis.RedisError:
                 pass
 
@@ -586,8 +639,11 @@ def test_random_operations_with_random_kills(Item, client, killer):
                     _checked(lambda: check_consistency(client, [Item]), step, problems, seen)
     _checked(lambda: check_consistency(client, [Item]), 2000, problems, seen)
     assert killer_thread.kills > 100, "too few kills (%d): the loop did not test much" % killer_thread.kills
-    assert problems == [], "%d kills, %d problem(s):\n%s" % (killer_thread.kills, len(problems),
-                                                            "\n".join(problems[:80]))
+    assert problems == [], "%d kills, %d problem(s):\n%s" % (
+        killer_thread.kills,
+        len(problems),
+        "\n".join(problems[:80]),
+    )
 
 
 # ---------------------------------------------------------------------- server restart mid-loop
@@ -604,10 +660,28 @@ class OwnServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [self.binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory),
-             "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            [
+                self.binary,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -615,7 +689,9 @@ class OwnServer:
                     return
             except redis.ConnectionError:
                 pass
-            assert self.process.poll() is None and time.monotonic() < deadline, "own redis-server did not start"
+            assert self.process.poll() is None and time.monotonic() < deadline, (
+                "own redis-server did not start"
+            )
             time.sleep(0.01)
 
     def kill(self) -> None:
@@ -701,7 +777,11 @@ def test_server_restart_mid_loop(own_database):
     restarter.thread.join()
     problems += check_consistency(checker, [Item])
     assert restarter.done == 4
-    assert problems == [], "%d operations, %d problem(s):\n%s" % (step, len(problems), "\n".join(problems[:80]))
+    assert problems == [], "%d operations, %d problem(s):\n%s" % (
+        step,
+        len(problems),
+        "\n".join(problems[:80]),
+    )
 
 
 RESTART_OPS = [op for op in OPS if op.name in ("create", "unique-hset", "sadd", "hmset", "delete")]
@@ -727,4 +807,8 @@ def test_server_restart_at_every_round_trip(own_database, op, monkeypatch):
     assert problems == []
     for kill_at in range(round_trips):
         problems += run_killed(Item, op, injector, checker, kill_at, "after-run")[0]
-    assert problems == [], "%d round trips, %d problem(s):\n%s" % (round_trips, len(problems), "\n".join(problems))
+    assert problems == [], "%d round trips, %d problem(s):\n%s" % (
+        round_trips,
+        len(problems),
+        "\n".join(problems),
+    )

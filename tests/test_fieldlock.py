@@ -28,9 +28,16 @@ def test_fieldlock_is_a_redis_py_lock(Base):
     assert lock.timeout == 5 and lock.sleep == 0.1 and lock.blocking is True
     assert lock.blocking_timeout is None and lock.thread_local is True
     assert lock.redis is M.get_connection()
-    custom = FieldLock(M().name, timeout=1, sleep=0.01, blocking=False, blocking_timeout=2, thread_local=False)
+    custom = FieldLock(
+        M().name, timeout=1, sleep=0.01, blocking=False, blocking_timeout=2, thread_local=False
+    )
     assert (custom.timeout, custom.sleep, custom.blocking, custom.blocking_timeout, custom.thread_local) == (
-        1, 0.01, False, 2, False)
+        1,
+        0.01,
+        False,
+        2,
+        False,
+    )
 
 
 def test_a_lock_costs_four_commands(Base, client, count_commands):
@@ -58,11 +65,14 @@ def test_lock_is_taken_by_modifiers_of_indexable_fields_only(Base, client, names
         obj.name.get()
     with count_commands(1):  # modifier of a field that is not indexable: no lock
         obj.plain.set("x")
-    with command_log(client) as log:  # the model-level hmset locks its indexable fields (2.x: none); hdel none
+    with command_log(
+        client
+    ) as log:  # the model-level hmset locks its indexable fields (2.x: none); hdel none
         obj.hmset(ih="d")
         obj.hdel("ih")
     assert [line for line in log if "lock-for-update" in line and line.startswith("SET")] == [
-        "SET %s:m:lock-for-update:ih <token> NX PX 5000" % namespace]
+        "SET %s:m:lock-for-update:ih <token> NX PX 5000" % namespace
+    ]
     with count_commands(0):  # pk operations neither
         obj.pk.get()
     with command_log(client) as log:
@@ -180,15 +190,22 @@ def test_defaults_written_inside_the_lock_of_the_same_field(Base, client, namesp
     with command_log(client) as log:
         M(other="o")
     assert log == ["SET %s:lock-for-update:other <token> NX PX 5000" % n, "INCRBY %s:max_pk 1" % n] + locked(
-        n + ":lock-for-update:name", ["GET %s:1:name" % n, "SADD %s:name:d 1" % n, "SET %s:1:name d" % n]) + [
-        "SADD %s:collection 1" % n, "GET %s:1:other" % n, "SADD %s:other:o 1" % n, "SET %s:1:other o" % n,
-        "get %s:lock-for-update:other" % n, "del %s:lock-for-update:other" % n,
-        "EVALSHA <sha> 1 %s:lock-for-update:other <token>" % n]
+        n + ":lock-for-update:name", ["GET %s:1:name" % n, "SADD %s:name:d 1" % n, "SET %s:1:name d" % n]
+    ) + [
+        "SADD %s:collection 1" % n,
+        "GET %s:1:other" % n,
+        "SADD %s:other:o 1" % n,
+        "SET %s:1:other o" % n,
+        "get %s:lock-for-update:other" % n,
+        "del %s:lock-for-update:other" % n,
+        "EVALSHA <sha> 1 %s:lock-for-update:other <token>" % n,
+    ]
     # the same field: no deadlock, the nested write runs in sub-lock mode
     with command_log(client) as log:
         obj = M(name="given")
     assert [line for line in log if line.startswith("SET %s:lock" % n)] == [
-        "SET %s:lock-for-update:name <token> NX PX 5000" % n]
+        "SET %s:lock-for-update:name <token> NX PX 5000" % n
+    ]
     assert obj.name.get() == "given"
 
 
@@ -266,5 +283,7 @@ def test_set_field_modifiers_lock_too(Base, client, namespace, count_commands):
     obj.pk.get()
     with command_log(client) as log:
         obj.tags.sadd("a")
-    assert log == locked("%s:m:lock-for-update:tags" % namespace,
-                         ["SADD %s:m:tags:a 1" % namespace, "SADD %s:m:1:tags a" % namespace])
+    assert log == locked(
+        "%s:m:lock-for-update:tags" % namespace,
+        ["SADD %s:m:tags:a 1" % namespace, "SADD %s:m:1:tags a" % namespace],
+    )

@@ -37,10 +37,21 @@ EXP = {"expire", "expireat", "pexpire", "pexpireat", "ttl", "pttl", "persist"}
 
 
 def test_module_all_and_hierarchy():
-    assert sorted(fields.__all__) == sorted([
-        "InstanceHashField", "RedisField", "RedisProxyCommand", "MetaRedisProxy", "SortedSetField",
-        "StringField", "ListField", "SetField", "PKField", "AutoPKField", "HashField",
-    ])
+    assert sorted(fields.__all__) == sorted(
+        [
+            "InstanceHashField",
+            "RedisField",
+            "RedisProxyCommand",
+            "MetaRedisProxy",
+            "SortedSetField",
+            "StringField",
+            "ListField",
+            "SetField",
+            "PKField",
+            "AutoPKField",
+            "HashField",
+        ]
+    )
     assert type(RedisProxyCommand) is MetaRedisProxy
     assert issubclass(model.RedisModel, RedisProxyCommand)
     assert RedisField.__bases__ == (RedisProxyCommand,)
@@ -53,30 +64,99 @@ def test_module_all_and_hierarchy():
     assert SingleValueField.__bases__ == (RedisField,)
     assert MultiValuesField.__bases__ == (RedisField,)
     from limpyd.database import Lock
+
     assert fields.FieldLock.__bases__ == (Lock,)
 
 
-@pytest.mark.parametrize("klass, getters, modifiers", [
-    (RedisField, EXP, set()),
-    (StringField, EXP | {"get", "getbit", "getrange", "strlen", "bitcount", "bitpos"},
-     {"delete", "getset", "set", "append", "decr", "decrby", "incr", "incrby", "incrbyfloat", "setbit",
-      "setnx", "setrange", "setex", "psetex"}),
-    (InstanceHashField, {"hget"}, {"hdel", "hset", "hsetnx", "hincrby", "hincrbyfloat"}),
-    (PKField, {"get"}, {"set"}),
-    (AutoPKField, {"get"}, {"set"}),
-    (SetField, EXP | {"scard", "sismember", "smembers", "srandmember", "sscan", "sscan_iter", "sort"},
-     {"delete", "sadd", "srem", "spop"}),
-    (ListField, EXP | {"lindex", "llen", "lrange", "lrank", "lcontains", "lcount", "sort"},
-     {"delete", "linsert", "lpop", "lpush", "lpushx", "lrem", "rpop", "rpush", "rpushx", "lset", "ltrim"}),
-    (SortedSetField, EXP | {"zcard", "zcount", "zrange", "zrangebyscore", "zrank", "zrevrange",
-                            "zrevrangebyscore", "zrevrank", "zscore", "zscan", "zscan_iter", "sort",
-                            "zlexcount", "zrangebylex", "zrevrangebylex"},
-     {"delete", "zadd", "zincrby", "zrem", "zremrangebyrank", "zremrangebyscore", "zremrangebylex",
-      "zpopmin", "zpopmax"}),
-    (HashField, EXP | {"hget", "hgetall", "hmget", "hkeys", "hvals", "hlen", "hscan", "hscan_iter", "hstrlen"},
-     {"delete", "hdel", "hmset", "hsetnx", "hset", "hincrby", "hincrbyfloat"}),
-    (model.RedisModel, {"hmget", "hgetall", "hkeys", "hvals", "hlen"}, {"hmset", "hdel"}),
-])
+@pytest.mark.parametrize(
+    "klass, getters, modifiers",
+    [
+        (RedisField, EXP, set()),
+        (
+            StringField,
+            EXP | {"get", "getbit", "getrange", "strlen", "bitcount", "bitpos"},
+            {
+                "delete",
+                "getset",
+                "set",
+                "append",
+                "decr",
+                "decrby",
+                "incr",
+                "incrby",
+                "incrbyfloat",
+                "setbit",
+                "setnx",
+                "setrange",
+                "setex",
+                "psetex",
+            },
+        ),
+        (InstanceHashField, {"hget"}, {"hdel", "hset", "hsetnx", "hincrby", "hincrbyfloat"}),
+        (PKField, {"get"}, {"set"}),
+        (AutoPKField, {"get"}, {"set"}),
+        (
+            SetField,
+            EXP | {"scard", "sismember", "smembers", "srandmember", "sscan", "sscan_iter", "sort"},
+            {"delete", "sadd", "srem", "spop"},
+        ),
+        (
+            ListField,
+            EXP | {"lindex", "llen", "lrange", "lrank", "lcontains", "lcount", "sort"},
+            {
+                "delete",
+                "linsert",
+                "lpop",
+                "lpush",
+                "lpushx",
+                "lrem",
+                "rpop",
+                "rpush",
+                "rpushx",
+                "lset",
+                "ltrim",
+            },
+        ),
+        (
+            SortedSetField,
+            EXP
+            | {
+                "zcard",
+                "zcount",
+                "zrange",
+                "zrangebyscore",
+                "zrank",
+                "zrevrange",
+                "zrevrangebyscore",
+                "zrevrank",
+                "zscore",
+                "zscan",
+                "zscan_iter",
+                "sort",
+                "zlexcount",
+                "zrangebylex",
+                "zrevrangebylex",
+            },
+            {
+                "delete",
+                "zadd",
+                "zincrby",
+                "zrem",
+                "zremrangebyrank",
+                "zremrangebyscore",
+                "zremrangebylex",
+                "zpopmin",
+                "zpopmax",
+            },
+        ),
+        (
+            HashField,
+            EXP | {"hget", "hgetall", "hmget", "hkeys", "hvals", "hlen", "hscan", "hscan_iter", "hstrlen"},
+            {"delete", "hdel", "hmset", "hsetnx", "hset", "hincrby", "hincrbyfloat"},
+        ),
+        (model.RedisModel, {"hmget", "hgetall", "hkeys", "hvals", "hlen"}, {"hmset", "hdel"}),
+    ],
+)
 def test_exact_command_sets(klass, getters, modifiers):
     assert type(klass.available_getters) is set and klass.available_getters == getters
     assert type(klass.available_modifiers) is set and klass.available_modifiers == modifiers
@@ -484,8 +564,14 @@ def test_proxy_get_and_proxy_set(Base):
     assert obj.r.proxy_set({"k": 1}) == 4
     assert obj.r.proxy_set("solo") == 5
     assert obj.r.proxy_get() == 6
-    assert calls == [("sadd", ("a", "b"), {}), ("sadd", ("c",), {}), ("sadd", ("x",), {}),
-                     ("sadd", (), {"k": 1}), ("sadd", ("solo",), {}), ("smembers", (), {})]
+    assert calls == [
+        ("sadd", ("a", "b"), {}),
+        ("sadd", ("c",), {}),
+        ("sadd", ("x",), {}),
+        ("sadd", (), {"k": 1}),
+        ("sadd", ("solo",), {}),
+        ("smembers", (), {}),
+    ]
 
 
 def test_from_python():
@@ -561,7 +647,9 @@ def test_indexes_are_shared_by_model_field_and_instances(Base):
 
 def test_indexable_field_without_index_classes():
     field = StringField(indexable=True)
-    with pytest.raises(ImplementationError, match="^StringField field is indexable but has no indexes attached$"):
+    with pytest.raises(
+        ImplementationError, match="^StringField field is indexable but has no indexes attached$"
+    ):
         field._indexes
 
 
@@ -625,7 +713,10 @@ def test_index_and_deindex(Base, client, namespace, count_commands):
     obj.h.index({"a": "1", "b": None})  # None values are skipped
     assert client.smembers(n + ":h:a:1") == {"1"} and not client.exists(n + ":h:b:None")
 
-    with pytest.raises(ImplementationError, match=r"\.plain\.index\(\): the field is not indexable: declare it with indexable=True"):
+    with pytest.raises(
+        ImplementationError,
+        match=r"\.plain\.index\(\): the field is not indexable: declare it with indexable=True",
+    ):
         obj.plain.index("x")
     with pytest.raises(ImplementationError, match=r"\.plain\.deindex\(\): the field is not indexable"):
         obj.plain.deindex()
@@ -676,10 +767,14 @@ def test_get_unique_index_errors(Base):
         s = StringField(unique=True, indexes=[NoUnique])
         plain = StringField(indexable=True)
 
-    with pytest.raises(ImplementationError, match=r"\.M\.plain\.get_unique_index\(\): the field is not unique: declare it with unique=True$"):
+    with pytest.raises(
+        ImplementationError,
+        match=r"\.M\.plain\.get_unique_index\(\): the field is not unique: declare it with unique=True$",
+    ):
         M.get_field("plain").get_unique_index()
-    with pytest.raises(ImplementationError,
-                       match="^Field M.s is unique but has no indexes capable of handling uniqueness$"):
+    with pytest.raises(
+        ImplementationError, match="^Field M.s is unique but has no indexes capable of handling uniqueness$"
+    ):
         M.get_field("s").get_unique_index()
     with pytest.raises(ImplementationError, match="capable of handling uniqueness"):
         M(s="x")
@@ -725,19 +820,27 @@ def test_clear_and_rebuild_indexes_wrappers(Base):
     field.rebuild_indexes()
     field.rebuild_indexes(chunk_size=7, aggressive_clear=True)
     assert calls == [
-        ("clear", first, 1000, False), ("clear", second, 1000, False),
-        ("clear", first, 5, True), ("clear", second, 5, True),
-        ("rebuild", first, 1000, False), ("rebuild", second, 1000, False),
-        ("rebuild", first, 7, True), ("rebuild", second, 7, True),
+        ("clear", first, 1000, False),
+        ("clear", second, 1000, False),
+        ("clear", first, 5, True),
+        ("clear", second, 5, True),
+        ("rebuild", first, 1000, False),
+        ("rebuild", second, 1000, False),
+        ("rebuild", first, 7, True),
+        ("rebuild", second, 7, True),
     ]
-    message = (r"\.M\.s\.rebuild_indexes\(\) can only be called on a field attached to the model, not to an "
-               r"instance: call it on M\.get_field\('s'\)$")
+    message = (
+        r"\.M\.s\.rebuild_indexes\(\) can only be called on a field attached to the model, not to an "
+        r"instance: call it on M\.get_field\('s'\)$"
+    )
     with pytest.raises(ImplementationError, match=message):
         M().s.clear_indexes()
     with pytest.raises(ImplementationError, match=message):
         M().s.rebuild_indexes()
     for method in (M.get_field("plain").clear_indexes, M.get_field("plain").rebuild_indexes):
-        with pytest.raises(ImplementationError, match=r"\.M\.plain\.rebuild_indexes\(\): the field is not indexable"):
+        with pytest.raises(
+            ImplementationError, match=r"\.M\.plain\.rebuild_indexes\(\): the field is not indexable"
+        ):
             method()
 
 

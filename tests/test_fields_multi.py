@@ -69,8 +69,9 @@ def test_indexable_set_counts(Base, client, namespace, count_commands):
     key = obj.tags.key
     with command_log(client) as log:
         assert obj.tags.sadd("a", "b") == 2
-    assert log == locked(n + ":lock-for-update:tags", ["SADD %s:tags:a 1" % n, "SADD %s:tags:b 1" % n,
-                                                      "SADD %s a b" % key])
+    assert log == locked(
+        n + ":lock-for-update:tags", ["SADD %s:tags:a 1" % n, "SADD %s:tags:b 1" % n, "SADD %s a b" % key]
+    )
     with count_commands(4 + 2):
         obj.tags.srem("a")
     obj.tags.sadd("c", "d")
@@ -97,7 +98,9 @@ def test_spop_count_on_old_servers(Base, old_server):
 
     obj = M(tags=["a"])
     old_server((3, 0, 7))
-    with pytest.raises(ImplementationError, match="^Count argument to SPOP is invalid for redis-server version < 3.2$"):
+    with pytest.raises(
+        ImplementationError, match="^Count argument to SPOP is invalid for redis-server version < 3.2$"
+    ):
         obj.tags.spop(1)
     assert obj.tags.spop() == "a"
 
@@ -113,7 +116,9 @@ def test_sscan(Base, count_commands):
     assert sorted(generator) == sorted(["a%d" % i for i in range(30)] + ["b"])
     assert sorted(obj.tags.sscan("a1*", 5)) == sorted(["a1"] + ["a1%d" % i for i in range(10)])
     assert list(obj.tags.sscan(match="b", count=1000)) == ["b"]
-    with pytest.raises(ImplementationError, match=r"^Use sscan instead of sscan_iter \(.*\): it already returns an iterator$"):
+    with pytest.raises(
+        ImplementationError, match=r"^Use sscan instead of sscan_iter \(.*\): it already returns an iterator$"
+    ):
         obj.tags.sscan_iter()
 
 
@@ -131,7 +136,9 @@ def test_list_commands(Base):
     assert obj.items.lpush("a") == 3
     assert obj.items.rpushx("d") == 4 and obj.items.lpushx("z") == 5
     assert obj.items.lmembers() == ["z", "a", "b", "c", "d"]
-    assert obj.items.lrange(1, 2) == ["a", "b"] and obj.items.lindex(-1) == "d" and obj.items.lindex(9) is None
+    assert (
+        obj.items.lrange(1, 2) == ["a", "b"] and obj.items.lindex(-1) == "d" and obj.items.lindex(9) is None
+    )
     assert obj.items.lpop() == "z" and obj.items.rpop() == "d"
     assert obj.items.lpop(2) == ["a", "b"] and obj.items.rpop(5) == ["c"]
     assert obj.items.lpop() is None and obj.items.lpop(2) is None
@@ -171,11 +178,18 @@ def test_lrank_lcount_run_lua_without_post_command(Base, client, count_commands)
         assert obj.items.lcount("a") == 2
         assert obj.items.lcontains("a") is True
     key = obj.items.key
-    assert log == ["LRANGE %s 0 -1" % key, "EVALSHA <sha> 1 %s b" % key,
-                   "LRANGE %s 0 -1" % key, "EVALSHA <sha> 1 %s a" % key,
-                   "LRANGE %s 0 -1" % key, "EVALSHA <sha> 1 %s a" % key]
+    assert log == [
+        "LRANGE %s 0 -1" % key,
+        "EVALSHA <sha> 1 %s b" % key,
+        "LRANGE %s 0 -1" % key,
+        "EVALSHA <sha> 1 %s a" % key,
+        "LRANGE %s 0 -1" % key,
+        "EVALSHA <sha> 1 %s a" % key,
+    ]
     assert seen == []
-    assert set(ListField.scripts) == {"lrank", "lcount"} and all("lua" in s for s in ListField.scripts.values())
+    assert set(ListField.scripts) == {"lrank", "lcount"} and all(
+        "lua" in s for s in ListField.scripts.values()
+    )
 
 
 def test_list_sort_is_a_getter(Base, count_commands):
@@ -230,8 +244,10 @@ def test_indexable_list_counts(Base, client, namespace, count_commands):
         assert obj.items.lrem(1, "b") == 1
     with command_log(client) as log:
         assert obj.items.lset(0, "y") is True
-    assert log == locked(n + ":lock-for-update:items", [
-        "LINDEX %s 0" % key, "SREM %s:items:c 1" % n, "LSET %s 0 y" % key, "SADD %s:items:y 1" % n])
+    assert log == locked(
+        n + ":lock-for-update:items",
+        ["LINDEX %s 0" % key, "SREM %s:items:c 1" % n, "LSET %s 0 y" % key, "SADD %s:items:y 1" % n],
+    )
     with count_commands(4 + 2):
         with pytest.raises(redis.ResponseError):
             obj.items.lset(10, "z")
@@ -340,8 +356,10 @@ def test_indexable_sorted_set_counts(Base, client, namespace, count_commands):
     key = obj.scores.key
     with command_log(client) as log:
         obj.scores.zadd({"a": 1, "b": 2})
-    assert log == locked(n + ":lock-for-update:scores",
-                         ["SADD %s:scores:a 1" % n, "SADD %s:scores:b 1" % n, "ZADD %s 1 a 2 b" % key])
+    assert log == locked(
+        n + ":lock-for-update:scores",
+        ["SADD %s:scores:a 1" % n, "SADD %s:scores:b 1" % n, "ZADD %s 1 a 2 b" % key],
+    )
     with command_log(client) as log:
         assert obj.scores.zincrby(5, "c") == 5.0
     assert log == locked(n + ":lock-for-update:scores", ["SADD %s:scores:c 1" % n, "ZINCRBY %s 5 c" % key])
@@ -377,9 +395,13 @@ def test_zpop_on_old_servers(Base, old_server):
 
     obj = M(scores={"a": 1})
     old_server((4, 0, 14))
-    with pytest.raises(ImplementationError, match="^ZPOPMIN is not a valid command for redis-server version < 5$"):
+    with pytest.raises(
+        ImplementationError, match="^ZPOPMIN is not a valid command for redis-server version < 5$"
+    ):
         obj.scores.zpopmin()
-    with pytest.raises(ImplementationError, match="^ZPOPMAX is not a valid command for redis-server version < 5$"):
+    with pytest.raises(
+        ImplementationError, match="^ZPOPMAX is not a valid command for redis-server version < 5$"
+    ):
         obj.scores.zpopmax(1)
     assert obj.scores.zmembers() == ["a"]
 
@@ -394,41 +416,49 @@ def test_zscan(Base, count_commands):
     assert isinstance(generator, types.GeneratorType)
     assert sorted(generator) == [("a", 1.0), ("ab", 3.0), ("b", 2.5)]
     assert sorted(obj.scores.zscan("a*", 10)) == [("a", 1.0), ("ab", 3.0)]
-    with pytest.raises(ImplementationError, match=r"^Use zscan instead of zscan_iter \(.*\): it already returns an iterator$"):
+    with pytest.raises(
+        ImplementationError, match=r"^Use zscan instead of zscan_iter \(.*\): it already returns an iterator$"
+    ):
         obj.scores.zscan_iter()
 
 
 ZADD_ERROR = "^ZADD accepts only two argumnets: 'mapping' and 'ch'$"
 
 
-@pytest.mark.parametrize("args, kwargs, expected", [
-    (({"a": 1},), {}, {"mapping": {"a": 1}}),
-    (({"a": 1}, True), {}, {"mapping": {"a": 1}, "ch": True}),
-    (({"a": 1},), {"ch": False}, {"mapping": {"a": 1}, "ch": False}),
-    ((), {"mapping": {"a": 1}}, {"mapping": {"a": 1}}),
-    ((), {"mapping": {"a": 1}, "ch": True}, {"mapping": {"a": 1}, "ch": True}),
-    ((), {"mapping": {"a": 1}, "foo": 1}, {"mapping": {"a": 1}, "foo": 1}),  # goes to redis-py
-    ((), {"foo": 1.5, "bar": 2, "ch": True}, {"mapping": {"foo": 1.5, "bar": 2}, "ch": True}),
-    ((), {"gt": 1, "lt": 2}, {"mapping": {"gt": 1, "lt": 2}}),  # not flags: members
-    ((), {"values_callback": None, "a": 1}, {"mapping": {"a": 1}}),
-    ((), {}, {"mapping": {}}),
-])
+@pytest.mark.parametrize(
+    "args, kwargs, expected",
+    [
+        (({"a": 1},), {}, {"mapping": {"a": 1}}),
+        (({"a": 1}, True), {}, {"mapping": {"a": 1}, "ch": True}),
+        (({"a": 1},), {"ch": False}, {"mapping": {"a": 1}, "ch": False}),
+        ((), {"mapping": {"a": 1}}, {"mapping": {"a": 1}}),
+        ((), {"mapping": {"a": 1}, "ch": True}, {"mapping": {"a": 1}, "ch": True}),
+        ((), {"mapping": {"a": 1}, "foo": 1}, {"mapping": {"a": 1}, "foo": 1}),  # goes to redis-py
+        ((), {"foo": 1.5, "bar": 2, "ch": True}, {"mapping": {"foo": 1.5, "bar": 2}, "ch": True}),
+        ((), {"gt": 1, "lt": 2}, {"mapping": {"gt": 1, "lt": 2}}),  # not flags: members
+        ((), {"values_callback": None, "a": 1}, {"mapping": {"a": 1}}),
+        ((), {}, {"mapping": {}}),
+    ],
+)
 def test_coerce_zadd_args(args, kwargs, expected):
     assert SortedSetField.coerce_zadd_args(*args, **kwargs) == ([], expected)
 
 
-@pytest.mark.parametrize("args, kwargs, message", [
-    (({"a": 1}, True, 3), {}, ZADD_ERROR),
-    (({"a": 1},), {"foo": 1}, ZADD_ERROR),
-    (({"a": 1},), {"ch": True, "nx": True}, ZADD_ERROR),
-    (({"a": 1}, True), {"ch": True}, ZADD_ERROR),
-    (({"a": 1},), {"mapping": {"b": 2}}, ZADD_ERROR),
-    ((), {"nx": True, "a": 1}, "^nx argument to ZADD is not supported by limpyd$"),
-    ((), {"xx": True, "a": 1}, "^xx argument to ZADD is not supported by limpyd$"),
-    ((), {"incr": True, "a": 1}, "^incr argument to ZADD is not supported by limpyd$"),
-    ((), {"mapping": {"a": 1}, "nx": True}, "^nx argument to ZADD is not supported by limpyd$"),
-    ((), {"mapping": {"a": 1}, "incr": False}, "^incr argument to ZADD is not supported by limpyd$"),
-])
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        (({"a": 1}, True, 3), {}, ZADD_ERROR),
+        (({"a": 1},), {"foo": 1}, ZADD_ERROR),
+        (({"a": 1},), {"ch": True, "nx": True}, ZADD_ERROR),
+        (({"a": 1}, True), {"ch": True}, ZADD_ERROR),
+        (({"a": 1},), {"mapping": {"b": 2}}, ZADD_ERROR),
+        ((), {"nx": True, "a": 1}, "^nx argument to ZADD is not supported by limpyd$"),
+        ((), {"xx": True, "a": 1}, "^xx argument to ZADD is not supported by limpyd$"),
+        ((), {"incr": True, "a": 1}, "^incr argument to ZADD is not supported by limpyd$"),
+        ((), {"mapping": {"a": 1}, "nx": True}, "^nx argument to ZADD is not supported by limpyd$"),
+        ((), {"mapping": {"a": 1}, "incr": False}, "^incr argument to ZADD is not supported by limpyd$"),
+    ],
+)
 def test_coerce_zadd_args_errors(args, kwargs, message):
     with pytest.raises(LimpydException, match=message):
         SortedSetField.coerce_zadd_args(*args, **kwargs)
@@ -447,7 +477,10 @@ def test_coerce_zadd_args_values_callback():
     assert calls == [("a", "b")]
     assert args == [] and kwargs == {"mapping": {keys[0]: 1, keys[1]: 2}}
     assert kwargs["mapping"] is mapping  # modified in place
-    assert SortedSetField.coerce_zadd_args(x=3, values_callback=lambda *m: ["X"]) == ([], {"mapping": {"X": 3}})
+    assert SortedSetField.coerce_zadd_args(x=3, values_callback=lambda *m: ["X"]) == (
+        [],
+        {"mapping": {"X": 3}},
+    )
 
 
 def test_zadd_on_the_field_uses_the_coercion(Base, client):
@@ -528,7 +561,9 @@ def test_hstrlen_on_old_servers(Base, old_server):
 
     obj = M(h={"a": "xyz"})
     old_server((3, 0, 0))
-    with pytest.raises(ImplementationError, match="^HSTRLEN is not a valid command for redis-server version < 3.2$"):
+    with pytest.raises(
+        ImplementationError, match="^HSTRLEN is not a valid command for redis-server version < 3.2$"
+    ):
         obj.h.hstrlen("a")
 
 
@@ -542,7 +577,9 @@ def test_hscan(Base, count_commands):
     assert isinstance(generator, types.GeneratorType)
     assert sorted(generator) == [("a", "1"), ("ab", "2"), ("b", "3")]
     assert sorted(obj.h.hscan(match="a*", count=10)) == [("a", "1"), ("ab", "2")]
-    with pytest.raises(ImplementationError, match=r"^Use hscan instead of hscan_iter \(.*\): it already returns an iterator$"):
+    with pytest.raises(
+        ImplementationError, match=r"^Use hscan instead of hscan_iter \(.*\): it already returns an iterator$"
+    ):
         obj.h.hscan_iter()
 
 
@@ -564,8 +601,16 @@ def test_indexable_hash_counts(Base, client, namespace, count_commands):
         obj.h.hset("a", "y")
     with command_log(client) as log:
         assert obj.h.hmset(a="z", b="w") is True
-    assert log == locked(lock, ["HMGET %s a b" % key, "SREM %s:h:a:y 1" % n, "SADD %s:h:a:z 1" % n,
-                                "SADD %s:h:b:w 1" % n, "HSET %s a z b w" % key])
+    assert log == locked(
+        lock,
+        [
+            "HMGET %s a b" % key,
+            "SREM %s:h:a:y 1" % n,
+            "SADD %s:h:a:z 1" % n,
+            "SADD %s:h:b:w 1" % n,
+            "HSET %s a z b w" % key,
+        ],
+    )
     with count_commands(4 + 1):
         assert obj.h.hsetnx("a", "q") == 0
     with count_commands(4 + 2):
@@ -573,15 +618,15 @@ def test_indexable_hash_counts(Base, client, namespace, count_commands):
     obj.h.hset("n", 5)
     with command_log(client) as log:
         assert obj.h.hincrby("n", 2) == 7
-    assert log == locked(lock, ["HGET %s n" % key, "SREM %s:h:n:5 1" % n, "HINCRBY %s n 2" % key,
-                                "SADD %s:h:n:7 1" % n])
+    assert log == locked(
+        lock, ["HGET %s n" % key, "SREM %s:h:n:5 1" % n, "HINCRBY %s n 2" % key, "SADD %s:h:n:7 1" % n]
+    )
     with count_commands(8):
         assert obj.h.hincrbyfloat("n", 0.5) == 7.5
     with command_log(client) as log:
         assert obj.h.hdel("a", "nope") == 1
     assert log == locked(lock, ["HMGET %s a nope" % key, "SREM %s:h:a:z 1" % n, "HDEL %s a nope" % key])
-    assert index_keys(client, n + ":h") == {
-        n + ":h:b:w": {"1"}, n + ":h:c:q": {"1"}, n + ":h:n:7.5": {"1"}}
+    assert index_keys(client, n + ":h") == {n + ":h:b:w": {"1"}, n + ":h:c:q": {"1"}, n + ":h:n:7.5": {"1"}}
     with count_commands(4 + 1 + 3 + 1):
         assert obj.h.delete() == 1
     assert index_keys(client, n + ":h") == {}
@@ -601,13 +646,26 @@ def test_hincrby_on_a_missing_hash_key(Base, client, namespace, count_commands):
 # ---------------------------------------------------------------------- lazy instances and modifiers
 
 
-@pytest.mark.parametrize("call", [
-    lambda o: o.tags.sadd("a"), lambda o: o.tags.srem("a"), lambda o: o.tags.spop(),
-    lambda o: o.items.rpush("a"), lambda o: o.items.lpop(), lambda o: o.items.ltrim(0, 1),
-    lambda o: o.scores.zadd({"a": 1}), lambda o: o.scores.zincrby(1, "a"), lambda o: o.scores.zpopmin(),
-    lambda o: o.h.hset("a", 1), lambda o: o.h.hmset(a=1), lambda o: o.h.hdel("a"),
-    lambda o: o.tags.delete(), lambda o: o.itags.sadd("a"), lambda o: o.itags.delete(),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda o: o.tags.sadd("a"),
+        lambda o: o.tags.srem("a"),
+        lambda o: o.tags.spop(),
+        lambda o: o.items.rpush("a"),
+        lambda o: o.items.lpop(),
+        lambda o: o.items.ltrim(0, 1),
+        lambda o: o.scores.zadd({"a": 1}),
+        lambda o: o.scores.zincrby(1, "a"),
+        lambda o: o.scores.zpopmin(),
+        lambda o: o.h.hset("a", 1),
+        lambda o: o.h.hmset(a=1),
+        lambda o: o.h.hdel("a"),
+        lambda o: o.tags.delete(),
+        lambda o: o.itags.sadd("a"),
+        lambda o: o.itags.delete(),
+    ],
+)
 def test_first_modifier_of_a_lazy_unknown_instance_raises(Base, client, call):
     class M(Base):
         tags = SetField()
@@ -624,12 +682,22 @@ def test_first_modifier_of_a_lazy_unknown_instance_raises(Base, client, call):
     assert client.keys("*") == before
 
 
-@pytest.mark.parametrize("call, expected", [
-    (lambda o: o.tags.smembers(), set()), (lambda o: o.tags.scard(), 0), (lambda o: list(o.tags.sscan()), []),
-    (lambda o: o.items.lmembers(), []), (lambda o: o.items.lrank("a"), None), (lambda o: o.items.llen(), 0),
-    (lambda o: o.scores.zmembers(), []), (lambda o: o.scores.zscore("a"), None),
-    (lambda o: o.h.hgetall(), {}), (lambda o: o.h.hget("a"), None), (lambda o: o.h.hmget("a"), [None]),
-])
+@pytest.mark.parametrize(
+    "call, expected",
+    [
+        (lambda o: o.tags.smembers(), set()),
+        (lambda o: o.tags.scard(), 0),
+        (lambda o: list(o.tags.sscan()), []),
+        (lambda o: o.items.lmembers(), []),
+        (lambda o: o.items.lrank("a"), None),
+        (lambda o: o.items.llen(), 0),
+        (lambda o: o.scores.zmembers(), []),
+        (lambda o: o.scores.zscore("a"), None),
+        (lambda o: o.h.hgetall(), {}),
+        (lambda o: o.h.hget("a"), None),
+        (lambda o: o.h.hmget("a"), [None]),
+    ],
+)
 def test_getters_of_a_lazy_unknown_instance_never_check(Base, count_commands, call, expected):
     class M(Base):
         tags = SetField()
@@ -653,8 +721,12 @@ def test_unique_multi_value_fields(Base, client, namespace):
     M(tags=["a"], items=["b"], scores={"c": 1})
     other = M(tags=["x"])
     before = index_keys(client, namespace)
-    for call in (lambda: other.tags.sadd("a"), lambda: other.items.rpush("y", "b"),
-                 lambda: other.scores.zadd({"c": 2}), lambda: other.scores.zincrby(1, "c")):
+    for call in (
+        lambda: other.tags.sadd("a"),
+        lambda: other.items.rpush("y", "b"),
+        lambda: other.scores.zadd({"c": 2}),
+        lambda: other.scores.zincrby(1, "c"),
+    ):
         with pytest.raises(UniquenessError):
             call()
     assert index_keys(client, namespace) == before

@@ -68,7 +68,7 @@ def test_string_modifiers_return_values(Base, client, namespace):
     assert 0 < obj.s.pttl() <= 100000
     assert obj.s.persist() is True and obj.s.ttl() == -1
     assert obj.s.expire(100) is True and obj.s.pexpire(100000) is True
-    assert obj.s.expireat(2 ** 40) is True and obj.s.pexpireat(2 ** 50) is True
+    assert obj.s.expireat(2**40) is True and obj.s.pexpireat(2**50) is True
     assert obj.s.delete() == 1
     assert obj.s.delete() == 0
 
@@ -145,7 +145,9 @@ def test_indexable_string_command_counts(Base, client, namespace, count_commands
     obj.s.set("5")
     with command_log(client) as log:
         assert obj.s.incr() == 6
-    assert log == locked(lock, ["GET %s" % key, "SREM %s:s:5 1" % n, "INCRBY %s 1" % key, "SADD %s:s:6 1" % n])
+    assert log == locked(
+        lock, ["GET %s" % key, "SREM %s:s:5 1" % n, "INCRBY %s 1" % key, "SADD %s:s:6 1" % n]
+    )
     for method in (obj.s.incrby, obj.s.decr, obj.s.decrby, obj.s.incrbyfloat):
         with count_commands(8):
             method()
@@ -211,8 +213,12 @@ def test_expiring_commands_are_refused_on_indexable_fields(Base, client, namespa
 
     obj = M(s="v", tags=["a"], items=["b"], scores={"c": 1}, h={"d": "e"}, plain="p")
     for field in (obj.s, obj.tags, obj.items, obj.scores, obj.h):
-        for name, args in (("expire", (10,)), ("pexpire", (10000,)), ("expireat", (2 ** 40,)),
-                           ("pexpireat", (2 ** 50,))):
+        for name, args in (
+            ("expire", (10,)),
+            ("pexpire", (10000,)),
+            ("expireat", (2**40,)),
+            ("pexpireat", (2**50,)),
+        ):
             with pytest.raises(ImplementationError, match="^Indexable fields cannot be expired$"):
                 getattr(field, name)(*args)
         assert field.ttl() == -1 and field.pttl() == -1 and field.persist() is False
@@ -242,9 +248,17 @@ def test_non_indexable_commands_cost_one_command(Base, count_commands):
         s = StringField()
 
     obj = M(s="1")
-    for call in (lambda: obj.s.set("2"), lambda: obj.s.get(), lambda: obj.s.incr(), lambda: obj.s.append("x"),
-                 lambda: obj.s.setnx("y"), lambda: obj.s.getset("3"), lambda: obj.s.setrange(0, "4"),
-                 lambda: obj.s.strlen(), lambda: obj.s.delete()):
+    for call in (
+        lambda: obj.s.set("2"),
+        lambda: obj.s.get(),
+        lambda: obj.s.incr(),
+        lambda: obj.s.append("x"),
+        lambda: obj.s.setnx("y"),
+        lambda: obj.s.getset("3"),
+        lambda: obj.s.setrange(0, "4"),
+        lambda: obj.s.strlen(),
+        lambda: obj.s.delete(),
+    ):
         with count_commands(1):
             call()
 
@@ -307,8 +321,9 @@ def test_indexable_instance_hash_field_counts(Base, client, namespace, count_com
     hash_key = n + ":1:hash"
     with command_log(client) as log:
         obj.ih.hset("a")
-    assert log == locked(n + ":lock-for-update:ih",
-                         ["HGET %s ih" % hash_key, "SADD %s:ih:a 1" % n, "HSET %s ih a" % hash_key])
+    assert log == locked(
+        n + ":lock-for-update:ih", ["HGET %s ih" % hash_key, "SADD %s:ih:a 1" % n, "HSET %s ih a" % hash_key]
+    )
     with count_commands(4 + 1):
         assert obj.ih.hsetnx("b") == 0
     obj.ih.hdel()
@@ -318,8 +333,10 @@ def test_indexable_instance_hash_field_counts(Base, client, namespace, count_com
     obj.ih.hset(5)
     with command_log(client) as log:
         assert obj.ih.hincrby(2) == 7
-    assert log == locked(n + ":lock-for-update:ih", [
-        "HGET %s ih" % hash_key, "SREM %s:ih:5 1" % n, "HINCRBY %s ih 2" % hash_key, "SADD %s:ih:7 1" % n])
+    assert log == locked(
+        n + ":lock-for-update:ih",
+        ["HGET %s ih" % hash_key, "SREM %s:ih:5 1" % n, "HINCRBY %s ih 2" % hash_key, "SADD %s:ih:7 1" % n],
+    )
     with count_commands(8):
         assert obj.ih.hincrbyfloat(0.5) == 7.5
     assert client.smembers(n + ":ih:7.5") == {"1"}
@@ -469,8 +486,15 @@ def test_values_are_encoded_by_redis_py_and_read_back_as_str(Base, client, names
         tags = SetField()
 
     obj = M()
-    for value, stored in ((1.0, "1.0"), (0.1 + 0.2, "0.30000000000000004"), (1e20, "1e+20"),
-                          (float("inf"), "inf"), (-3, "-3"), (b"caf\xc3\xa9", "café"), ("", "")):
+    for value, stored in (
+        (1.0, "1.0"),
+        (0.1 + 0.2, "0.30000000000000004"),
+        (1e20, "1e+20"),
+        (float("inf"), "inf"),
+        (-3, "-3"),
+        (b"caf\xc3\xa9", "café"),
+        ("", ""),
+    ):
         obj.s.set(value)
         assert obj.s.get() == stored
     obj.i.set(15.1)
@@ -481,10 +505,20 @@ def test_values_are_encoded_by_redis_py_and_read_back_as_str(Base, client, names
     assert obj.tags.smembers() == {"1", "2.5", "1e+20"}
 
 
-@pytest.mark.parametrize("call", [
-    lambda o: o.s.set("x"), lambda o: o.s.incr(), lambda o: o.s.delete(), lambda o: o.i.set("x"),
-    lambda o: o.i.setnx("x"), lambda o: o.ih.hset("x"), lambda o: o.ih.hdel(), lambda o: o.iih.hincrby(1),
-], ids=["set", "incr", "delete", "indexable set", "indexable setnx", "hset", "hdel", "indexable hincrby"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda o: o.s.set("x"),
+        lambda o: o.s.incr(),
+        lambda o: o.s.delete(),
+        lambda o: o.i.set("x"),
+        lambda o: o.i.setnx("x"),
+        lambda o: o.ih.hset("x"),
+        lambda o: o.ih.hdel(),
+        lambda o: o.iih.hincrby(1),
+    ],
+    ids=["set", "incr", "delete", "indexable set", "indexable setnx", "hset", "hdel", "indexable hincrby"],
+)
 def test_single_value_modifiers_of_a_lazy_unknown_instance(Base, client, call):
     class M(Base):
         s = StringField()

@@ -104,8 +104,14 @@ def test_module_does_not_import_the_database():
 def test_module_names_and_logger():
     import limpyd.indexes as indexes
 
-    for name in ("BaseIndex", "EqualIndex", "BaseRangeIndex", "TextRangeIndex", "NumberRangeIndex",
-                 "_MultiFieldsIndexMixin"):
+    for name in (
+        "BaseIndex",
+        "EqualIndex",
+        "BaseRangeIndex",
+        "TextRangeIndex",
+        "NumberRangeIndex",
+        "_MultiFieldsIndexMixin",
+    ):
         assert hasattr(indexes, name)
     assert indexes.logger.name == "limpyd.indexes"
 
@@ -140,7 +146,9 @@ def test_concrete_index_class_attributes():
     assert NumberRangeIndex.key == "number-range"
     assert NumberRangeIndex.raise_if_not_float is False
     assert isinstance(TextRangeIndex.lua_filter_script, dict) and "lua" in TextRangeIndex.lua_filter_script
-    assert isinstance(NumberRangeIndex.lua_filter_script, dict) and "lua" in NumberRangeIndex.lua_filter_script
+    assert (
+        isinstance(NumberRangeIndex.lua_filter_script, dict) and "lua" in NumberRangeIndex.lua_filter_script
+    )
 
 
 def test_base_index_abstract_methods():
@@ -410,10 +418,20 @@ def test_verified_key_layout(database, ns):
     class Q(model.RedisModel):
         database = db
         namespace = ns
-        h = fields.HashField(indexable=True, indexes=[NumberRangeIndex, EqualIndex.configure(prefix="e", key="k")])
+        h = fields.HashField(
+            indexable=True, indexes=[NumberRangeIndex, EqualIndex.configure(prefix="e", key="k")]
+        )
 
-    Person(name="john", email="j@x", nick="jo", age=30, tags=["a"], todo=["x", "x"], scores={"m1": 1},
-           info={"k1": "v1"})
+    Person(
+        name="john",
+        email="j@x",
+        nick="jo",
+        age=30,
+        tags=["a"],
+        todo=["x", "x"],
+        scores={"m1": 1},
+        info={"k1": "v1"},
+    )
     Person(nick="bobby", age="abc", info={"k1": "v1"})
     Q(h={"s": 10})
     Q(h={"s": 20})
@@ -422,7 +440,9 @@ def test_verified_key_layout(database, ns):
         "%s:person:name:john" % ns: ("set", {"1"}),
         "%s:person:email:j@x" % ns: ("set", {"1"}),
         "%s:person:nick:text-range" % ns: (
-            "zset", [("bobby:TEXT-RANGE-SEPARATOR:2", 0.0), ("jo:TEXT-RANGE-SEPARATOR:1", 0.0)]),
+            "zset",
+            [("bobby:TEXT-RANGE-SEPARATOR:2", 0.0), ("jo:TEXT-RANGE-SEPARATOR:1", 0.0)],
+        ),
         "%s:person:age:number-range" % ns: ("zset", [("2", 0.0), ("1", 30.0)]),
         "%s:person:tags:a" % ns: ("set", {"1"}),
         "%s:person:todo:x" % ns: ("set", {"1"}),
@@ -433,7 +453,8 @@ def test_verified_key_layout(database, ns):
         "%s:q:h:s:e:k:20" % ns: ("set", {"2"}),
     }
     index_keys = {
-        key: value for key, value in dump(connection, ns + ":*").items()
+        key: value
+        for key, value in dump(connection, ns + ":*").items()
         if value[0] in ("set", "zset") and not key.endswith(":collection") and not re.search(r":\d+:", key)
     }
     assert index_keys == expected
@@ -459,7 +480,10 @@ def test_range_storage_keys():
     item = type("I", (), {"_name": "app:item"})
     assert TextRangeIndex(FakeField(item, "name")).get_storage_key("whatever") == "app:item:name:text-range"
     assert TextRangeIndex(FakeField(item, "name")).get_storage_key(None) == "app:item:name:text-range"
-    assert TextRangeIndex(FakeField(item, "data")).get_storage_key("foo", "bar") == "app:item:data:foo:text-range"
+    assert (
+        TextRangeIndex(FakeField(item, "data")).get_storage_key("foo", "bar")
+        == "app:item:data:foo:text-range"
+    )
     assert NumberRangeIndex(FakeField(item, "n")).get_storage_key(1) == "app:item:n:number-range"
     configured = TextRangeIndex.configure(key="baz", prefix="qux")(FakeField(item, "f"))
     assert configured.get_storage_key("x") == "app:item:f:qux:baz"
@@ -471,7 +495,9 @@ def test_unique_key_names(database, ns, count_commands):
     class P(model.RedisModel):
         database = db
         namespace = ns
-        name = fields.StringField(indexable=True, indexes=[TextRangeIndex, EqualIndex.configure(name="MyIdx")])
+        name = fields.StringField(
+            indexable=True, indexes=[TextRangeIndex, EqualIndex.configure(name="MyIdx")]
+        )
 
     text, mine = P.get_field("name")._indexes
     with count_commands(1):
@@ -492,8 +518,9 @@ def boats(database, ns):
         namespace = ns
         name = fields.StringField(indexable=True)
         launched = fields.StringField(indexable=True)
-        rev = fields.StringField(indexable=True, indexes=[EqualIndex.configure(prefix="rev",
-                                                                                transform=lambda v: v[::-1])])
+        rev = fields.StringField(
+            indexable=True, indexes=[EqualIndex.configure(prefix="rev", transform=lambda v: v[::-1])]
+        )
 
     Boat(name="a", launched=1898, rev="bar")
     Boat(name="b", launched=1966, rev="foo")
@@ -577,7 +604,10 @@ def test_equal_add_remove_counts_and_rollback_cache(database, ns, count_commands
         plain.remove("1", "y")
     assert connection.smembers(W._name + ":plain:x") == {"1"}
     assert not connection.exists(W._name + ":plain:y")  # last pk gone: no key
-    assert plain._get_rollback_cache("1") == {"indexed_values": {("x",), ("y",)}, "deindexed_values": {("y",)}}
+    assert plain._get_rollback_cache("1") == {
+        "indexed_values": {("x",), ("y",)},
+        "deindexed_values": {("y",)},
+    }
     h = W.get_field("h").get_index()
     h.add("3", "k1", "v1")
     assert connection.smembers(W._name + ":h:k1:v1") == {"3"}
@@ -702,7 +732,9 @@ def test_uniqueness_with_equal_index(database, ns, count_commands):
     with pytest.raises(UniquenessError):
         index.check_uniqueness(None, "30")
     database.connection.sadd(U._name + ":n:30", "7")
-    with pytest.raises(UniquenessError, match=r"^Multiple values indexed for unique field U.n: \['1', '7'\]$"):
+    with pytest.raises(
+        UniquenessError, match=r"^Multiple values indexed for unique field U.n: \['1', '7'\]$"
+    ):
         index.check_uniqueness("1", "30")
     # update path: uniqueness checked before the write
     second = U(n="x")
@@ -757,10 +789,13 @@ def test_only_first_capable_index_checks_and_handle_uniqueness_false(database, n
     class C(model.RedisModel):
         database = db
         namespace = ns
-        n = fields.StringField(unique=True, indexes=[
-            EqualIndex.configure(prefix="x", transform=lambda v: v.upper(), handle_uniqueness=False),
-            TextRangeIndex,
-        ])
+        n = fields.StringField(
+            unique=True,
+            indexes=[
+                EqualIndex.configure(prefix="x", transform=lambda v: v.upper(), handle_uniqueness=False),
+                TextRangeIndex,
+            ],
+        )
 
     C(n="b")
     C(n="B")  # the upper-casing index does not check uniqueness
@@ -777,7 +812,9 @@ def test_only_first_capable_index_checks_and_handle_uniqueness_false(database, n
         namespace = ns
         n = fields.StringField(unique=True, indexes=[EqualIndex.configure(handle_uniqueness=False)])
 
-    with pytest.raises(ImplementationError, match="^Field N.n is unique but has no indexes capable of handling"):
+    with pytest.raises(
+        ImplementationError, match="^Field N.n is unique but has no indexes capable of handling"
+    ):
         N(n="a")
 
 
@@ -861,8 +898,9 @@ def test_uniqueness_error_in_a_later_index_rolls_back_the_earlier_one(database, 
     class L(model.RedisModel):
         database = db
         namespace = ns
-        n = fields.StringField(unique=True, indexes=[
-            EqualIndex.configure(key="k", handle_uniqueness=False), TextRangeIndex])
+        n = fields.StringField(
+            unique=True, indexes=[EqualIndex.configure(key="k", handle_uniqueness=False), TextRangeIndex]
+        )
 
     L(n="foo")
     other = L(n="bar")
@@ -872,7 +910,9 @@ def test_uniqueness_error_in_a_later_index_rolls_back_the_earlier_one(database, 
     assert connection.smembers(L._name + ":n:k:foo") == {"1"}
     assert connection.smembers(L._name + ":n:k:bar") == {"2"}
     assert sorted(connection.zrange(L._name + ":n:text-range", 0, -1)) == [
-        "bar:TEXT-RANGE-SEPARATOR:2", "foo:TEXT-RANGE-SEPARATOR:1"]
+        "bar:TEXT-RANGE-SEPARATOR:2",
+        "foo:TEXT-RANGE-SEPARATOR:1",
+    ]
 
 
 # ---------------------------------------------------------------------- text range filters
@@ -1012,7 +1052,10 @@ def test_text_range_lte_quirk_and_bytes_boundaries(database, ns):
     assert index.get_boundaries("startswith", "\u00e9") == ("[\u00e9", b"[\xc3\xa9\xff", None)
     with pytest.raises(ValueError, match=r"^Invalid filter type 'contains' for TextRangeIndex: use one of "):
         index.get_boundaries("contains", "v")
-    assert index._extract_value_from_storage("a" + separator + "b" + separator + "7") == ("a" + separator + "b", "7")
+    assert index._extract_value_from_storage("a" + separator + "b" + separator + "7") == (
+        "a" + separator + "b",
+        "7",
+    )
     assert index.prepare_data_to_store("7", b"x") == ("x" + separator + "7", 0)
 
 
@@ -1022,14 +1065,18 @@ def test_text_range_prefix_key_and_transform(database, ns):
     class P(model.RedisModel):
         database = db
         namespace = ns
-        t = fields.StringField(indexable=True, indexes=[
-            TextRangeIndex.configure(key="foo", prefix="qux", transform=lambda v: v.upper())])
+        t = fields.StringField(
+            indexable=True,
+            indexes=[TextRangeIndex.configure(key="foo", prefix="qux", transform=lambda v: v.upper())],
+        )
 
     P(t="abc")
     P(t="abd")
     index = P.get_field("t").get_index()
     assert database.connection.zrange(P._name + ":t:qux:foo", 0, -1) == [
-        "ABC:TEXT-RANGE-SEPARATOR:1", "ABD:TEXT-RANGE-SEPARATOR:2"]
+        "ABC:TEXT-RANGE-SEPARATOR:1",
+        "ABD:TEXT-RANGE-SEPARATOR:2",
+    ]
     assert read_filter(index, "qux", "ABC") == {"1"}
     assert read_filter(index, "qux", "abc") == set()  # filter values are not transformed
     assert read_filter(index, "qux__gt", "ABC") == {"2"}
@@ -1053,7 +1100,9 @@ def test_text_range_hash_field(database, ns):
     H(headers={"from": "c@d"})
     index = H.get_field("headers").get_index()
     assert database.connection.zrange(H._name + ":headers:from:text-range", 0, -1) == [
-        "a@b:TEXT-RANGE-SEPARATOR:1", "c@d:TEXT-RANGE-SEPARATOR:2"]
+        "a@b:TEXT-RANGE-SEPARATOR:1",
+        "c@d:TEXT-RANGE-SEPARATOR:2",
+    ]
     assert read_filter(index, None, "from", "c@d") == {"2"}
     assert read_filter(index, "gt", "from", "a") == {"1", "2"}
     assert read_filter(index, "in", "to", ["c@d"]) == {"1"}
@@ -1066,7 +1115,9 @@ def test_range_accepted_key_types(texts):
     assert index.get_filtered_keys(None, "x", accepted_key_types={"zset", "set"})[0][1] == "set"
     assert read_filter(index, "eq", "foobar", accepted_key_types={"zset"}) == [("3", 0.0), ("4", 1.0)]
     assert read_filter(index, "in", ["foobar", "foo"], accepted_key_types={"zset"}) in (
-        [("1", 0.0), ("3", 0.0), ("4", 1.0)], [("3", 0.0), ("1", 0.0), ("4", 1.0)])
+        [("1", 0.0), ("3", 0.0), ("4", 1.0)],
+        [("3", 0.0), ("1", 0.0), ("4", 1.0)],
+    )
 
 
 def test_lua_script_dict_shared_by_configured_subclasses(texts):
@@ -1085,8 +1136,11 @@ def test_call_script_arguments(texts, monkeypatch):
     monkeypatch.setattr(texts.database, "call_script", lambda **kwargs: calls.append(kwargs))
     index.call_script("k", "tmp", "set", "[a", "+", None)
     index.call_script("k", "tmp", "zset", "(a", "+", "a")
-    assert calls[0] == {"script_dict": TextRangeIndex.lua_filter_script, "keys": ["k", "tmp"],
-                        "args": ["set", "[a", "+", "", index.separator]}
+    assert calls[0] == {
+        "script_dict": TextRangeIndex.lua_filter_script,
+        "keys": ["k", "tmp"],
+        "args": ["set", "[a", "+", "", index.separator],
+    }
     assert calls[1]["args"][0] == "zset"
     assert calls[1]["args"][3] != ""  # an exclusion is encoded, distinct from "none"
     assert calls[1]["args"][4] == index.separator
@@ -1135,7 +1189,9 @@ def test_number_range_boundaries_and_normalization(numbers):
     assert index.get_boundaries("gte", 1.5) == ("1.5", "+inf", None)
     assert index.get_boundaries("lt", 0) == ("-inf", "(0", None)
     assert index.get_boundaries("lte", 2.0) == ("-inf", "2.0", None)
-    with pytest.raises(ValueError, match=r"^Invalid filter type 'startswith' for NumberRangeIndex: use one of "):
+    with pytest.raises(
+        ValueError, match=r"^Invalid filter type 'startswith' for NumberRangeIndex: use one of "
+    ):
         index.get_boundaries("startswith", 1.0)
     assert index.normalize_value("30") == 30.0
     assert index.normalize_value(b"1.5") == 1.5
@@ -1157,7 +1213,9 @@ def test_number_range_non_numeric_values(database, ns):
     NN(v="2")
     index = NN.get_field("v").get_index()
     assert database.connection.zrange(index.get_storage_key(None), 0, -1, withscores=True) == [
-        ("1", 0.0), ("2", 2.0)]
+        ("1", 0.0),
+        ("2", 2.0),
+    ]
     assert NN(1).v.get() == "abc"
     assert read_filter(index, None, "xyz") == {"1"}  # a non-numeric filter value filters as 0
 
@@ -1184,7 +1242,9 @@ def test_number_range_with_prefix_and_hash_field(database, ns):
     Q(h={"s": 20, "t": 5})
     index = Q.get_field("h").get_index()
     assert database.connection.zrange(Q._name + ":h:s:p:number-range", 0, -1, withscores=True) == [
-        ("1", 10.0), ("2", 20.0)]
+        ("1", 10.0),
+        ("2", 20.0),
+    ]
     assert read_filter(index, "p__gt", "s", 10) == {"2"}
     assert read_filter(index, "p", "t", 5) == {"2"}
     assert read_filter(index, "p__in", "s", [10, 20, 30]) == {"1", "2"}
@@ -1207,8 +1267,10 @@ def test_get_all_storage_keys(database, ns):
     class Item(model.RedisModel):
         database = db
         namespace = ns
-        f = fields.StringField(indexable=True, indexes=[EqualIndex.configure(key="foo"),
-                                                        TextRangeIndex.configure(prefix="qux", key="baz")])
+        f = fields.StringField(
+            indexable=True,
+            indexes=[EqualIndex.configure(key="foo"), TextRangeIndex.configure(prefix="qux", key="baz")],
+        )
         h = fields.HashField(indexable=True, indexes=[EqualIndex, TextRangeIndex])
         g = fields.StringField(indexable=True)
 
@@ -1222,8 +1284,12 @@ def test_get_all_storage_keys(database, ns):
     assert h_text.get_all_storage_keys() == {name + ":h:k1:text-range", name + ":h:k2:text-range"}
     # the plain pattern M:F:* also matches the keys of the other index of the field (kept)
     assert h_equal.get_all_storage_keys() == {
-        name + ":h:k1:v1", name + ":h:k2:v2", name + ":h:k1:v3",
-        name + ":h:k1:text-range", name + ":h:k2:text-range"}
+        name + ":h:k1:v1",
+        name + ":h:k2:v2",
+        name + ":h:k1:v3",
+        name + ":h:k1:text-range",
+        name + ":h:k2:text-range",
+    }
     assert Item.get_field("g").get_index().get_all_storage_keys() == {name + ":g:x", name + ":g:y"}
 
 
@@ -1439,10 +1505,13 @@ def test_multi_fields_can_filter_fields():
     index = Combined(FakeField(FakeModel, "a"))
     Combined.calls = 0
     result = index.can_filter_fields([("b", "in"), ("a", None), ("a", "eq")])
-    assert sorted(result, key=repr) == sorted([
-        (("a", None), ("b", "in")),
-        (("a", "eq"), ("b", "in")),
-    ], key=repr)
+    assert sorted(result, key=repr) == sorted(
+        [
+            (("a", None), ("b", "in")),
+            (("a", "eq"), ("b", "in")),
+        ],
+        key=repr,
+    )
     assert index.received == [("a", None), ("a", "eq"), ("b", "in")]
     assert index.can_filter_fields([("a", "eq"), ("a", None), ("b", "in")]) == result
     assert Combined.calls == 1  # memoized

@@ -35,6 +35,7 @@ DELAYS = st.sampled_from([None, 0.0, 0.0002, 0.0005, 0.001, 0.002])
 
 def _killer(settings: dict, delay: float) -> threading.Thread:
     """Kill every other normal client after ``delay`` seconds (from a connection of its own)."""
+
     def kill() -> None:
         raw = redis.Redis(**settings)
         try:
@@ -49,7 +50,7 @@ def _killer(settings: dict, delay: float) -> threading.Thread:
 
 
 def test_random_operations_with_faults_repair_to_clean(redis_settings, namespace):
-    counter = iter(range(10 ** 6))
+    counter = iter(range(10**6))
 
     class Faults(RuleBasedStateMachine):
         @initialize()
@@ -91,6 +92,7 @@ def test_random_operations_with_faults_repair_to_clean(redis_settings, namespace
 
             def create():
                 self.pks.append(self.Item(code=code, name=name, plain="p", tags=tags).pk.get())
+
             self._run(delay, create)
 
         @rule(which=WHICH, name=VALUES, delay=DELAYS)
@@ -147,7 +149,12 @@ def test_random_operations_with_faults_repair_to_clean(redis_settings, namespace
 
     # derandomized: the same 30 examples every run; no shrinking: the kills are timing-based, so a
     # replay may take another path (hypothesis would then report a flaky strategy, hiding the failure)
-    Faults.TestCase.settings = settings(max_examples=30, stateful_step_count=12, deadline=None, derandomize=True,
-                                        phases=[Phase.explicit, Phase.reuse, Phase.generate],
-                                        suppress_health_check=list(HealthCheck))
+    Faults.TestCase.settings = settings(
+        max_examples=30,
+        stateful_step_count=12,
+        deadline=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     Faults.TestCase().runTest()

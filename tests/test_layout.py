@@ -132,8 +132,13 @@ def test_keys_appear_with_the_first_write_and_go_when_emptied(database, client):
     assert set(layout(client)) == {"ns:everything:collection", "ns:everything:max_pk"}
     obj.st.sadd("v")
     obj.ih.hset("w")
-    assert set(layout(client)) == {"ns:everything:collection", "ns:everything:max_pk", "ns:everything:1:st",
-                                   "ns:everything:st:v", "ns:everything:1:hash"}
+    assert set(layout(client)) == {
+        "ns:everything:collection",
+        "ns:everything:max_pk",
+        "ns:everything:1:st",
+        "ns:everything:st:v",
+        "ns:everything:1:hash",
+    }
     obj.st.srem("v")
     obj.ih.hdel()
     assert set(layout(client)) == {"ns:everything:collection", "ns:everything:max_pk"}
@@ -183,19 +188,32 @@ def test_index_keys_of_every_field_and_index_type(database, client):
         namespace = "ns"
         h = HashField(indexable=True, indexes=[NumberRangeIndex, EqualIndex.configure(prefix="e", key="k")])
 
-    Person(name="john", email="j@x", nick="jo", age=30, tags=["a"], todo=["x", "x"], scores={"m1": 5},
-           info={"k1": "v1"})
+    Person(
+        name="john",
+        email="j@x",
+        nick="jo",
+        age=30,
+        tags=["a"],
+        todo=["x", "x"],
+        scores={"m1": 5},
+        info={"k1": "v1"},
+    )
     Person(nick="bobby", age="abc", info={"k1": "v1"})
     Q(h={"s": 10})
     Q(h={"s": 20})
     data = layout(client)
-    indexes = {key: value for key, value in data.items()
-               if not re.match(r"^ns:(person|q):(\d+:|collection|max_pk)", key)}
+    indexes = {
+        key: value
+        for key, value in data.items()
+        if not re.match(r"^ns:(person|q):(\d+:|collection|max_pk)", key)
+    }
     assert indexes == {
         "ns:person:name:john": ("set", {"1"}),
         "ns:person:email:j@x": ("set", {"1"}),
-        "ns:person:nick:text-range": ("zset", [("bobby:TEXT-RANGE-SEPARATOR:2", 0.0),
-                                               ("jo:TEXT-RANGE-SEPARATOR:1", 0.0)]),
+        "ns:person:nick:text-range": (
+            "zset",
+            [("bobby:TEXT-RANGE-SEPARATOR:2", 0.0), ("jo:TEXT-RANGE-SEPARATOR:1", 0.0)],
+        ),
         "ns:person:age:number-range": ("zset", [("2", 0.0), ("1", 30.0)]),
         "ns:person:tags:a": ("set", {"1"}),
         "ns:person:todo:x": ("set", {"1"}),
@@ -215,21 +233,27 @@ def test_index_key_shapes_with_prefix_key_and_transform(database, client):
     class Item(model.RedisModel):
         database = db
         namespace = "app"
-        f = StringField(indexable=True, indexes=[
-            EqualIndex,
-            EqualIndex.configure(prefix="rev", transform=lambda v: v[::-1]),
-            EqualIndex.configure(key="foo"),
-            EqualIndex.configure(prefix="p", key="k"),
-            TextRangeIndex.configure(prefix="qux", key="baz"),
-            TextRangeIndex,
-            NumberRangeIndex,
-        ])
+        f = StringField(
+            indexable=True,
+            indexes=[
+                EqualIndex,
+                EqualIndex.configure(prefix="rev", transform=lambda v: v[::-1]),
+                EqualIndex.configure(key="foo"),
+                EqualIndex.configure(prefix="p", key="k"),
+                TextRangeIndex.configure(prefix="qux", key="baz"),
+                TextRangeIndex,
+                NumberRangeIndex,
+            ],
+        )
         data = HashField(indexable=True, indexes=[TextRangeIndex, EqualIndex])
 
     Item(f=b"abc", data={"foo": "bar"})
     Item(f="123")
-    indexes = {key: value for key, value in layout(client).items()
-               if not re.match(r"^app:item:(\d+:|collection|max_pk)", key)}
+    indexes = {
+        key: value
+        for key, value in layout(client).items()
+        if not re.match(r"^app:item:(\d+:|collection|max_pk)", key)
+    }
     assert indexes == {
         "app:item:f:abc": ("set", {"1"}),
         "app:item:f:123": ("set", {"2"}),
@@ -239,9 +263,14 @@ def test_index_key_shapes_with_prefix_key_and_transform(database, client):
         "app:item:f:foo:123": ("set", {"2"}),
         "app:item:f:p:k:abc": ("set", {"1"}),
         "app:item:f:p:k:123": ("set", {"2"}),
-        "app:item:f:qux:baz": ("zset", [("123:TEXT-RANGE-SEPARATOR:2", 0.0), ("abc:TEXT-RANGE-SEPARATOR:1", 0.0)]),
-        "app:item:f:text-range": ("zset", [("123:TEXT-RANGE-SEPARATOR:2", 0.0),
-                                           ("abc:TEXT-RANGE-SEPARATOR:1", 0.0)]),
+        "app:item:f:qux:baz": (
+            "zset",
+            [("123:TEXT-RANGE-SEPARATOR:2", 0.0), ("abc:TEXT-RANGE-SEPARATOR:1", 0.0)],
+        ),
+        "app:item:f:text-range": (
+            "zset",
+            [("123:TEXT-RANGE-SEPARATOR:2", 0.0), ("abc:TEXT-RANGE-SEPARATOR:1", 0.0)],
+        ),
         "app:item:f:number-range": ("zset", [("1", 0.0), ("2", 123.0)]),
         "app:item:data:foo:text-range": ("zset", [("bar:TEXT-RANGE-SEPARATOR:1", 0.0)]),
         "app:item:data:foo:bar": ("set", {"1"}),
@@ -311,8 +340,9 @@ FIELD_VALUES = [
 
 
 @pytest.mark.parametrize("field_class, value, parts", FIELD_VALUES, ids=[f[0].__name__ for f in FIELD_VALUES])
-@pytest.mark.parametrize("index_class", [EqualIndex, TextRangeIndex, NumberRangeIndex],
-                         ids=["equal", "text", "number"])
+@pytest.mark.parametrize(
+    "index_class", [EqualIndex, TextRangeIndex, NumberRangeIndex], ids=["equal", "text", "number"]
+)
 def test_index_key_matrix(database, client, field_class, value, parts, index_class):
     db = database
 
@@ -323,8 +353,11 @@ def test_index_key_matrix(database, client, field_class, value, parts, index_cla
 
     M(f=value)
     M(f=value)
-    indexes = {key: content for key, content in layout(client).items()
-               if not re.match(r"^mx:m:(\d+:|collection|max_pk)", key)}
+    indexes = {
+        key: content
+        for key, content in layout(client).items()
+        if not re.match(r"^mx:m:(\d+:|collection|max_pk)", key)
+    }
     # parts: in indexing order; a number-range zset has one member per pk (the last value indexed wins)
     expected: dict = {}
     for extra in parts:
@@ -334,9 +367,12 @@ def test_index_key_matrix(database, client, field_class, value, parts, index_cla
             expected["%s:%s" % (base, val)] = ("set", {"1", "2"})
         elif index_class is TextRangeIndex:
             expected.setdefault(base + ":text-range", ("zset", {}))[1].update(
-                {"%s:TEXT-RANGE-SEPARATOR:%s" % (val, pk): 0.0 for pk in "12"})
+                {"%s:TEXT-RANGE-SEPARATOR:%s" % (val, pk): 0.0 for pk in "12"}
+            )
         else:
-            expected.setdefault(base + ":number-range", ("zset", {}))[1].update({pk: float(val) for pk in "12"})
+            expected.setdefault(base + ":number-range", ("zset", {}))[1].update(
+                {pk: float(val) for pk in "12"}
+            )
     for key, (kind, members) in expected.items():
         if kind == "zset":
             expected[key] = (kind, sorted(members.items(), key=lambda item: (item[1], item[0])))

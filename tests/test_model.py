@@ -301,7 +301,14 @@ def test_scan_model_keys_and_scan_keys(Base, namespace):
     n = namespace + ":m"
     assert isinstance(M.scan_model_keys(), types.GeneratorType)
     assert set(M.scan_model_keys()) == {
-        n + ":collection", n + ":max_pk", n + ":1:s", n + ":1:hash", n + ":2:s", n + ":s:x", n + ":s:z"}
+        n + ":collection",
+        n + ":max_pk",
+        n + ":1:s",
+        n + ":1:hash",
+        n + ":2:s",
+        n + ":s:x",
+        n + ":s:z",
+    }
     assert set(M.scan_model_keys(count=1)) == set(M.scan_model_keys())
     assert set(obj.scan_keys()) == {n + ":1:s", n + ":1:hash"}
     assert set(obj.scan_keys(2)) == {n + ":1:s", n + ":1:hash"}
@@ -418,10 +425,22 @@ def test_instance_hmset_hdel_with_indexes(Base, client, namespace, count_command
     with command_log(client) as log:  # the indexable fields' locks (2.x took none); kwargs order; one write
         assert obj.hmset(b="B", a="new", c="C") is True
     lock_a, lock_b = locked(n + ":lock-for-update:a", []), locked(n + ":lock-for-update:b", [])
-    assert log == lock_a[:1] + lock_b[:1] + [
-        "HGET %s b" % key, "SMEMBERS %s:b:B" % n, "SADD %s:b:B 1" % n,
-        "HGET %s a" % key, "SREM %s:a:old 1" % n, "SADD %s:a:new 1" % n,
-        "HSET %s b B a new c C" % key] + lock_b[1:] + lock_a[1:]
+    assert (
+        log
+        == lock_a[:1]
+        + lock_b[:1]
+        + [
+            "HGET %s b" % key,
+            "SMEMBERS %s:b:B" % n,
+            "SADD %s:b:B 1" % n,
+            "HGET %s a" % key,
+            "SREM %s:a:old 1" % n,
+            "SADD %s:a:new 1" % n,
+            "HSET %s b B a new c C" % key,
+        ]
+        + lock_b[1:]
+        + lock_a[1:]
+    )
     other = M(a="x", b="other")
     before = layout(client)
     with pytest.raises(UniquenessError):
@@ -450,13 +469,29 @@ def test_delete(Base, client, namespace):
         assert obj.delete() is None
     # the field locks are released after the SREM (2.x: after each field), so that a writer of a
     # field, checking the pk under its lock, never writes into a half-deleted instance
-    lock_and_work = locked(n + ":lock-for-update:s", ["GET %s:1:s" % n, "SREM %s:s:x 1" % n, "DEL %s:1:s" % n])
-    assert log == lock_and_work[:-3] + [
-        "HDEL %s:1:hash ih" % n, "DEL %s:1:tags" % n, "DEL %s:1:items" % n, "DEL %s:1:scores" % n,
-        "DEL %s:1:h" % n, "DEL %s:1:empty" % n, "SREM %s:collection 1" % n] + lock_and_work[-3:]
+    lock_and_work = locked(
+        n + ":lock-for-update:s", ["GET %s:1:s" % n, "SREM %s:s:x 1" % n, "DEL %s:1:s" % n]
+    )
+    assert (
+        log
+        == lock_and_work[:-3]
+        + [
+            "HDEL %s:1:hash ih" % n,
+            "DEL %s:1:tags" % n,
+            "DEL %s:1:items" % n,
+            "DEL %s:1:scores" % n,
+            "DEL %s:1:h" % n,
+            "DEL %s:1:empty" % n,
+            "SREM %s:collection 1" % n,
+        ]
+        + lock_and_work[-3:]
+    )
     assert layout(client) == {
-        n + ":collection": ("set", {"2"}), n + ":max_pk": ("string", "2"),
-        n + ":2:s": ("string", "x"), n + ":s:x": ("set", {"2"})}
+        n + ":collection": ("set", {"2"}),
+        n + ":max_pk": ("string", "2"),
+        n + ":2:s": ("string", "x"),
+        n + ":s:x": ("set", {"2"}),
+    }
     assert not hasattr(obj, "_pk") and "_pk" not in obj.__dict__
     assert M().pk.get() == "3"  # pks are never reused
     other.delete()
@@ -481,8 +516,14 @@ def test_deleted_instance_behaviour(Base, client):
         with pytest.raises(DoesNotExist, match="^The current object doesn't exists anymore$"):
             getter()
         assert obj.connected is False
-    for modifier in (lambda: obj.s.set("v"), lambda: obj.i.set("v"), lambda: obj.tags.sadd("b"),
-                     lambda: obj.ih.hset("v"), lambda: obj.hmset(ih="v"), obj.delete):
+    for modifier in (
+        lambda: obj.s.set("v"),
+        lambda: obj.i.set("v"),
+        lambda: obj.tags.sadd("b"),
+        lambda: obj.ih.hset("v"),
+        lambda: obj.hmset(ih="v"),
+        obj.delete,
+    ):
         with pytest.raises(AttributeError):
             modifier()
     assert obj.s.exists() is False and obj.pk.exists() is False and obj.ih.hexists() is False
@@ -528,8 +569,8 @@ def test_first_read_allocates_the_pk_and_writes_defaults(Boat, client, namespace
         assert boat.name.get() is None
     assert log == ["INCRBY %s:max_pk 1" % n] + locked(
         n + ":lock-for-update:power",
-        ["HGET %s:1:hash power" % n, "SADD %s:power:sail 1" % n, "HSET %s:1:hash power sail" % n]) + [
-        "SADD %s:1:tags a b" % n, "SADD %s:collection 1" % n, "GET %s:1:name" % n]
+        ["HGET %s:1:hash power" % n, "SADD %s:power:sail 1" % n, "HSET %s:1:hash power sail" % n],
+    ) + ["SADD %s:1:tags a b" % n, "SADD %s:collection 1" % n, "GET %s:1:name" % n]
     assert boat.connected and boat._pk == "1"
     assert boat.power.hget() == "sail" and boat.tags.smembers() == {"a", "b"}
     with count_commands(0):
@@ -580,7 +621,10 @@ def test_given_fields_never_receive_their_default(Base, client, namespace):
     assert obj.s.get() is None  # allocates: defaults, but not for the fields given
     n = namespace + ":m"
     assert layout(client) == {
-        n + ":collection": ("set", {"1"}), n + ":max_pk": ("string", "1"), n + ":1:other": ("string", "o")}
+        n + ":collection": ("set", {"1"}),
+        n + ":max_pk": ("string", "1"),
+        n + ":1:other": ("string", "o"),
+    }
     with_value = M(s="v", tags=[], other=None)
     assert with_value._pk == "2"
     assert {k for k in layout(client) if k.startswith(n + ":2:")} == {n + ":2:s"}
@@ -607,8 +651,13 @@ def test_creation_writes_in_declaration_order(Base, client, namespace):
     with command_log(client) as log:
         M(c="3", a="2", b="1")
     n = namespace + ":m"
-    assert log == ["INCRBY %s:max_pk 1" % n, "SADD %s:collection 1" % n,
-                   "SET %s:1:b 1" % n, "SET %s:1:a 2" % n, "SET %s:1:c 3" % n]
+    assert log == [
+        "INCRBY %s:max_pk 1" % n,
+        "SADD %s:collection 1" % n,
+        "SET %s:1:b 1" % n,
+        "SET %s:1:a 2" % n,
+        "SET %s:1:c 3" % n,
+    ]
 
 
 def test_creation_with_a_pk_field(Base, client, namespace):
@@ -620,9 +669,15 @@ def test_creation_with_a_pk_field(Base, client, namespace):
     with command_log(client) as log:
         M(u="x", name="foo")
     n = namespace + ":m"
-    assert log == ["SMEMBERS %s:u:x" % n, "SISMEMBER %s:collection foo" % n, "SET %s:foo:s d" % n,
-                   "SADD %s:collection foo" % n] + locked(n + ":lock-for-update:u", [
-                       "GET %s:foo:u" % n, "SMEMBERS %s:u:x" % n, "SADD %s:u:x foo" % n, "SET %s:foo:u x" % n])
+    assert log == [
+        "SMEMBERS %s:u:x" % n,
+        "SISMEMBER %s:collection foo" % n,
+        "SET %s:foo:s d" % n,
+        "SADD %s:collection foo" % n,
+    ] + locked(
+        n + ":lock-for-update:u",
+        ["GET %s:foo:u" % n, "SMEMBERS %s:u:x" % n, "SADD %s:u:x foo" % n, "SET %s:foo:u x" % n],
+    )
     before = layout(client)
     with pytest.raises(UniquenessError):
         M(name="foo", s="other")
@@ -638,14 +693,28 @@ def test_boat_creation_sequence(Boat, client, namespace, count_commands):
     with command_log(client) as log:
         Boat(name="x", length=3)
     assert log == (
-        ["SMEMBERS %s:name:x" % n, "SET %s:lock-for-update:name <token> NX PX 5000" % n, "INCRBY %s:max_pk 1" % n]
-        + locked(n + ":lock-for-update:power",
-                 ["HGET %s:1:hash power" % n, "SADD %s:power:sail 1" % n, "HSET %s:1:hash power sail" % n])
-        + ["SADD %s:1:tags a b" % n, "SADD %s:collection 1" % n,
-           "GET %s:1:name" % n, "SMEMBERS %s:name:x" % n, "SADD %s:name:x 1" % n, "SET %s:1:name x" % n,
-           "get %s:lock-for-update:name" % n, "del %s:lock-for-update:name" % n,
-           "EVALSHA <sha> 1 %s:lock-for-update:name <token>" % n,
-           "SET %s:1:length 3" % n])
+        [
+            "SMEMBERS %s:name:x" % n,
+            "SET %s:lock-for-update:name <token> NX PX 5000" % n,
+            "INCRBY %s:max_pk 1" % n,
+        ]
+        + locked(
+            n + ":lock-for-update:power",
+            ["HGET %s:1:hash power" % n, "SADD %s:power:sail 1" % n, "HSET %s:1:hash power sail" % n],
+        )
+        + [
+            "SADD %s:1:tags a b" % n,
+            "SADD %s:collection 1" % n,
+            "GET %s:1:name" % n,
+            "SMEMBERS %s:name:x" % n,
+            "SADD %s:name:x 1" % n,
+            "SET %s:1:name x" % n,
+            "get %s:lock-for-update:name" % n,
+            "del %s:lock-for-update:name" % n,
+            "EVALSHA <sha> 1 %s:lock-for-update:name <token>" % n,
+            "SET %s:1:length 3" % n,
+        ]
+    )
     with count_commands(20):
         Boat(name="y", length=4)
 
@@ -694,6 +763,7 @@ def test_uniqueness_error_while_writing_deletes_the_instance(Base, client, names
 
 def test_other_errors_while_writing_leave_nothing(Base, client, namespace):
     """A creation completes or leaves nothing: no collection entry, no key, no index entry."""
+
     class M(Base):
         a = StringField(indexable=True)
         b = SetField()

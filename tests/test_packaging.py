@@ -107,7 +107,9 @@ def assert_one_skip_line(capsys: pytest.CaptureFixture, reason: str) -> None:
     assert reason in lines[0] and lines[0].endswith("the pure-Python twin will be used")
 
 
-def test_setup_building_prints_nothing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_setup_building_prints_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     run_setup(monkeypatch)
     assert capsys.readouterr() == ("", "")
 
@@ -202,7 +204,13 @@ def test_pyproject_build_settings() -> None:
     assert "--strict-markers" in pytest_options["addopts"].split()
     assert pytest_options["filterwarnings"] == ["error"]
     assert pytest_options["xfail_strict"] is True
-    assert sorted(marker.split(":")[0] for marker in pytest_options["markers"]) == ["cluster", "cython", "redis", "single_server", "slow"]
+    assert sorted(marker.split(":")[0] for marker in pytest_options["markers"]) == [
+        "cluster",
+        "cython",
+        "redis",
+        "single_server",
+        "slow",
+    ]
 
 
 def test_version_is_a_literal_setuptools_reads_without_importing() -> None:
@@ -237,12 +245,16 @@ def test_ci_first_leg_is_the_readme_test_command() -> None:
     run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     command = "scripts/bootstrap && .venv/bin/python -m pytest"
     assert "\n%s\n" % command in readme
-    test_lines = [line for line in run.splitlines() if "-m pytest" in line and not line.lstrip().startswith("#")]
+    test_lines = [
+        line for line in run.splitlines() if "-m pytest" in line and not line.lstrip().startswith("#")
+    ]
     assert test_lines[0] == command
     # the middle legs deselect the slow modules and the cluster variants, the others run them
     assert 'run_quick() { LIMPYD_TEST_CLUSTER=0 "$@" -q -p no:cacheprovider -m "not slow"; }' in run
     for module in ("test_faults.py", "test_crash.py", "test_thread_consistency.py"):
-        assert "pytestmark = pytest.mark.slow" in (ROOT / "tests" / module).read_text(encoding="utf-8"), module
+        assert "pytestmark = pytest.mark.slow" in (ROOT / "tests" / module).read_text(encoding="utf-8"), (
+            module
+        )
 
 
 def test_license() -> None:
@@ -347,7 +359,11 @@ def test_no_generated_file_is_committed(git: Any) -> None:
 
 def _run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-W", "error", "-c", code], cwd=str(ROOT), capture_output=True, text=True, check=False
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -412,7 +428,8 @@ def test_exceptions_hierarchy_and_nothing_else() -> None:
     for name in ("UniquenessError", "ImplementationError", "DoesNotExist"):
         assert getattr(exceptions, name).__bases__ == (exceptions.LimpydException,)
     defined = sorted(
-        name for name, value in vars(exceptions).items()
+        name
+        for name, value in vars(exceptions).items()
         if isinstance(value, type) and issubclass(value, BaseException)
     )
     assert defined == sorted(EXCEPTION_NAMES + ["BulkError"])  # BulkError: new in 3.x, not star-exported
@@ -423,23 +440,28 @@ def test_exceptions_hierarchy_and_nothing_else() -> None:
 
 
 def test_utils_all() -> None:
-    assert sorted(utils.__all__) == sorted(["make_key", "unique_key", "normalize", "cached_property", "NotProvided"])
+    assert sorted(utils.__all__) == sorted(
+        ["make_key", "unique_key", "normalize", "cached_property", "NotProvided"]
+    )
     assert utils.make_key("a", 1, "clé") == "a:1:clé"
 
 
-@pytest.mark.parametrize("value, expected", [
-    (b"abc", "abc"),
-    ("clé".encode(), "clé"),
-    ("🚲".encode(), "🚲"),
-    ("abc", "abc"),
-    ("", ""),
-    (b"", ""),  # stored as '': indexed under '' too
-    (None, None),
-    (0, 0),
-    (1, 1),
-    (1.5, 1.5),
-    ([b"a"], [b"a"]),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (b"abc", "abc"),
+        ("clé".encode(), "clé"),
+        ("🚲".encode(), "🚲"),
+        ("abc", "abc"),
+        ("", ""),
+        (b"", ""),  # stored as '': indexed under '' too
+        (None, None),
+        (0, 0),
+        (1, 1),
+        (1.5, 1.5),
+        ([b"a"], [b"a"]),
+    ],
+)
 def test_normalize(value: Any, expected: Any) -> None:
     result = normalize(value)
     assert result == expected
@@ -541,7 +563,9 @@ def test_unique_key_on_redis(database: Any, count_commands: Any) -> None:
 
 
 @pytest.mark.redis
-def test_unique_key_skips_existing_keys_on_redis(database: Any, count_commands: Any, fixed_uuids: list) -> None:
+def test_unique_key_skips_existing_keys_on_redis(
+    database: Any, count_commands: Any, fixed_uuids: list
+) -> None:
     first, second, third = fixed_uuids
     database.connection.set("p:" + first, "taken")
     database.connection.set("p:" + second, "taken")

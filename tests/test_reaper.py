@@ -13,8 +13,13 @@ from limpyd.reaper import next_deadline, reap
 
 
 def define(database, namespace, **settings):
-    attrs = {"database": database, "namespace": namespace, "code": fields.InstanceHashField(unique=True),
-             "tags": fields.SetField(indexable=True), **settings}
+    attrs = {
+        "database": database,
+        "namespace": namespace,
+        "code": fields.InstanceHashField(unique=True),
+        "tags": fields.SetField(indexable=True),
+        **settings,
+    }
     return type("Item", (model.RedisModel,), attrs)
 
 

@@ -71,7 +71,9 @@ def test_killed_rebuild_resumes_where_it_stopped(Base, client):
     resumed = []
     with pytest.raises(ValueError, match="resume it with fields=\\['name'\\]"):
         Item.rebuild_indexes(fields=["tags"])
-    result = Item.rebuild_indexes(fields=["name"], progress=lambda p, d, t: resumed.append((p, d)), chunk_size=20)
+    result = Item.rebuild_indexes(
+        fields=["name"], progress=lambda p, d, t: resumed.append((p, d)), chunk_size=20
+    )
     assert result["resumed"]
     builds = [done for phase, done in resumed if phase == "build"]
     assert builds[0] > done_before  # went on from the recorded position

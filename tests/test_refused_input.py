@@ -30,24 +30,32 @@ def _define(_database, _namespace, _model_name, **fields):
 
 @pytest.fixture
 def Item(database, namespace):
-    return _define(database, namespace, "Item",
-                   code=InstanceHashField(unique=True),
-                   name=StringField(indexable=True),
-                   text=StringField(indexable=True, indexes=[TextRangeIndex]),
-                   size=InstanceHashField(indexable=True, indexes=[NumberRangeIndex]),
-                   both=InstanceHashField(indexable=True, indexes=[EqualIndex, NumberRangeIndex]),
-                   tags=SetField(indexable=True))
+    return _define(
+        database,
+        namespace,
+        "Item",
+        code=InstanceHashField(unique=True),
+        name=StringField(indexable=True),
+        text=StringField(indexable=True, indexes=[TextRangeIndex]),
+        size=InstanceHashField(indexable=True, indexes=[NumberRangeIndex]),
+        both=InstanceHashField(indexable=True, indexes=[EqualIndex, NumberRangeIndex]),
+        tags=SetField(indexable=True),
+    )
 
 
 # ---------------------------------------------------------------------- item 8: b'' is ''
 
 
 def test_empty_bytes_are_indexed_as_the_empty_string(database, namespace, client):
-    M = _define(database, namespace, "Empty",
-                name=StringField(indexable=True),
-                text=StringField(indexable=True, indexes=[TextRangeIndex]),
-                size=InstanceHashField(indexable=True, indexes=[NumberRangeIndex]),
-                tags=SetField(indexable=True))
+    M = _define(
+        database,
+        namespace,
+        "Empty",
+        name=StringField(indexable=True),
+        text=StringField(indexable=True, indexes=[TextRangeIndex]),
+        size=InstanceHashField(indexable=True, indexes=[NumberRangeIndex]),
+        tags=SetField(indexable=True),
+    )
     obj = M(name=b"", text=b"", size=b"", tags=[b""])
     n = namespace + ":empty"
     keys = layout(client)
@@ -56,21 +64,34 @@ def test_empty_bytes_are_indexed_as_the_empty_string(database, namespace, client
     assert keys[n + ":text:text-range"] == ("zset", [(":TEXT-RANGE-SEPARATOR:1", 0.0)])
     assert keys[n + ":size:number-range"] == ("zset", [("1", 0.0)])
     assert not [key for key in keys if "b'" in key]
-    assert set(M.collection(name="")) == {obj.pk.get()} == set(M.collection(text="")) == set(M.collection(tags=""))
+    assert (
+        set(M.collection(name=""))
+        == {obj.pk.get()}
+        == set(M.collection(text=""))
+        == set(M.collection(tags=""))
+    )
 
 
 # ---------------------------------------------------------------------- items 9, 10: values
 
 
-@pytest.mark.parametrize("value, words", [
-    (float("nan"), ["nan", "Item.size", "NumberRangeIndex", "finite number"]),
-    (10 ** 400, ["Item.size", "overflow", "finite number"]),
-    ("nan", ["'nan'", "Item.size", "nan"]),
-], ids=["nan", "overflow", "nan str"])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        (float("nan"), ["nan", "Item.size", "NumberRangeIndex", "finite number"]),
+        (10**400, ["Item.size", "overflow", "finite number"]),
+        ("nan", ["'nan'", "Item.size", "nan"]),
+    ],
+    ids=["nan", "overflow", "nan str"],
+)
 def test_number_range_refuses_values_it_cannot_score(Item, raw, value, words):
     obj = Item(code="a", size="1")
     before = dump(raw)
-    for write in (lambda: obj.size.hset(value), lambda: obj.hmset(size=value), lambda: Item(code="b", size=value)):
+    for write in (
+        lambda: obj.size.hset(value),
+        lambda: obj.hmset(size=value),
+        lambda: Item(code="b", size=value),
+    ):
         with pytest.raises(redis.DataError) as raised:
             write()
         for word in words:
@@ -80,18 +101,25 @@ def test_number_range_refuses_values_it_cannot_score(Item, raw, value, words):
 
 def test_number_range_accepts_infinities(Item):
     obj = Item(code="a", size=float("inf"))
-    assert list(Item.collection(size__gt=10 ** 300)) == [obj.pk.get()]
+    assert list(Item.collection(size__gt=10**300)) == [obj.pk.get()]
 
 
-@pytest.mark.parametrize("value, words", [
-    ("\ud800", ["'\\ud800'", "Item.name", "UTF-8", "surrogates"]),
-    (10 ** 5000, ["int of 16610 bits", "Item.name", "hex"]),
-], ids=["surrogate", "huge int"])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("\ud800", ["'\\ud800'", "Item.name", "UTF-8", "surrogates"]),
+        (10**5000, ["int of 16610 bits", "Item.name", "hex"]),
+    ],
+    ids=["surrogate", "huge int"],
+)
 def test_values_python_cannot_encode_are_refused_before_writing(Item, raw, value, words):
     obj = Item(code="a", name="x")
     before = dump(raw)
-    for write in (lambda: obj.name.set(value), lambda: Item(code="b", name=value),
-                  lambda: obj.tags.sadd(value)):
+    for write in (
+        lambda: obj.name.set(value),
+        lambda: Item(code="b", name=value),
+        lambda: obj.tags.sadd(value),
+    ):
         with pytest.raises(redis.DataError) as raised:
             write()
         message = str(raised.value).replace("Item.tags", "Item.name")
@@ -105,22 +133,31 @@ def test_values_python_cannot_encode_are_refused_before_writing(Item, raw, value
 
 @pytest.fixture
 def Named(database, namespace):
-    return _define(database, namespace, "Named", id=PKField(), name=StringField(indexable=True),
-                   tags=SetField(indexable=True))
+    return _define(
+        database,
+        namespace,
+        "Named",
+        id=PKField(),
+        name=StringField(indexable=True),
+        tags=SetField(indexable=True),
+    )
 
 
-@pytest.mark.parametrize("pk, words", [
-    ("", ["Invalid pk ''", "Named", "empty"]),
-    ("collection", ["'collection'", "reserved key part", ":named:collection:...", "'id-collection'"]),
-    ("max_pk", ["'max_pk'", "reserved key part"]),
-    ("lock-for-update", ["'lock-for-update'", "reserved key part"]),
-    ("__index__", ["reserved key part"]),
-    ("name", ["'name'", "a field name of the model", ":named:name:..."]),
-    ("tags:x", ["'tags:x'", "'tags' is a field name of the model"]),
-    (True, ["Invalid pk True (of type bool)", "str, an int or UTF-8 bytes"]),
-    (object, ["(of type type)", "str(value)"]),
-    (b"\xff", ["Invalid pk b'\\xff'", "UTF-8 bytes"]),
-])
+@pytest.mark.parametrize(
+    "pk, words",
+    [
+        ("", ["Invalid pk ''", "Named", "empty"]),
+        ("collection", ["'collection'", "reserved key part", ":named:collection:...", "'id-collection'"]),
+        ("max_pk", ["'max_pk'", "reserved key part"]),
+        ("lock-for-update", ["'lock-for-update'", "reserved key part"]),
+        ("__index__", ["reserved key part"]),
+        ("name", ["'name'", "a field name of the model", ":named:name:..."]),
+        ("tags:x", ["'tags:x'", "'tags' is a field name of the model"]),
+        (True, ["Invalid pk True (of type bool)", "str, an int or UTF-8 bytes"]),
+        (object, ["(of type type)", "str(value)"]),
+        (b"\xff", ["Invalid pk b'\\xff'", "UTF-8 bytes"]),
+    ],
+)
 def test_unsafe_pks_are_refused(Named, raw, pk, words):
     before = dump(raw)
     with pytest.raises(ValueError) as raised:
@@ -149,8 +186,23 @@ def test_instance_scan_keys_escapes_the_pk(Named, namespace):
 # ---------------------------------------------------------------------- item 12: field names
 
 
-@pytest.mark.parametrize("name", ["key", "fields", "connection", "delete", "connect", "get_field",
-                                  "post_command", "database", "abstract", "pk", "collection", "exists"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "key",
+        "fields",
+        "connection",
+        "delete",
+        "connect",
+        "get_field",
+        "post_command",
+        "database",
+        "abstract",
+        "pk",
+        "collection",
+        "exists",
+    ],
+)
 def test_field_names_clashing_with_the_model_are_refused(database, namespace, name):
     with pytest.raises(ImplementationError) as raised:
         _define(database, namespace, "Clash", **{name: StringField()})
@@ -171,15 +223,24 @@ def test_a_pk_field_may_be_named_pk(database, namespace):
 # ---------------------------------------------------------------------- item 13: filters
 
 
-@pytest.mark.parametrize("filters, words", [
-    ({"tags__in": 5}, ["Invalid value 5 for the filter tags__in", "__in takes an iterable", "tags__in=[5]"]),
-    ({"tags__in": None}, ["Invalid value None for the filter tags__in", "iterable"]),
-    ({"tags__in": [None]}, ["Invalid value None (of type NoneType) for the filter tags"]),
-    ({"name": None}, ["Invalid value None (of type NoneType) for the filter name", "not indexed"]),
-    ({"name": True}, ["Invalid value True (of type bool) for the filter name", "name='True'"]),
-    ({"name": ["a", "b"]}, ["Invalid value ['a', 'b'] (of type list) for the filter name", "name__in=[...]"]),
-    ({"size__gt": {"a": 1}}, ["(of type dict) for the filter size__gt"]),
-])
+@pytest.mark.parametrize(
+    "filters, words",
+    [
+        (
+            {"tags__in": 5},
+            ["Invalid value 5 for the filter tags__in", "__in takes an iterable", "tags__in=[5]"],
+        ),
+        ({"tags__in": None}, ["Invalid value None for the filter tags__in", "iterable"]),
+        ({"tags__in": [None]}, ["Invalid value None (of type NoneType) for the filter tags"]),
+        ({"name": None}, ["Invalid value None (of type NoneType) for the filter name", "not indexed"]),
+        ({"name": True}, ["Invalid value True (of type bool) for the filter name", "name='True'"]),
+        (
+            {"name": ["a", "b"]},
+            ["Invalid value ['a', 'b'] (of type list) for the filter name", "name__in=[...]"],
+        ),
+        ({"size__gt": {"a": 1}}, ["(of type dict) for the filter size__gt"]),
+    ],
+)
 def test_bad_filter_values_are_refused(Item, filters, words):
     with pytest.raises(TypeError) as raised:
         Item.collection(**filters)

@@ -45,8 +45,17 @@ def other_database(redis_settings):
 
 def test_model_module_namespace():
     assert model.__all__ == ["RedisModel"]
-    for name in ("RedisModel", "MetaRedisModel", "RedisDatabase", "CollectionManager", "make_key",
-                 "LimpydException", "UniquenessError", "ImplementationError", "DoesNotExist"):
+    for name in (
+        "RedisModel",
+        "MetaRedisModel",
+        "RedisDatabase",
+        "CollectionManager",
+        "make_key",
+        "LimpydException",
+        "UniquenessError",
+        "ImplementationError",
+        "DoesNotExist",
+    ):
         assert hasattr(model, name), name
     for name in limpyd.fields.__all__:
         assert getattr(model, name) is getattr(limpyd.fields, name)
@@ -120,7 +129,10 @@ def test_name_building(database):
     assert NoneNamespace._name == ":nonenamespace"
     assert NoneNamespace.namespace == ""
     assert db._models == {
-        "shop:bike": Bike, ":car": Car, "a:b:withpk": WithPK, "Shop:tandem": Tandem,
+        "shop:bike": Bike,
+        ":car": Car,
+        "a:b:withpk": WithPK,
+        "Shop:tandem": Tandem,
         ":nonenamespace": NoneNamespace,
     }
 
@@ -185,12 +197,14 @@ def test_namespace_is_inherited(database):
 
 def test_database_is_mandatory():
     with pytest.raises(ImplementationError, match=r"^You must define a database for the model Orphan"):
+
         class Orphan(model.RedisModel):
             namespace = "nodb"
 
 
 def test_database_must_be_a_redis_database(redis_settings):
     with pytest.raises(ImplementationError, match=r"^You must define a database for the model Fake"):
+
         class Fake(model.RedisModel):
             database = dict(redis_settings)
 
@@ -202,6 +216,7 @@ def test_same_name_same_namespace_is_refused(database):
     db = database
 
     first_line = _line() + 1
+
     class Bike(model.RedisModel):
         database = db
         namespace = "clash"
@@ -209,6 +224,7 @@ def test_same_name_same_namespace_is_refused(database):
     first = Bike
     second_line = _line() + 2
     with pytest.raises(ImplementationError) as excinfo:
+
         class Bike(model.RedisModel):
             database = db
             namespace = "clash"
@@ -226,18 +242,22 @@ def test_collision_is_case_insensitive(database):
     db = database
 
     first_line = _line() + 1
+
     class Bike(model.RedisModel):
         database = db
         namespace = "case"
 
     second_line = _line() + 2
     with pytest.raises(ImplementationError) as excinfo:
+
         class bike(model.RedisModel):  # noqa: N801
             database = db
             namespace = "case"
 
     message = str(excinfo.value)
-    assert message.startswith('A model with namespace "case" and name "bike" is already defined on this database')
+    assert message.startswith(
+        'A model with namespace "case" and name "bike" is already defined on this database'
+    )
     assert '"%s" line %s' % (THIS_FILE, first_line) in message
     assert '"%s" line %s' % (THIS_FILE, second_line) in message
     assert db._models == {"case:bike": Bike}
@@ -250,6 +270,7 @@ def test_collision_without_namespace(database):
         database = db
 
     with pytest.raises(ImplementationError, match=r'^A model with namespace "" and name "Plain" is already'):
+
         class Plain(model.RedisModel):
             database = db
 
@@ -358,6 +379,7 @@ def test_creation_source_is_the_class_statement(database):
     db = database
 
     line = _line() + 1
+
     class Located(model.RedisModel):
         database = db
         namespace = "src"
@@ -370,6 +392,7 @@ def test_creation_source_of_a_multi_line_class_header(database):
     db = database
 
     line = _line() + 1
+
     class MultiLine(
         model.RedisModel,
     ):
@@ -393,11 +416,13 @@ def test_creation_source_with_a_user_metaclass(database):
             return super().__new__(mcs, name, bases, attrs)
 
     line = _line() + 1
+
     class WithMeta(model.RedisModel, metaclass=UserMeta):
         database = db
         namespace = "src"
 
     deeper_line = _line() + 1
+
     class WithDeeperMeta(model.RedisModel, metaclass=DeeperMeta):
         database = db
         namespace = "src"
@@ -407,7 +432,7 @@ def test_creation_source_with_a_user_metaclass(database):
     assert WithDeeperMeta._creation_source == (THIS_FILE, deeper_line)
 
 
-_SIX_LIKE_SOURCE = '''
+_SIX_LIKE_SOURCE = """
 def with_metaclass(meta, *bases):
     class metaclass(type):
         def __new__(cls, name, this_bases, d):
@@ -418,7 +443,7 @@ def with_metaclass(meta, *bases):
             return meta.__prepare__(name, bases)
 
     return type.__new__(metaclass, "temporary_class", (), {})
-'''
+"""
 
 
 def test_creation_source_through_six_with_metaclass(database):
@@ -428,6 +453,7 @@ def test_creation_source_through_six_with_metaclass(database):
     db = database
 
     line = _line() + 1
+
     class SixModel(with_metaclass(MetaRedisModel, model.RedisModel)):
         database = db
         namespace = "src"
@@ -516,7 +542,11 @@ def test_use_database_moves_subclasses_of_an_abstract_base(database, other_datab
         assert moved_model.database is other_database
         assert "database" in moved_model.__dict__
     assert other_database._models == {
-        "tree:a": A, "tree:b": B, "tree:c": C, "tree:d": D, "tree:e": E,
+        "tree:a": A,
+        "tree:b": B,
+        "tree:c": C,
+        "tree:d": D,
+        "tree:e": E,
     }
     assert db._models == {}
     assert Elsewhere.database is third
@@ -616,10 +646,16 @@ def test_models_declared_from_threads(database):
             barrier.wait()
             for index in range(per_thread):
                 name = "Threaded%d_%d" % (thread_index, index)
-                cls = MetaRedisModel(name, (RedisModel,), {
-                    "__module__": __name__, "__qualname__": name,
-                    "database": database, "namespace": "threads",
-                })
+                cls = MetaRedisModel(
+                    name,
+                    (RedisModel,),
+                    {
+                        "__module__": __name__,
+                        "__qualname__": name,
+                        "database": database,
+                        "namespace": "threads",
+                    },
+                )
                 created[cls._name] = cls
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -778,6 +814,7 @@ def test_two_pk_fields_are_refused(database):
     db = database
 
     with pytest.raises(ImplementationError, match=r"^Only one PKField field is allowed on TwoPks"):
+
         class TwoPks(model.RedisModel):
             database = db
             namespace = "fields"
@@ -795,6 +832,7 @@ def test_explicit_inherited_pk_cannot_be_replaced(database):
         ident = PKField()
 
     with pytest.raises(ImplementationError, match=r"^Only one PKField field is allowed on Child"):
+
         class Child(Base):
             other = AutoPKField()
 
@@ -999,8 +1037,13 @@ def test_scan_model_keys(database):
     Unrelated().pk.get()
     db.connection.hset("scan:scanned:1:hash", "name", "x")
 
-    expected = {"scan:scanned:collection", "scan:scanned:max_pk", "scan:scanned:1:hash",
-                "scan:scanned:inner:collection", "scan:scanned:inner:max_pk"}
+    expected = {
+        "scan:scanned:collection",
+        "scan:scanned:max_pk",
+        "scan:scanned:1:hash",
+        "scan:scanned:inner:collection",
+        "scan:scanned:inner:max_pk",
+    }
     assert set(Scanned.scan_model_keys()) == expected
     assert set(Scanned.scan_model_keys(count=1)) == expected
     assert set(Scanned.scan_model_keys(2)) == expected
@@ -1094,6 +1137,7 @@ def test_indexable_fields_get_default_index_classes(database):
 
 def test_abstract_model_without_database_and_default_indexes_fails():
     with pytest.raises(AttributeError):
+
         class Abstract(model.RedisModel):
             abstract = True
             namespace = "idx"
@@ -1105,7 +1149,10 @@ def test_indexable_field_without_any_index_class(database):
         default_indexes = None
 
     no_indexes = NoIndexesDatabase(**database.connection_settings)
-    with pytest.raises(ImplementationError, match=r"^InstanceHashField field is indexable but has no indexes attached"):
+    with pytest.raises(
+        ImplementationError, match=r"^InstanceHashField field is indexable but has no indexes attached"
+    ):
+
         class Unindexed(model.RedisModel):
             database = no_indexes
             namespace = "idx"

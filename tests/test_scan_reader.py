@@ -77,26 +77,29 @@ def reply(cursor: bytes, keys: List[bytes]) -> bytes:
 HEADER = b"*2\r\n$3\r\n123\r\n*2\r\n"  # 17 bytes
 
 
-@pytest.mark.parametrize("data, start, expected", [
-    (HEADER, 0, (b"123", 2, 17)),
-    (HEADER + b"$1\r\na\r\n$1\r\nb\r\n", 0, (b"123", 2, 17)),
-    (b"*2\r\n$1\r\n0\r\n*0\r\n", 0, (b"0", 0, 15)),
-    (b"xyz" + HEADER, 3, (b"123", 2, 20)),  # a header after the end of a previous reply
-    (b"*2\r\n:42\r\n*5\r\n", 0, (b"42", 5, 13)),  # an integer cursor
-    (b"*2\r\n$18\r\n123456789012345678\r\n*1\r\n", 0, (b"123456789012345678", 1, 33)),
-    (b"*2\r\n$1\r\n7\r\n*100000\r\n", 0, (b"7", 100000, 20)),
-    (b"-ERR syntax error\r\n", 0, (None, "ERR syntax error", 19)),
-    (b"-WRONGPASS \xff\r\n*2", 0, (None, "WRONGPASS \ufffd", 14)),
-    (b"", 0, None),
-    (HEADER, 17, None),
-    (b"-ERR no end", 0, None),
-    (b"*2\r", 0, None),
-    (b"*2\r\n$3\r\n12", 0, None),
-    (b"*2\r\n$3\r\n123\r", 0, None),
-    (b"*2\r\n:4", 0, None),
-    (b"*2\r\n$1\r\n0\r\n*", 0, None),
-    (b"*2\r\n$1\r\n0\r\n*12", 0, None),
-])
+@pytest.mark.parametrize(
+    "data, start, expected",
+    [
+        (HEADER, 0, (b"123", 2, 17)),
+        (HEADER + b"$1\r\na\r\n$1\r\nb\r\n", 0, (b"123", 2, 17)),
+        (b"*2\r\n$1\r\n0\r\n*0\r\n", 0, (b"0", 0, 15)),
+        (b"xyz" + HEADER, 3, (b"123", 2, 20)),  # a header after the end of a previous reply
+        (b"*2\r\n:42\r\n*5\r\n", 0, (b"42", 5, 13)),  # an integer cursor
+        (b"*2\r\n$18\r\n123456789012345678\r\n*1\r\n", 0, (b"123456789012345678", 1, 33)),
+        (b"*2\r\n$1\r\n7\r\n*100000\r\n", 0, (b"7", 100000, 20)),
+        (b"-ERR syntax error\r\n", 0, (None, "ERR syntax error", 19)),
+        (b"-WRONGPASS \xff\r\n*2", 0, (None, "WRONGPASS \ufffd", 14)),
+        (b"", 0, None),
+        (HEADER, 17, None),
+        (b"-ERR no end", 0, None),
+        (b"*2\r", 0, None),
+        (b"*2\r\n$3\r\n12", 0, None),
+        (b"*2\r\n$3\r\n123\r", 0, None),
+        (b"*2\r\n:4", 0, None),
+        (b"*2\r\n$1\r\n0\r\n*", 0, None),
+        (b"*2\r\n$1\r\n0\r\n*12", 0, None),
+    ],
+)
 def test_parse_scan_header(speedups: Any, data: bytes, start: int, expected: Any) -> None:
     result = check(speedups, "parse_scan_header", (data, start))
     assert result == ("ok", _types(expected), expected)
@@ -110,42 +113,52 @@ def test_parse_scan_header_every_prefix(speedups: Any) -> None:
         assert check(speedups, "parse_scan_header", (full[:end], 0))[2] == (b"123", 2, 17)
 
 
-@pytest.mark.parametrize("data, start, expected", [
-    (b"+OK\r\n", 0, raises(ValueError, "expected a SCAN reply (*2) at byte 0, got b'+OK\\r\\n'")),
-    (b">3\r\n", 0, raises(ValueError, "expected a SCAN reply (*2) at byte 0")),
-    (b"*3\r\n", 0, raises(ValueError, "expected a SCAN reply of 2 elements at byte 0")),
-    (b"*02\r\n", 0, raises(ValueError, "expected a SCAN reply of 2 elements at byte 0")),
-    (b"*-1\r\n", 0, raises(ValueError, "expected the length of the reply at byte 1")),
-    (b"*\r\n", 0, raises(ValueError, "expected the length of the reply at byte 1")),
-    (b"*2\rX", 0, raises(ValueError, "expected CRLF after the length of the reply at byte 2")),
-    (b"*2\r\n+0\r\n", 0, raises(ValueError, "expected a cursor at byte 4")),
-    (b"*2\r\n$0\r\n\r\n", 0, raises(ValueError, "expected a cursor of 1 to 18 digits at byte 4")),
-    (b"*2\r\n$19\r\n", 0, raises(ValueError, "expected a cursor of 1 to 18 digits at byte 4")),
-    (b"*2\r\n$2\r\n1a\r\n", 0, raises(ValueError, "expected a cursor of 1 to 18 digits at byte 8")),
-    (b"*2\r\n$1\r\n1XY", 0, raises(ValueError, "expected CRLF after the cursor at byte 9")),
-    (b"*2\r\n:1234567890123456789\r\n", 0, raises(ValueError, "a cursor of at most 18 digits at byte 23")),
-    (b"*2\r\n:-1\r\n", 0, raises(ValueError, "expected a cursor at byte 5")),
-    (b"*2\r\n$1\r\n0\r\n%1\r\n", 0, raises(ValueError, "expected the keys array (*) at byte 11")),
-    (b"*2\r\n$1\r\n0\r\n*-1\r\n", 0, raises(ValueError, "expected the number of keys at byte 12")),
-    (b"*2\r\n$1\r\n0\r\n*1x", 0, raises(ValueError, "expected the number of keys at byte 13")),
-])
+@pytest.mark.parametrize(
+    "data, start, expected",
+    [
+        (b"+OK\r\n", 0, raises(ValueError, "expected a SCAN reply (*2) at byte 0, got b'+OK\\r\\n'")),
+        (b">3\r\n", 0, raises(ValueError, "expected a SCAN reply (*2) at byte 0")),
+        (b"*3\r\n", 0, raises(ValueError, "expected a SCAN reply of 2 elements at byte 0")),
+        (b"*02\r\n", 0, raises(ValueError, "expected a SCAN reply of 2 elements at byte 0")),
+        (b"*-1\r\n", 0, raises(ValueError, "expected the length of the reply at byte 1")),
+        (b"*\r\n", 0, raises(ValueError, "expected the length of the reply at byte 1")),
+        (b"*2\rX", 0, raises(ValueError, "expected CRLF after the length of the reply at byte 2")),
+        (b"*2\r\n+0\r\n", 0, raises(ValueError, "expected a cursor at byte 4")),
+        (b"*2\r\n$0\r\n\r\n", 0, raises(ValueError, "expected a cursor of 1 to 18 digits at byte 4")),
+        (b"*2\r\n$19\r\n", 0, raises(ValueError, "expected a cursor of 1 to 18 digits at byte 4")),
+        (b"*2\r\n$2\r\n1a\r\n", 0, raises(ValueError, "expected a cursor of 1 to 18 digits at byte 8")),
+        (b"*2\r\n$1\r\n1XY", 0, raises(ValueError, "expected CRLF after the cursor at byte 9")),
+        (
+            b"*2\r\n:1234567890123456789\r\n",
+            0,
+            raises(ValueError, "a cursor of at most 18 digits at byte 23"),
+        ),
+        (b"*2\r\n:-1\r\n", 0, raises(ValueError, "expected a cursor at byte 5")),
+        (b"*2\r\n$1\r\n0\r\n%1\r\n", 0, raises(ValueError, "expected the keys array (*) at byte 11")),
+        (b"*2\r\n$1\r\n0\r\n*-1\r\n", 0, raises(ValueError, "expected the number of keys at byte 12")),
+        (b"*2\r\n$1\r\n0\r\n*1x", 0, raises(ValueError, "expected the number of keys at byte 13")),
+    ],
+)
 def test_parse_scan_header_invalid(speedups: Any, data: bytes, start: int, expected: tuple) -> None:
     result = check(speedups, "parse_scan_header", (data, start), expected)
     assert "The connection is out of sync with Redis" in result[2]
 
 
 @pytest.mark.parametrize("name", ["parse_scan_header", "decode_scan_keys"])
-@pytest.mark.parametrize("data, start, expected", [
-    (bytearray(HEADER), 0, raises(TypeError, "() reads a bytes buffer, got bytearray")),
-    (memoryview(HEADER), 0, raises(TypeError, "() reads a bytes buffer, got memoryview")),
-    (HEADER.decode(), 0, raises(TypeError, "() reads a bytes buffer, got str")),
-    (None, 0, raises(TypeError, "() reads a bytes buffer, got NoneType")),
-    (HEADER, -1, raises(ValueError, "(start=-1): start must be an int offset from 0 to len(data) (17).")),
-    (HEADER, 18, raises(ValueError, "(start=18): start must be an int offset")),
-    (HEADER, True, raises(ValueError, "(start=True): start must be an int offset")),
-    (HEADER, 1.0, raises(ValueError, "(start=1.0): start must be an int offset")),
-    (HEADER, None, raises(ValueError, "(start=None): start must be an int offset")),
-])
+@pytest.mark.parametrize(
+    "data, start, expected",
+    [
+        (bytearray(HEADER), 0, raises(TypeError, "() reads a bytes buffer, got bytearray")),
+        (memoryview(HEADER), 0, raises(TypeError, "() reads a bytes buffer, got memoryview")),
+        (HEADER.decode(), 0, raises(TypeError, "() reads a bytes buffer, got str")),
+        (None, 0, raises(TypeError, "() reads a bytes buffer, got NoneType")),
+        (HEADER, -1, raises(ValueError, "(start=-1): start must be an int offset from 0 to len(data) (17).")),
+        (HEADER, 18, raises(ValueError, "(start=18): start must be an int offset")),
+        (HEADER, True, raises(ValueError, "(start=True): start must be an int offset")),
+        (HEADER, 1.0, raises(ValueError, "(start=1.0): start must be an int offset")),
+        (HEADER, None, raises(ValueError, "(start=None): start must be an int offset")),
+    ],
+)
 def test_bad_arguments(speedups: Any, name: str, data: Any, start: Any, expected: tuple) -> None:
     args = (data, start) if name == "parse_scan_header" else (data, start, 1)
     result = check(speedups, name, args, expected)
@@ -159,7 +172,7 @@ ODD_DATA = b"".join(bulk(key) for key in ODD_KEYS)
 ODD_STR = [key.decode() for key in ODD_KEYS]
 
 
-@pytest.mark.parametrize("count", [0, 1, 3, len(ODD_KEYS), len(ODD_KEYS) + 5, 10 ** 30])
+@pytest.mark.parametrize("count", [0, 1, 3, len(ODD_KEYS), len(ODD_KEYS) + 5, 10**30])
 def test_decode_scan_keys_count(speedups: Any, count: int) -> None:
     keys, end = check(speedups, "decode_scan_keys", (ODD_DATA, 0, count))[2]
     assert keys == ODD_STR[:count]
@@ -180,13 +193,18 @@ def test_decode_scan_keys_every_prefix(speedups: Any) -> None:
         assert rest == (ODD_STR[whole:], len(ODD_DATA))
 
 
-@pytest.mark.parametrize("keys", [
-    [b"plain:%d" % index for index in range(20)],
-    [("clé:%d" % index).encode() for index in range(20)],
-    [b"k:%d" % index for index in range(5)] + [b"bad\xff"] + [b"k:%d" % index for index in range(5)],
-    [b"k:%d" % index for index in range(5)] + [b"a\r\nb", b"$2\r\nab"] + [b"k:%d" % index for index in range(5)],
-    [b"", b"", b"x", b""],
-])
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [b"plain:%d" % index for index in range(20)],
+        [("clé:%d" % index).encode() for index in range(20)],
+        [b"k:%d" % index for index in range(5)] + [b"bad\xff"] + [b"k:%d" % index for index in range(5)],
+        [b"k:%d" % index for index in range(5)]
+        + [b"a\r\nb", b"$2\r\nab"]
+        + [b"k:%d" % index for index in range(5)],
+        [b"", b"", b"x", b""],
+    ],
+)
 def test_decode_scan_keys_every_prefix_and_count(speedups: Any, keys: list) -> None:
     """Whole keys, counts and cuts anywhere: the result is the twin's key by key loop."""
     data = b"".join(bulk(key) for key in keys) + reply(b"0", [b"next"])
@@ -239,21 +257,36 @@ def test_decode_scan_keys_empty(speedups: Any) -> None:
     check(speedups, "decode_scan_keys", (b"$1\r\na\r\n", 7, 10), ([], 7))
 
 
-@pytest.mark.parametrize("data, count, expected", [
-    (b"+a\r\n", 1, raises(ValueError, "expected a key ($) at byte 0, got b'+a\\r\\n'")),
-    (bulk(b"a") + b":1\r\n", 2, raises(ValueError, "expected a key ($) at byte 7")),
-    (b"$-1\r\n", 1, raises(ValueError, "expected the length of a key at byte 1")),
-    (b"$\r\n", 1, raises(ValueError, "expected the length of a key at byte 1")),
-    (b"$1x\r\n", 1, raises(ValueError, "expected the length of a key at byte 2")),
-    (b"$1\rx", 1, raises(ValueError, "expected CRLF after the length of a key at byte 2")),
-    (b"$1234567890123456789\r\n", 1, raises(ValueError, "the length of a key of at most 18 digits at byte 19")),
-    (b"$1\r\nab\r\n", 1, raises(ValueError, "expected CRLF after a key at byte 5")),
-    (b"$2\r\nab\n\r", 1, raises(ValueError, "expected CRLF after a key at byte 6")),
-    (b"$2\r\n\xff\xfe\r\n", 1, raises(ValueError, "SCAN returned the key b'\\xff\\xfe', which is not valid UTF-8")),
-    (b"$1\r\na\r\n", -1, raises(ValueError, "decode_scan_keys(count=-1): count must be an int >= 0.")),
-    (b"$1\r\na\r\n", True, raises(ValueError, "decode_scan_keys(count=True): count must be an int >= 0.")),
-    (b"$1\r\na\r\n", 1.0, raises(ValueError, "decode_scan_keys(count=1.0): count must be an int >= 0.")),
-])
+@pytest.mark.parametrize(
+    "data, count, expected",
+    [
+        (b"+a\r\n", 1, raises(ValueError, "expected a key ($) at byte 0, got b'+a\\r\\n'")),
+        (bulk(b"a") + b":1\r\n", 2, raises(ValueError, "expected a key ($) at byte 7")),
+        (b"$-1\r\n", 1, raises(ValueError, "expected the length of a key at byte 1")),
+        (b"$\r\n", 1, raises(ValueError, "expected the length of a key at byte 1")),
+        (b"$1x\r\n", 1, raises(ValueError, "expected the length of a key at byte 2")),
+        (b"$1\rx", 1, raises(ValueError, "expected CRLF after the length of a key at byte 2")),
+        (
+            b"$1234567890123456789\r\n",
+            1,
+            raises(ValueError, "the length of a key of at most 18 digits at byte 19"),
+        ),
+        (b"$1\r\nab\r\n", 1, raises(ValueError, "expected CRLF after a key at byte 5")),
+        (b"$2\r\nab\n\r", 1, raises(ValueError, "expected CRLF after a key at byte 6")),
+        (
+            b"$2\r\n\xff\xfe\r\n",
+            1,
+            raises(ValueError, "SCAN returned the key b'\\xff\\xfe', which is not valid UTF-8"),
+        ),
+        (b"$1\r\na\r\n", -1, raises(ValueError, "decode_scan_keys(count=-1): count must be an int >= 0.")),
+        (
+            b"$1\r\na\r\n",
+            True,
+            raises(ValueError, "decode_scan_keys(count=True): count must be an int >= 0."),
+        ),
+        (b"$1\r\na\r\n", 1.0, raises(ValueError, "decode_scan_keys(count=1.0): count must be an int >= 0.")),
+    ],
+)
 def test_decode_scan_keys_invalid(speedups: Any, data: bytes, count: Any, expected: tuple) -> None:
     check(speedups, "decode_scan_keys", (data, 0, count), expected)
 
@@ -266,8 +299,12 @@ def test_decode_scan_keys_invalid_utf8_is_chained(speedups: Any) -> None:
 
 def test_decode_scan_keys_incomplete_garbage_is_not_waited_for(speedups: Any) -> None:
     # a length that cannot end (too many digits) raises at once instead of waiting for bytes
-    check(speedups, "decode_scan_keys", (b"$" + b"9" * 19, 0, 1),
-          raises(ValueError, "the length of a key of at most 18 digits at byte 19"))
+    check(
+        speedups,
+        "decode_scan_keys",
+        (b"$" + b"9" * 19, 0, 1),
+        raises(ValueError, "the length of a key of at most 18 digits at byte 19"),
+    )
     check(speedups, "decode_scan_keys", (b"$" + b"9" * 18, 0, 1), ([], 0))
 
 
@@ -349,7 +386,7 @@ class FakeSocket:
             if self.read < cut < stop:
                 stop = cut
                 break
-        chunk = self.stream[self.read:stop]
+        chunk = self.stream[self.read : stop]
         self.read = stop
         return chunk
 
@@ -394,8 +431,9 @@ def _run_fake(speedups: Any, captured: tuple, cuts: "set[int]", take: Optional[i
     sock = FakeSocket(commands, replies, cuts)
     connection = FakeConnection(sock)
     pool = FakePool(connection)
-    generator = scan_pool(pool, ["MATCH", "k*", "COUNT", 3], speedups.parse_scan_header,
-                          speedups.decode_scan_keys)
+    generator = scan_pool(
+        pool, ["MATCH", "k*", "COUNT", 3], speedups.parse_scan_header, speedups.decode_scan_keys
+    )
     if take is None:
         keys = list(generator)
     else:
@@ -463,8 +501,9 @@ def test_fake_socket_closed_mid_reply(speedups: Any, captured: tuple) -> None:
     sock.recv = lambda size, recv=sock.recv: recv(size) if sock.read < len(sock.stream) else b""
     connection = FakeConnection(sock)
     pool = FakePool(connection)
-    generator = scan_pool(pool, ["MATCH", "k*", "COUNT", 3], speedups.parse_scan_header,
-                          speedups.decode_scan_keys)
+    generator = scan_pool(
+        pool, ["MATCH", "k*", "COUNT", 3], speedups.parse_scan_header, speedups.decode_scan_keys
+    )
     with pytest.raises(redis.ConnectionError, match="Connection closed by server during SCAN"):
         list(generator)
     assert connection.disconnected == 1 and pool.released == 1
@@ -476,7 +515,7 @@ def test_fake_socket_closed_mid_reply(speedups: Any, captured: tuple) -> None:
 def _load(client: redis.Redis, keys: list) -> None:
     pipe = client.pipeline(transaction=False)
     for start in range(0, len(keys), 10000):
-        pipe.mset(dict.fromkeys(keys[start:start + 10000], "1"))
+        pipe.mset(dict.fromkeys(keys[start : start + 10000], "1"))
     pipe.execute()
 
 
@@ -512,17 +551,21 @@ def keyspace(client: redis.Redis) -> list:
     return keys
 
 
-@pytest.mark.parametrize("match, count, type_", [
-    (None, 1000, None),
-    (None, 1, None),
-    (None, 100000, None),
-    ("b:*", 1000, None),
-    ("b:*", 100000, None),
-    (None, 7, "hash"),
-    ("h:1*", 500, "hash"),
-])
-def test_same_keys_in_the_same_order_as_redis_py(speedups: Any, redis_settings: dict, keyspace: list,
-                                                 match: Any, count: int, type_: Any) -> None:
+@pytest.mark.parametrize(
+    "match, count, type_",
+    [
+        (None, 1000, None),
+        (None, 1, None),
+        (None, 100000, None),
+        ("b:*", 1000, None),
+        ("b:*", 100000, None),
+        (None, 7, "hash"),
+        ("h:1*", 500, "hash"),
+    ],
+)
+def test_same_keys_in_the_same_order_as_redis_py(
+    speedups: Any, redis_settings: dict, keyspace: list, match: Any, count: int, type_: Any
+) -> None:
     client = redis.Redis(decode_responses=True, **redis_settings)
     try:
         if count == 1 and match is None:
@@ -537,7 +580,7 @@ def test_same_keys_in_the_same_order_as_redis_py(speedups: Any, redis_settings: 
         # COUNT was sent as given: about len(database) / count calls
         assert calls >= min(client.dbsize() // count, 10)
         assert calls <= client.dbsize() // count * 3 + 2
-        connection, = _pooled(client)
+        (connection,) = _pooled(client)
         assert connection._sock is not None and client.echo("in sync") == "in sync"
     finally:
         client.close()
@@ -546,26 +589,29 @@ def test_same_keys_in_the_same_order_as_redis_py(speedups: Any, redis_settings: 
 #: redis-py 4 has no ``protocol=`` argument: it speaks RESP2 only
 _HAS_PROTOCOL = int(redis.__version__.split(".")[0]) >= 5
 needs_resp3 = pytest.mark.skipif(
-    not _HAS_PROTOCOL, reason="redis-py %s has no protocol= argument: RESP3 needs redis-py >= 5" % redis.__version__
+    not _HAS_PROTOCOL,
+    reason="redis-py %s has no protocol= argument: RESP3 needs redis-py >= 5" % redis.__version__,
 )
 
 
 @pytest.mark.parametrize("protocol", [2, pytest.param(3, marks=needs_resp3)])
-def test_resp2_and_resp3_with_password_and_db(speedups: Any, redis_server: dict, redis_settings: dict,
-                                              client: redis.Redis, protocol: int) -> None:
+def test_resp2_and_resp3_with_password_and_db(
+    speedups: Any, redis_server: dict, redis_settings: dict, client: redis.Redis, protocol: int
+) -> None:
     if redis_server.get("external"):
         pytest.skip("creates an ACL user: private server only")
     client.acl_setuser("scanner", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
     other = redis.Redis(**dict(redis_settings, db=3), decode_responses=True)
     options = {"protocol": protocol} if _HAS_PROTOCOL else {}  # redis-py 4: RESP2, the only one
-    scanner = redis.Redis(**dict(redis_settings, db=3, username="scanner", password="s3cret"),
-                          **options, decode_responses=True)
+    scanner = redis.Redis(
+        **dict(redis_settings, db=3, username="scanner", password="s3cret"), **options, decode_responses=True
+    )
     try:
         _load(client, ["db0:%d" % i for i in range(500)])
         expected = {"db3:%d:é" % i for i in range(3000)}
         _load(other, sorted(expected))
         assert set(_run_scan(speedups, scanner, _arguments(count=100))) == expected
-        connection, = _pooled(scanner)
+        (connection,) = _pooled(scanner)
         assert connection.protocol in (protocol, str(protocol)) if _HAS_PROTOCOL else protocol == 2
         assert scanner.acl_whoami() == "scanner" and scanner.dbsize() == 3000
     finally:
@@ -576,12 +622,18 @@ def test_resp2_and_resp3_with_password_and_db(speedups: Any, redis_server: dict,
 
 
 @needs_resp3
-def test_resp3_push_messages_between_replies(speedups: Any, redis_settings: dict, client: redis.Redis,
-                                            monkeypatch: Any) -> None:
+def test_resp3_push_messages_between_replies(
+    speedups: Any, redis_settings: dict, client: redis.Redis, monkeypatch: Any
+) -> None:
     _load(client, ["t:%d" % i for i in range(3000)])
     skipped = []
-    monkeypatch.setattr(_scan, "_skip_frame", lambda data, position, real=_scan._skip_frame: skipped.append(
-        data[position:position + 1]) or real(data, position))
+    monkeypatch.setattr(
+        _scan,
+        "_skip_frame",
+        lambda data, position, real=_scan._skip_frame: (
+            skipped.append(data[position : position + 1]) or real(data, position)
+        ),
+    )
     scanner = redis.Redis(**redis_settings, protocol=3, decode_responses=True)
     try:
         connection = get_pool_connection(scanner.connection_pool, "CLIENT")
@@ -604,7 +656,7 @@ def test_error_reply_leaves_the_connection_clean(speedups: Any, client: redis.Re
     client.set("x", "1")
     with pytest.raises(redis.ResponseError, match="syntax error"):
         list(_run_scan(speedups, client, ["COUNT", 0]))
-    connection, = _pooled(client)
+    (connection,) = _pooled(client)
     assert connection._sock is not None
     assert client.get("x") == "1"
 
@@ -613,7 +665,7 @@ def test_error_reply_leaves_the_connection_clean(speedups: Any, client: redis.Re
 def test_abandoned_generator_is_drained(speedups: Any, client: redis.Redis, count: int) -> None:
     _load(client, ["d:%d" % i for i in range(60000)])
     client.get("d:1")
-    connection, = _pooled(client)
+    (connection,) = _pooled(client)
     sock = connection._sock
     for take in (0, 1, 5, min(count, 30000), min(count + 3, 30003)):
         generator = _run_scan(speedups, client, _arguments(count=count))
@@ -633,7 +685,9 @@ def _scanning_client_id(client: redis.Redis) -> int:
 
 
 @pytest.mark.parametrize("count", [10, 1000])
-def test_connection_killed_mid_scan(speedups: Any, redis_settings: dict, client: redis.Redis, count: int) -> None:
+def test_connection_killed_mid_scan(
+    speedups: Any, redis_settings: dict, client: redis.Redis, count: int
+) -> None:
     _load(client, ["kill:%d" % i for i in range(20000)])
     scanner = redis.Redis(**redis_settings, decode_responses=True)
     try:
@@ -642,7 +696,7 @@ def test_connection_killed_mid_scan(speedups: Any, redis_settings: dict, client:
         client.client_kill_filter(_id=_scanning_client_id(client))
         with pytest.raises(redis.ConnectionError, match="SCAN"):
             list(generator)
-        connection, = _pooled(scanner)
+        (connection,) = _pooled(scanner)
         assert connection._sock is None  # disconnected: redis-py reconnects it on next use
         assert scanner.get("kill:3") == "1"
         assert len(set(_run_scan(speedups, scanner, _arguments(count=count)))) == 20000
@@ -654,7 +708,7 @@ def test_non_utf8_key_raises_and_disconnects(speedups: Any, client: redis.Redis)
     client.set(b"bad:\xff", "1")
     with pytest.raises(ValueError, match="not valid UTF-8"):
         list(_run_scan(speedups, client, _arguments(count=10)))
-    connection, = _pooled(client)
+    (connection,) = _pooled(client)
     assert connection._sock is None
     assert client.dbsize() == 1
 
@@ -686,8 +740,11 @@ def test_the_database_scans_with_the_raw_reader(database: Any, client: redis.Red
 
     monkeypatch.setattr("limpyd.database.scan_pool", spy)
     sockets = []
-    monkeypatch.setattr(_scan, "_socket_of",
-                        lambda connection, real=_scan._socket_of: sockets.append(real(connection)) or sockets[-1])
+    monkeypatch.setattr(
+        _scan,
+        "_socket_of",
+        lambda connection, real=_scan._socket_of: sockets.append(real(connection)) or sockets[-1],
+    )
     assert len(set(database.scan_keys(count=500))) == 5000
     assert len(calls) == 1 and len(sockets) == 1 and isinstance(sockets[0], socket.socket)
 
@@ -703,20 +760,59 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     if not binary or not openssl:
         pytest.skip("needs redis-server and openssl")
     directory = Path(str(tmp_path_factory.mktemp("redis-tls")))
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(directory / "key.pem"),
+            "-out",
+            str(directory / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
     log_path = directory / "redis.log"
     process = subprocess.Popen(
-        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(directory / "cert.pem"), "--tls-key-file", str(directory / "key.pem"),
-         "--tls-ca-cert-file", str(directory / "cert.pem"), "--tls-auth-clients", "no",
-         "--save", "", "--appendonly", "no", "--dir", str(directory), "--logfile", str(log_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        [
+            binary,
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(directory / "cert.pem"),
+            "--tls-key-file",
+            str(directory / "key.pem"),
+            "--tls-ca-cert-file",
+            str(directory / "cert.pem"),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--logfile",
+            str(log_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     settings = {"host": "127.0.0.1", "port": port, "ssl": True, "ssl_cert_reqs": "none"}
     try:
@@ -757,7 +853,7 @@ def test_tls(speedups: Any, tls_server: dict, count: int) -> None:
         generator = _run_scan(speedups, tls, _arguments(count=count))
         next(generator)
         generator.close()
-        connection, = _pooled(tls)
+        (connection,) = _pooled(tls)
         assert connection._sock is not None and tls.echo("tls") == "tls"
     finally:
         tls.close()

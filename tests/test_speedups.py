@@ -44,8 +44,13 @@ def outcome(func: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple:
         result = func(*args, **kwargs)
     except Exception as exc:  # we compare whatever is raised
         cause = exc.__cause__
-        return ("raise", type(exc), str(exc), type(cause) if cause is not None else None,
-                exc.__suppress_context__)
+        return (
+            "raise",
+            type(exc),
+            str(exc),
+            type(cause) if cause is not None else None,
+            exc.__suppress_context__,
+        )
     return ("ok", _types(result), result)
 
 
@@ -54,7 +59,9 @@ def ok(value: Any) -> tuple:
     return ("ok", _types(value), value)
 
 
-def raises(exc_type: type, message: str, cause: "type | None" = None, suppress_context: bool = False) -> tuple:
+def raises(
+    exc_type: type, message: str, cause: "type | None" = None, suppress_context: bool = False
+) -> tuple:
     """Return the outcome expected for a call raising ``exc_type(message)``."""
     return ("raise", exc_type, message, cause, suppress_context)
 
@@ -169,10 +176,14 @@ MAKE_KEY_CASES = [
     pytest.param((("t", 1),), ok("('t', 1)"), id="tuple-part"),
     pytest.param((Exploding(),), raises(RuntimeError, "no str for you"), id="str-raises"),
     pytest.param(("a", 1, Exploding()), raises(RuntimeError, "no str for you"), id="str-raises-last"),
-    pytest.param((NotAString(),), raises(TypeError, "__str__ returned non-string (type int)"),
-                 id="str-returns-int"),
-    pytest.param(("a", NotAString()), raises(TypeError, "__str__ returned non-string (type int)"),
-                 id="str-returns-int-second"),
+    pytest.param(
+        (NotAString(),), raises(TypeError, "__str__ returned non-string (type int)"), id="str-returns-int"
+    ),
+    pytest.param(
+        ("a", NotAString()),
+        raises(TypeError, "__str__ returned non-string (type int)"),
+        id="str-returns-int-second",
+    ),
     pytest.param(tuple("abcdefghij") * 100, ok(":".join("abcdefghij" * 100)), id="many-str"),
     pytest.param(tuple(range(1000)), ok(":".join(map(str, range(1000)))), id="many-ints"),
 ]
@@ -190,13 +201,17 @@ def test_make_key_result_is_exact_str(speedups: Any) -> None:
 
 def test_make_key_rejects_keywords(speedups: Any) -> None:
     expected = raises(TypeError, "make_key() got an unexpected keyword argument 'sep'")
-    assert outcome(speedups.make_key, "a", sep="/") == outcome(_speedups_py.make_key, "a", sep="/") == expected
+    assert (
+        outcome(speedups.make_key, "a", sep="/") == outcome(_speedups_py.make_key, "a", sep="/") == expected
+    )
 
 
 # ---------------------------------------------------------------------- register_model
 
 
-def fake_model(name: str, source: "tuple | None", module: str = "app.models", qualname: "str | None" = None) -> type:
+def fake_model(
+    name: str, source: "tuple | None", module: str = "app.models", qualname: "str | None" = None
+) -> type:
     """Return a small class standing for a model registered on a database."""
     attrs: dict = {"__module__": module, "__qualname__": qualname or name}
     if source is not None:
@@ -210,13 +225,12 @@ NO_SOURCE = fake_model("Bike", None, module="legacy")
 NESTED = fake_model("Bike", ("app/models.py", 30), module="app.models", qualname="Shop.Bike")
 NEW = fake_model("Bike", ("app/other.py", 7), module="app.other")
 
-CONFLICT_TAIL = (
-    ": give one of them another `namespace` (or class name), or put it on another database."
-)
+CONFLICT_TAIL = ": give one of them another `namespace` (or class name), or put it on another database."
 
 
-def conflict_message(namespace: str, name: str, new: tuple, old: tuple, new_qualname: str,
-                     old_qualname: str) -> str:
+def conflict_message(
+    namespace: str, name: str, new: tuple, old: tuple, new_qualname: str, old_qualname: str
+) -> str:
     """Return the full registry conflict message (both classes, their source locations and the fix)."""
     return (
         'A model with namespace "%s" and name "%s" is already defined on this database '
@@ -227,62 +241,140 @@ def conflict_message(namespace: str, name: str, new: tuple, old: tuple, new_qual
 
 # (registry, (name, model, namespace, class_name, qualified_name, creation_source), expected result)
 REGISTER_CASES = [
-    pytest.param({}, ("shop:bike", NEW, "shop", "Bike", "app.other.Bike", ("app/other.py", 7)),
-                 ok(NEW), id="free-name"),
-    pytest.param({"shop:car": BIKE}, ("shop:bike", NEW, "shop", "Bike", "app.other.Bike", ("app/other.py", 7)),
-                 ok(NEW), id="other-name-taken"),
-    pytest.param({"shop:bike": BIKE},
-                 ("shop:bike", NEW, "shop", "Bike", "app.models.Bike", ("app/models.py", 12)),
-                 ok(BIKE), id="same-definition-reimported"),
-    pytest.param({"shop:bike": BIKE},
-                 ("shop:bike", NEW, "shop", "Bike", "app.models.Bike", ["app/models.py", 12]),
-                 raises(ImplementationError, conflict_message(
-                     "shop", "Bike", ["app/models.py", 12], ("app/models.py", 12),
-                     "app.models.Bike", "app.models.Bike")),
-                 id="source-as-list-is-not-equal"),
-    pytest.param({"shop:bike": BIKE},
-                 ("shop:bike", NEW, "shop", "Bike", "app.other.Bike", ("app/other.py", 7)),
-                 raises(ImplementationError, conflict_message(
-                     "shop", "Bike", ("app/other.py", 7), ("app/models.py", 12),
-                     "app.other.Bike", "app.models.Bike")),
-                 id="different-source"),
-    pytest.param({"shop:bike": BIKE},
-                 ("shop:bike", NEW, "shop", "Bike", "app.models.Bike", ("app/models.py", 13)),
-                 raises(ImplementationError, conflict_message(
-                     "shop", "Bike", ("app/models.py", 13), ("app/models.py", 12),
-                     "app.models.Bike", "app.models.Bike")),
-                 id="same-file-other-line"),
-    pytest.param({"shop:bike": BIKE},
-                 ("shop:bike", LOWER_BIKE, "shop", "bike", "app.models.bike", ("app/models.py", 12)),
-                 raises(ImplementationError, conflict_message(
-                     "shop", "bike", ("app/models.py", 12), ("app/models.py", 12),
-                     "app.models.bike", "app.models.Bike")),
-                 id="different-class-name-same-source"),
-    pytest.param({":bike": NESTED},
-                 (":bike", NEW, "", "Bike", "app.other.Bike", ("app/other.py", 7)),
-                 raises(ImplementationError, conflict_message(
-                     "", "Bike", ("app/other.py", 7), ("app/models.py", 30),
-                     "app.other.Bike", "app.models.Shop.Bike")),
-                 id="empty-namespace-nested-qualname"),
-    pytest.param({"shop:bike": NO_SOURCE},
-                 ("shop:bike", NEW, "shop", "Bike", "app.other.Bike", ("app/other.py", 7)),
-                 raises(ImplementationError, conflict_message(
-                     "shop", "Bike", ("app/other.py", 7), ("<unknown>", "<unknown>"),
-                     "app.other.Bike", "legacy.Bike")),
-                 id="existing-without-source"),
-    pytest.param({"clé:vélo": BIKE},
-                 ("clé:vélo", NEW, "clé", "Vélo", "app.other.Vélo", ("app/été.py", 7)),
-                 raises(ImplementationError, conflict_message(
-                     "clé", "Vélo", ("app/été.py", 7), ("app/models.py", 12),
-                     "app.other.Vélo", "app.models.Bike")),
-                 id="non-ascii"),
-    pytest.param({"shop:bike": BIKE},
-                 ("shop:bike", NEW, "shop", "Bike", "app.other.Bike", ("app/other.py",)),
-                 raises(IndexError, "tuple index out of range"),
-                 id="short-creation-source"),
-    pytest.param(None, ("shop:bike", NEW, "shop", "Bike", "app.other.Bike", ("app/other.py", 7)),
-                 raises(AttributeError, "'NoneType' object has no attribute 'get'"),
-                 id="registry-none"),
+    pytest.param(
+        {}, ("shop:bike", NEW, "shop", "Bike", "app.other.Bike", ("app/other.py", 7)), ok(NEW), id="free-name"
+    ),
+    pytest.param(
+        {"shop:car": BIKE},
+        ("shop:bike", NEW, "shop", "Bike", "app.other.Bike", ("app/other.py", 7)),
+        ok(NEW),
+        id="other-name-taken",
+    ),
+    pytest.param(
+        {"shop:bike": BIKE},
+        ("shop:bike", NEW, "shop", "Bike", "app.models.Bike", ("app/models.py", 12)),
+        ok(BIKE),
+        id="same-definition-reimported",
+    ),
+    pytest.param(
+        {"shop:bike": BIKE},
+        ("shop:bike", NEW, "shop", "Bike", "app.models.Bike", ["app/models.py", 12]),
+        raises(
+            ImplementationError,
+            conflict_message(
+                "shop",
+                "Bike",
+                ["app/models.py", 12],
+                ("app/models.py", 12),
+                "app.models.Bike",
+                "app.models.Bike",
+            ),
+        ),
+        id="source-as-list-is-not-equal",
+    ),
+    pytest.param(
+        {"shop:bike": BIKE},
+        ("shop:bike", NEW, "shop", "Bike", "app.other.Bike", ("app/other.py", 7)),
+        raises(
+            ImplementationError,
+            conflict_message(
+                "shop",
+                "Bike",
+                ("app/other.py", 7),
+                ("app/models.py", 12),
+                "app.other.Bike",
+                "app.models.Bike",
+            ),
+        ),
+        id="different-source",
+    ),
+    pytest.param(
+        {"shop:bike": BIKE},
+        ("shop:bike", NEW, "shop", "Bike", "app.models.Bike", ("app/models.py", 13)),
+        raises(
+            ImplementationError,
+            conflict_message(
+                "shop",
+                "Bike",
+                ("app/models.py", 13),
+                ("app/models.py", 12),
+                "app.models.Bike",
+                "app.models.Bike",
+            ),
+        ),
+        id="same-file-other-line",
+    ),
+    pytest.param(
+        {"shop:bike": BIKE},
+        ("shop:bike", LOWER_BIKE, "shop", "bike", "app.models.bike", ("app/models.py", 12)),
+        raises(
+            ImplementationError,
+            conflict_message(
+                "shop",
+                "bike",
+                ("app/models.py", 12),
+                ("app/models.py", 12),
+                "app.models.bike",
+                "app.models.Bike",
+            ),
+        ),
+        id="different-class-name-same-source",
+    ),
+    pytest.param(
+        {":bike": NESTED},
+        (":bike", NEW, "", "Bike", "app.other.Bike", ("app/other.py", 7)),
+        raises(
+            ImplementationError,
+            conflict_message(
+                "",
+                "Bike",
+                ("app/other.py", 7),
+                ("app/models.py", 30),
+                "app.other.Bike",
+                "app.models.Shop.Bike",
+            ),
+        ),
+        id="empty-namespace-nested-qualname",
+    ),
+    pytest.param(
+        {"shop:bike": NO_SOURCE},
+        ("shop:bike", NEW, "shop", "Bike", "app.other.Bike", ("app/other.py", 7)),
+        raises(
+            ImplementationError,
+            conflict_message(
+                "shop",
+                "Bike",
+                ("app/other.py", 7),
+                ("<unknown>", "<unknown>"),
+                "app.other.Bike",
+                "legacy.Bike",
+            ),
+        ),
+        id="existing-without-source",
+    ),
+    pytest.param(
+        {"clé:vélo": BIKE},
+        ("clé:vélo", NEW, "clé", "Vélo", "app.other.Vélo", ("app/été.py", 7)),
+        raises(
+            ImplementationError,
+            conflict_message(
+                "clé", "Vélo", ("app/été.py", 7), ("app/models.py", 12), "app.other.Vélo", "app.models.Bike"
+            ),
+        ),
+        id="non-ascii",
+    ),
+    pytest.param(
+        {"shop:bike": BIKE},
+        ("shop:bike", NEW, "shop", "Bike", "app.other.Bike", ("app/other.py",)),
+        raises(IndexError, "tuple index out of range"),
+        id="short-creation-source",
+    ),
+    pytest.param(
+        None,
+        ("shop:bike", NEW, "shop", "Bike", "app.other.Bike", ("app/other.py", 7)),
+        raises(AttributeError, "'NoneType' object has no attribute 'get'"),
+        id="registry-none",
+    ),
 ]
 
 
@@ -323,10 +415,16 @@ def test_register_model_message_prefix_and_classes(speedups: Any) -> None:
 def test_register_model_registers_the_same_object(speedups: Any) -> None:
     registry: dict = {}
     model = fake_model("Bike", ("f.py", 1))
-    assert speedups.register_model(registry, "ns:bike", model, "ns", "Bike", "app.models.Bike", ("f.py", 1)) is model
+    assert (
+        speedups.register_model(registry, "ns:bike", model, "ns", "Bike", "app.models.Bike", ("f.py", 1))
+        is model
+    )
     assert registry["ns:bike"] is model
     again = fake_model("Bike", ("f.py", 1))
-    assert speedups.register_model(registry, "ns:bike", again, "ns", "Bike", "app.models.Bike", ("f.py", 1)) is model
+    assert (
+        speedups.register_model(registry, "ns:bike", again, "ns", "Bike", "app.models.Bike", ("f.py", 1))
+        is model
+    )
     assert registry == {"ns:bike": model}
 
 
@@ -379,44 +477,123 @@ SCAN_CASES = [
     pytest.param(["0", ["a", Text("k")]], ok((0, ["a", "text(k)"])), id="str-subclass-key-own-str"),
     pytest.param(["12", HUGE_STR_KEYS], ok((12, HUGE_STR_KEYS)), id="huge-str-batch"),
     pytest.param([b"12", HUGE_BYTES_KEYS], ok((12, HUGE_STR_KEYS)), id="huge-bytes-batch"),
-    pytest.param(["12", HUGE_STR_KEYS[:-1] + [b"last"]], ok((12, HUGE_STR_KEYS[:-1] + ["last"])),
-                 id="huge-batch-bytes-last"),
-    pytest.param([], raises(ValueError, "A SCAN reply must be [cursor, keys], got 0 elements: []. "
-                                        "Pass the unmodified reply of a SCAN command."), id="reply-empty"),
-    pytest.param([b"0"], raises(ValueError, "A SCAN reply must be [cursor, keys], got 1 elements: [b'0']. "
-                                            "Pass the unmodified reply of a SCAN command."), id="reply-short"),
-    pytest.param([b"0", [], []], raises(
-        ValueError, "A SCAN reply must be [cursor, keys], got 3 elements: [b'0', [], []]. "
-                    "Pass the unmodified reply of a SCAN command."), id="reply-long"),
+    pytest.param(
+        ["12", HUGE_STR_KEYS[:-1] + [b"last"]],
+        ok((12, HUGE_STR_KEYS[:-1] + ["last"])),
+        id="huge-batch-bytes-last",
+    ),
+    pytest.param(
+        [],
+        raises(
+            ValueError,
+            "A SCAN reply must be [cursor, keys], got 0 elements: []. "
+            "Pass the unmodified reply of a SCAN command.",
+        ),
+        id="reply-empty",
+    ),
+    pytest.param(
+        [b"0"],
+        raises(
+            ValueError,
+            "A SCAN reply must be [cursor, keys], got 1 elements: [b'0']. "
+            "Pass the unmodified reply of a SCAN command.",
+        ),
+        id="reply-short",
+    ),
+    pytest.param(
+        [b"0", [], []],
+        raises(
+            ValueError,
+            "A SCAN reply must be [cursor, keys], got 3 elements: [b'0', [], []]. "
+            "Pass the unmodified reply of a SCAN command.",
+        ),
+        id="reply-long",
+    ),
     pytest.param(None, raises(TypeError, "object of type 'NoneType' has no len()"), id="reply-none"),
-    pytest.param([b"abc", []], raises(
-        ValueError, "Invalid SCAN cursor b'abc': expected the integer cursor Redis sends back "
-                    "(as bytes, str or int).", None, True), id="cursor-not-a-number"),
-    pytest.param(["", []], raises(
-        ValueError, "Invalid SCAN cursor '': expected the integer cursor Redis sends back "
-                    "(as bytes, str or int).", None, True), id="cursor-empty"),
-    pytest.param(["1.5", []], raises(
-        ValueError, "Invalid SCAN cursor '1.5': expected the integer cursor Redis sends back "
-                    "(as bytes, str or int).", None, True), id="cursor-decimal-str"),
-    pytest.param([None, []], raises(
-        ValueError, "Invalid SCAN cursor None: expected the integer cursor Redis sends back "
-                    "(as bytes, str or int).", None, True), id="cursor-none"),
-    pytest.param([[1], []], raises(
-        ValueError, "Invalid SCAN cursor [1]: expected the integer cursor Redis sends back "
-                    "(as bytes, str or int).", None, True), id="cursor-list"),
+    pytest.param(
+        [b"abc", []],
+        raises(
+            ValueError,
+            "Invalid SCAN cursor b'abc': expected the integer cursor Redis sends back "
+            "(as bytes, str or int).",
+            None,
+            True,
+        ),
+        id="cursor-not-a-number",
+    ),
+    pytest.param(
+        ["", []],
+        raises(
+            ValueError,
+            "Invalid SCAN cursor '': expected the integer cursor Redis sends back (as bytes, str or int).",
+            None,
+            True,
+        ),
+        id="cursor-empty",
+    ),
+    pytest.param(
+        ["1.5", []],
+        raises(
+            ValueError,
+            "Invalid SCAN cursor '1.5': expected the integer cursor Redis sends back (as bytes, str or int).",
+            None,
+            True,
+        ),
+        id="cursor-decimal-str",
+    ),
+    pytest.param(
+        [None, []],
+        raises(
+            ValueError,
+            "Invalid SCAN cursor None: expected the integer cursor Redis sends back (as bytes, str or int).",
+            None,
+            True,
+        ),
+        id="cursor-none",
+    ),
+    pytest.param(
+        [[1], []],
+        raises(
+            ValueError,
+            "Invalid SCAN cursor [1]: expected the integer cursor Redis sends back (as bytes, str or int).",
+            None,
+            True,
+        ),
+        id="cursor-list",
+    ),
     pytest.param(["0", None], raises(TypeError, "'NoneType' object is not iterable"), id="keys-none"),
-    pytest.param(["0", [b"ok", b"\xff\xfe"]], raises(
-        ValueError, "SCAN returned the key b'\\xff\\xfe', which is not valid UTF-8: limpyd keys are str. "
-                    "Rename or delete that key, or scan it with a client not using limpyd.",
-        UnicodeDecodeError, True), id="key-not-utf8"),
-    pytest.param(["0", [bytearray(b"\xc3")]], raises(
-        ValueError, "SCAN returned the key b'\\xc3', which is not valid UTF-8: limpyd keys are str. "
-                    "Rename or delete that key, or scan it with a client not using limpyd.",
-        UnicodeDecodeError, True), id="bytearray-key-not-utf8"),
-    pytest.param(["0", ["a", 1]], raises(
-        TypeError, "Invalid key 1 of type int in a SCAN reply: expected str or bytes."), id="key-int"),
-    pytest.param(["0", [None]], raises(
-        TypeError, "Invalid key None of type NoneType in a SCAN reply: expected str or bytes."), id="key-none"),
+    pytest.param(
+        ["0", [b"ok", b"\xff\xfe"]],
+        raises(
+            ValueError,
+            "SCAN returned the key b'\\xff\\xfe', which is not valid UTF-8: limpyd keys are str. "
+            "Rename or delete that key, or scan it with a client not using limpyd.",
+            UnicodeDecodeError,
+            True,
+        ),
+        id="key-not-utf8",
+    ),
+    pytest.param(
+        ["0", [bytearray(b"\xc3")]],
+        raises(
+            ValueError,
+            "SCAN returned the key b'\\xc3', which is not valid UTF-8: limpyd keys are str. "
+            "Rename or delete that key, or scan it with a client not using limpyd.",
+            UnicodeDecodeError,
+            True,
+        ),
+        id="bytearray-key-not-utf8",
+    ),
+    pytest.param(
+        ["0", ["a", 1]],
+        raises(TypeError, "Invalid key 1 of type int in a SCAN reply: expected str or bytes."),
+        id="key-int",
+    ),
+    pytest.param(
+        ["0", [None]],
+        raises(TypeError, "Invalid key None of type NoneType in a SCAN reply: expected str or bytes."),
+        id="key-none",
+    ),
 ]
 
 
@@ -427,11 +604,15 @@ def test_decode_scan_batch(speedups: Any, reply: Any, expected: tuple) -> None:
 
 def test_decode_scan_batch_memoryview_key(speedups: Any) -> None:
     key = memoryview(b"a")  # its repr holds its address: the same object goes through both
-    expected = raises(TypeError, "Invalid key %r of type memoryview in a SCAN reply: expected str or bytes." % key)
+    expected = raises(
+        TypeError, "Invalid key %r of type memoryview in a SCAN reply: expected str or bytes." % key
+    )
     assert_parity(speedups, "decode_scan_batch", (["0", ["a", key]],), expected)
 
 
-@pytest.mark.parametrize("keys", [[], ["a", "b"], ["clé"], HUGE_STR_KEYS], ids=["empty", "small", "non-ascii", "huge"])
+@pytest.mark.parametrize(
+    "keys", [[], ["a", "b"], ["clé"], HUGE_STR_KEYS], ids=["empty", "small", "non-ascii", "huge"]
+)
 def test_decode_scan_batch_returns_str_list_as_is(speedups: Any, keys: list) -> None:
     cursor, decoded = speedups.decode_scan_batch([b"0", keys])
     assert cursor == 0
@@ -630,13 +811,16 @@ def test_only_the_dispatcher_imports_the_compiled_module() -> None:
     assert "limpyd._speedups" in _imports_of(ROOT / "limpyd" / "speedups.py")
 
 
-@pytest.mark.parametrize("name, args", [
-    ("register_model", ()),
-    ("register_model", (None,) * 6),
-    ("register_model", (None,) * 8),
-    ("decode_scan_batch", ()),
-    ("decode_scan_batch", ([b"0", []], None)),
-])
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("register_model", ()),
+        ("register_model", (None,) * 6),
+        ("register_model", (None,) * 8),
+        ("decode_scan_batch", ()),
+        ("decode_scan_batch", ([b"0", []], None)),
+    ],
+)
 def test_wrong_arity(speedups: Any, name: str, args: tuple) -> None:
     """Arity errors come from the interpreter: Cython words them its own way, only the type is shared."""
     tested = outcome(getattr(speedups, name), *args)

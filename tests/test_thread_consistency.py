@@ -82,8 +82,10 @@ def run_round(Item: type, round_number: int, pks: List[str]) -> List[str]:
     """Run the 8 threads for one round; return the errors they met."""
     barrier = threading.Barrier(THREADS)
     errors: List[str] = []
-    threads = [threading.Thread(target=worker, args=(Item, round_number * 100 + n, pks, barrier, errors))
-               for n in range(THREADS)]
+    threads = [
+        threading.Thread(target=worker, args=(Item, round_number * 100 + n, pks, barrier, errors))
+        for n in range(THREADS)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -107,8 +109,14 @@ def test_threads_keep_the_database_consistent(Base, client):
     assert problems == [], "%d problem(s):\n%s" % (len(problems), "\n".join(problems[:80]))
 
 
-def _claim(Item: type, pk: str, value: str, use_hmset: bool, barrier: threading.Barrier,
-           outcome: List[Tuple[str, str]]) -> None:
+def _claim(
+    Item: type,
+    pk: str,
+    value: str,
+    use_hmset: bool,
+    barrier: threading.Barrier,
+    outcome: List[Tuple[str, str]],
+) -> None:
     """Wait for the others, then give ``value`` to ``pk`` (``hmset`` or ``code.hset``); record what happened."""
     barrier.wait()
     try:
@@ -132,8 +140,10 @@ def test_threads_claiming_one_unique_value(Base, client):
         value = "shared-%d" % round_number
         barrier = threading.Barrier(THREADS)
         outcome: List[Tuple[str, str]] = []
-        threads = [threading.Thread(target=_claim, args=(Item, pk, value, n % 2 == 0, barrier, outcome))
-                   for n, pk in enumerate(pks)]
+        threads = [
+            threading.Thread(target=_claim, args=(Item, pk, value, n % 2 == 0, barrier, outcome))
+            for n, pk in enumerate(pks)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -141,7 +151,9 @@ def test_threads_claiming_one_unique_value(Base, client):
         winners = sorted(pk for pk, result in outcome if result == "set")
         if len(winners) > 1:
             problems.append("round %d: %r given to pks %s" % (round_number, value, winners))
-        problems += ["round %d: pk %s %s" % (round_number, pk, r) for pk, r in outcome if r not in ("set", "refused")]
+        problems += [
+            "round %d: pk %s %s" % (round_number, pk, r) for pk, r in outcome if r not in ("set", "refused")
+        ]
         problems += ["after round %d: %s" % (round_number, p) for p in check_consistency(client, [Item])]
         for n, pk in enumerate(pks):  # give every instance its own value back
             Item(pk).code.hset("own-%d" % n)

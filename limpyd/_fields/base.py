@@ -50,7 +50,6 @@ class RedisField(RedisProxyCommand):
     #: the read of a fresh instance's value is queued, its result assumed empty (:meth:`_read_current`)
     _limpyd_fresh_read: bool
 
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.lockable = kwargs.get("lockable", True)
         if "default" in kwargs:
@@ -107,7 +106,11 @@ class RedisField(RedisProxyCommand):
         model = getattr(self, "_model", None)
         if model is None:
             return object.__repr__(self)
-        return "%s (model=%s, name=%s)>" % (object.__repr__(self)[:-1], model.__name__, getattr(self, "name", None))
+        return "%s (model=%s, name=%s)>" % (
+            object.__repr__(self)[:-1],
+            model.__name__,
+            getattr(self, "name", None),
+        )
 
     # ------------------------------------------------------------------ Redis access
 
@@ -191,10 +194,14 @@ class RedisField(RedisProxyCommand):
         if not self.indexable:
             return []
         if not self.index_classes:
-            raise ImplementationError("%s field is indexable but has no indexes attached" % type(self).__name__)
+            raise ImplementationError(
+                "%s field is indexable but has no indexes attached" % type(self).__name__
+            )
         return [index_class(field=self) for index_class in self.index_classes]
 
-    def get_index(self, index_class: Any = NotProvided, key: Any = NotProvided, prefix: Any = NotProvided) -> Any:
+    def get_index(
+        self, index_class: Any = NotProvided, key: Any = NotProvided, prefix: Any = NotProvided
+    ) -> Any:
         """Return the only index of this field matching the given class, key and prefix."""
         indexes = [
             index
@@ -319,10 +326,14 @@ class RedisField(RedisProxyCommand):
             else:
                 stored_parts = {
                     tuple(str(normalize(part)) for part in parts)
-                    for parts in self._index_parts(stored if isinstance(stored, (list, set, dict, tuple)) else [stored])
+                    for parts in self._index_parts(
+                        stored if isinstance(stored, (list, set, dict, tuple)) else [stored]
+                    )
                 }
             pk = self._instance.pk.get()
-            kept = [parts for parts in touched if tuple(str(normalize(part)) for part in parts) in stored_parts]
+            kept = [
+                parts for parts in touched if tuple(str(normalize(part)) for part in parts) in stored_parts
+            ]
             # removals first: a range index holds one member per pk, which an addition replaces
             for parts in touched:
                 if parts not in kept:
@@ -375,8 +386,12 @@ class RedisField(RedisProxyCommand):
         sending it), or when the caller said it drops the result (:meth:`_drop_next_result`).
         """
         drop_result = self.__dict__.pop("_limpyd_drop_result", False)
-        if name in self.available_modifiers and _atomic.atomic_enabled(self._model) \
-                and not _atomic.in_pipeline(self._model) and (self.indexable or self._lazy_write()):
+        if (
+            name in self.available_modifiers
+            and _atomic.atomic_enabled(self._model)
+            and not _atomic.in_pipeline(self._model)
+            and (self.indexable or self._lazy_write())
+        ):
             # indexable fields always; the others on a lazy instance, whose pk the script checks
             return self._call_atomic(name, *args, **kwargs)
         if not (self.indexable and name in self.available_modifiers):
@@ -472,14 +487,20 @@ class RedisField(RedisProxyCommand):
     def _is_fresh(self) -> bool:
         """Return whether the instance is being created on a pk it just allocated (fields empty)."""
         instance = getattr(self, "_instance", None)
-        return bool(instance is not None and instance.__dict__.get("_limpyd_fresh") and instance.__dict__.get("_pk"))
+        return bool(
+            instance is not None and instance.__dict__.get("_limpyd_fresh") and instance.__dict__.get("_pk")
+        )
 
     def _read_current(self) -> Any:
         """Return the stored value (``proxy_get``); on a fresh instance, queue the read and assume empty."""
         if "_limpyd_atomic" in self.__dict__:
             return None  # the atomic-writes script reads it
         instance = getattr(self, "_instance", None)
-        if instance is not None and instance.__dict__.get("_limpyd_fresh") and not instance.__dict__.get("_pk"):
+        if (
+            instance is not None
+            and instance.__dict__.get("_limpyd_fresh")
+            and not instance.__dict__.get("_pk")
+        ):
             instance.pk.get()  # the read would allocate the pk first anyway: do it now
         if not self._is_fresh() or not self._has_default_post_command():
             return self.proxy_get()

@@ -31,8 +31,15 @@ class FieldLock(Lock):
     no-op without any Redis command when the field is not lockable.
     """
 
-    def __init__(self, field: RedisField, timeout: float = 5, sleep: float = 0.1, blocking: bool = True,
-                 blocking_timeout: Optional[float] = None, thread_local: bool = True) -> None:
+    def __init__(
+        self,
+        field: RedisField,
+        timeout: float = 5,
+        sleep: float = 0.1,
+        blocking: bool = True,
+        blocking_timeout: Optional[float] = None,
+        thread_local: bool = True,
+    ) -> None:
         self.field = field
         self.sub_lock_mode = False
         super().__init__(
@@ -80,8 +87,11 @@ class FieldLock(Lock):
 
     def do_release(self, expected_token: Any) -> None:
         """Run the release script; in a batch, queued and checked on its reply."""
-        if defer_next(self.redis, on_reply=release_reply_checker(self, expected_token),
-                      on_lost=lambda: self._release_now(expected_token)):
+        if defer_next(
+            self.redis,
+            on_reply=release_reply_checker(self, expected_token),
+            on_lost=lambda: self._release_now(expected_token),
+        ):
             self.redis.evalsha(self.lua_release.sha, 1, self.name, expected_token)
             return
         client = self.redis
@@ -91,7 +101,9 @@ class FieldLock(Lock):
         # sent without redis-py's retries: a release retried after a lost reply would find its
         # lock gone and raise LockNotOwnedError for a release that worked
         try:
-            reply = send_commands(client, [(("EVALSHA", self.lua_release.sha, 1, self.name, expected_token), {})])[0]
+            reply = send_commands(
+                client, [(("EVALSHA", self.lua_release.sha, 1, self.name, expected_token), {})]
+            )[0]
         except UNKNOWN_OUTCOME:
             self._release_now(expected_token)  # ran or not: run it again, its outcome is then known
             return
@@ -176,7 +188,11 @@ class FieldLock(Lock):
         try:
             super().__exit__(*exc)
         finally:
-            if self.field.lockable and not self.sub_lock_mode and getattr(FieldLock._held, "locks", None) is None:
+            if (
+                self.field.lockable
+                and not self.sub_lock_mode
+                and getattr(FieldLock._held, "locks", None) is None
+            ):
                 self.already_locked_by_model = False
 
 

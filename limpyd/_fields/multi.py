@@ -55,7 +55,8 @@ class MultiValuesField(RedisField):
             raise ImplementationError("%s: a %s is not scannable" % (self._label(), type(self).__name__))
         if command.endswith("_iter"):
             raise ImplementationError(
-                "Use %s instead of %s (%s): it already returns an iterator" % (command[:-5], command, self._label())
+                "Use %s instead of %s (%s): it already returns an iterator"
+                % (command[:-5], command, self._label())
             )
         return self._traverse_command(command + "_iter", match=match, count=count)
 
@@ -103,7 +104,13 @@ class SetField(MultiValuesField):
     proxy_setter = "sadd"
     scannable = True
     available_getters = RedisField.available_getters | {
-        "scard", "sismember", "smembers", "srandmember", "sscan", "sscan_iter", "sort",
+        "scard",
+        "sismember",
+        "smembers",
+        "srandmember",
+        "sscan",
+        "sscan_iter",
+        "sort",
     }
     available_modifiers = {"delete", "sadd", "srem", "spop"}
 
@@ -125,10 +132,26 @@ class ListField(MultiValuesField):
     proxy_getter = "lmembers"
     proxy_setter = "rpush"
     available_getters = RedisField.available_getters | {
-        "lindex", "llen", "lrange", "lrank", "lcontains", "lcount", "sort",
+        "lindex",
+        "llen",
+        "lrange",
+        "lrank",
+        "lcontains",
+        "lcount",
+        "sort",
     }
     available_modifiers = {
-        "delete", "linsert", "lpop", "lpush", "lpushx", "lrem", "rpop", "rpush", "rpushx", "lset", "ltrim",
+        "delete",
+        "linsert",
+        "lpop",
+        "lpush",
+        "lpushx",
+        "lrem",
+        "rpop",
+        "rpush",
+        "rpushx",
+        "lset",
+        "ltrim",
     }
     scripts = {
         "lrank": {
@@ -212,12 +235,32 @@ class SortedSetField(MultiValuesField):
     proxy_setter = "zadd"
     scannable = True
     available_getters = RedisField.available_getters | {
-        "zcard", "zcount", "zrange", "zrangebyscore", "zrank", "zrevrange", "zrevrangebyscore", "zrevrank",
-        "zscore", "zscan", "zscan_iter", "sort", "zlexcount", "zrangebylex", "zrevrangebylex",
+        "zcard",
+        "zcount",
+        "zrange",
+        "zrangebyscore",
+        "zrank",
+        "zrevrange",
+        "zrevrangebyscore",
+        "zrevrank",
+        "zscore",
+        "zscan",
+        "zscan_iter",
+        "sort",
+        "zlexcount",
+        "zrangebylex",
+        "zrevrangebylex",
     }
     available_modifiers = {
-        "delete", "zadd", "zincrby", "zrem", "zremrangebyrank", "zremrangebyscore", "zremrangebylex",
-        "zpopmin", "zpopmax",
+        "delete",
+        "zadd",
+        "zincrby",
+        "zrem",
+        "zremrangebyrank",
+        "zremrangebyscore",
+        "zremrangebylex",
+        "zpopmin",
+        "zpopmax",
     }
 
     _call_zrem = MultiValuesField._rem
@@ -228,7 +271,8 @@ class SortedSetField(MultiValuesField):
         """Raise ``DataError`` unless ``value`` is a ``{member: score}`` dict Redis can store."""
         if not isinstance(value, dict):
             raise DataError(
-                "Invalid value %r for %s: a SortedSetField takes a {member: score} dict." % (value, field_label(self))
+                "Invalid value %r for %s: a SortedSetField takes a {member: score} dict."
+                % (value, field_label(self))
             )
         for member, score in value.items():
             check_value(self, member, "member")
@@ -303,7 +347,15 @@ class HashField(MultiValuesField):
     _unique_supported = False
     _field_parts = 2
     available_getters = RedisField.available_getters | {
-        "hget", "hgetall", "hmget", "hkeys", "hvals", "hlen", "hscan", "hscan_iter", "hstrlen",
+        "hget",
+        "hgetall",
+        "hmget",
+        "hkeys",
+        "hvals",
+        "hlen",
+        "hscan",
+        "hscan_iter",
+        "hstrlen",
     }
     available_modifiers = {"delete", "hdel", "hmset", "hsetnx", "hset", "hincrby", "hincrbyfloat"}
 
@@ -313,7 +365,8 @@ class HashField(MultiValuesField):
         """Raise ``DataError`` unless ``value`` is a ``{hash key: value}`` dict Redis can store."""
         if not isinstance(value, dict):
             raise DataError(
-                "Invalid value %r for %s: a HashField takes a {hash key: value} dict." % (value, field_label(self))
+                "Invalid value %r for %s: a HashField takes a {hash key: value} dict."
+                % (value, field_label(self))
             )
         for key, item in value.items():
             check_value(self, key, "hash key")

@@ -72,16 +72,35 @@ class RedisProxyCommand(metaclass=MetaRedisProxy):
         if name not in self.available_commands:
             raise AttributeError(
                 "%s is not an available command for %s (%s): use one of %s"
-                % (name, type(self).__name__, self._command_owner_label(), ", ".join(sorted(self.available_commands)))
+                % (
+                    name,
+                    type(self).__name__,
+                    self._command_owner_label(),
+                    ", ".join(sorted(self.available_commands)),
+                )
             )
         if "_limpyd_atomic" in self.__dict__ and name in self.available_modifiers:
-            return self.post_command(sender=self, name=name, result=_atomic.modify(
-                self, self._instance.pk.get(), [self.name], name, (self.key,) + args, kwargs,
-                self.__dict__["_limpyd_atomic"]), args=args, kwargs=kwargs)
+            return self.post_command(
+                sender=self,
+                name=name,
+                result=_atomic.modify(
+                    self,
+                    self._instance.pk.get(),
+                    [self.name],
+                    name,
+                    (self.key,) + args,
+                    kwargs,
+                    self.__dict__["_limpyd_atomic"],
+                ),
+                args=args,
+                kwargs=kwargs,
+            )
         connection = self.connection
         key = self.key  # may allocate the pk: before the command is marked to be queued
         pending = self.__dict__.pop("_limpyd_pending", None)
-        if pending is not None and defer_next(connection, on_reply=self._pending_reply(pending, name, args, kwargs)):
+        if pending is not None and defer_next(
+            connection, on_reply=self._pending_reply(pending, name, args, kwargs)
+        ):
             getattr(connection, name)(key, *args, **kwargs)
             return pending
         if self.__dict__.get("_limpyd_fresh_read") and defer_next(

@@ -72,15 +72,41 @@ class StringField(SingleValueField):
     proxy_getter = "get"
     proxy_setter = "set"
     available_getters = RedisField.available_getters | {
-        "get", "getbit", "getrange", "strlen", "bitcount", "bitpos",
+        "get",
+        "getbit",
+        "getrange",
+        "strlen",
+        "bitcount",
+        "bitpos",
     }
     available_modifiers = {
-        "delete", "getset", "set", "append", "decr", "decrby", "incr", "incrby", "incrbyfloat",
-        "setbit", "setnx", "setrange", "setex", "psetex",
+        "delete",
+        "getset",
+        "set",
+        "append",
+        "decr",
+        "decrby",
+        "incr",
+        "incrby",
+        "incrbyfloat",
+        "setbit",
+        "setnx",
+        "setrange",
+        "setex",
+        "psetex",
     }
 
-    def _call_set(self, command: str, /, value: Any, ex: Any = None, px: Any = None, nx: bool = False,
-                  xx: bool = False, **kwargs: Any) -> Any:
+    def _call_set(
+        self,
+        command: str,
+        /,
+        value: Any,
+        ex: Any = None,
+        px: Any = None,
+        nx: bool = False,
+        xx: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         """Set the value (``SET key value [EX|PX]``); ``nx``/``xx`` are not supported by limpyd."""
         if kwargs:
             raise TypeError(
@@ -100,7 +126,9 @@ class StringField(SingleValueField):
     _call_getset = SingleValueField._call_set
     _call_setnx = SingleValueField._index_if_set
     _call_append = _call_setrange = _call_setbit = RedisField._reset
-    _call_incr = _call_incrby = _call_decr = _call_decrby = _call_incrbyfloat = RedisField._reindex_from_result
+    _call_incr = _call_incrby = _call_decr = _call_decrby = _call_incrbyfloat = (
+        RedisField._reindex_from_result
+    )
     _call_setex = _call_psetex = RedisField._deny_if_indexable
 
 
@@ -165,7 +193,9 @@ class PKField(SingleValueField):
 
     #: key parts that follow the model name in keys of the model itself: a pk equal to one of them
     #: (or to a field name) would share keys with the collection, counter, locks or indexes
-    reserved_pks = frozenset(("collection", "max_pk", "lock-for-update", "__index__", "__collection__", "__rebuild__"))
+    reserved_pks = frozenset(
+        ("collection", "max_pk", "lock-for-update", "__index__", "__collection__", "__rebuild__")
+    )
 
     def normalize(self, value: Any) -> str:
         """Return ``value`` as a pk (``str``; UTF-8 ``bytes`` are decoded, as values are)."""
@@ -189,10 +219,10 @@ class PKField(SingleValueField):
         model or a reserved key part (``reserved_pks``): its keys would be those of an index, the
         collection, the pk counter or a lock of the model.
         """
-        if type(self).normalize is PKField.normalize and (
-            isinstance(value, bool) or not isinstance(value, (str, int, bytes))
-        ) or (
-            isinstance(value, bytes) and self.normalize(value) == str(value)
+        if (
+            type(self).normalize is PKField.normalize
+            and (isinstance(value, bool) or not isinstance(value, (str, int, bytes)))
+            or (isinstance(value, bytes) and self.normalize(value) == str(value))
         ):
             raise ValueError(
                 "Invalid pk %r (of type %s) for %s: a pk is a str, an int or UTF-8 bytes. Pass str(value) "
@@ -207,9 +237,14 @@ class PKField(SingleValueField):
             raise ValueError(
                 "Invalid pk %r for %s: %r is %s, so the keys of this instance would collide with the "
                 "model's own keys (%s). Choose another pk (e.g. prefix it: 'id-%s')."
-                % (pk, self._model_label(), head,
-                   "a field name of the model" if head not in self.reserved_pks else "a reserved key part",
-                   make_key(model._name if model is not None else "<model>", head, "..."), pk)
+                % (
+                    pk,
+                    self._model_label(),
+                    head,
+                    "a field name of the model" if head not in self.reserved_pks else "a reserved key part",
+                    make_key(model._name if model is not None else "<model>", head, "..."),
+                    pk,
+                )
             )
 
     @property
@@ -224,7 +259,9 @@ class PKField(SingleValueField):
         self.check_new_pk(value)
         value = self.normalize(value)
         if self.exists(value):
-            raise UniquenessError("PKField %s already exists for model %s)" % (value, self._instance.__class__))
+            raise UniquenessError(
+                "PKField %s already exists for model %s)" % (value, self._instance.__class__)
+            )
         return value
 
     def set(self, value: Any) -> int:
@@ -284,4 +321,6 @@ class AutoPKField(PKField):
         if value is not None:
             raise ValueError('The pk for %s is "auto-increment", you must not fill it' % self._model.__name__)
         # the counter's reply is needed now; it may pass the locks queued before it, and never runs twice
-        return self.normalize(send_ahead_of_locks(self.connection, "INCRBY", make_key(self._model._name, "max_pk"), 1))
+        return self.normalize(
+            send_ahead_of_locks(self.connection, "INCRBY", make_key(self._model._name, "max_pk"), 1)
+        )

@@ -21,7 +21,9 @@ def write_hash(database: Any, key: str, mapping: Dict[str, Any]) -> Any:
         raise DataError("HSET requires at least one field to write into %r: got an empty mapping" % (key,))
     version = database.__dict__.get("_redis_version")  # known without a command once connected
     if (version is not None and version < (4,)) or database._limpyd_hmset_only:
-        result = connection.execute_command("HMSET", key, *[part for item in mapping.items() for part in item])
+        result = connection.execute_command(
+            "HMSET", key, *[part for item in mapping.items() for part in item]
+        )
         return True if isinstance(result, int) else result
     try:
         result = connection.hset(key, mapping=mapping)
@@ -30,14 +32,19 @@ def write_hash(database: Any, key: str, mapping: Dict[str, Any]) -> Any:
             raise
         # Redis < 4 takes one field per HSET: HMSET is the one-command form there (remembered)
         database._limpyd_hmset_only = True
-        result = connection.execute_command("HMSET", key, *[part for item in mapping.items() for part in item])
+        result = connection.execute_command(
+            "HMSET", key, *[part for item in mapping.items() for part in item]
+        )
     return True if isinstance(result, int) else result
 
 
 def field_label(field: Any) -> str:
     """Return ``Model.field`` for error messages (``<unbound>`` parts when not attached)."""
     model = getattr(field, "_model", None)
-    return "%s.%s" % (model.__name__ if model is not None else "<no model>", getattr(field, "name", "<unnamed>"))
+    return "%s.%s" % (
+        model.__name__ if model is not None else "<no model>",
+        getattr(field, "name", "<unnamed>"),
+    )
 
 
 def check_value(field: Any, value: Any, role: str = "value") -> None:
@@ -52,7 +59,8 @@ def check_value(field: Any, value: Any, role: str = "value") -> None:
         except UnicodeEncodeError as exc:
             raise DataError(
                 "Invalid %s %r for %s: this str cannot be encoded in UTF-8 (%s). Remove the lone "
-                "surrogates (e.g. value.encode('utf-8', 'replace').decode())." % (role, value, field_label(field), exc.reason)
+                "surrogates (e.g. value.encode('utf-8', 'replace').decode())."
+                % (role, value, field_label(field), exc.reason)
             ) from None
         _check_index_values(field, value, role)
         return
@@ -77,13 +85,15 @@ def check_value(field: Any, value: Any, role: str = "value") -> None:
         except UnicodeDecodeError:
             raise DataError(
                 "Invalid %s %r for %s: these bytes are not UTF-8, and limpyd reads every value back as "
-                "str. Store text (or encode the bytes, e.g. base64) first." % (role, value, field_label(field))
+                "str. Store text (or encode the bytes, e.g. base64) first."
+                % (role, value, field_label(field))
             ) from None
         _check_index_values(field, value, role)
         return
     raise DataError(
         "Invalid %s %r (of type %s) for %s: Redis stores str, bytes, int or float. Convert it first "
-        "(e.g. str(value)), or skip the field to store nothing." % (role, value, type(value).__name__, field_label(field))
+        "(e.g. str(value)), or skip the field to store nothing."
+        % (role, value, type(value).__name__, field_label(field))
     )
 
 
@@ -96,14 +106,25 @@ def _check_index_values(field: Any, value: Any, role: str) -> None:
 
 def check_fresh_reply(field: Any, reply: Any) -> None:
     """Raise if a read of the pk an instance just allocated found data (left by another instance)."""
-    if reply is None or reply == {} or reply == [] or reply == set() or (
-        isinstance(reply, list) and all(value is None for value in reply)
+    if (
+        reply is None
+        or reply == {}
+        or reply == []
+        or reply == set()
+        or (isinstance(reply, list) and all(value is None for value in reply))
     ):
         return
     instance = field._instance
     raise LimpydException(
         "%s.%s of the new pk %s already holds %r: keys of another instance with this pk are still in "
         "Redis (was %s reset?). Delete the keys matching %r, or set %s above the highest pk in use."
-        % (type(instance).__name__, field.name, instance._pk, reply, make_key(instance._name, "max_pk"),
-           make_key(instance._name, instance._pk, "*"), make_key(instance._name, "max_pk"))
+        % (
+            type(instance).__name__,
+            field.name,
+            instance._pk,
+            reply,
+            make_key(instance._name, "max_pk"),
+            make_key(instance._name, instance._pk, "*"),
+            make_key(instance._name, "max_pk"),
+        )
     )

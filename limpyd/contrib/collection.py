@@ -168,7 +168,9 @@ class ExtendedCollectionManager(CollectionManager):
         """Return a copy of this collection: filters, intersections, result type, sorts; fresh caches."""
         collection = super().clone()
         collection._has_sortedsets = self._has_sortedsets
-        collection._sort_by_sortedset = None if self._sort_by_sortedset is None else dict(self._sort_by_sortedset)
+        collection._sort_by_sortedset = (
+            None if self._sort_by_sortedset is None else dict(self._sort_by_sortedset)
+        )
         collection._store = self._store
         collection._store_key = self._store_key
         collection.stored_key = self.stored_key
@@ -178,8 +180,13 @@ class ExtendedCollectionManager(CollectionManager):
 
     def _in_set_order(self) -> bool:
         """Return whether nothing orders this collection: no sort, no sorted set, no stored list."""
-        return (super()._in_set_order() and self._sort_by_sortedset is None and not self._has_sortedsets
-                and not self.stored_key and self._values is None)
+        return (
+            super()._in_set_order()
+            and self._sort_by_sortedset is None
+            and not self._has_sortedsets
+            and not self.stored_key
+            and self._values is None
+        )
 
     def filter(self, **filters: Any) -> "ExtendedCollectionManager":
         """Return a new collection with ``filters`` added (AND-ed with the existing ones)."""
@@ -189,7 +196,9 @@ class ExtendedCollectionManager(CollectionManager):
         """Raise ``ValueError`` if the filter value ``value`` is a field that has no single value to give."""
         candidates = value if isinstance(value, (list, tuple, set, frozenset)) else (value,)
         for candidate in candidates:
-            if isinstance(candidate, RedisField) and not (isinstance(candidate, SingleValueField) and _is_bound(candidate)):
+            if isinstance(candidate, RedisField) and not (
+                isinstance(candidate, SingleValueField) and _is_bound(candidate)
+            ):
                 raise ValueError(
                     "If a field is used as a filter value, it must be a simple value field attached to an "
                     "instance (filter %r on a collection of %s got %r): pass the field of an instance "
@@ -245,7 +254,8 @@ class ExtendedCollectionManager(CollectionManager):
             if not _is_bound(value):
                 raise ValueError(
                     '%s passed to "intersect" must be bound (collection of %s): pass the field of an '
-                    "instance, e.g. instance.%s" % (type(value).__name__, _model_path(self.model), getattr(value, "name", "<field>"))
+                    "instance, e.g. instance.%s"
+                    % (type(value).__name__, _model_path(self.model), getattr(value, "name", "<field>"))
                 )
             return value
         raise ValueError(
@@ -339,7 +349,8 @@ class ExtendedCollectionManager(CollectionManager):
             if not isinstance(name, str) or not self.model.has_field(name):
                 raise ValueError(
                     "%s if not a valid field to get from collection for %s: use one of %s, 'pk' or "
-                    "SORTED_SCORE" % (name, self.model.__name__, ", ".join(map(repr, self._get_simple_fields())))
+                    "SORTED_SCORE"
+                    % (name, self.model.__name__, ", ".join(map(repr, self._get_simple_fields())))
                 )
             field = self.model.get_field(name)
             if isinstance(field, MultiValuesField):
@@ -386,7 +397,9 @@ class ExtendedCollectionManager(CollectionManager):
 
     # -------------------------------------------------------------------- stored collections
 
-    def store(self, key: Optional[str] = None, ttl: Optional[int] = DEFAULT_STORE_TTL) -> "ExtendedCollectionManager":
+    def store(
+        self, key: Optional[str] = None, ttl: Optional[int] = DEFAULT_STORE_TTL
+    ) -> "ExtendedCollectionManager":
         """Evaluate the collection now, keep its pks in the Redis list ``key``; return a collection on it.
 
         The list (default key ``<M._name>:__collection__:store:<hex>``) is written with
@@ -487,15 +500,23 @@ class ExtendedCollectionManager(CollectionManager):
         if not any(isinstance(pk, RawFilter) for pk in pks):
             return super()._get_pk()
         normalize = self.model.get_field("pk").normalize
-        resolved = {normalize(self._resolve_filter_value(pk.value)) if isinstance(pk, RawFilter) else pk for pk in pks}
+        resolved = {
+            normalize(self._resolve_filter_value(pk.value)) if isinstance(pk, RawFilter) else pk for pk in pks
+        }
         if len(resolved) > 1:
-            raise ValueError("Too many pks (%d distinct) in the filters of a collection of %s" % (len(resolved), self.model.__name__))
+            raise ValueError(
+                "Too many pks (%d distinct) in the filters of a collection of %s"
+                % (len(resolved), self.model.__name__)
+            )
         return next(iter(resolved))
 
     def _is_pk_only(self, sort_options: Optional[Dict[str, Any]]) -> bool:
         """Return whether the pk filter is the only thing to evaluate (no intersection, nothing to store)."""
-        return (super()._is_pk_only(sort_options) and not self._lazy_collection["intersects"]
-                and not (sort_options and sort_options.get("store")))
+        return (
+            super()._is_pk_only(sort_options)
+            and not self._lazy_collection["intersects"]
+            and not (sort_options and sort_options.get("store"))
+        )
 
     def _wants_sorted_score(self) -> bool:
         """Return whether ``values*`` asked for ``SORTED_SCORE``."""
@@ -537,7 +558,9 @@ class ExtendedCollectionManager(CollectionManager):
                 options["store"] = store
         return options
 
-    def _get_final_set(self, sets: List[Any], pk: Any, sort_options: Optional[Dict[str, Any]]) -> Tuple[Optional[str], bool]:
+    def _get_final_set(
+        self, sets: List[Any], pk: Any, sort_options: Optional[Dict[str, Any]]
+    ) -> Tuple[Optional[str], bool]:
         """Return ``(final key or None, delete it after use)``, intersections included.
 
         Without index filter and stored list, an intersection also keeps to the model's pks
@@ -603,8 +626,14 @@ class ExtendedCollectionManager(CollectionManager):
                         if key_type not in self._accepted_key_types:
                             raise ValueError(
                                 "The index key returned by the index %s is not valid: %r is a %r, %s accepts "
-                                "only %s" % (item.index.__class__, key, key_type, type(self).__name__,
-                                             ", ".join(sorted(self._accepted_key_types)))
+                                "only %s"
+                                % (
+                                    item.index.__class__,
+                                    key,
+                                    key_type,
+                                    type(self).__name__,
+                                    ", ".join(sorted(self._accepted_key_types)),
+                                )
                             )
                         add_key(key, key_type, is_tmp)
                 elif isinstance(item, str):
@@ -681,10 +710,15 @@ class ExtendedCollectionManager(CollectionManager):
 
     def _zset_ordered(self, sort_options: Optional[Dict[str, Any]]) -> bool:
         """Return whether the retrieval follows the sorted set order (no sort, values, store, score)."""
-        return self._has_sortedsets and self._sort is None and (
-            sort_options is None or set(sort_options) <= {"start", "num", "desc"})
+        return (
+            self._has_sortedsets
+            and self._sort is None
+            and (sort_options is None or set(sort_options) <= {"start", "num", "desc"})
+        )
 
-    def _retrieval_command(self, final_set: str, sort_options: Optional[Dict[str, Any]]) -> Tuple[str, tuple, Dict[str, Any]]:
+    def _retrieval_command(
+        self, final_set: str, sort_options: Optional[Dict[str, Any]]
+    ) -> Tuple[str, tuple, Dict[str, Any]]:
         """Return ``(redis-py method, args, kwargs)`` retrieving ``final_set`` with ``sort_options``."""
         if self._zset_ordered(sort_options):
             options = sort_options or {}
@@ -749,8 +783,10 @@ class ExtendedCollectionManager(CollectionManager):
             sort_options = dict(sort_options or {})
             sort_options["by"] = make_key(base_key, "*")
             if sort_options.get("get"):
-                sort_options["get"] = [sort_options["by"] if pattern == SORTED_SCORE else pattern
-                                       for pattern in sort_options["get"]]
+                sort_options["get"] = [
+                    sort_options["by"] if pattern == SORTED_SCORE else pattern
+                    for pattern in sort_options["get"]
+                ]
         if type(self)._final_redis_call is ExtendedCollectionManager._final_redis_call:
             name, args, kwargs = self._retrieval_command(final_set, sort_options)
             results = self._send_and_delete(name, args, kwargs, to_delete)
@@ -776,7 +812,7 @@ class ExtendedCollectionManager(CollectionManager):
             return list(results)
         names = values["fields"]["names"]
         size = len(names)
-        rows = [results[position:position + size] for position in range(0, len(results), size)]
+        rows = [results[position : position + size] for position in range(0, len(results), size)]
         if values["mode"] == "tuples":
             return [tuple(row) for row in rows]
         return [dict(zip(names, row)) for row in rows]
@@ -813,7 +849,9 @@ class ExtendedCollectionManager(CollectionManager):
             pairs = list(connection.zrange(zset_key, 0, -1, withscores=True))
         else:
             scores = self._zscores(zset_key, members)
-            pairs = [(member, float("-inf") if score is None else score) for member, score in zip(members, scores)]
+            pairs = [
+                (member, float("-inf") if score is None else score) for member, score in zip(members, scores)
+            ]
         base_key = self._unique_key("tmp")
         mapping = {make_key(base_key, member): str(float(score)) for member, score in pairs}
         # only reserves the name: nobody reads the reply
@@ -846,8 +884,9 @@ class ExtendedCollectionManager(CollectionManager):
             return self._to_values(results)
         return results
 
-    def _prepare_results(self, results: List[Any], _len_hint: Optional[int] = None,
-                         apply_slice: Optional[slice] = None) -> Tuple[List[Any], Converter]:
+    def _prepare_results(
+        self, results: List[Any], _len_hint: Optional[int] = None, apply_slice: Optional[slice] = None
+    ) -> Tuple[List[Any], Converter]:
         """Return ``(results[apply_slice], converter)``, sorted by score first when planned after retrieval."""
         plan = self._score_plan
         if plan is not None and not plan.before and results and (len(results) > 1 or plan.get or plan.store):
@@ -857,7 +896,9 @@ class ExtendedCollectionManager(CollectionManager):
     def _fetch_collection_now(self, apply_slice: Optional[slice] = None) -> Tuple[List[Any], Converter]:
         """Evaluate the collection and return ``(results, converter)``."""
         if self._stored_is_empty():
-            return self._cache_empty_collection(self._sort_limits is None and apply_slice is None, apply_slice)
+            return self._cache_empty_collection(
+                self._sort_limits is None and apply_slice is None, apply_slice
+            )
         self._score_plan = None
         try:
             return super()._fetch_collection_now(apply_slice)

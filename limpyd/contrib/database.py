@@ -84,7 +84,8 @@ class PipelineDatabase(RedisDatabase):
     def redis_version(self) -> Any:
         """Return the server version, read on the real client even while a pipeline is open."""
         if "_redis_version" not in self.__dict__ and (
-            isinstance(self._connection, _Pipeline) or getattr(self._connection, "_limpyd_cluster_pipeline", False)
+            isinstance(self._connection, _Pipeline)
+            or getattr(self._connection, "_limpyd_cluster_pipeline", False)
         ):
             raw = self.connect().info("server")["redis_version"]
             self.__dict__["_redis_version"] = tuple(int(part) for part in str(raw).split(".")[:3])
@@ -133,7 +134,9 @@ class _Pipeline(Pipeline):
     client, or to the outer pipeline when nested) by ``__exit__``.
     """
 
-    def __init__(self, database: PipelineDatabase, transaction: bool = True, share_in_threads: bool = False) -> None:
+    def __init__(
+        self, database: PipelineDatabase, transaction: bool = True, share_in_threads: bool = False
+    ) -> None:
         self._database = database
         batch = current_batch(database)
         if batch is not None:  # writes queued by a running limpyd operation go first

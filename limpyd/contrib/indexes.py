@@ -110,7 +110,9 @@ def _attach_related_index(target: Any, related_base: type, related_field: Any, i
         ):
             return
     target.indexable = True
-    target.index_classes.append(related_base.configure(related_field=related_field, related_index_class=index_class))
+    target.index_classes.append(
+        related_base.configure(related_field=related_field, related_index_class=index_class)
+    )
 
 
 def _pending_changes(index: Any, pk: Any) -> Tuple[Iterable[Tuple[Any, ...]], Iterable[Tuple[Any, ...]]]:
@@ -196,8 +198,13 @@ class MultiIndexes(BaseIndex):
     index_classes: List[type] = []
 
     @classmethod
-    def compose(cls, index_classes: List[type], key: Optional[str] = None, transform: Any = None,
-                name: Optional[str] = None) -> type:
+    def compose(
+        cls,
+        index_classes: List[type],
+        key: Optional[str] = None,
+        transform: Any = None,
+        name: Optional[str] = None,
+    ) -> type:
         """Return a new multi-index class made of ``index_classes`` (optionally with a key and transform)."""
         attrs: Dict[str, Any] = {}
         if index_classes:
@@ -232,7 +239,8 @@ class MultiIndexes(BaseIndex):
             if index.handle_uniqueness:
                 return index
         raise IndexError(
-            "No sub-index of %s on %s can check uniqueness" % (type(self).__name__, _field_path(self.model, self.field))
+            "No sub-index of %s on %s can check uniqueness"
+            % (type(self).__name__, _field_path(self.model, self.field))
         )
 
     def check_storable(self, value: Any) -> None:
@@ -244,7 +252,8 @@ class MultiIndexes(BaseIndex):
         except TypeError as exc:
             raise UnsliceableValue(
                 "Invalid value %r for %s: %s reads parts of a str (%s). Store the date/time as text, "
-                "e.g. value.isoformat()." % (value, _field_path(self.model, self.field), type(self).__name__, exc)
+                "e.g. value.isoformat()."
+                % (value, _field_path(self.model, self.field), type(self).__name__, exc)
             ) from None
 
     def prepare_args(self, args: Iterable[Any], transform: bool = True) -> List[Any]:
@@ -275,14 +284,16 @@ class MultiIndexes(BaseIndex):
         """Check uniqueness with the unique sub-index (args prepared without transform)."""
         self.get_unique_index().check_uniqueness(pk, *self.prepare_args(args, transform=False))
 
-    def get_filtered_keys(self, suffix: Optional[str], *args: Any, **kwargs: Any) -> List[Tuple[str, str, bool]]:
+    def get_filtered_keys(
+        self, suffix: Optional[str], *args: Any, **kwargs: Any
+    ) -> List[Tuple[str, str, bool]]:
         """Return the keys of the first sub-index handling ``suffix`` (filter values are not transformed)."""
         args = self.prepare_args(args, transform=False)
         for index in self._indexes:
             if index.can_handle_suffix(suffix):
                 return index.get_filtered_keys(suffix, *args, **kwargs)
         raise ImplementationError(
-            'No index found to manage filter suffix %r for field %s: no sub-index of %s handles it'
+            "No index found to manage filter suffix %r for field %s: no sub-index of %s handles it"
             % (suffix, _field_path(self.model, self.field), type(self).__name__)
         )
 
@@ -327,7 +338,7 @@ class SliceTransform:
         self.end = end
 
     def __call__(self, value: Any) -> Any:
-        return value[self.start:self.end]
+        return value[self.start : self.end]
 
     def __repr__(self) -> str:
         return "SliceTransform(%r, %r)" % (self.start, self.end)
@@ -402,7 +413,9 @@ class _BaseRelatedIndex(BaseIndex):
     @classmethod
     def handle_configurable_attrs(cls, **kwargs: Any) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
         """Extract ``related_field`` and ``related_index_class``, then the base attributes."""
-        related = {name: kwargs.pop(name) for name in ("related_field", "related_index_class") if name in kwargs}
+        related = {
+            name: kwargs.pop(name) for name in ("related_field", "related_index_class") if name in kwargs
+        }
         name, attrs, remaining = super().handle_configurable_attrs(**kwargs)
         attrs.update(related)
         return name, attrs, remaining
@@ -416,7 +429,9 @@ class _BaseRelatedIndex(BaseIndex):
     def related_index(self) -> Any:
         """Return the index of ``related_field`` this index forwards to."""
         index_class = self.related_index_class
-        return self.related_field.get_index(index_class=index_class, key=index_class.key, prefix=index_class.prefix)
+        return self.related_field.get_index(
+            index_class=index_class, key=index_class.key, prefix=index_class.prefix
+        )
 
     def check_uniqueness(self, pk: Any, *args: Any) -> None:
         """Do nothing: a related index checks no uniqueness of its own."""
@@ -430,12 +445,18 @@ class _BaseRelatedIndex(BaseIndex):
         super()._reset_rollback_cache(pk)
         self.related_index._reset_rollback_cache(pk)
 
-    def get_filtered_keys(self, suffix: Optional[str], *args: Any, **kwargs: Any) -> List[Tuple[str, str, bool]]:
+    def get_filtered_keys(
+        self, suffix: Optional[str], *args: Any, **kwargs: Any
+    ) -> List[Tuple[str, str, bool]]:
         """Refuse: a related index cannot filter its field."""
         raise ImplementationError(
             "%s on %s only maintains %s of %s: it cannot filter"
-            % (type(self).__name__, _field_path(self.model, self.field), getattr(self.related_index_class, "__name__", None),
-               _field_path(self.model, self.related_field))
+            % (
+                type(self).__name__,
+                _field_path(self.model, self.field),
+                getattr(self.related_index_class, "__name__", None),
+                _field_path(self.model, self.related_field),
+            )
         )
 
     def get_all_storage_keys(self) -> Set[str]:
@@ -464,7 +485,9 @@ class _EqualIndexWith_RelatedIndex(_MultiFieldsIndexMixin, _BaseRelatedIndex):  
     handled_suffixes = {None, "eq", "in"}
     supported_key_types = {"set"}
 
-    def _can_filter_fields(self, fields_and_suffixes: List[Tuple[str, Optional[str]]]) -> List[Tuple[str, Set[Optional[str]]]]:
+    def _can_filter_fields(
+        self, fields_and_suffixes: List[Tuple[str, Optional[str]]]
+    ) -> List[Tuple[str, Set[Optional[str]]]]:
         """Return ``[]``: the combinations are served by the main index."""
         return []
 
@@ -519,7 +542,11 @@ class ScoredEqualIndex(_RecomputedRollbackMixin, EqualIndex):
             raise ImplementationError(
                 "%s: the model's collection_manager %s cannot use sorted sets; set `collection_manager = "
                 "ExtendedCollectionManager` (from limpyd.contrib.collection) on %s"
-                % (where, getattr(model.collection_manager, "__name__", model.collection_manager), model.__name__)
+                % (
+                    where,
+                    getattr(model.collection_manager, "__name__", model.collection_manager),
+                    model.__name__,
+                )
             )
         score_name = getattr(cls.score_field, "name", cls.score_field)
         if not score_name or not isinstance(score_name, str) or not model.has_field(score_name):
@@ -567,14 +594,20 @@ class ScoredEqualIndex(_RecomputedRollbackMixin, EqualIndex):
         """
         value = self._score_field.get_for_instance(pk).proxy_get()
         stored = [] if value is None else [(value,)]
-        values = _apply_pending(stored, self._score_related_index if pending else None, pk,
-                                lambda parts: str(self._score_field.from_python(parts[-1])))
+        values = _apply_pending(
+            stored,
+            self._score_related_index if pending else None,
+            pk,
+            lambda parts: str(self._score_field.from_python(parts[-1])),
+        )
         return float(values[-1]) if values else None
 
     def _current_keys(self, pk: Any, pending: bool = True) -> List[str]:
         """Return the storage keys of the values of ``pk`` (with the running operation's changes)."""
         stored = _field_parts(self.field, self.field.get_for_instance(pk).proxy_get())
-        return _apply_pending(stored, self if pending else None, pk, lambda parts: self.get_storage_key(*parts))
+        return _apply_pending(
+            stored, self if pending else None, pk, lambda parts: self.get_storage_key(*parts)
+        )
 
     @staticmethod
     def uniqueness_key(key: str) -> str:
@@ -647,7 +680,9 @@ class ScoredEqualIndex(_RecomputedRollbackMixin, EqualIndex):
         """Store the union of the sorted sets ``source_keys`` into ``dest_key`` (https://redis.io/commands/zunionstore)."""
         self.connection.zunionstore(dest_key, list(source_keys))
 
-    def get_filtered_keys(self, suffix: Optional[str], *args: Any, **kwargs: Any) -> List[Tuple[str, str, bool]]:
+    def get_filtered_keys(
+        self, suffix: Optional[str], *args: Any, **kwargs: Any
+    ) -> List[Tuple[str, str, bool]]:
         """Return the sorted set answering the filter (``in``: their union in a temporary key)."""
         self._check_key_accepted_key_types(kwargs.get("accepted_key_types"))
         return [(key, "zset", temporary) for key, _, temporary in super().get_filtered_keys(suffix, *args)]
@@ -704,7 +739,8 @@ class EqualIndexWith(_RecomputedRollbackMixin, _MultiFieldsIndexMixin, EqualInde
         names = [getattr(other, "name", other) for other in (cls.other_fields or [])]
         if not names:
             raise ImplementationError(
-                "%s: no other fields; use EqualIndexWith.configure(other_fields=['<field name>', ...])" % where
+                "%s: no other fields; use EqualIndexWith.configure(other_fields=['<field name>', ...])"
+                % where
             )
         for name in names:
             if not isinstance(name, str) or not model.has_field(name):
@@ -714,7 +750,8 @@ class EqualIndexWith(_RecomputedRollbackMixin, _MultiFieldsIndexMixin, EqualInde
                 )
             if name == field.name:
                 raise ImplementationError(
-                    "%s: other_fields names the indexed field %r itself; list only the other fields" % (where, name)
+                    "%s: other_fields names the indexed field %r itself; list only the other fields"
+                    % (where, name)
                 )
         others = [model.get_field(name) for name in names]
         if cls.unique:
@@ -775,7 +812,9 @@ class EqualIndexWith(_RecomputedRollbackMixin, _MultiFieldsIndexMixin, EqualInde
         return [list(combination) for combination in itertools.product(*per_field)]
 
     def _display(self, combination: List[Tuple[str, ...]]) -> str:
-        return ", ".join("%s=%s" % (name, ":".join(parts)) for name, parts in zip(self._field_names, combination))
+        return ", ".join(
+            "%s=%s" % (name, ":".join(parts)) for name, parts in zip(self._field_names, combination)
+        )
 
     @cached_property
     def _related_indexes(self) -> Dict[str, Any]:
@@ -789,17 +828,25 @@ class EqualIndexWith(_RecomputedRollbackMixin, _MultiFieldsIndexMixin, EqualInde
 
     def _main_values(self, pk: Any, pending: bool = True) -> List[Tuple[str, ...]]:
         """Return the key parts of the main field's values of ``pk`` (with the operation's changes)."""
-        return _apply_pending(self._stored_parts(self.field, pk), self if pending else None, pk, self._main_parts)
+        return _apply_pending(
+            self._stored_parts(self.field, pk), self if pending else None, pk, self._main_parts
+        )
 
     def _other_values(self, other: Any, pk: Any, pending: bool = True) -> List[Tuple[str, ...]]:
         """Return the key parts of ``other``'s values of ``pk`` (with the operation's changes)."""
         related = self._related_indexes.get(other.name) if pending else None
-        return _apply_pending(self._stored_parts(other, pk), related, pk,
-                              lambda parts: self._other_parts(other, parts))
+        return _apply_pending(
+            self._stored_parts(other, pk), related, pk, lambda parts: self._other_parts(other, parts)
+        )
 
-    def _keys_for_pk(self, pk: Any, main: List[Tuple[str, ...]], replaced: Optional[str] = None,
-                     replacement: Optional[Tuple[Any, ...]] = None,
-                     pending: bool = True) -> List[List[Tuple[str, ...]]]:
+    def _keys_for_pk(
+        self,
+        pk: Any,
+        main: List[Tuple[str, ...]],
+        replaced: Optional[str] = None,
+        replacement: Optional[Tuple[Any, ...]] = None,
+        pending: bool = True,
+    ) -> List[List[Tuple[str, ...]]]:
         """Return the combinations of ``pk`` with the main parts ``main`` and the other fields' values.
 
         The other field named ``replaced`` (if any) takes the single value ``replacement``.
@@ -894,13 +941,17 @@ class EqualIndexWith(_RecomputedRollbackMixin, _MultiFieldsIndexMixin, EqualInde
 
     # ------------------------------------------------------------------ filtering
 
-    def _can_filter_fields(self, fields_and_suffixes: List[Tuple[str, Optional[str]]]) -> List[Tuple[str, Set[Optional[str]]]]:
+    def _can_filter_fields(
+        self, fields_and_suffixes: List[Tuple[str, Optional[str]]]
+    ) -> List[Tuple[str, Set[Optional[str]]]]:
         """Return ``[(field name, {suffixes}), ...]`` (main first) when every field is filtered, else ``[]``."""
         given: Dict[str, Set[Optional[str]]] = {}
         for name, suffix in fields_and_suffixes:
             given.setdefault(name, set()).add(suffix)
         result: List[Tuple[str, Set[Optional[str]]]] = []
-        main_suffixes = {suffix for suffix in given.get(self.field.name, ()) if self.can_handle_suffix(suffix)}
+        main_suffixes = {
+            suffix for suffix in given.get(self.field.name, ()) if self.can_handle_suffix(suffix)
+        }
         if not main_suffixes:
             return []
         result.append((self.field.name, main_suffixes))
@@ -911,7 +962,9 @@ class EqualIndexWith(_RecomputedRollbackMixin, _MultiFieldsIndexMixin, EqualInde
             result.append((other.name, suffixes))
         return result
 
-    def get_filtered_keys(self, suffix: Optional[str], *args: Any, **kwargs: Any) -> List[Tuple[str, str, bool]]:
+    def get_filtered_keys(
+        self, suffix: Optional[str], *args: Any, **kwargs: Any
+    ) -> List[Tuple[str, str, bool]]:
         """Return the set of the filtered combination, or the union of all of them with ``in``.
 
         ``related_filters`` (keyword) maps each other field name to ``(parts + [value], suffix)``.
@@ -930,19 +983,31 @@ class EqualIndexWith(_RecomputedRollbackMixin, _MultiFieldsIndexMixin, EqualInde
             return [value]
 
         *extra, value = args
-        per_field = [[self._main_parts((*extra, one), transform=False)
-                      for one in values_of(self.remove_prefix(suffix), value)]]
+        per_field = [
+            [
+                self._main_parts((*extra, one), transform=False)
+                for one in values_of(self.remove_prefix(suffix), value)
+            ]
+        ]
         for other in self._other_fields:
             if other.name not in related_filters:
                 raise ImplementationError(
                     'No index found to manage filter "%s" for field %s: %s needs a filter on %s too'
-                    % (self.field.name, _field_path(self.model, self.field), type(self).__name__,
-                       ", ".join(self._field_names[1:]))
+                    % (
+                        self.field.name,
+                        _field_path(self.model, self.field),
+                        type(self).__name__,
+                        ", ".join(self._field_names[1:]),
+                    )
                 )
             other_args, other_suffix = related_filters[other.name]
             *other_extra, other_value = other_args
-            per_field.append([self._other_parts(other, (*other_extra, one))
-                              for one in values_of(other_suffix, other_value)])
+            per_field.append(
+                [
+                    self._other_parts(other, (*other_extra, one))
+                    for one in values_of(other_suffix, other_value)
+                ]
+            )
         if any(not parts for parts in per_field):
             return []
         keys = list(dict.fromkeys(self._make_storage_key(c) for c in self._combinations(per_field)))

@@ -115,8 +115,9 @@ def _find_model(database: Any, name: str) -> Optional[type]:
     return None
 
 
-def _check_related_name_free(relations: Iterable[Relation], model: Any, field_name: str, related_name: str,
-                             related_to: str) -> bool:
+def _check_related_name_free(
+    relations: Iterable[Relation], model: Any, field_name: str, related_name: str, related_to: str
+) -> bool:
     """Raise if ``related_name`` is taken on ``related_to`` by another relation; return whether the
     relation ``(model._name, field_name, related_name)`` itself is already registered."""
     for owner_name, other_field_name, other_related_name in relations:
@@ -180,7 +181,10 @@ class RelatedCollection:
 
     def __repr__(self) -> str:
         return "<%s of %r for %s.%s>" % (
-            type(self).__name__, self.instance, self.related_field._model.__name__, self.related_field.name,
+            type(self).__name__,
+            self.instance,
+            self.related_field._model.__name__,
+            self.related_field.name,
         )
 
 
@@ -238,7 +242,9 @@ class RelatedModel(RedisModel):
         old_relations: Dict[str, List[Relation]] = getattr(old_database, "_relations", None) or {}
         moving: List[Tuple[str, Relation]] = []
         if old_relations and old_database is not database:
-            owners = {model._name: model for model in database._collect_models_to_move(cls) if not model.abstract}
+            owners = {
+                model._name: model for model in database._collect_models_to_move(cls) if not model.abstract
+            }
             new_relations = database._relations
             for target, relations in old_relations.items():
                 for relation in relations:
@@ -246,7 +252,9 @@ class RelatedModel(RedisModel):
                     if owner is None:
                         continue
                     moving.append((target, relation))
-                    _check_related_name_free(new_relations.get(target, ()), owner, relation[1], relation[2], target)
+                    _check_related_name_free(
+                        new_relations.get(target, ()), owner, relation[1], relation[2], target
+                    )
         moved = super().use_database(database)
         moved_names = {model._name for model in moved if not model.abstract}
         for target, relation in moving:
@@ -296,8 +304,10 @@ class RelatedFieldMetaclass(MetaRedisProxy):
     def __new__(mcs, name: str, bases: tuple, attrs: Dict[str, Any]) -> type:
         cls = super().__new__(mcs, name, bases, attrs)
         if any(mcs.class_can_have_commands(base) for base in bases):
-            for kind, commands in (("single", cls._commands_with_single_value_from_python),
-                                   ("many", cls._commands_with_many_values_from_python)):
+            for kind, commands in (
+                ("single", cls._commands_with_single_value_from_python),
+                ("many", cls._commands_with_many_values_from_python),
+            ):
                 for command in commands:
                     mcs._wrap_command(cls, command, kind)
         return cls
@@ -312,18 +322,24 @@ class RelatedFieldMetaclass(MetaRedisProxy):
         convert = _CONVERTERS[kind]
 
         if own is not None:
+
             def method(self: Any, *args: Any, **kwargs: Any) -> Any:
                 args, kwargs = convert(self, args, kwargs)
                 return own(self, *args, **kwargs)
         else:
+
             def method(self: Any, *args: Any, **kwargs: Any) -> Any:
                 args, kwargs = convert(self, args, kwargs)
                 return getattr(super(cls, self), command)(*args, **kwargs)
 
         method.__name__ = command
         method.__qualname__ = "%s.%s" % (cls.__qualname__, command)
-        method.__doc__ = "Run the Redis command %s, model instances accepted as values (https://redis.io/commands/%s)." % (
-            command.upper(), command,
+        method.__doc__ = (
+            "Run the Redis command %s, model instances accepted as values (https://redis.io/commands/%s)."
+            % (
+                command.upper(),
+                command,
+            )
         )
         method._limpyd_from_python = kind  # type: ignore[attr-defined]
         setattr(cls, command, method)
@@ -368,7 +384,9 @@ class RelatedFieldMixin(metaclass=RelatedFieldMetaclass):
         if self._assert_relation_does_not_exists():
             return
         database = model.database
-        database._relations.setdefault(self.related_to, []).append((model._name, self.name, self.related_name))
+        database._relations.setdefault(self.related_to, []).append(
+            (model._name, self.name, self.related_name)
+        )
 
     def _field_label(self) -> str:
         return "%s.%s" % (self._model.__name__, getattr(self, "name", "<unnamed>"))
@@ -378,11 +396,15 @@ class RelatedFieldMixin(metaclass=RelatedFieldMetaclass):
         model = self._model
         template = self.related_name or "%(model)s_set"
         try:
-            name = template % {"namespace": re_identifier.sub("_", model.namespace or ""), "model": model.__name__}
+            name = template % {
+                "namespace": re_identifier.sub("_", model.namespace or ""),
+                "model": model.__name__,
+            }
         except KeyError as exc:
             raise _NotFoundError(
                 "Unknown placeholder %%(%s)s in the related_name %r of the field %s (model %s): only "
-                "%%(namespace)s and %%(model)s are available" % (exc.args[0], template, self._field_label(), _model_label(model))
+                "%%(namespace)s and %%(model)s are available"
+                % (exc.args[0], template, self._field_label(), _model_label(model))
             ) from exc
         except (TypeError, ValueError) as exc:
             raise ImplementationError(
@@ -393,7 +415,8 @@ class RelatedFieldMixin(metaclass=RelatedFieldMetaclass):
         if re_identifier.sub("", name) != name:
             raise ImplementationError(
                 'The related_name "%s" is not a valid python identifier: the field %s (model %s) needs a '
-                "related_name made of letters, digits and underscores" % (name, self._field_label(), _model_label(model))
+                "related_name made of letters, digits and underscores"
+                % (name, self._field_label(), _model_label(model))
             )
         return name.lower()
 
@@ -465,7 +488,8 @@ class RelatedFieldMixin(metaclass=RelatedFieldMetaclass):
             raise _NotFoundError(
                 "No model %r on the database of %s, targeted by its related field %s: define that RelatedModel "
                 "(on the same database), or fix the field's `to` argument (a RelatedModel class, "
-                "'[namespace:]ModelName' or 'self')" % (self.related_to, _model_label(model), self._field_label())
+                "'[namespace:]ModelName' or 'self')"
+                % (self.related_to, _model_label(model), self._field_label())
             )
         return target
 

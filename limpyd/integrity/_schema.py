@@ -29,8 +29,9 @@ from limpyd.utils import make_key
 __all__ = ["Entry", "ModelPlan", "RESERVED_PARTS", "UnsupportedIndex"]
 
 #: key parts right after the model name that are not pks (``M:<part>...``)
-RESERVED_PARTS = frozenset(("collection", "max_pk", "lock-for-update", "__index__", "__collection__",
-                            "__deadlines__", "__rebuild__"))
+RESERVED_PARTS = frozenset(
+    ("collection", "max_pk", "lock-for-update", "__index__", "__collection__", "__deadlines__", "__rebuild__")
+)
 TEMPORARY_PARTS = ("__index__", "__collection__")
 #: a collection's ``store()`` result: a user-requested key, legitimate while it has a TTL
 STORE_PREFIX = "__collection__:store:"
@@ -81,10 +82,23 @@ _READERS = (
     (SetField, "set"),
     (ListField, "list"),
 )
-_STANDARD_GETTERS = {"ihash": "hget", "string": "get", "hash": "hgetall", "zset": "zmembers", "set": "smembers",
-                     "list": "lmembers"}
+_STANDARD_GETTERS = {
+    "ihash": "hget",
+    "string": "get",
+    "hash": "hgetall",
+    "zset": "zmembers",
+    "set": "smembers",
+    "list": "lmembers",
+}
 #: Redis type of the key of each reader
-REDIS_TYPES = {"string": "string", "hash": "hash", "zset": "zset", "set": "set", "list": "list", "ihash": "hash"}
+REDIS_TYPES = {
+    "string": "string",
+    "hash": "hash",
+    "zset": "zset",
+    "set": "set",
+    "list": "list",
+    "ihash": "hash",
+}
 
 
 _READ_CODES = {"HGETALL": "h", "GET": "g", "SMEMBERS": "s", "LRANGE": "l", "ZRANGE": "z"}
@@ -153,7 +167,9 @@ class ModelPlan:
     def instance_key(self, pk: str, name: str) -> str:
         return make_key(self.name, pk, name)
 
-    def read_commands(self, pk: str, names: Optional[Sequence[str]] = None) -> List[Tuple[Tuple[Any, ...], Dict[str, Any]]]:
+    def read_commands(
+        self, pk: str, names: Optional[Sequence[str]] = None
+    ) -> List[Tuple[Tuple[Any, ...], Dict[str, Any]]]:
         """Return the commands reading the fields ``names`` (all by default) of ``pk``; see :meth:`decode`."""
         commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
         plans = [self.fields[name] for name in names] if names is not None else list(self.fields.values())
@@ -173,7 +189,9 @@ class ModelPlan:
                 commands.append((("ZRANGE", key, 0, -1), {}))
         return commands
 
-    def decode(self, pk: str, replies: List[Any], names: Optional[Sequence[str]] = None) -> Tuple[Dict[str, Any], Dict[str, str], List[str]]:
+    def decode(
+        self, pk: str, replies: List[Any], names: Optional[Sequence[str]] = None
+    ) -> Tuple[Dict[str, Any], Dict[str, str], List[str]]:
         """Return ``(values, extra hash entries, wrong-type keys)`` from the replies of :meth:`read_commands`.
 
         ``values`` maps field names to the value as the field's getter returns it (``None`` or
@@ -223,7 +241,7 @@ class ModelPlan:
                 keys.append(args[1])
                 codes.append(_READ_CODES[args[0]])
             spans.append((start, len(keys)))
-        calls = [(_lua.READ, keys[i:i + 4000], codes[i:i + 4000]) for i in range(0, len(keys), 4000)]
+        calls = [(_lua.READ, keys[i : i + 4000], codes[i : i + 4000]) for i in range(0, len(keys), 4000)]
         flat: List[Any] = []
         for reply in _lua.run(client, calls) if calls else []:
             flat.extend(reply)
@@ -259,7 +277,8 @@ class ModelPlan:
         raise UnsupportedIndex(
             "%s on %s.%s: the audit cannot compute its entries (only the index classes of limpyd and "
             "limpyd.contrib, and their subclasses); its keys are reported as they are found"
-            % (type(index).__name__, self.model.__name__, index.field.name))
+            % (type(index).__name__, self.model.__name__, index.field.name)
+        )
 
     def entries(self, pk: str, values: Dict[str, Any], names: Optional[Sequence[str]] = None) -> List[Entry]:
         """Return the index entries the stored ``values`` of ``pk`` must have (fields ``names``, or all)."""
@@ -280,8 +299,18 @@ class ModelPlan:
                         continue
         return out
 
-    def _index_entries(self, out: List[Entry], index: Any, plan: FieldPlan, pk: str, args: Tuple[Any, ...],
-                       values: Dict[str, Any], unique: bool, multi: type, scored: type) -> None:
+    def _index_entries(
+        self,
+        out: List[Entry],
+        index: Any,
+        plan: FieldPlan,
+        pk: str,
+        args: Tuple[Any, ...],
+        values: Dict[str, Any],
+        unique: bool,
+        multi: type,
+        scored: type,
+    ) -> None:
         if isinstance(index, multi):
             prepared = tuple(index.prepare_args(args))
             unique_sub = None
@@ -295,13 +324,17 @@ class ModelPlan:
             score = _score_of(index, values)
             if index.field.unique:
                 ukey = index.uniqueness_key(key)
-                out.append(Entry(ukey, "set", pk, None, plan.name, ("S", ukey) if unique else None, index, args[-1]))
+                out.append(
+                    Entry(ukey, "set", pk, None, plan.name, ("S", ukey) if unique else None, index, args[-1])
+                )
             if score is not None:
                 out.append(Entry(key, "zset", pk, score, plan.name, None, index, args[-1]))
             return
         if isinstance(index, EqualIndex):
             key = self._equal_key(index, plan, args)
-            out.append(Entry(key, "set", pk, None, plan.name, ("S", key) if unique else None, index, args[-1]))
+            out.append(
+                Entry(key, "set", pk, None, plan.name, ("S", key) if unique else None, index, args[-1])
+            )
             return
         if isinstance(index, BaseRangeIndex):
             key = index.get_storage_key(*args)
@@ -319,9 +352,13 @@ class ModelPlan:
     def _equal_key(self, index: Any, plan: FieldPlan, args: Tuple[Any, ...]) -> str:
         """Return ``index.get_storage_key(*args)``, without the method calls for a plain ``EqualIndex``."""
         value = args[-1]
-        if (type(value) is str and not index.transform and type(index).get_storage_key is EqualIndex.get_storage_key
-                and type(index).normalize_value is BaseIndex.normalize_value
-                and type(plan.field).from_python is RedisField.from_python):
+        if (
+            type(value) is str
+            and not index.transform
+            and type(index).get_storage_key is EqualIndex.get_storage_key
+            and type(index).normalize_value is BaseIndex.normalize_value
+            and type(plan.field).from_python is RedisField.from_python
+        ):
             cache_key = (id(index), args[:-1])
             base = self._equal_bases.get(cache_key)
             if base is None:
@@ -329,8 +366,9 @@ class ModelPlan:
             return base + value
         return index.get_storage_key(*args)
 
-    def _equal_with_entries(self, index: Any, plan: FieldPlan, pk: str, parts_list: List[Tuple[Any, ...]],
-                            values: Dict[str, Any]) -> List[Entry]:
+    def _equal_with_entries(
+        self, index: Any, plan: FieldPlan, pk: str, parts_list: List[Tuple[Any, ...]], values: Dict[str, Any]
+    ) -> List[Entry]:
         if not parts_list:
             return []
         per_field = [[index._main_parts(parts) for parts in parts_list]]
@@ -345,8 +383,11 @@ class ModelPlan:
         out = []
         for combination in itertools.product(*per_field):
             key = index._make_storage_key(combination)
-            out.append(Entry(key, "set", pk, None, plan.name, ("S", key) if index.unique else None, index,
-                             combination))
+            out.append(
+                Entry(
+                    key, "set", pk, None, plan.name, ("S", key) if index.unique else None, index, combination
+                )
+            )
         return out
 
 

@@ -89,7 +89,7 @@ def _check_entries(client: Any, entries: Sequence[Entry]) -> List[Tuple[int, str
         keys: List[str] = []
         args: List[Any] = [0]
         count = 0
-        for entry in entries[start:start + CHECK_BATCH]:
+        for entry in entries[start : start + CHECK_BATCH]:
             probe = entry.probe
             keys.append(entry.key)
             if probe is None:
@@ -138,8 +138,13 @@ class _Analysis:
         self.instances = 0
 
 
-def analyze_pks(plan: ModelPlan, client: Any, pks: Sequence[str], analysis: Optional[_Analysis] = None,
-                check_empty: bool = True) -> _Analysis:
+def analyze_pks(
+    plan: ModelPlan,
+    client: Any,
+    pks: Sequence[str],
+    analysis: Optional[_Analysis] = None,
+    check_empty: bool = True,
+) -> _Analysis:
     """Read the values of ``pks`` (one round trip), check the entries they must have (one more)."""
     analysis = analysis or _Analysis()
     entries: List[Entry] = []
@@ -148,12 +153,26 @@ def analyze_pks(plan: ModelPlan, client: Any, pks: Sequence[str], analysis: Opti
         values, extra, wrong = plan.decode(pk, replies)
         analysis.instances += 1
         if check_empty and plan.fields and not wrong and not plan.has_data(values, extra):
-            analysis.findings.append(Finding(EMPTY_PK, plan.collection_key, pk=pk,
-                                             detail="pk %r is in the collection but nothing is stored for it" % pk))
+            analysis.findings.append(
+                Finding(
+                    EMPTY_PK,
+                    plan.collection_key,
+                    pk=pk,
+                    detail="pk %r is in the collection but nothing is stored for it" % pk,
+                )
+            )
         for name, value in extra.items():
-            analysis.findings.append(Finding(UNKNOWN_KEY, make_key(plan.name, pk, INSTANCE_HASH), pk=pk, field=name,
-                                             member=name, redis_type="hash",
-                                             detail="instance-hash entry %r is no InstanceHashField" % name))
+            analysis.findings.append(
+                Finding(
+                    UNKNOWN_KEY,
+                    make_key(plan.name, pk, INSTANCE_HASH),
+                    pk=pk,
+                    field=name,
+                    member=name,
+                    redis_type="hash",
+                    detail="instance-hash entry %r is no InstanceHashField" % name,
+                )
+            )
         for key in wrong:
             analysis.findings.append(Finding(UNKNOWN_KEY, key, pk=pk, detail="key of the wrong Redis type"))
         for entry in plan.entries(pk, values):
@@ -169,26 +188,53 @@ def analyze_pks(plan: ModelPlan, client: Any, pks: Sequence[str], analysis: Opti
                 conflicted.add(position)
                 pk = _pk_of(entry)
                 probe_key = entry.probe[1] if entry.probe[0] == "S" else entry.key
-                analysis.findings.append(Finding(
-                    UNIQUE_CONFLICT, probe_key, pk=pk, field=entry.field, pks=sorted(others | {pk}, key=pk_sort_key),
-                    value=_display(entry.value), redis_type="set" if entry.probe[0] == "S" else "zset",
-                    detail="unique value %r held by pks %s" % (_display(entry.value),
-                                                               ", ".join(sorted(others | {pk}, key=pk_sort_key)))))
+                analysis.findings.append(
+                    Finding(
+                        UNIQUE_CONFLICT,
+                        probe_key,
+                        pk=pk,
+                        field=entry.field,
+                        pks=sorted(others | {pk}, key=pk_sort_key),
+                        value=_display(entry.value),
+                        redis_type="set" if entry.probe[0] == "S" else "zset",
+                        detail="unique value %r held by pks %s"
+                        % (_display(entry.value), ", ".join(sorted(others | {pk}, key=pk_sort_key))),
+                    )
+                )
     for position, code, data in problems:
         entry = entries[position]
         if code in ("m", "x"):
             analysis.missing[entry.field] = analysis.missing.get(entry.field, 0) + 1
         if code in ("m", "x") and position not in conflicted:
-            analysis.findings.append(Finding(
-                MISSING_ENTRY, entry.key, pk=_pk_of(entry), field=entry.field, member=entry.member, score=entry.score,
-                redis_type=entry.kind, value=_display(entry.value),
-                detail=("value %r of pk %s is not in its index" % (_display(entry.value), _pk_of(entry)))
-                + (" (the key holds another Redis type)" if code == "x" else "")))
+            analysis.findings.append(
+                Finding(
+                    MISSING_ENTRY,
+                    entry.key,
+                    pk=_pk_of(entry),
+                    field=entry.field,
+                    member=entry.member,
+                    score=entry.score,
+                    redis_type=entry.kind,
+                    value=_display(entry.value),
+                    detail=("value %r of pk %s is not in its index" % (_display(entry.value), _pk_of(entry)))
+                    + (" (the key holds another Redis type)" if code == "x" else ""),
+                )
+            )
         elif code == "w" and _score_differs(data, entry.score):
-            analysis.findings.append(Finding(
-                WRONG_ENTRY, entry.key, pk=_pk_of(entry), field=entry.field, member=entry.member, score=entry.score,
-                redis_type="zset", value=_display(entry.value),
-                detail="member %r has score %s, its stored value gives %r" % (entry.member, data, entry.score)))
+            analysis.findings.append(
+                Finding(
+                    WRONG_ENTRY,
+                    entry.key,
+                    pk=_pk_of(entry),
+                    field=entry.field,
+                    member=entry.member,
+                    score=entry.score,
+                    redis_type="zset",
+                    value=_display(entry.value),
+                    detail="member %r has score %s, its stored value gives %r"
+                    % (entry.member, data, entry.score),
+                )
+            )
     return analysis
 
 
@@ -258,7 +304,7 @@ class _KeySpace:
             return  # a model whose name starts with this one's
         self.keys += 1
         plan = self.plan
-        rest = key[len(self.prefix):]
+        rest = key[len(self.prefix) :]
         head, _, tail = rest.partition(":")
         if head in RESERVED_PARTS:
             if not tail and head in ("collection", "max_pk", "__deadlines__"):
@@ -278,17 +324,34 @@ class _KeySpace:
             if field_plan.indexes:
                 self._index_keys.append((key, head))
             else:
-                self.findings.append(Finding(UNKNOWN_KEY, key, field=head,
-                                             detail="key under the field %r, which has no index" % head))
+                self.findings.append(
+                    Finding(
+                        UNKNOWN_KEY,
+                        key,
+                        field=head,
+                        detail="key under the field %r, which has no index" % head,
+                    )
+                )
             self._flush(False)
             return
         pk, _, name = rest.rpartition(":")
-        if pk and (name in plan.fields and plan.fields[name].reader not in ("ihash",)
-                   or name == INSTANCE_HASH and plan.instancehash):
+        if pk and (
+            name in plan.fields
+            and plan.fields[name].reader not in ("ihash",)
+            or name == INSTANCE_HASH
+            and plan.instancehash
+        ):
             self._instance_keys.append((key, pk, name))
         else:
-            self.findings.append(Finding(UNKNOWN_KEY, key, pk=pk or None, field=name or None,
-                                         detail="no field or index of %s produces this key" % plan.model.__name__))
+            self.findings.append(
+                Finding(
+                    UNKNOWN_KEY,
+                    key,
+                    pk=pk or None,
+                    field=name or None,
+                    detail="no field or index of %s produces this key" % plan.model.__name__,
+                )
+            )
         self._flush(False)
 
     def _flush(self, force: bool) -> None:
@@ -300,20 +363,39 @@ class _KeySpace:
                 if card >= 0:
                     self.counts[field] = self.counts.get(field, 0) + card
                 elif kind != "none":
-                    self.findings.append(Finding(UNKNOWN_KEY, key, field=field, redis_type=str(kind),
-                                                 detail="a %s where the indexes of %r keep sets and sorted sets"
-                                                 % (kind, field)))
+                    self.findings.append(
+                        Finding(
+                            UNKNOWN_KEY,
+                            key,
+                            field=field,
+                            redis_type=str(kind),
+                            detail="a %s where the indexes of %r keep sets and sorted sets" % (kind, field),
+                        )
+                    )
         if self._instance_keys and (force or len(self._instance_keys) >= KEYS_BATCH):
             batch2, self._instance_keys = self._instance_keys, []
-            flags = _lua.run(self.client, [(_lua.IS_MEMBER, [self.plan.collection_key], [pk for _, pk, _ in batch2])])[0]
+            flags = _lua.run(
+                self.client, [(_lua.IS_MEMBER, [self.plan.collection_key], [pk for _, pk, _ in batch2])]
+            )[0]
             for (key, pk, name), flag in zip(batch2, flags):
                 if not flag:
-                    self.findings.append(Finding(ORPHAN_DATA, key, pk=pk, field=None if name == INSTANCE_HASH else name,
-                                                 detail="pk %r is not in %s" % (pk, self.plan.collection_key)))
+                    self.findings.append(
+                        Finding(
+                            ORPHAN_DATA,
+                            key,
+                            pk=pk,
+                            field=None if name == INSTANCE_HASH else name,
+                            detail="pk %r is not in %s" % (pk, self.plan.collection_key),
+                        )
+                    )
         if self._ttl_keys and (force or len(self._ttl_keys) >= KEYS_BATCH):
             batch3, self._ttl_keys = self._ttl_keys, []
-            for (key, kind), ttl in zip(batch3, send_commands(self.client, [(("PTTL", key), {}) for key, _ in batch3])):
-                if ttl == -1 and not (kind == TEMPORARY_KEY and key[len(self.prefix):].startswith(STORE_PREFIX)):
+            for (key, kind), ttl in zip(
+                batch3, send_commands(self.client, [(("PTTL", key), {}) for key, _ in batch3])
+            ):
+                if ttl == -1 and not (
+                    kind == TEMPORARY_KEY and key[len(self.prefix) :].startswith(STORE_PREFIX)
+                ):
                     self.findings.append(Finding(kind, key, detail="no expiry: nothing will ever delete it"))
 
     def finish(self) -> None:
@@ -347,8 +429,9 @@ def _index_members(client: Any, keys: Sequence[str]) -> Iterable[Tuple[str, str,
                 yield key, kind, str(member), float(score)
 
 
-def reverse_check(plan: ModelPlan, client: Any, members: Sequence[Tuple[str, str, str, Optional[float]]],
-                  fields: Set[str]) -> List[Finding]:
+def reverse_check(
+    plan: ModelPlan, client: Any, members: Sequence[Tuple[str, str, str, Optional[float]]], fields: Set[str]
+) -> List[Finding]:
     """Return the findings for index members whose pk does not exist or does not produce them."""
     by_pk: Dict[str, List[Tuple[str, str, str, Optional[float]]]] = {}
     for item in members:
@@ -369,19 +452,39 @@ def reverse_check(plan: ModelPlan, client: Any, members: Sequence[Tuple[str, str
     findings = []
     for pk, items in by_pk.items():
         for key, kind, member, score in items:
-            field = key[len(plan.name) + 1:].split(":", 1)[0]
+            field = key[len(plan.name) + 1 :].split(":", 1)[0]
             if pk not in existing_set:
-                findings.append(Finding(STALE_ENTRY, key, pk=pk, field=field, member=member, score=score,
-                                        redis_type=kind, detail="pk %r of this entry has no instance" % pk))
+                findings.append(
+                    Finding(
+                        STALE_ENTRY,
+                        key,
+                        pk=pk,
+                        field=field,
+                        member=member,
+                        score=score,
+                        redis_type=kind,
+                        detail="pk %r of this entry has no instance" % pk,
+                    )
+                )
             elif (key, member) not in expected:
-                findings.append(Finding(WRONG_ENTRY, key, pk=pk, field=field, member=member, score=score,
-                                        redis_type=kind,
-                                        detail="pk %r exists but its stored values do not produce this entry" % pk))
+                findings.append(
+                    Finding(
+                        WRONG_ENTRY,
+                        key,
+                        pk=pk,
+                        field=field,
+                        member=member,
+                        score=score,
+                        redis_type=kind,
+                        detail="pk %r exists but its stored values do not produce this entry" % pk,
+                    )
+                )
     return findings
 
 
-def _scan_field_entries(plan: ModelPlan, client: Any, field: str, collector: _FindingCollector,
-                        progress: Progress) -> None:
+def _scan_field_entries(
+    plan: ModelPlan, client: Any, field: str, collector: _FindingCollector, progress: Progress
+) -> None:
     database = plan.model.database
     pattern = glob_escape(make_key(plan.name, field, "")) + "*"
     batch: List[str] = []
@@ -418,17 +521,35 @@ def _scan_field_entries(plan: ModelPlan, client: Any, field: str, collector: _Fi
 # pass 4: deadlines
 
 
-def _check_deadlines(plan: ModelPlan, client: Any, members: Sequence[Tuple[str, float]], now_ms: float) -> List[Finding]:
+def _check_deadlines(
+    plan: ModelPlan, client: Any, members: Sequence[Tuple[str, float]], now_ms: float
+) -> List[Finding]:
     pks = [pk for pk, _ in members]
     flags = _lua.run(client, [(_lua.IS_MEMBER, [plan.collection_key], pks)])[0] if pks else []
     findings = []
     for (pk, deadline), flag in zip(members, flags):
         if not flag:
-            findings.append(Finding(ORPHAN_DEADLINE, plan.deadlines_key, pk=pk, member=pk, redis_type="zset",
-                                    detail="deadline of pk %r, which is not in the collection" % pk))
+            findings.append(
+                Finding(
+                    ORPHAN_DEADLINE,
+                    plan.deadlines_key,
+                    pk=pk,
+                    member=pk,
+                    redis_type="zset",
+                    detail="deadline of pk %r, which is not in the collection" % pk,
+                )
+            )
         elif deadline <= now_ms:
-            findings.append(Finding(EXPIRED_INSTANCE, plan.deadlines_key, pk=pk, member=pk, redis_type="zset",
-                                    detail="pk %r was due %.0f ms ago" % (pk, now_ms - deadline)))
+            findings.append(
+                Finding(
+                    EXPIRED_INSTANCE,
+                    plan.deadlines_key,
+                    pk=pk,
+                    member=pk,
+                    redis_type="zset",
+                    detail="pk %r was due %.0f ms ago" % (pk, now_ms - deadline),
+                )
+            )
     return findings
 
 
@@ -456,7 +577,9 @@ def _deadlines(plan: ModelPlan, client: Any) -> List[Finding]:
 # recheck
 
 
-def recheck(plan: ModelPlan, client: Any, candidates: List[Finding], other_models: Sequence[str]) -> List[Finding]:
+def recheck(
+    plan: ModelPlan, client: Any, candidates: List[Finding], other_models: Sequence[str]
+) -> List[Finding]:
     """Return the ``candidates`` still true now (each checked again with the same reads)."""
     if not candidates:
         return []
@@ -464,31 +587,48 @@ def recheck(plan: ModelPlan, client: Any, candidates: List[Finding], other_model
     # instances: entries, conflicts, empty pks, unknown hash entries
     pks: List[str] = []
     for finding in candidates:
-        if finding.kind in (MISSING_ENTRY, UNIQUE_CONFLICT, EMPTY_PK) or (
-                finding.kind in (WRONG_ENTRY,) and finding.score is not None) or (
-                finding.kind == UNKNOWN_KEY and finding.member is not None and finding.pk is not None):
+        if (
+            finding.kind in (MISSING_ENTRY, UNIQUE_CONFLICT, EMPTY_PK)
+            or (finding.kind in (WRONG_ENTRY,) and finding.score is not None)
+            or (finding.kind == UNKNOWN_KEY and finding.member is not None and finding.pk is not None)
+        ):
             if finding.pk is not None:
                 pks.append(finding.pk)
     pks = list(dict.fromkeys(pks))
     for start in range(0, len(pks), 1000):
-        chunk = pks[start:start + 1000]
+        chunk = pks[start : start + 1000]
         flags = _lua.run(client, [(_lua.IS_MEMBER, [plan.collection_key], chunk)])[0]
         alive = [pk for pk, flag in zip(chunk, flags) if flag]
         fresh.extend(analyze_pks(plan, client, alive).findings)
     # entries found in the indexes
-    entries = [(f.key, f.redis_type, f.member, f.score) for f in candidates
-               if f.kind in (STALE_ENTRY, WRONG_ENTRY) and f.member is not None]
+    entries = [
+        (f.key, f.redis_type, f.member, f.score)
+        for f in candidates
+        if f.kind in (STALE_ENTRY, WRONG_ENTRY) and f.member is not None
+    ]
     for start in range(0, len(entries), 1000):
-        chunk2 = entries[start:start + 1000]
-        replies = send_commands(client, [(("SISMEMBER", key, member) if kind == "set" else ("ZSCORE", key, member), {})
-                                         for key, kind, member, _ in chunk2])
-        still = [item for item, reply in zip(chunk2, replies)
-                 if not isinstance(reply, Exception) and reply not in (0, None, False)]
-        fields = {key[len(plan.name) + 1:].split(":", 1)[0] for key, _, _, _ in still}
+        chunk2 = entries[start : start + 1000]
+        replies = send_commands(
+            client,
+            [
+                (("SISMEMBER", key, member) if kind == "set" else ("ZSCORE", key, member), {})
+                for key, kind, member, _ in chunk2
+            ],
+        )
+        still = [
+            item
+            for item, reply in zip(chunk2, replies)
+            if not isinstance(reply, Exception) and reply not in (0, None, False)
+        ]
+        fields = {key[len(plan.name) + 1 :].split(":", 1)[0] for key, _, _, _ in still}
         fresh.extend(reverse_check(plan, client, still, fields))
     # keys
-    keyed = [f for f in candidates if f.kind in (ORPHAN_DATA, TEMPORARY_KEY, OWNERLESS_LOCK)
-             or (f.kind == UNKNOWN_KEY and f.member is None)]
+    keyed = [
+        f
+        for f in candidates
+        if f.kind in (ORPHAN_DATA, TEMPORARY_KEY, OWNERLESS_LOCK)
+        or (f.kind == UNKNOWN_KEY and f.member is None)
+    ]
     if keyed:
         space = _KeySpace(plan, client, other_models)
         existing = send_commands(client, [(("EXISTS", f.key), {}) for f in keyed])
@@ -517,8 +657,13 @@ def other_model_names(model: type) -> List[str]:
     return sorted(name for name in getattr(model.database, "_models", {}) if name.startswith(prefix))
 
 
-def audit(model: type, chunk_size: int = 1000, max_findings: int = 100_000, progress: Progress = None,
-          recheck_findings: bool = True) -> AuditReport:
+def audit(
+    model: type,
+    chunk_size: int = 1000,
+    max_findings: int = 100_000,
+    progress: Progress = None,
+    recheck_findings: bool = True,
+) -> AuditReport:
     """Return the :class:`~limpyd.integrity.report.AuditReport` of ``model`` (read-only).
 
     ``chunk_size`` pks are read per round trip; at most ``max_findings`` findings are kept (all

@@ -89,17 +89,22 @@ def _fields(plan: ModelPlan, fields: Optional[Sequence[str]]) -> List[str]:
     for name in fields:
         field_plan = plan.fields.get(name)
         if field_plan is None:
-            raise ValueError("rebuild_indexes(fields=%r): %r is not a field of %s (fields: %s)"
-                             % (list(fields), name, plan.model.__name__, ", ".join(plan.fields)))
+            raise ValueError(
+                "rebuild_indexes(fields=%r): %r is not a field of %s (fields: %s)"
+                % (list(fields), name, plan.model.__name__, ", ".join(plan.fields))
+            )
         if not field_plan.indexes:
-            raise ValueError("rebuild_indexes(fields=%r): %s.%s has no index of its own to rebuild"
-                             % (list(fields), plan.model.__name__, name))
+            raise ValueError(
+                "rebuild_indexes(fields=%r): %s.%s has no index of its own to rebuild"
+                % (list(fields), plan.model.__name__, name)
+            )
         names.append(name)
     return names
 
 
-def _build(plan: ModelPlan, client: Any, names: List[str], state: Dict[str, str], chunk_size: int,
-           progress: Progress) -> None:
+def _build(
+    plan: ModelPlan, client: Any, names: List[str], state: Dict[str, str], chunk_size: int, progress: Progress
+) -> None:
     model = plan.model
     key = state_key(model)
     prefix = _aside_prefix(model, state["id"])
@@ -113,7 +118,7 @@ def _build(plan: ModelPlan, client: Any, names: List[str], state: Dict[str, str]
         # a reply may hold more than chunk_size pks (small sets come whole): it is cut in chunks,
         # and the position is the reply's cursor plus the pks of the reply already done
         while True:
-            pks = reply[offset:offset + chunk_size]
+            pks = reply[offset : offset + chunk_size]
             offset += len(pks)
             last = offset >= len(reply)
             writes: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
@@ -127,8 +132,23 @@ def _build(plan: ModelPlan, client: Any, names: List[str], state: Dict[str, str]
             done += len(pks)
             finished = last and next_cursor == 0
             position = (next_cursor, 0) if last else (cursor, offset)
-            writes.append((("HSET", key, "cursor", position[0], "offset", position[1], "done", done,
-                            "phase", "swap" if finished else "build"), {}))
+            writes.append(
+                (
+                    (
+                        "HSET",
+                        key,
+                        "cursor",
+                        position[0],
+                        "offset",
+                        position[1],
+                        "done",
+                        done,
+                        "phase",
+                        "swap" if finished else "build",
+                    ),
+                    {},
+                )
+            )
             for reply_item in send_commands(client, writes):
                 if isinstance(reply_item, Exception):
                     raise reply_item
@@ -147,8 +167,10 @@ def _swap_field(plan: ModelPlan, client: Any, name: str, build_id: str, progress
     real_pattern = glob_escape(make_key(plan.name, name, "")) + "*"
     lock = FieldLock(model.get_field(name), blocking_timeout=60)
     if not lock.acquire():
-        raise TimeoutError("rebuild_indexes: the lock of %s.%s stayed taken for 60 s; run it again to resume"
-                           % (model.__name__, name))
+        raise TimeoutError(
+            "rebuild_indexes: the lock of %s.%s stayed taken for 60 s; run it again to resume"
+            % (model.__name__, name)
+        )
     try:
         renewed = time.monotonic()
 
@@ -202,8 +224,13 @@ def _catch_up(model: type, names: List[str], progress: Progress) -> int:
     return sum(1 for action in actions if action.done)
 
 
-def rebuild_indexes(model: type, fields: Optional[Sequence[str]] = None, resume: bool = True,
-                    progress: Progress = None, chunk_size: int = 1000) -> Dict[str, Any]:
+def rebuild_indexes(
+    model: type,
+    fields: Optional[Sequence[str]] = None,
+    resume: bool = True,
+    progress: Progress = None,
+    chunk_size: int = 1000,
+) -> Dict[str, Any]:
     """Rebuild the indexes of ``fields`` (all indexed fields by default) of ``model``, online.
 
     Returns ``{"fields", "instances", "fixed", "resumed", "seconds"}``. ``progress(phase, done,
@@ -227,13 +254,25 @@ def rebuild_indexes(model: type, fields: Optional[Sequence[str]] = None, resume:
             raise ValueError(
                 "rebuild_indexes: a rebuild of %s.%s fields %s was stopped before its end; resume it with "
                 "fields=%r, or pass resume=False to drop it"
-                % (model.__module__, model.__qualname__, state.get("fields"), state.get("fields", "").split(",")))
+                % (
+                    model.__module__,
+                    model.__qualname__,
+                    state.get("fields"),
+                    state.get("fields", "").split(","),
+                )
+            )
         else:
             _drop_aside(model, client, state.get("id", ""))
             client.delete(key)
             state = {}
     if not state:
-        state = {"id": os.urandom(6).hex(), "fields": ",".join(names), "phase": "build", "cursor": "0", "done": "0"}
+        state = {
+            "id": os.urandom(6).hex(),
+            "fields": ",".join(names),
+            "phase": "build",
+            "cursor": "0",
+            "done": "0",
+        }
         client.hset(key, mapping=state)
     if state.get("phase") == "build":
         _build(plan, client, names, state, chunk_size, progress)
@@ -245,5 +284,10 @@ def rebuild_indexes(model: type, fields: Optional[Sequence[str]] = None, resume:
     fixed = _catch_up(model, names, progress)
     _drop_aside(model, client, state["id"])
     client.delete(key)
-    return {"fields": names, "instances": int(client.scard(plan.collection_key)), "fixed": fixed,
-            "resumed": resumed, "seconds": time.perf_counter() - started}
+    return {
+        "fields": names,
+        "instances": int(client.scard(plan.collection_key)),
+        "fixed": fixed,
+        "resumed": resumed,
+        "seconds": time.perf_counter() - started,
+    }

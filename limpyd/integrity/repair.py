@@ -61,8 +61,13 @@ def _describe(finding: Finding, delete_orphans: bool, keep: str) -> str:
         kept = pks[0] if keep == "oldest" else pks[-1]
         others = [pk for pk in pks if pk != kept]
         return "keep pk %s for %r; deindex pks %s%s" % (
-            kept, finding.value, ", ".join(others),
-            " and delete their value of %s" % finding.field if delete_orphans else " (their value stays stored)")
+            kept,
+            finding.value,
+            ", ".join(others),
+            " and delete their value of %s" % finding.field
+            if delete_orphans
+            else " (their value stays stored)",
+        )
     if kind == EMPTY_PK:
         return "remove pk %r from the collection" % finding.pk
     if kind == ORPHAN_DATA:
@@ -102,15 +107,23 @@ class _Repairer:
             by_field.setdefault(action.finding.field, []).append(action)
         for field, field_actions in by_field.items():
             for start in range(0, len(field_actions), CHUNK):
-                chunk = field_actions[start:start + CHUNK]
+                chunk = field_actions[start : start + CHUNK]
                 with self._lock(field):
                     self._entries_chunk(chunk)
 
     def _entries_chunk(self, actions: List[RepairAction]) -> None:
         plan, client = self.plan, self.client
-        forward = [a for a in actions if a.finding.kind == MISSING_ENTRY
-                   or (a.finding.kind == WRONG_ENTRY and a.finding.score is not None and a.finding.redis_type == "zset"
-                       and self._score_fix(a.finding))]
+        forward = [
+            a
+            for a in actions
+            if a.finding.kind == MISSING_ENTRY
+            or (
+                a.finding.kind == WRONG_ENTRY
+                and a.finding.score is not None
+                and a.finding.redis_type == "zset"
+                and self._score_fix(a.finding)
+            )
+        ]
         forward_ids = {id(a) for a in forward}
         backward = [a for a in actions if id(a) not in forward_ids]
         commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
@@ -118,8 +131,11 @@ class _Repairer:
             pks = list(dict.fromkeys(a.finding.pk for a in forward))
             flags = _lua.run(client, [(_lua.IS_MEMBER, [plan.collection_key], pks)])[0]
             alive = [pk for pk, flag in zip(pks, flags) if flag]
-            fresh = {f.identity(): f for f in analyze_pks(plan, client, alive, check_empty=False).findings
-                     if f.kind in (MISSING_ENTRY, WRONG_ENTRY)}
+            fresh = {
+                f.identity(): f
+                for f in analyze_pks(plan, client, alive, check_empty=False).findings
+                if f.kind in (MISSING_ENTRY, WRONG_ENTRY)
+            }
             for action in forward:
                 finding = fresh.get(action.finding.identity())
                 if finding is None:
@@ -131,12 +147,19 @@ class _Repairer:
                     commands.append((("ZADD", finding.key, repr(finding.score), finding.member), {}))
                 action.done = True
         if backward:
-            items = [(a.finding.key, a.finding.redis_type, a.finding.member, a.finding.score) for a in backward]
-            replies = send_commands(client, [(("SISMEMBER", k, m) if t == "set" else ("ZSCORE", k, m), {})
-                                             for k, t, m, _ in items])
-            still = [item for item, reply in zip(items, replies) if reply not in (0, None, False)
-                     and not isinstance(reply, Exception)]
-            fields = {k[len(plan.name) + 1:].split(":", 1)[0] for k, _, _, _ in still}
+            items = [
+                (a.finding.key, a.finding.redis_type, a.finding.member, a.finding.score) for a in backward
+            ]
+            replies = send_commands(
+                client,
+                [(("SISMEMBER", k, m) if t == "set" else ("ZSCORE", k, m), {}) for k, t, m, _ in items],
+            )
+            still = [
+                item
+                for item, reply in zip(items, replies)
+                if reply not in (0, None, False) and not isinstance(reply, Exception)
+            ]
+            fields = {k[len(plan.name) + 1 :].split(":", 1)[0] for k, _, _, _ in still}
             confirmed = {(f.key, f.member) for f in reverse_check(plan, client, still, fields)}
             for action in backward:
                 finding = action.finding
@@ -171,10 +194,15 @@ class _Repairer:
             commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
             for loser in losers:
                 values, _, _ = plan.decode(loser, send_commands(client, plan.read_commands(loser)) or [])
-                entries = [e for e in plan.entries(loser, values, [field_plan.name])
-                           if _same_value(e.value, finding.value, e)]
+                entries = [
+                    e
+                    for e in plan.entries(loser, values, [field_plan.name])
+                    if _same_value(e.value, finding.value, e)
+                ]
                 for entry in entries:
-                    commands.append((("SREM" if entry.kind == "set" else "ZREM", entry.key, entry.member), {}))
+                    commands.append(
+                        (("SREM" if entry.kind == "set" else "ZREM", entry.key, entry.member), {})
+                    )
                 if self.delete_orphans and entries:
                     commands.extend(self._delete_value(field_plan.name, loser, entries[0].value))
             # the kept pk gets its entries back if they were lost
@@ -224,14 +252,19 @@ class _Repairer:
             elif kind == ORPHAN_DATA:
                 calls.append((_lua.DEL_IF_ORPHAN, [plan.collection_key, finding.key], [finding.pk]))
             elif kind == EMPTY_PK:
-                keys = [make_key(plan.name, finding.pk, name) for name, field_plan in plan.fields.items()
-                        if field_plan.reader != "ihash"]
+                keys = [
+                    make_key(plan.name, finding.pk, name)
+                    for name, field_plan in plan.fields.items()
+                    if field_plan.reader != "ihash"
+                ]
                 if plan.instancehash:
                     keys.append(make_key(plan.name, finding.pk, INSTANCE_HASH))
                 calls.append((_lua.SREM_IF_EMPTY, [plan.collection_key, *keys], [finding.pk]))
             elif kind == UNKNOWN_KEY:
                 if finding.member is not None:
-                    calls.append((_lua.HDEL_ENTRY, [finding.key, plan.collection_key], [finding.pk, finding.member]))
+                    calls.append(
+                        (_lua.HDEL_ENTRY, [finding.key, plan.collection_key], [finding.pk, finding.member])
+                    )
                 else:
                     calls.append((_lua.DEL_IF_NO_TTL_OR_ANY, [finding.key], []))
             elif kind == ORPHAN_DEADLINE:
@@ -245,8 +278,8 @@ class _Repairer:
                 continue
             targets.append(action)
         for start in range(0, len(calls), 1000):
-            replies = _lua.run(self.client, calls[start:start + 1000])
-            for action, reply in zip(targets[start:start + 1000], replies):
+            replies = _lua.run(self.client, calls[start : start + 1000])
+            for action, reply in zip(targets[start : start + 1000], replies):
                 action.done = bool(reply)
                 if not reply:
                     action.skipped = "fixed in the meantime"
@@ -294,12 +327,20 @@ def apply_actions(model: type, actions: List[RepairAction], delete_orphans: bool
     for action in todo:
         if action.finding.kind == UNIQUE_CONFLICT:
             repairer.conflict(action)
-    repairer.keys([a for a in todo if a.finding.kind not in (MISSING_ENTRY, STALE_ENTRY, WRONG_ENTRY,
-                                                             UNIQUE_CONFLICT)])
+    repairer.keys(
+        [a for a in todo if a.finding.kind not in (MISSING_ENTRY, STALE_ENTRY, WRONG_ENTRY, UNIQUE_CONFLICT)]
+    )
 
 
-def repair(model: type, report: Optional[AuditReport] = None, dry_run: bool = True, delete_orphans: bool = False,
-           keep: str = "oldest", max_rounds: int = 3, progress: Any = None) -> RepairReport:
+def repair(
+    model: type,
+    report: Optional[AuditReport] = None,
+    dry_run: bool = True,
+    delete_orphans: bool = False,
+    keep: str = "oldest",
+    max_rounds: int = 3,
+    progress: Any = None,
+) -> RepairReport:
     """Fix what the audit of ``model`` finds (``report``, or a new audit); return a :class:`RepairReport`.
 
     ``dry_run=True`` (the default) only lists the fixes. Unique conflicts keep the ``keep`` pk
@@ -313,7 +354,9 @@ def repair(model: type, report: Optional[AuditReport] = None, dry_run: bool = Tr
     if keep not in KEEP_CHOICES:
         raise ValueError("repair(keep=%r): choose among %s" % (keep, ", ".join(map(repr, KEEP_CHOICES))))
     started = time.perf_counter()
-    result = RepairReport(model="%s.%s (%s)" % (model.__module__, model.__qualname__, model._name), dry_run=dry_run)
+    result = RepairReport(
+        model="%s.%s (%s)" % (model.__module__, model.__qualname__, model._name), dry_run=dry_run
+    )
     current = report if report is not None else audit(model, progress=progress)
     previous: set = set()
     for round_number in range(1, max_rounds + 1):

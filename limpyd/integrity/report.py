@@ -138,7 +138,12 @@ class AuditReport:
         """Return one line: the model, instances read, and the counts by kind (or ``clean``)."""
         counts = ", ".join("%s: %d" % (kind, self.counts[kind]) for kind in KINDS if self.counts.get(kind))
         return "%s: %d instances, %d keys, %s (%.2fs)" % (
-            self.model, self.instances, self.keys, counts or "clean", self.seconds)
+            self.model,
+            self.instances,
+            self.keys,
+            counts or "clean",
+            self.seconds,
+        )
 
 
 class _FindingCollector:
@@ -183,7 +188,12 @@ class RepairAction:
     skipped: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"finding": self.finding.to_dict(), "action": self.action, "done": self.done, "skipped": self.skipped}
+        return {
+            "finding": self.finding.to_dict(),
+            "action": self.action,
+            "done": self.done,
+            "skipped": self.skipped,
+        }
 
 
 @dataclass
@@ -208,7 +218,9 @@ class RepairReport:
         if self.final is None:
             return []
         left = {finding.identity() for finding in self.final.findings}
-        unique = {action.finding.identity(): action for action in self.actions if action.finding.identity() in left}
+        unique = {
+            action.finding.identity(): action for action in self.actions if action.finding.identity() in left
+        }
         return list(unique.values())
 
     @property
@@ -233,4 +245,8 @@ class RepairReport:
             return "%s: %d fixes planned (dry run)" % (self.model, len(self.actions))
         left = self.final.summary() if self.final is not None else "not audited"
         return "%s: %d fixes applied, %d left unresolved; after: %s" % (
-            self.model, self.done, len(self.unresolved), left)
+            self.model,
+            self.done,
+            len(self.unresolved),
+            left,
+        )

@@ -29,8 +29,8 @@ class _Group:
 def _classify(key: str, models: Sequence[Tuple[str, Any]]) -> Tuple[str, str, str]:
     """Return ``(owner, role, detail)`` of ``key``: the model name (or unknown prefix), its role, the field."""
     for name, plan in models:
-        if key.startswith(name) and key[len(name):len(name) + 1] == ":":
-            rest = key[len(name) + 1:]
+        if key.startswith(name) and key[len(name) : len(name) + 1] == ":":
+            rest = key[len(name) + 1 :]
             head, _, tail = rest.partition(":")
             if head in RESERVED_PARTS:
                 if head in ("collection", "max_pk", "__deadlines__") and not tail:
@@ -50,8 +50,14 @@ def _classify(key: str, models: Sequence[Tuple[str, Any]]) -> Tuple[str, str, st
     return ":".join(head[:2]) if len(head) > 1 else head[0], "unknown prefix", ""
 
 
-def stats(database: Any, models: Optional[Sequence[type]] = None, sample: int = 50, count: Optional[int] = None,
-          progress: Optional[Callable[[str, int, Optional[int]], None]] = None, seed: Optional[int] = None) -> Dict[str, Any]:
+def stats(
+    database: Any,
+    models: Optional[Sequence[type]] = None,
+    sample: int = 50,
+    count: Optional[int] = None,
+    progress: Optional[Callable[[str, int, Optional[int]], None]] = None,
+    seed: Optional[int] = None,
+) -> Dict[str, Any]:
     """Return the keys of ``database`` grouped by model, role (data, index, collection...), field.
 
     ``models``: the models to recognise (default: those registered on ``database``). Each group
@@ -98,7 +104,7 @@ def stats(database: Any, models: Optional[Sequence[type]] = None, sample: int = 
         types: Dict[str, int] = {}
         sampled = 0
         for _ in group.sample:
-            used, ttl, kind = replies[position:position + 3]
+            used, ttl, kind = replies[position : position + 3]
             position += 3
             if isinstance(used, Exception) or used is None:
                 continue
@@ -107,7 +113,22 @@ def stats(database: Any, models: Optional[Sequence[type]] = None, sample: int = 
             with_ttl += 1 if isinstance(ttl, int) and ttl >= 0 else 0
             types[str(kind)] = types.get(str(kind), 0) + 1
         factor = group.count / sampled if sampled else 0
-        rows.append({"model": owner, "role": role, "field": detail, "count": group.count, "sampled": sampled,
-                     "memory": int(memory * factor), "with_ttl": int(round(with_ttl * factor)), "types": types})
-    return {"keys": total, "sample": sample, "scan_seconds": round(scan_seconds, 3),
-            "keys_per_second": int(total / scan_seconds) if scan_seconds else None, "groups": rows}
+        rows.append(
+            {
+                "model": owner,
+                "role": role,
+                "field": detail,
+                "count": group.count,
+                "sampled": sampled,
+                "memory": int(memory * factor),
+                "with_ttl": int(round(with_ttl * factor)),
+                "types": types,
+            }
+        )
+    return {
+        "keys": total,
+        "sample": sample,
+        "scan_seconds": round(scan_seconds, 3),
+        "keys_per_second": int(total / scan_seconds) if scan_seconds else None,
+        "groups": rows,
+    }

@@ -36,10 +36,21 @@ from limpyd.contrib.related import RelatedCollection, RelatedModel, re_identifie
 from limpyd.exceptions import ImplementationError
 
 __all__ = [
-    "RelatedModel", "ModelWithDynamicFieldMixin", "DynamicFieldMixin", "DynamicRelatedFieldMixin",
-    "DynamicSetField", "DynamicHashField", "DynamicM2MSetField", "ExtendedCollectionManagerWithDynamicFields",
-    "RelatedCollectionWithWriters", "DynamicRelatedCollection",
-    "FKStringField", "FKInstanceHashField", "M2MSetField", "M2MListField", "M2MSortedSetField",
+    "RelatedModel",
+    "ModelWithDynamicFieldMixin",
+    "DynamicFieldMixin",
+    "DynamicRelatedFieldMixin",
+    "DynamicSetField",
+    "DynamicHashField",
+    "DynamicM2MSetField",
+    "ExtendedCollectionManagerWithDynamicFields",
+    "RelatedCollectionWithWriters",
+    "DynamicRelatedCollection",
+    "FKStringField",
+    "FKInstanceHashField",
+    "M2MSetField",
+    "M2MListField",
+    "M2MSortedSetField",
 ]
 
 
@@ -69,7 +80,8 @@ class DynamicFieldMixin:
         if not issubclass(model, ModelWithDynamicFieldMixin):
             raise ImplementationError(
                 "%s needs a model deriving from ModelWithDynamicFieldMixin (got %s.%s)"
-                % (type(self).__name__, model.__module__, model.__qualname__))
+                % (type(self).__name__, model.__module__, model.__qualname__)
+            )
         super()._attach_to_model(model)
         if self._dynamic_base is None and getattr(self, "name", None):
             setattr(model, self.name, self)  # ``Book.tags`` gives the model-level base field
@@ -79,13 +91,16 @@ class DynamicFieldMixin:
     def get_name_for(self, part: str) -> str:
         """Return the name of the dynamic version of this field for ``part``."""
         if not re.fullmatch(self.pattern, str(part)):
-            raise ValueError("%r is not a valid dynamic part for the field %r (pattern %r)" % (part, self.name, self.pattern))
+            raise ValueError(
+                "%r is not a valid dynamic part for the field %r (pattern %r)"
+                % (part, self.name, self.pattern)
+            )
         return self.format % {"field": self._dynamic_base or self.name, "part": part}
 
     def get_part_for(self, name: str) -> Optional[str]:
         """Return the part of ``name`` if it names a dynamic version of this base field, else ``None``."""
         prefix, _, suffix = (self.format % {"field": self.name, "part": "\0"}).partition("\0")
-        part = name[len(prefix):len(name) - len(suffix)]
+        part = name[len(prefix) : len(name) - len(suffix)]
         if name.startswith(prefix) and name.endswith(suffix) and re.fullmatch(self.pattern, part):
             return part
         return None
@@ -121,7 +136,8 @@ class DynamicFieldMixin:
         if self._dynamic_base is None:
             raise ImplementationError(
                 "The field %r is dynamic: use one of its versions, e.g. get_field(%r)"
-                % (self.name, self.format % {"field": self.name, "part": "<part>"}))
+                % (self.name, self.format % {"field": self.name, "part": "<part>"})
+            )
         result = super()._call_command(name, *args, **kwargs)
         if name in self.available_modifiers and name not in ("delete", "hdel"):
             self._inventory().sadd(self.name)
@@ -164,7 +180,11 @@ class ModelWithDynamicFieldMixin:
     def _get_dynamic_base(cls, name: str) -> Optional[DynamicFieldMixin]:
         for base_name in cls._fields:
             field = getattr(cls, "_redis_attr_%s" % base_name)
-            if isinstance(field, DynamicFieldMixin) and field._dynamic_base is None and field.get_part_for(name):
+            if (
+                isinstance(field, DynamicFieldMixin)
+                and field._dynamic_base is None
+                and field.get_part_for(name)
+            ):
                 return field
         return None
 
@@ -211,8 +231,9 @@ class CollectionManagerForModelWithDynamicFieldMixin:
         return self.filter(**{key: value})
 
 
-class ExtendedCollectionManagerWithDynamicFields(CollectionManagerForModelWithDynamicFieldMixin,
-                                                 ExtendedCollectionManager):
+class ExtendedCollectionManagerWithDynamicFields(
+    CollectionManagerForModelWithDynamicFieldMixin, ExtendedCollectionManager
+):
     pass
 
 
@@ -257,10 +278,13 @@ class RelatedCollectionWithWriters(RelatedCollection):
     def zadd(self, *args: Any, **kwargs: Any) -> int:
         """Add this instance to the sorted set of each owner: ``zadd({owner: score, ...})``."""
         _, kwargs = fields.SortedSetField.coerce_zadd_args(
-            *args, values_callback=lambda *owners: [self._owner_field(owner) for owner in owners], **kwargs)
+            *args, values_callback=lambda *owners: [self._owner_field(owner) for owner in owners], **kwargs
+        )
         mapping = kwargs.pop("mapping")  # {owner field: score}
-        return sum(field.zadd(mapping={self.instance: score}, values_callback=None, **kwargs)
-                   for field, score in mapping.items())
+        return sum(
+            field.zadd(mapping={self.instance: score}, values_callback=None, **kwargs)
+            for field, score in mapping.items()
+        )
 
     def zrem(self, *owners: Any) -> None:
         for owner in owners:

@@ -74,7 +74,9 @@ def clean() -> int:
 
 
 class Queue(BaseJobsModel):
-    name = fields.InstanceHashField(indexable=True, indexes=[ScoredEqualIndex.configure(score_field="priority")])
+    name = fields.InstanceHashField(
+        indexable=True, indexes=[ScoredEqualIndex.configure(score_field="priority")]
+    )
     priority = fields.InstanceHashField(indexable=True, default=0)
     waiting = fields.ListField()
     success = fields.ListField()
@@ -131,16 +133,27 @@ class Job(BaseJobsModel):
     always_cancel_on_error = False
 
     @classmethod
-    def add_job(cls, identifier: str, queue_name: Optional[str] = None, priority: int = 0,
-                delayed_until: Optional[datetime] = None, cancel_on_error: bool = False) -> "Job":
+    def add_job(
+        cls,
+        identifier: str,
+        queue_name: Optional[str] = None,
+        priority: int = 0,
+        delayed_until: Optional[datetime] = None,
+        cancel_on_error: bool = False,
+    ) -> "Job":
         """Return the job ``identifier`` waiting in the queue ``(queue_name, priority)``, created if needed."""
         queue = cls.queue_model.get_queue(queue_name or cls.queue_name, priority)
         try:  # already waiting (or delayed) in this queue
             return cls.collection(identifier=identifier, queue=queue, queued="1").instances()[0]
         except IndexError:
             pass
-        job = cls(identifier=identifier, queue=queue, priority=priority, added=str(now()),
-                  cancel_on_error=int(cancel_on_error))
+        job = cls(
+            identifier=identifier,
+            queue=queue,
+            priority=priority,
+            added=str(now()),
+            cancel_on_error=int(cancel_on_error),
+        )
         job.enqueue(queue, delayed_until)
         return job
 
@@ -208,10 +221,20 @@ class Error(BaseJobsModel):
     @classmethod
     def add_error(cls, queue_name: str, job: Job, error: Exception, trace: Optional[str] = None) -> "Error":
         when = str(now())  # 'YYYY-MM-DD HH:MM:SS[.ffffff]'
-        return cls(job=job, job_model_repr=job._name, job_pk=job.pk.get(), identifier=job.identifier.hget(),
-                   queue_name=queue_name, date_time=when, date=when[:10], time=when[11:19],
-                   type=error.__class__.__name__, code=getattr(error, "code", None), message=str(error),
-                   traceback=trace)
+        return cls(
+            job=job,
+            job_model_repr=job._name,
+            job_pk=job.pk.get(),
+            identifier=job.identifier.hget(),
+            queue_name=queue_name,
+            date_time=when,
+            date=when[:10],
+            time=when[11:19],
+            type=error.__class__.__name__,
+            code=getattr(error, "code", None),
+            message=str(error),
+            traceback=trace,
+        )
 
     def get_job(self) -> Job:
         """Return the job, found by its model name in the database's registry."""
@@ -235,9 +258,16 @@ class Worker:
     canceled on error.
     """
 
-    def __init__(self, queue_name: str, callback: Optional[Callable[[Job, Queue], Any]] = None, max_jobs: int = 10,
-                 timeout: float = 0.1, max_tries: int = 1, retry_delay: Optional[timedelta] = None,
-                 name: str = "worker") -> None:
+    def __init__(
+        self,
+        queue_name: str,
+        callback: Optional[Callable[[Job, Queue], Any]] = None,
+        max_jobs: int = 10,
+        timeout: float = 0.1,
+        max_tries: int = 1,
+        retry_delay: Optional[timedelta] = None,
+        name: str = "worker",
+    ) -> None:
         self.queue_name, self.callback, self.max_jobs, self.timeout = queue_name, callback, max_jobs, timeout
         self.max_tries, self.retry_delay = max_tries, retry_delay
         self.lock_name = Queue.make_key(Queue.namespace, "worker", name, queue_name)
@@ -246,14 +276,20 @@ class Worker:
         settings = Queue.database.connection_settings
         client = Queue.get_connection()
         return "limpyd %s, redis %s on %s:%s, db %s" % (
-            EXACT_VERSION, client.info()["redis_version"], settings["host"], settings["port"],
-            client.connection_pool.connection_kwargs["db"])
+            EXACT_VERSION,
+            client.info()["redis_version"],
+            settings["host"],
+            settings["port"],
+            client.connection_pool.connection_kwargs["db"],
+        )
 
     def run(self) -> int:
         """Handle waiting jobs until ``max_jobs`` were popped or none came in time; return the count."""
         client = Queue.get_connection()
         if client.exists(self.lock_name):
-            raise ImplementationError("A worker already runs on the queue %r (lock %s)" % (self.queue_name, self.lock_name))
+            raise ImplementationError(
+                "A worker already runs on the queue %r (lock %s)" % (self.queue_name, self.lock_name)
+            )
         handled = 0
         with Lock(client, self.lock_name, timeout=60):
             while handled < self.max_jobs:
