@@ -215,14 +215,14 @@ def test_database_must_be_a_redis_database(redis_settings):
 def test_same_name_same_namespace_is_refused(database):
     db = database
 
-    first_line = _line() + 1
+    first_line = _line() + 2
 
     class Bike(model.RedisModel):
         database = db
         namespace = "clash"
 
     first = Bike
-    second_line = _line() + 2
+    second_line = _line() + 3
     with pytest.raises(ImplementationError) as excinfo:
 
         class Bike(model.RedisModel):
@@ -241,13 +241,13 @@ def test_same_name_same_namespace_is_refused(database):
 def test_collision_is_case_insensitive(database):
     db = database
 
-    first_line = _line() + 1
+    first_line = _line() + 2
 
     class Bike(model.RedisModel):
         database = db
         namespace = "case"
 
-    second_line = _line() + 2
+    second_line = _line() + 3
     with pytest.raises(ImplementationError) as excinfo:
 
         class bike(model.RedisModel):  # noqa: N801
@@ -378,7 +378,7 @@ def test_same_name_different_databases_coexist(database, redis_settings):
 def test_creation_source_is_the_class_statement(database):
     db = database
 
-    line = _line() + 1
+    line = _line() + 2
 
     class Located(model.RedisModel):
         database = db
@@ -391,7 +391,7 @@ def test_creation_source_is_the_class_statement(database):
 def test_creation_source_of_a_multi_line_class_header(database):
     db = database
 
-    line = _line() + 1
+    line = _line() + 2
 
     class MultiLine(
         model.RedisModel,
@@ -415,13 +415,13 @@ def test_creation_source_with_a_user_metaclass(database):
         def __new__(mcs, name, bases, attrs):
             return super().__new__(mcs, name, bases, attrs)
 
-    line = _line() + 1
+    line = _line() + 2
 
     class WithMeta(model.RedisModel, metaclass=UserMeta):
         database = db
         namespace = "src"
 
-    deeper_line = _line() + 1
+    deeper_line = _line() + 2
 
     class WithDeeperMeta(model.RedisModel, metaclass=DeeperMeta):
         database = db
@@ -452,7 +452,7 @@ def test_creation_source_through_six_with_metaclass(database):
     with_metaclass = six_namespace["with_metaclass"]
     db = database
 
-    line = _line() + 1
+    line = _line() + 2
 
     class SixModel(with_metaclass(MetaRedisModel, model.RedisModel)):
         database = db
