@@ -296,8 +296,11 @@ class RedisField(RedisProxyCommand):
         An instance being created is cleaned whole by its creation instead.
         """
         if not is_unknown_outcome(error):
-            self._rollback_indexes()
-            return
+            try:
+                self._rollback_indexes()
+                return
+            except UNKNOWN_OUTCOME:
+                pass  # the rollback itself was cut (redis-py < 6 does not retry): reconcile instead
         try:
             with_retries(self._reconcile_indexes)
         except UNKNOWN_OUTCOME:

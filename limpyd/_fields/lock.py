@@ -17,7 +17,7 @@ from limpyd._batch import (
     send_commands,
     wait_for_lock,
 )
-from limpyd._recovery import UNKNOWN_OUTCOME, real_client, with_retries
+from limpyd._recovery import UNKNOWN_OUTCOME, is_unknown_outcome, real_client, with_retries
 from limpyd.utils import make_key
 
 if TYPE_CHECKING:  # the base module imports this one
@@ -121,8 +121,14 @@ class FieldLock(Lock):
             kwargs["token"] = os.urandom(16).hex()  # as unique as redis-py's uuid1, much cheaper
         try:
             return super().acquire(*args, **kwargs)
-        except BaseException:
+        except BaseException as error:
             self.already_locked_by_model = False
+            if is_unknown_outcome(error) and kwargs.get("token"):
+                # the SET NX may have run with its reply lost: release what may be ours
+                try:
+                    self._release_now(kwargs["token"])
+                except UNKNOWN_OUTCOME:
+                    pass  # unreachable server: the lock expires after its timeout
             raise
 
     #: per thread: the locks whose release waits for the end of an instance deletion
