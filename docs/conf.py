@@ -50,7 +50,7 @@ redis.Redis(**connection_settings).flushall()
 doctest_default_flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 coverage_show_missing_items = True
-coverage_ignore_modules = [r"limpyd\._", r"limpyd\.contrib\._"]
+coverage_ignore_modules = [r"limpyd\._", r"limpyd\.contrib\._", r"limpyd\.integrity\._"]
 coverage_modules = [
     "limpyd",
     "limpyd.database",
