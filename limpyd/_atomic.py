@@ -21,7 +21,7 @@ from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from limpyd._atomic_lua import ATOMIC_LUA, EVAL_ENTRY, FUNCTION_ENTRY
-from limpyd._pool import get_pool_connection
+from limpyd._pool import get_pool_connection, send_on_pool
 from limpyd.exceptions import DoesNotExist, ImplementationError, UniquenessError
 from limpyd.indexes import EqualIndex, NumberRangeIndex, TextRangeIndex
 from limpyd.utils import make_key
@@ -451,12 +451,12 @@ def run_raw(model: Any, request: Dict[str, Any]) -> List[Any]:
     client = database.connection
     if uses_functions(database, client):
         try:
-            return client.execute_command("FCALL", script["function"], 1, key, payload)
+            return send_on_pool(client, "FCALL", script["function"], 1, key, payload)
         except redis.ResponseError as error:
             if not is_function_missing(error):
                 raise
         load_function(client, script)
-        return client.execute_command("FCALL", script["function"], 1, key, payload)
+        return send_on_pool(client, "FCALL", script["function"], 1, key, payload)
     return database.call_script(script, keys=[key], args=[payload])
 
 
