@@ -47,7 +47,7 @@ __all__ = [
     "assume_exists",
     "batch_scope",
     "current_batch",
-    "defer_next",
+    "is_batched",
     "later",
     "lock_command",
     "queue_command",
@@ -148,8 +148,15 @@ class BatchClient(redis.Redis):
     """The ``redis.Redis`` seen through ``database.connection`` while a batch is open.
 
     It shares the real client's pool and callbacks (its attributes are the real client's); every
-    command goes through the batch, immediately unless :func:`defer_next` marked it.
+    command goes through the batch, immediately unless it is sent through :class:`later`.
     """
+
+    #: the real client this view stands for (its pool, callbacks and replaced methods)
+    _limpyd_real: redis.Redis
+    #: the batch the commands go through
+    _limpyd_batch: "Batch"
+    #: the queue item describing the command being sent through :class:`later`, only during that call
+    _limpyd_defer: Optional[_Item] = None
 
     def __init__(self, real: redis.Redis, batch: "Batch") -> None:  # no redis.Redis.__init__: a view
         self.__dict__.update(real.__dict__)
@@ -449,22 +456,9 @@ class batch_scope:  # noqa: N801 - used as a context manager, like contextlib's 
                 _local.spares[id(batch.real)] = batch
 
 
-def defer_next(
-    connection: Any,
-    on_reply: Optional[Callable[[Any], None]] = None,
-    guard: Any = None,
-    relaxed: bool = False,
-    is_write: bool = True,
-    on_lost: Optional[Callable[[], None]] = None,
-) -> bool:
-    """Mark the next command sent through ``connection`` to be queued; return whether it will be.
-
-    Only a :class:`BatchClient` queues commands; on any other client the command runs at once.
-    """
-    if type(connection) not in _VIEW_TYPES:
-        return False
-    connection._limpyd_defer = _Item((), {}, on_reply, guard, relaxed, is_write, on_lost)
-    return True
+def is_batched(connection: Any) -> bool:
+    """Return whether ``connection`` is the view of an open write-behind batch (commands may be queued)."""
+    return type(connection) in _VIEW_TYPES
 
 
 def send_ahead_of_locks(connection: Any, *args: Any) -> Any:
@@ -479,13 +473,16 @@ def send_ahead_of_locks(connection: Any, *args: Any) -> Any:
 
 
 class later:  # noqa: N801 - reads as a verb at call sites: later(connection).sadd(key, pk)
-    """Send the next command through ``connection`` in the write-behind batch, if one is open.
+    """Queue the command called through it in the write-behind batch, if ``connection`` has one open.
 
     ``later(connection).sadd(key, pk)`` queues ``SADD`` (sent with the next command needing a
     reply) and returns ``None``; on any other client (no batch, a user pipeline) the command runs
-    at once and its result is returned. The options are those of :func:`defer_next`: the callback
-    of the reply, the lock a ``SET NX`` takes (``guard``), whether it is a write, what to do when
-    its round trip is lost.
+    at once and its result is returned (:func:`is_batched` says which). The options describe the
+    queued command: ``on_reply`` (the callback of its reply), ``guard`` (the lock a ``SET NX``
+    takes) and ``relaxed``, ``is_write``, ``on_lost`` (what to do when its round trip is lost).
+
+    The call is explicit: the batch view queues the command sent during this call only (the
+    marker is set around the call and always cleared), so no state waits for a later command.
     """
 
     __slots__ = ("connection", "options")
@@ -499,8 +496,13 @@ class later:  # noqa: N801 - reads as a verb at call sites: later(connection).sa
         connection, options = self.connection, self.options
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            defer_next(connection, **options)
-            return method(*args, **kwargs)
+            if not is_batched(connection):
+                return method(*args, **kwargs)
+            connection._limpyd_defer = _Item((), {}, **options)
+            try:
+                return method(*args, **kwargs)
+            finally:  # sent, or failed before being sent: nothing is left for another command
+                connection._limpyd_defer = None
 
         return call
 
@@ -546,11 +548,10 @@ def queue_command(connection: Any, name: str, *args: Any, **kwargs: Any) -> Opti
     Returns ``None`` (and sends nothing) when ``connection`` is not a :class:`BatchClient`: the
     caller then sends the command its usual way. An error reply is raised when the batch is sent.
     """
-    if type(connection) not in _VIEW_TYPES:
+    if not is_batched(connection):
         return None
     pending = Pending(connection._limpyd_batch)
-    connection._limpyd_defer = _Item((), {}, pending.reply_handler())
-    getattr(connection, name)(*args, **kwargs)
+    getattr(later(connection, on_reply=pending.reply_handler()), name)(*args, **kwargs)
     return pending
 
 

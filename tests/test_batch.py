@@ -152,8 +152,8 @@ def test_a_batch_flushes_before_a_scan(Base, client, database):
 
     with _batch.batch_scope(database) as batch:
         connection = database.connection
-        assert _batch.defer_next(connection)
-        connection.set("queued", "1")
+        assert _batch.is_batched(connection)
+        _batch.later(connection).set("queued", "1")
         assert batch.queue  # not sent yet
         assert "queued" in set(database.scan_keys())
         assert not batch.queue

@@ -940,10 +940,8 @@ def test_batched_round_trips_keep_the_commands(database, namespace, redis_settin
             if not batched:
                 for module in (contrib_collection, base_collection):
                     patch.setattr(module, "queue_command", lambda *args, **kwargs: None)
-                    if hasattr(module, "defer_next"):
-                        patch.setattr(module, "defer_next", lambda *args, **kwargs: False)
-                # later(connection).<command>(...) queues through limpyd._batch.defer_next
-                patch.setattr(limpyd_batch, "defer_next", lambda *args, **kwargs: False)
+                # later(connection).<command>(...) queues only where limpyd._batch.is_batched says so
+                patch.setattr(limpyd_batch, "is_batched", lambda connection: False)
                 patch.setattr(base_collection, "current_batch", lambda database: None)
             with command_log(client) as log:
                 results.append(eval(operation, {"M": M, "board": board, "SORTED_SCORE": SORTED_SCORE}))

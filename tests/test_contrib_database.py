@@ -174,8 +174,8 @@ def test_pipeline_sends_the_writes_queued_by_a_running_operation_first(pdb, clie
     with _batch.batch_scope(pdb) as batch:
         assert batch is not None
         connection = pdb.connection
-        assert _batch.defer_next(connection)
-        connection.set("queued", 1)
+        assert _batch.is_batched(connection)
+        _batch.later(connection).set("queued", 1)
         assert client.exists("queued") == 0
         with pdb.pipeline(transaction=False) as pipe:
             assert client.get("queued") == "1"

@@ -11,7 +11,8 @@ from redis.lock import Lock
 
 from limpyd._batch import (
     current_batch,
-    defer_next,
+    is_batched,
+    later,
     lock_command,
     release_reply_checker,
     send_commands,
@@ -69,8 +70,8 @@ class FieldLock(Lock):
         instance = getattr(self.field, "_instance", None)
         relaxed = bool(instance is not None and self.field._is_fresh() and not self.field.unique)
         command = lock_command(self, token)  # the same arguments, in the same order, for every redis-py
-        if defer_next(self.redis, guard=self, relaxed=relaxed):
-            self.redis.execute_command(*command)
+        if is_batched(self.redis):  # checked on its reply (lock_refused), with the next read
+            later(self.redis, guard=self, relaxed=relaxed).execute_command(*command)
             return True
         return bool(self.redis.execute_command(*command)) or holds_lock(self, token)
 
@@ -87,12 +88,12 @@ class FieldLock(Lock):
 
     def do_release(self, expected_token: Any) -> None:
         """Run the release script; in a batch, queued and checked on its reply."""
-        if defer_next(
-            self.redis,
-            on_reply=release_reply_checker(self, expected_token),
-            on_lost=lambda: self._release_now(expected_token),
-        ):
-            self.redis.evalsha(self.lua_release.sha, 1, self.name, expected_token)
+        if is_batched(self.redis):
+            later(
+                self.redis,
+                on_reply=release_reply_checker(self, expected_token),
+                on_lost=lambda: self._release_now(expected_token),
+            ).evalsha(self.lua_release.sha, 1, self.name, expected_token)
             return
         client = self.redis
         if type(client) is not redis.Redis:  # a pipeline or a custom client: redis-py's own release

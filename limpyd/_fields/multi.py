@@ -7,7 +7,8 @@ from typing import Any, Dict, Tuple
 from redis.exceptions import DataError
 
 from limpyd._batch import (
-    defer_next,
+    is_batched,
+    later,
 )
 from limpyd._fields.base import RedisField
 from limpyd._fields.values import check_fresh_reply, check_value, field_label, write_hash
@@ -407,10 +408,10 @@ class HashField(MultiValuesField):
         if self.indexable and mapping:
             keys = list(mapping)
             connection = self.connection
-            if self._is_fresh() and defer_next(
-                connection, on_reply=lambda reply: check_fresh_reply(self, reply), is_write=False
-            ):
-                connection.hmget(self.key, keys)
+            if self._is_fresh() and is_batched(connection):
+                later(
+                    connection, on_reply=lambda reply: check_fresh_reply(self, reply), is_write=False
+                ).hmget(self.key, keys)
                 current = {}
             else:
                 current = dict(zip(keys, connection.hmget(self.key, keys)))

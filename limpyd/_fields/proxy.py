@@ -12,7 +12,8 @@ from typing import Any, Callable, Dict, Set
 from limpyd import _atomic
 from limpyd._batch import (
     Pending,
-    defer_next,
+    is_batched,
+    later,
 )
 from limpyd._fields.values import check_fresh_reply, field_label
 
@@ -98,15 +99,13 @@ class RedisProxyCommand(metaclass=MetaRedisProxy):
         connection = self.connection
         key = self.key  # may allocate the pk: before the command is marked to be queued
         pending = self.__dict__.pop("_limpyd_pending", None)
-        if pending is not None and defer_next(
-            connection, on_reply=self._pending_reply(pending, name, args, kwargs)
-        ):
-            getattr(connection, name)(key, *args, **kwargs)
+        if pending is not None and is_batched(connection):
+            queued = later(connection, on_reply=self._pending_reply(pending, name, args, kwargs))
+            getattr(queued, name)(key, *args, **kwargs)
             return pending
-        if self.__dict__.get("_limpyd_fresh_read") and defer_next(
-            connection, on_reply=self._fresh_read_reply(name, args, kwargs), is_write=False
-        ):
-            getattr(connection, name)(key, *args, **kwargs)
+        if self.__dict__.get("_limpyd_fresh_read") and is_batched(connection):
+            queued = later(connection, on_reply=self._fresh_read_reply(name, args, kwargs), is_write=False)
+            getattr(queued, name)(key, *args, **kwargs)
             return None
         result = getattr(connection, name)(key, *args, **kwargs)
         return self.post_command(sender=self, name=name, result=result, args=args, kwargs=kwargs)
