@@ -157,3 +157,24 @@ def test_a_batch_flushes_before_a_scan(Base, client, database):
         assert batch.queue  # not sent yet
         assert "queued" in set(database.scan_keys())
         assert not batch.queue
+
+
+def test_later_marks_only_the_command_of_its_own_call(database, client):
+    with _batch.batch_scope(database) as batch:
+        connection = database.connection
+        with pytest.raises(redis.DataError):
+            _batch.later(connection).zadd("refused", {})  # redis-py refuses it before sending
+        assert connection._limpyd_defer is None
+        assert connection.set("after", "1")  # a later command runs at once: nothing was left for it
+        assert not batch.queue
+        _batch.later(connection).set("queued", "1")
+        assert [item.args for item in batch.queue] == [("SET", "queued", "1")]
+    assert client.get("after") == "1" and client.get("queued") == "1"
+    assert client.exists("refused") == 0
+
+
+def test_later_runs_the_command_at_once_outside_a_batch(database, client):
+    connection = database.connection
+    assert not _batch.is_batched(connection)
+    assert _batch.later(connection).set("now", "1") is True
+    assert client.get("now") == "1"
