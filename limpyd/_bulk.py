@@ -12,8 +12,9 @@ from typing import Any, Iterable, Iterator, List, Optional, Tuple
 
 from redis.exceptions import DataError
 
-from limpyd import _atomic
-from limpyd.exceptions import BulkError, ImplementationError, LimpydException
+from limpyd import _atomic, _executors
+from limpyd._executors import Executor
+from limpyd.exceptions import BulkError, LimpydException
 
 __all__ = ["create_many", "delete_many"]
 
@@ -30,17 +31,6 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
 def _check_batch_size(model: Any, batch_size: Any) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError("batch_size=%r for %s: give an int >= 1" % (batch_size, model.__name__))
-
-
-def _scripted(model: Any) -> bool:
-    """Return whether the script can write ``model`` (server-side indexes only, no user pipeline)."""
-    if _atomic.in_pipeline(model):
-        return False
-    try:
-        _atomic.schema_of(model)
-    except ImplementationError:
-        return False
-    return not getattr(model, "_multi_fields_index_for_filtering", None)
 
 
 def _prepare_row(model: Any, row: Any, ttl: Optional[float], encoder: Any) -> dict:
@@ -103,7 +93,7 @@ def create_many(
         model._check_expiring("create_many(ttl=...)")
     elif model._limpyd_default_ttl is not None:
         ttl = model._limpyd_default_ttl
-    if not _scripted(model):
+    if _executors.for_bulk(model) is not Executor.SCRIPT:
         return _create_one_by_one(model, rows, batch_size, ttl)
     model._purge_due()
     replies = _Replies(model)
@@ -156,7 +146,7 @@ def _create_one_by_one(model: Any, rows: Iterable[Any], batch_size: int, ttl: Op
 def delete_many(model: Any, pks: Iterable[Any], batch_size: int = 1000) -> int:
     """Delete the instances of ``pks``; see ``RedisModel.delete_many``."""
     _check_batch_size(model, batch_size)
-    scripted = _scripted(model)
+    scripted = _executors.for_bulk(model) is Executor.SCRIPT
     normalize = model.get_field("pk").normalize
     deleted = 0
     for chunk in _chunks(pks, batch_size):

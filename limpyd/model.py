@@ -10,8 +10,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from redis.exceptions import DataError
 
-from limpyd import _atomic, _bulk
+from limpyd import _atomic, _bulk, _executors
 from limpyd._batch import batch_scope, later, take_assumed_existence
+from limpyd._executors import Executor
 from limpyd._recovery import UNKNOWN_OUTCOME, with_retries
 from limpyd.collection import CollectionManager
 from limpyd.database import RedisDatabase
@@ -400,7 +401,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         values: Dict[str, Any] = {}
         pk_value: Any = None
         pk_given = False
-        atomic = _atomic.atomic_enabled(type(self)) and not _atomic.in_pipeline(type(self))
+        atomic = _executors.for_model(type(self)) is Executor.SCRIPT
         self._purge_due()
         # atomic writes check the model-level fields (the script writes; no instance field is needed)
         get_field = type(self).get_class_field if atomic else self.get_field
@@ -743,11 +744,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
 
     def _call_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run the command ``name``; ``hmset`` of a lazy instance checks the pk under its field locks."""
-        if (
-            name in ("hmset", "hdel")
-            and _atomic.atomic_enabled(type(self))
-            and not _atomic.in_pipeline(type(self))
-        ):
+        if name in ("hmset", "hdel") and _executors.for_model(type(self)) is Executor.SCRIPT:
             return self._hash_write_atomic(name, *args, **kwargs)
         if name == "hmset" and self._pk and not self._connected:
             return self._call_hmset(name, *args, _limpyd_check_exists=True, **kwargs)
@@ -835,7 +832,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
 
     def delete(self) -> None:
         """Delete every field of the instance (and its index entries), then the pk."""
-        if _atomic.atomic_enabled(type(self)) and not _atomic.in_pipeline(type(self)):
+        if _executors.for_model(type(self)) is Executor.SCRIPT:
             _atomic.run(type(self), {"op": "delete", "pk": self.pk.get()})
             del self._pk
             return

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Set
 
-from limpyd import _atomic
+from limpyd import _executors
 from limpyd._batch import (
     Pending,
     batch_scope,
     current_batch,
     resolve,
 )
+from limpyd._executors import Executor
 from limpyd._fields.lock import FieldLock
 from limpyd._fields.proxy import RedisProxyCommand
 from limpyd._recovery import UNKNOWN_OUTCOME, is_unknown_outcome, with_retries
@@ -381,32 +382,39 @@ class RedisField(RedisProxyCommand):
     # ------------------------------------------------------------------ commands
 
     def _call_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
-        """Run ``name``; a modifier of an indexable field runs under the field lock, with rollback.
-
-        Such a modifier runs in a write-behind batch (``limpyd._batch``): same commands, same
-        order, fewer round trips. Its final write is queued too when nobody waits for its result
-        before the batch is sent: when this call opened the batch (the result is read after
-        sending it), or when the caller said it drops the result (:meth:`_drop_next_result`).
-        """
+        """Run ``name`` with the executor ``limpyd._executors.for_field`` chooses for it."""
         drop_result = self.__dict__.pop("_limpyd_drop_result", False)
-        if (
-            name in self.available_modifiers
-            and _atomic.atomic_enabled(self._model)
-            and not _atomic.in_pipeline(self._model)
-            and (self.indexable or self._lazy_write())
-        ):
-            # indexable fields always; the others on a lazy instance, whose pk the script checks
+        executor = _executors.for_field(self, name)
+        if executor is Executor.SCRIPT:
             return self._call_atomic(name, *args, **kwargs)
-        if not (self.indexable and name in self.available_modifiers):
-            if drop_result:
-                batch = current_batch(self._model.database)
-                if batch is not None:
-                    batch.owners.add(id(self))
-                    try:
-                        return super()._call_command(name, *args, **kwargs)
-                    finally:
-                        batch.owners.discard(id(self))
-            return super()._call_command(name, *args, **kwargs)
+        if executor is Executor.IMMEDIATE:
+            return self._call_immediate(name, drop_result, *args, **kwargs)
+        return self._call_locked(name, drop_result, *args, **kwargs)
+
+    def _call_immediate(self, name: str, drop_result: bool, /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``name`` as it is built (a read, or a write of a field without index).
+
+        Inside a write-behind batch, the write is queued when the caller said it drops the
+        result (:meth:`_drop_next_result`).
+        """
+        if drop_result:
+            batch = current_batch(self._model.database)
+            if batch is not None:
+                batch.owners.add(id(self))
+                try:
+                    return super()._call_command(name, *args, **kwargs)
+                finally:
+                    batch.owners.discard(id(self))
+        return super()._call_command(name, *args, **kwargs)
+
+    def _call_locked(self, name: str, drop_result: bool, /, *args: Any, **kwargs: Any) -> Any:
+        """Run the modifier ``name`` of an indexable field under the field lock, with rollback.
+
+        It runs in a write-behind batch (``limpyd._batch``; none in a user pipeline): same
+        commands, same order, fewer round trips. Its final write is queued too when nobody waits
+        for its result before the batch is sent: when this call opened the batch (the result is
+        read after sending it), or when the caller said it drops the result.
+        """
         instance = getattr(self, "_instance", self)
         scope = batch_scope(self._model.database)
         try:
