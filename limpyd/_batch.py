@@ -30,12 +30,11 @@ knows nothing else of locks or of the ORM's keys.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable, List, Optional
 
 import redis
 from redis.client import Pipeline
-from redis.exceptions import DataError, LockError, LockNotOwnedError, NoScriptError, ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from limpyd._cluster import cluster_batch_client_class, is_batchable_cluster, send_cluster_commands
 from limpyd._pool import get_pool_connection
@@ -49,7 +48,6 @@ __all__ = [
     "current_batch",
     "is_batched",
     "later",
-    "lock_command",
     "queue_command",
     "resolve",
     "send_ahead_of_locks",
@@ -505,41 +503,6 @@ class later:  # noqa: N801 - reads as a verb at call sites: later(connection).sa
                 connection._limpyd_defer = None
 
         return call
-
-
-def lock_command(lock: Any, token: Any) -> tuple:
-    """Return the ``SET name token NX [PX ms]`` taking ``lock`` (one argument order, any redis-py)."""
-    if lock.timeout:
-        return ("SET", lock.name, token, "NX", "PX", int(lock.timeout * 1000))
-    return ("SET", lock.name, token, "NX")
-
-
-def wait_for_lock(lock: Any, token: Any) -> None:
-    """Acquire ``lock`` with ``token`` the way redis-py's blocking ``acquire`` does (after a miss)."""
-    client = lock.redis._limpyd_real if type(lock.redis) in _VIEW_TYPES else lock.redis
-    command = lock_command(lock, token)
-    blocking_timeout = lock.blocking_timeout
-    stop_at = time.monotonic() + blocking_timeout if blocking_timeout is not None else None
-    while not client.execute_command(*command):
-        if not lock.blocking or (stop_at is not None and time.monotonic() > stop_at):
-            raise LockError("Unable to acquire the lock %r: it is held by someone else" % lock.name)
-        time.sleep(lock.sleep)
-
-
-def release_reply_checker(lock: Any, token: Any) -> Callable[[Any], None]:
-    """Return the callback checking the reply of a queued lock release (as redis-py's release)."""
-
-    def check(reply: Any) -> None:
-        if isinstance(reply, NoScriptError):  # first release on this server: load the script, retry
-            reply = lock.lua_release(
-                keys=[lock.name], args=[token], client=getattr(lock.redis, "_limpyd_real", lock.redis)
-            )
-        elif isinstance(reply, Exception):
-            raise reply
-        if not reply and not getattr(lock, "not_acquired", False):
-            raise LockNotOwnedError("Cannot release a lock that's no longer owned")
-
-    return check
 
 
 def queue_command(connection: Any, name: str, *args: Any, **kwargs: Any) -> Optional[Pending]:

@@ -4,25 +4,57 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Optional
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import redis
+from redis.exceptions import LockError, LockNotOwnedError, NoScriptError
 from redis.lock import Lock
 
 from limpyd._batch import (
     current_batch,
     is_batched,
     later,
-    lock_command,
-    release_reply_checker,
     send_commands,
-    wait_for_lock,
 )
 from limpyd._recovery import UNKNOWN_OUTCOME, is_unknown_outcome, real_client, with_retries
 from limpyd.utils import make_key
 
 if TYPE_CHECKING:  # the base module imports this one
     from limpyd._fields.base import RedisField
+
+
+def lock_command(lock: Any, token: Any) -> tuple:
+    """Return the ``SET name token NX [PX ms]`` taking ``lock`` (one argument order, any redis-py)."""
+    if lock.timeout:
+        return ("SET", lock.name, token, "NX", "PX", int(lock.timeout * 1000))
+    return ("SET", lock.name, token, "NX")
+
+
+def wait_for_lock(lock: Any, token: Any) -> None:
+    """Acquire ``lock`` with ``token`` the way redis-py's blocking ``acquire`` does (after a miss)."""
+    client = real_client(lock.redis)
+    command = lock_command(lock, token)
+    blocking_timeout = lock.blocking_timeout
+    stop_at = time.monotonic() + blocking_timeout if blocking_timeout is not None else None
+    while not client.execute_command(*command):
+        if not lock.blocking or (stop_at is not None and time.monotonic() > stop_at):
+            raise LockError("Unable to acquire the lock %r: it is held by someone else" % lock.name)
+        time.sleep(lock.sleep)
+
+
+def release_reply_checker(lock: Any, token: Any) -> Callable[[Any], None]:
+    """Return the callback checking the reply of a queued lock release (as redis-py's release)."""
+
+    def check(reply: Any) -> None:
+        if isinstance(reply, NoScriptError):  # first release on this server: load the script, retry
+            reply = lock.lua_release(keys=[lock.name], args=[token], client=real_client(lock.redis))
+        elif isinstance(reply, Exception):
+            raise reply
+        if not reply and not getattr(lock, "not_acquired", False):
+            raise LockNotOwnedError("Cannot release a lock that's no longer owned")
+
+    return check
 
 
 class FieldLock(Lock):
