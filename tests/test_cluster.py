@@ -488,6 +488,50 @@ def test_scan_keys_on_every_primary(cluster_database, redis_cluster):
     assert threading.active_count() == before
 
 
+def test_scan_keys_hands_whole_replies_over(cluster_database, redis_cluster):
+    """Each node's thread passes one list per reply (``scan_pool`` with ``_decode_key_lists``)."""
+    from limpyd import _cluster
+    from limpyd._scan import scan_pool
+
+    client = cluster_database.connection
+    for index in range(0, 3000, 500):
+        client.mset({"{a}:%d" % key: 1 for key in range(index, index + 500)})
+    pool = client.get_redis_connection(client.get_node_from_key("{a}")).connection_pool
+    items = list(scan_pool(pool, ["COUNT", 1000], decode_keys=_cluster._decode_key_lists))
+    assert items and all(type(item) is list for item in items)
+    assert sorted(key for item in items for key in item) == sorted("{a}:%d" % key for key in range(3000))
+    keys = cluster_database.scan_keys()
+    assert isinstance(keys, _cluster.ClusterScan)
+    assert sorted(keys) == sorted("{a}:%d" % key for key in range(3000))
+
+
+def test_scan_keys_error_of_a_node_reaches_the_caller(cluster_database):
+    """A node's error reply is raised by the iterator, and every thread ends."""
+    import threading
+
+    from limpyd import _cluster
+    from limpyd._scan import scan_pool
+
+    before = threading.active_count()
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        list(_cluster.scan_cluster(cluster_database.connection, ["COUNT", "many"], scan_pool))
+    assert threading.active_count() == before
+    assert cluster_database.connection.ping()
+
+
+def test_scan_keys_through_redis_py_parser(redis_cluster):
+    """A client decoding with another codec than UTF-8 scans through redis-py's parser (keys one by one)."""
+    db = RedisDatabase(**redis_cluster.settings, encoding="latin-1")
+    client = db.connection
+    expected = {"k%d" % index for index in range(2500)}
+    for key in expected:
+        client.set(key, 1)
+    try:
+        assert sorted(db.scan_keys(count=100)) == sorted(expected)
+    finally:
+        redis_cluster.flushall()
+
+
 # ---------------------------------------------------------------------- write-behind batches: commands and round trips
 
 
