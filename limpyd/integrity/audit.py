@@ -22,6 +22,7 @@ changed in the meantime are dropped.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -35,6 +36,7 @@ from limpyd.integrity._schema import (
     Entry,
     ModelPlan,
 )
+from limpyd.integrity._scripted import ScriptedCheck
 from limpyd.integrity.report import (
     EMPTY_PK,
     EXPIRED_INSTANCE,
@@ -57,6 +59,8 @@ __all__ = ["audit"]
 
 Progress = Optional[Callable[[str, int, Optional[int]], None]]
 
+#: check instances with :mod:`limpyd.integrity._scripted` where it can (``False``: all in Python)
+SCRIPTED = True
 #: entries per script call of the forward check
 CHECK_BATCH = 3000
 #: index keys per script call when counting or reading members
@@ -136,6 +140,8 @@ class _Analysis:
         self.expected: Dict[str, int] = {}
         self.missing: Dict[str, int] = {}
         self.instances = 0
+        #: instance keys (field keys, instance hash) of the pks seen, counted by the scripted pass
+        self.instance_keys = 0
 
 
 def analyze_pks(
@@ -144,11 +150,26 @@ def analyze_pks(
     pks: Sequence[str],
     analysis: Optional[_Analysis] = None,
     check_empty: bool = True,
+    fields: Optional[Sequence[str]] = None,
+    reads: Optional[Sequence[str]] = None,
 ) -> _Analysis:
-    """Read the values of ``pks`` (one round trip), check the entries they must have (one more)."""
+    """Read the values of ``pks`` (one round trip), check the entries they must have (one more).
+
+    With ``fields``, only the entries of those fields are checked (their values read with those
+    of ``reads``, all fields when ``None``) and nothing is said of the pks' keys: the scripted
+    pass (:mod:`limpyd.integrity._scripted`) checked them, and the other fields.
+    """
     analysis = analysis or _Analysis()
     entries: List[Entry] = []
     expected = analysis.expected
+    if fields is not None:
+        for pk, replies in zip(pks, plan.read(client, pks, reads)):
+            values, _, _ = plan.decode(pk, replies, reads)
+            for entry in plan.entries(pk, values, fields):
+                entries.append(entry)
+                expected[entry.field] = expected.get(entry.field, 0) + 1
+        _report_entries(client, entries, analysis)
+        return analysis
     for pk, replies in zip(pks, plan.read(client, pks)):
         values, extra, wrong = plan.decode(pk, replies)
         analysis.instances += 1
@@ -178,6 +199,12 @@ def analyze_pks(
         for entry in plan.entries(pk, values):
             entries.append(entry)
             expected[entry.field] = expected.get(entry.field, 0) + 1
+    _report_entries(client, entries, analysis)
+    return analysis
+
+
+def _report_entries(client: Any, entries: List[Entry], analysis: _Analysis) -> None:
+    """Check ``entries`` (script calls) and add the findings and missing counts to ``analysis``."""
     conflicted: Set[int] = set()
     problems = _check_entries(client, entries)
     for position, code, data in problems:
@@ -235,7 +262,6 @@ def analyze_pks(
                     % (entry.member, data, entry.score),
                 )
             )
-    return analysis
 
 
 def _pk_of(entry: Entry) -> str:
@@ -280,126 +306,231 @@ def iter_collection(client: Any, plan: ModelPlan, chunk_size: int) -> Iterable[L
         yield buffer
 
 
+def _scripted_instances(
+    plan: ModelPlan,
+    client: Any,
+    scripted: ScriptedCheck,
+    chunk_size: int,
+    analysis: _Analysis,
+    collector: _FindingCollector,
+    progress: Progress,
+    total: int,
+) -> None:
+    """Pass 1 by :data:`~limpyd.integrity._scripted.CHECK_CHUNK` calls; the pks it flags are analyzed in Python."""
+    python_fields = scripted.python_fields
+    cursor: Any = 0
+    expected = analysis.expected
+    while True:
+        cursor, flagged, counts, keys, scanned, pks = scripted.run(
+            client, cursor, chunk_size, bool(python_fields)
+        )
+        analysis.instances += scanned - len(flagged)
+        analysis.instance_keys += keys
+        for name, number in counts.items():
+            expected[name] = expected.get(name, 0) + number
+        if flagged:
+            analyze_pks(plan, client, flagged, analysis)
+        if python_fields and pks:
+            if flagged:
+                skip = set(flagged)
+                pks = [pk for pk in pks if pk not in skip]
+            analyze_pks(plan, client, pks, analysis, fields=python_fields, reads=scripted.python_reads)
+        collector.extend(analysis.findings)
+        del analysis.findings[:]
+        if progress:
+            progress("instances", analysis.instances, total)
+        if int(cursor) == 0:
+            break
+
+
 # ---------------------------------------------------------------------------------------------
 # pass 2: the key space
 
 
 class _KeySpace:
-    """Classify the keys of a model's key space and count its index members per field."""
+    """Classify the keys of a model's key space and count its index members per field.
 
-    def __init__(self, plan: ModelPlan, client: Any, other_models: Sequence[str]) -> None:
+    With ``check_instances`` false, the instance keys (field keys, instance hash) are only
+    counted (``instance_keys``): the audit compares that count with the one of the scripted pass
+    and looks for orphan data only when they differ (a second scan with ``only_orphans``).
+    """
+
+    def __init__(
+        self,
+        plan: ModelPlan,
+        client: Any,
+        other_models: Sequence[str],
+        check_instances: bool = True,
+        only_orphans: bool = False,
+    ) -> None:
         self.plan = plan
         self.client = client
         self.prefix = plan.name + ":"
-        self.others = [name + ":" for name in other_models]
+        self.others = tuple(name + ":" for name in other_models)
         self.counts: Dict[str, int] = {}
         self.findings: List[Finding] = []
         self.keys = 0
+        self.instance_keys = 0
+        self.check_instances = check_instances or only_orphans
+        self.only_orphans = only_orphans
         self._index_keys: List[Tuple[str, str]] = []
         self._instance_keys: List[Tuple[str, str, str]] = []
         self._ttl_keys: List[Tuple[str, str]] = []
+        self._fields = frozenset(plan.fields)
+        self._indexed = frozenset(name for name, field_plan in plan.fields.items() if field_plan.indexes)
+        #: last key part of instance keys
+        self._instance_names = {
+            name for name, field_plan in plan.fields.items() if field_plan.reader not in ("ihash",)
+        }
+        if plan.instancehash:
+            self._instance_names.add(INSTANCE_HASH)
 
     def feed(self, key: str) -> None:
-        if self.others and any(key.startswith(other) for other in self.others):
-            return  # a model whose name starts with this one's
-        self.keys += 1
-        plan = self.plan
-        rest = key[len(self.prefix) :]
-        head, _, tail = rest.partition(":")
-        if head in RESERVED_PARTS:
-            if not tail and head in ("collection", "max_pk", "__deadlines__"):
-                return
-            if head == "lock-for-update":
-                self._ttl_keys.append((key, OWNERLESS_LOCK))
-            elif head in TEMPORARY_PARTS:
-                self._ttl_keys.append((key, TEMPORARY_KEY))
-            elif head == "__rebuild__":
-                return  # the state and aside keys of an index rebuild (limpyd.integrity.rebuild)
-            else:
-                self.findings.append(Finding(UNKNOWN_KEY, key, detail="unexpected key under a reserved part"))
-            self._flush(False)
-            return
-        field_plan = plan.fields.get(head)
-        if field_plan is not None and tail:
-            if field_plan.indexes:
-                self._index_keys.append((key, head))
-            else:
+        self.feed_many((key,))
+
+    def feed_many(self, keys: Iterable[str]) -> None:
+        """Classify ``keys`` (each key of the model's key space once)."""
+        plen = len(self.prefix)
+        others = self.others
+        fields = self._fields
+        indexed = self._indexed
+        instance_names = self._instance_names
+        only_orphans = self.only_orphans
+        check_instances = self.check_instances
+        index_keys = self._index_keys
+        instance_keys = self._instance_keys
+        for key in keys:
+            if others and key.startswith(others):
+                continue  # a model whose name starts with this one's
+            self.keys += 1
+            rest = key[plen:]
+            head, _, tail = rest.partition(":")
+            if head in RESERVED_PARTS:
+                if not only_orphans:
+                    self._reserved(key, head, tail)
+                continue
+            if tail and head in fields:
+                if only_orphans:
+                    continue
+                if head in indexed:
+                    index_keys.append((key, head))
+                    if len(index_keys) >= KEYS_BATCH:
+                        self._flush_index_keys()
+                else:
+                    detail = "key under the field %r, which has no index" % head
+                    self.findings.append(Finding(UNKNOWN_KEY, key, field=head, detail=detail))
+                continue
+            pk, _, name = rest.rpartition(":")
+            if pk and name in instance_names:
+                self.instance_keys += 1
+                if check_instances:
+                    instance_keys.append((key, pk, name))
+                    if len(instance_keys) >= KEYS_BATCH:
+                        self._flush_instance_keys()
+            elif not only_orphans:
                 self.findings.append(
                     Finding(
                         UNKNOWN_KEY,
                         key,
-                        field=head,
-                        detail="key under the field %r, which has no index" % head,
+                        pk=pk or None,
+                        field=name or None,
+                        detail="no field or index of %s produces this key" % self.plan.model.__name__,
                     )
                 )
-            self._flush(False)
-            return
-        pk, _, name = rest.rpartition(":")
-        if pk and (
-            name in plan.fields
-            and plan.fields[name].reader not in ("ihash",)
-            or name == INSTANCE_HASH
-            and plan.instancehash
-        ):
-            self._instance_keys.append((key, pk, name))
-        else:
-            self.findings.append(
-                Finding(
-                    UNKNOWN_KEY,
-                    key,
-                    pk=pk or None,
-                    field=name or None,
-                    detail="no field or index of %s produces this key" % plan.model.__name__,
-                )
-            )
-        self._flush(False)
 
-    def _flush(self, force: bool) -> None:
-        if self._index_keys and (force or len(self._index_keys) >= KEYS_BATCH):
-            batch, self._index_keys = self._index_keys, []
-            reply = _lua.run(self.client, [(_lua.CARDS, [key for key, _ in batch], [])])[0]
-            for position, (key, field) in enumerate(batch):
-                kind, card = reply[2 * position], int(reply[2 * position + 1])
-                if card >= 0:
-                    self.counts[field] = self.counts.get(field, 0) + card
-                elif kind != "none":
-                    self.findings.append(
-                        Finding(
-                            UNKNOWN_KEY,
-                            key,
-                            field=field,
-                            redis_type=str(kind),
-                            detail="a %s where the indexes of %r keep sets and sorted sets" % (kind, field),
-                        )
+    def _reserved(self, key: str, head: str, tail: str) -> None:
+        if not tail and head in ("collection", "max_pk", "__deadlines__"):
+            return
+        if head == "lock-for-update":
+            self._ttl_keys.append((key, OWNERLESS_LOCK))
+        elif head in TEMPORARY_PARTS:
+            self._ttl_keys.append((key, TEMPORARY_KEY))
+        elif head == "__rebuild__":
+            return  # the state and aside keys of an index rebuild (limpyd.integrity.rebuild)
+        else:
+            self.findings.append(Finding(UNKNOWN_KEY, key, detail="unexpected key under a reserved part"))
+        if len(self._ttl_keys) >= KEYS_BATCH:
+            self._flush_ttl_keys()
+
+    def _flush_index_keys(self) -> None:
+        batch = self._index_keys[:]
+        del self._index_keys[:]  # feed_many holds the list
+        if not batch:
+            return
+        reply = _lua.run(self.client, [(_lua.CARDS, [key for key, _ in batch], [])])[0]
+        counts = self.counts
+        for position, (key, field) in enumerate(batch):
+            kind, card = reply[2 * position], int(reply[2 * position + 1])
+            if card >= 0:
+                counts[field] = counts.get(field, 0) + card
+            elif kind != "none":
+                self.findings.append(
+                    Finding(
+                        UNKNOWN_KEY,
+                        key,
+                        field=field,
+                        redis_type=str(kind),
+                        detail="a %s where the indexes of %r keep sets and sorted sets" % (kind, field),
                     )
-        if self._instance_keys and (force or len(self._instance_keys) >= KEYS_BATCH):
-            batch2, self._instance_keys = self._instance_keys, []
-            flags = _lua.run(
-                self.client, [(_lua.IS_MEMBER, [self.plan.collection_key], [pk for _, pk, _ in batch2])]
-            )[0]
-            for (key, pk, name), flag in zip(batch2, flags):
-                if not flag:
-                    self.findings.append(
-                        Finding(
-                            ORPHAN_DATA,
-                            key,
-                            pk=pk,
-                            field=None if name == INSTANCE_HASH else name,
-                            detail="pk %r is not in %s" % (pk, self.plan.collection_key),
-                        )
+                )
+
+    def _flush_instance_keys(self) -> None:
+        batch = self._instance_keys[:]
+        del self._instance_keys[:]  # feed_many holds the list
+        if not batch:
+            return
+        flags = _lua.run(
+            self.client, [(_lua.IS_MEMBER, [self.plan.collection_key], [pk for _, pk, _ in batch])]
+        )[0]
+        for (key, pk, name), flag in zip(batch, flags):
+            if not flag:
+                self.findings.append(
+                    Finding(
+                        ORPHAN_DATA,
+                        key,
+                        pk=pk,
+                        field=None if name == INSTANCE_HASH else name,
+                        detail="pk %r is not in %s" % (pk, self.plan.collection_key),
                     )
-        if self._ttl_keys and (force or len(self._ttl_keys) >= KEYS_BATCH):
-            batch3, self._ttl_keys = self._ttl_keys, []
-            for (key, kind), ttl in zip(
-                batch3, send_commands(self.client, [(("PTTL", key), {}) for key, _ in batch3])
-            ):
-                if ttl == -1 and not (
-                    kind == TEMPORARY_KEY and key[len(self.prefix) :].startswith(STORE_PREFIX)
-                ):
-                    self.findings.append(Finding(kind, key, detail="no expiry: nothing will ever delete it"))
+                )
+
+    def _flush_ttl_keys(self) -> None:
+        batch = self._ttl_keys[:]
+        del self._ttl_keys[:]  # feed_many holds the list
+        if not batch:
+            return
+        for (key, kind), ttl in zip(
+            batch, send_commands(self.client, [(("PTTL", key), {}) for key, _ in batch])
+        ):
+            if ttl == -1 and not (kind == TEMPORARY_KEY and key[len(self.prefix) :].startswith(STORE_PREFIX)):
+                self.findings.append(Finding(kind, key, detail="no expiry: nothing will ever delete it"))
 
     def finish(self) -> None:
-        self._flush(True)
+        self._flush_index_keys()
+        self._flush_instance_keys()
+        self._flush_ttl_keys()
+
+
+def _scan_key_space(
+    plan: ModelPlan,
+    client: Any,
+    others: Sequence[str],
+    progress: Progress,
+    check_instances: bool = True,
+    only_orphans: bool = False,
+) -> _KeySpace:
+    """Scan the model's key space into a :class:`_KeySpace` (finished)."""
+    space = _KeySpace(plan, client, others, check_instances, only_orphans)
+    keys = iter(plan.model.database.scan_keys(glob_escape(plan.name + ":") + "*"))
+    while True:
+        batch = list(itertools.islice(keys, 10_000))
+        if not batch:
+            break
+        space.feed_many(batch)
+        if progress:
+            progress("orphans" if only_orphans else "keys", space.keys, None)
+    space.finish()
+    return space
 
 
 # ---------------------------------------------------------------------------------------------
@@ -683,23 +814,25 @@ def audit(
 
     total = int(client.scard(plan.collection_key))
     analysis = _Analysis()
-    for pks in iter_collection(client, plan, chunk_size):
-        before = len(analysis.findings)
-        analyze_pks(plan, client, pks, analysis)
-        collector.extend(analysis.findings[before:])
-        del analysis.findings[before:]
-        if progress:
-            progress("instances", analysis.instances, total)
+    scripted = ScriptedCheck(plan) if SCRIPTED else None
+    if scripted is not None and scripted.available:
+        _scripted_instances(plan, client, scripted, chunk_size, analysis, collector, progress, total)
+    else:
+        for pks in iter_collection(client, plan, chunk_size):
+            analyze_pks(plan, client, pks, analysis)
+            collector.extend(analysis.findings)
+            del analysis.findings[:]
+            if progress:
+                progress("instances", analysis.instances, total)
     report.instances = analysis.instances
 
-    space = _KeySpace(plan, client, others)
-    for key in model.database.scan_keys(glob_escape(plan.name + ":") + "*"):
-        space.feed(key)
-        if progress and space.keys % 100_000 == 0:
-            progress("keys", space.keys, None)
-    space.finish()
+    counted = scripted is not None and scripted.available
+    space = _scan_key_space(plan, client, others, progress, check_instances=not counted)
     collector.extend(space.findings)
     report.keys = space.keys
+    if counted and space.instance_keys != analysis.instance_keys:
+        # instance keys the collection's pks do not account for (or keys changed meanwhile)
+        collector.extend(_scan_key_space(plan, client, others, progress, only_orphans=True).findings)
 
     unsupported = {note.split(" on ", 1)[1].split(":", 1)[0].rsplit(".", 1)[-1] for note in plan.notes}
     for field_plan in plan.indexed:
