@@ -18,6 +18,7 @@ between a single server and a cluster.
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import redis
@@ -624,6 +625,21 @@ def _cluster_client_class() -> Any:
             field through :data:`SORT_SCRIPT` instead (one ``EVALSHA`` to the node of the slot).
             """
 
+            def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+                """Return redis-py's ``ClusterPipeline``, without redis-py 6.0-6.2's warning about itself.
+
+                Those versions pass their own deprecated ``cluster_error_retry_attempts`` to
+                ``ClusterPipeline`` on every call: a ``DeprecationWarning`` nobody can act on,
+                an error under ``-W error``.
+                """
+                if not _PIPELINE_WARNS_ABOUT_ITSELF:
+                    return super().pipeline(transaction=transaction, shard_hint=shard_hint)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings(
+                        "ignore", message=_PIPELINE_SELF_WARNING, category=DeprecationWarning
+                    )
+                    return super().pipeline(transaction=transaction, shard_hint=shard_hint)
+
             def sort(
                 self,
                 name: Any,
@@ -676,6 +692,9 @@ def _cluster_client_class() -> Any:
 
 
 _CLUSTER_CLASS: Any = None
+
+#: the DeprecationWarning redis-py 6.0 to 6.2 raise from their own ``RedisCluster.pipeline()``
+_PIPELINE_SELF_WARNING = r".*deprecated usage of input argument/s 'cluster_error_retry_attempts'"
 
 
 # ---------------------------------------------------------------------- SCAN on every primary
@@ -882,6 +901,10 @@ def _redis_py_version() -> Tuple[int, ...]:
             break
         parts.append(int(part))
     return tuple(parts)
+
+
+#: redis-py 6.0 to 6.2 warn about their own arguments in ``RedisCluster.pipeline()``
+_PIPELINE_WARNS_ABOUT_ITSELF = (6, 0) <= _redis_py_version() < (6, 3)
 
 
 def cluster_pipeline(database: Any, transaction: bool, share_in_threads: bool) -> Any:

@@ -488,6 +488,18 @@ def test_scan_keys_on_every_primary(cluster_database, redis_cluster):
     assert threading.active_count() == before
 
 
+def test_pipeline_warns_nothing(cluster_database):
+    """redis-py 6.0 to 6.2 warn about their own arguments in ``RedisCluster.pipeline()``: limpyd's client does not."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline = cluster_database.connection.pipeline()
+        pipeline.set("{p}:a", 1)
+        assert pipeline.execute() == [True]
+    assert cluster_database.connection.get("{p}:a") == "1"
+
+
 def test_scan_keys_hands_whole_replies_over(cluster_database, redis_cluster):
     """Each node's thread passes one list per reply (``scan_pool`` with ``_decode_key_lists``)."""
     from limpyd import _cluster
