@@ -74,17 +74,27 @@ end
 return out
 """)
 
-#: type and cardinality of each key of KEYS: a flat list {type, card, type, card, ...} (card -1: not a set/zset)
+#: members of the set/zset keys of KEYS, summed per group: ARGV[i] is the group (1..ARGV[#ARGV]) of
+#: KEYS[i]; returns {{sum per group}, {position, type, position, type...}} (keys neither set nor zset
+#: nor missing). Index keys are sets or sorted sets: SCARD first, the type only when it fails.
 CARDS = Script("""
-local out = {}
+local ngroups = tonumber(ARGV[#ARGV])
+local sums, odd = {}, {}
+for g = 1, ngroups do sums[g] = 0 end
 for i, key in ipairs(KEYS) do
-    local t = redis.call('TYPE', key)['ok']
-    local c = -1
-    if t == 'set' then c = redis.call('SCARD', key) elseif t == 'zset' then c = redis.call('ZCARD', key) end
-    out[#out + 1] = t
-    out[#out + 1] = c
+    local c = redis.pcall('SCARD', key)
+    if type(c) ~= 'number' then
+        local t = redis.call('TYPE', key)['ok']
+        if t == 'zset' then c = redis.call('ZCARD', key)
+        else
+            c = 0
+            if t ~= 'none' then odd[#odd + 1] = i; odd[#odd + 1] = t end
+        end
+    end
+    local g = tonumber(ARGV[i])
+    sums[g] = sums[g] + c
 end
-return out
+return {sums, odd}
 """)
 
 #: per key of KEYS: {type, card, members...} (zset: member, score, ...) when card <= ARGV[1], else {type, card}

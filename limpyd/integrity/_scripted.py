@@ -39,8 +39,8 @@ __all__ = ["CHECK_CHUNK", "ScriptedCheck"]
 #: :class:`ScriptedCheck`). Returns {next cursor, flagged pks, entry counts per counter, number of
 #: existing instance keys, number of pks scanned, all pks (if asked) or {}}.
 #: Reads: one HGETALL per pk (instance hash), one MGET per string field and chunk, one read per
-#: pk of a multi-valued field; entries of non-unique indexes are checked by key (one SMISMEMBER
-#: or ZMSCORE for all the pks of the chunk having the same key), unique ones one by one.
+#: pk of a multi-valued field; entries one command each, but those of a range index (one sorted
+#: set per field) by one ZMSCORE per chunk.
 CHECK_CHUNK = _lua.Script(r"""
 local scanned = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
 local prefix, want_all, check_empty, variadic = ARGV[3], ARGV[4] == '1', ARGV[5] == '1', ARGV[6] == '1'
@@ -54,54 +54,61 @@ for j = 1, nf do fields[j] = {ARGV[i], ARGV[i + 1], ARGV[i + 2]}; i = i + 3 end
 local ni = tonumber(ARGV[i]); i = i + 1
 local indexes = {}
 for j = 1, ni do
-    indexes[j] = {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3] == '1', ARGV[i + 4], tonumber(ARGV[i + 5])}
-    i = i + 6
+    indexes[j] = {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3] == '1', ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6] == '1'}
+    i = i + 7
 end
-local ncounters = tonumber(ARGV[i])
+local nc = tonumber(ARGV[i])
 local BATCH = 500
+local call, pcall = redis.call, redis.pcall
 
 local pks = scanned[2]
 local n = #pks
-local bad, values, keys = {}, {}, {}
-for p = 1, n do values[p] = {}; keys[p] = 0 end
+-- bad[p]: pk p goes to Python; keys[p]: its existing keys; values[field][p]: a string or a list
+local bad, keys, values = {}, {}, {}
+for p = 1, n do keys[p] = 0 end
+for _, x in ipairs(indexes) do values[x[1]] = {} end
 
--- read the values
 if nh > 0 then
     for p = 1, n do
-        local h = redis.pcall('HGETALL', prefix .. pks[p] .. ':hash')
+        local h = pcall('HGETALL', prefix .. pks[p] .. ':hash')
         if h.err then
             bad[p], keys[p] = true, 1
         elseif #h > 0 then
             keys[p] = 1
-            local v = values[p]
             for j = 1, #h, 2 do
-                if hnames[h[j]] then v[h[j]] = {h[j + 1]} else bad[p] = true end
+                local name = h[j]
+                if hnames[name] then
+                    local v = values[name]
+                    if v then v[p] = h[j + 1] end
+                else
+                    bad[p] = true
+                end
             end
         end
     end
 end
 for _, f in ipairs(fields) do
     local name, code, rtype = f[1], f[2], f[3]
-    local suffix = ':' .. name
+    local suffix, v = ':' .. name, values[name]
     if code == 'g' then
         for first = 1, n, BATCH do
             local last = math.min(first + BATCH - 1, n)
             local names = {}
-            for p = first, last do names[#names + 1] = prefix .. pks[p] .. suffix end
-            local r = redis.call('MGET', unpack(names))
+            for p = first, last do names[p - first + 1] = prefix .. pks[p] .. suffix end
+            local r = call('MGET', unpack(names))
             for p = first, last do
                 local got = r[p - first + 1]
                 if got then
-                    values[p][name] = {got}
+                    v[p] = got
                     keys[p] = keys[p] + 1
-                elseif redis.call('TYPE', names[p - first + 1])['ok'] ~= 'none' then
+                elseif call('TYPE', names[p - first + 1])['ok'] ~= 'none' then
                     bad[p], keys[p] = true, keys[p] + 1
                 end
             end
         end
     elseif code == 't' then
         for p = 1, n do
-            local t = redis.call('TYPE', prefix .. pks[p] .. suffix)['ok']
+            local t = call('TYPE', prefix .. pks[p] .. suffix)['ok']
             if t ~= 'none' then
                 keys[p] = keys[p] + 1
                 if t ~= rtype then bad[p] = true end
@@ -110,93 +117,89 @@ for _, f in ipairs(fields) do
     else
         for p = 1, n do
             local key, r = prefix .. pks[p] .. suffix
-            if code == 's' then r = redis.pcall('SMEMBERS', key)
-            elseif code == 'l' then r = redis.pcall('LRANGE', key, 0, -1)
-            else r = redis.pcall('ZRANGE', key, 0, -1) end
+            if code == 's' then r = pcall('SMEMBERS', key)
+            elseif code == 'l' then r = pcall('LRANGE', key, 0, -1)
+            else r = pcall('ZRANGE', key, 0, -1) end
             if r.err then
                 bad[p], keys[p] = true, keys[p] + 1
             elseif #r > 0 then
-                values[p][name] = r
+                v[p] = r
                 keys[p] = keys[p] + 1
             end
         end
     end
 end
 
--- the entries: unique ones checked at once, the others grouped by key
-local nkeys = 0
-local counted = {}
-local groups, order = {}, {}
-local function add(key, zset, member, want, p)
-    local g = groups[key]
-    if not g then
-        g = {zset = zset, members = {}, wants = {}, owners = {}}
-        groups[key] = g
-        order[#order + 1] = key
+-- the entries of each pk; those of a range index (one sorted set) are checked together
+local nkeys, counted, ranged = 0, {}, {}
+local function check(x, v, pk, p)
+    local kind, key = x[2], x[3]
+    if kind == 'e' then
+        if x[4] then
+            local r = pcall('SRANDMEMBER', key .. v, 2)
+            return not r.err and #r == 1 and r[1] == pk
+        end
+        return pcall('SISMEMBER', key .. v, pk) == 1
     end
-    local m = #g.members + 1
+    local g = ranged[key]
+    if not g then g = {members = {}, wants = {}, owners = {}}; ranged[key] = g end
+    local m, member, want = #g.members + 1
+    if kind == 't' then
+        member, want = v .. x[5] .. pk, 0
+        if x[4] then
+            local low = '[' .. v .. x[5]
+            local r = pcall('ZRANGEBYLEX', key, low, low .. '\255', 'LIMIT', 0, 2)
+            if r.err or #r ~= 1 or r[1] ~= member then return false end
+        end
+    elseif string.match(v, '^%-?%d+%.?%d*$') or string.match(v, '^%-?%.%d+$') then
+        member, want = pk, tonumber(v)
+        if x[4] then
+            local r = pcall('ZRANGEBYSCORE', key, v, v, 'LIMIT', 0, 2)
+            if r.err or #r ~= 1 or r[1] ~= pk then return false end
+        end
+    else
+        return false  -- a value Python's float() may read otherwise (spaces, '_', 'inf'...): Python decides
+    end
     g.members[m], g.wants[m], g.owners[m] = member, want, p
+    return true
 end
 for p = 1, n do
     nkeys = nkeys + keys[p]
     if check_empty and keys[p] == 0 then bad[p] = true end
     if not bad[p] then
-        local pk, mine = pks[p], {}
-        counted[p] = mine
+        local pk, base = pks[p], (p - 1) * nc
         for _, x in ipairs(indexes) do
-            local vals = values[p][x[1]]
-            if vals then
-                local kind, key, unique, seen = x[2], x[3], x[4], {}
+            local vals, c = values[x[1]][p], base + x[6]
+            if type(vals) == 'string' then
+                counted[c] = (counted[c] or 0) + 1
+                if not check(x, vals, pk, p) then bad[p] = true; break end
+            elseif vals then
+                local seen = x[7] and {}
                 for _, v in ipairs(vals) do
-                    if not seen[v] then
-                        seen[v] = true
-                        mine[x[6]] = (mine[x[6]] or 0) + 1
-                        if kind == 'e' then
-                            if unique then
-                                local r = redis.pcall('SRANDMEMBER', key .. v, 2)
-                                if r.err or #r ~= 1 or r[1] ~= pk then bad[p] = true end
-                            else
-                                add(key .. v, false, pk, true, p)
-                            end
-                        elseif kind == 't' then
-                            local member = v .. x[5] .. pk
-                            add(key, true, member, 0, p)
-                            if unique then
-                                local low = '[' .. v .. x[5]
-                                local r = redis.pcall('ZRANGEBYLEX', key, low, low .. '\255', 'LIMIT', 0, 2)
-                                if r.err or #r ~= 1 or r[1] ~= member then bad[p] = true end
-                            end
-                        elseif string.match(v, '^%-?%d+%.?%d*$') or string.match(v, '^%-?%.%d+$') then
-                            add(key, true, pk, tonumber(v), p)
-                            if unique then
-                                local r = redis.pcall('ZRANGEBYSCORE', key, v, v, 'LIMIT', 0, 2)
-                                if r.err or #r ~= 1 or r[1] ~= pk then bad[p] = true end
-                            end
-                        else
-                            -- a value Python's float() may read otherwise (spaces, '_', 'inf'...): Python decides
-                            bad[p] = true
-                        end
+                    if not seen or not seen[v] then
+                        if seen then seen[v] = true end
+                        counted[c] = (counted[c] or 0) + 1
+                        if not check(x, v, pk, p) then bad[p] = true; break end
                     end
                 end
+                if bad[p] then break end
             end
         end
     end
 end
-for _, key in ipairs(order) do
-    local g = groups[key]
+for key, g in pairs(ranged) do
     local members, wants, owners = g.members, g.wants, g.owners
     for first = 1, #members, BATCH do
         local last = math.min(first + BATCH - 1, #members)
         local r
         if variadic then
-            if g.zset then r = redis.pcall('ZMSCORE', key, unpack(members, first, last))
-            else r = redis.pcall('SMISMEMBER', key, unpack(members, first, last)) end
+            r = pcall('ZMSCORE', key, unpack(members, first, last))
         else
             r = {}
             for m = first, last do
-                if g.zset then r[m - first + 1] = redis.pcall('ZSCORE', key, members[m])
-                else r[m - first + 1] = redis.pcall('SISMEMBER', key, members[m]) end
-                if type(r[m - first + 1]) == 'table' then r = r[m - first + 1]; break end
+                local got = pcall('ZSCORE', key, members[m])
+                if type(got) == 'table' then r = got; break end
+                r[m - first + 1] = got
             end
         end
         if r.err then
@@ -204,23 +207,20 @@ for _, key in ipairs(order) do
         else
             for m = first, last do
                 local got = r[m - first + 1]
-                if g.zset then
-                    if not got or tonumber(got) ~= wants[m] then bad[owners[m]] = true end
-                elseif got ~= 1 then
-                    bad[owners[m]] = true
-                end
+                if not got or tonumber(got) ~= wants[m] then bad[owners[m]] = true end
             end
         end
     end
 end
 
 local flagged, counts = {}, {}
-for c = 1, ncounters do counts[c] = 0 end
+for c = 1, nc do counts[c] = 0 end
 for p = 1, n do
     if bad[p] then
         flagged[#flagged + 1] = pks[p]
     else
-        for c, k in pairs(counted[p]) do counts[c] = counts[c] + k end
+        local base = (p - 1) * nc
+        for c = 1, nc do counts[c] = counts[c] + (counted[base + c] or 0) end
     end
 end
 if not want_all then pks = {} end
@@ -299,7 +299,8 @@ class ScriptedCheck:
             self.counters.append(field_plan.name)
             for index, (kind, key, separator) in zip(field_plan.indexes, scripted):
                 unique = "1" if index is field_plan.unique_index else "0"
-                indexes.append((field_plan.name, kind, key, unique, separator, len(self.counters)))
+                dedupe = "1" if field_plan.reader == "list" else "0"
+                indexes.append((field_plan.name, kind, key, unique, separator, len(self.counters), dedupe))
         self.python_reads = self._python_reads()
         scripted_fields = set(self.counters)
         args: List[Any] = [len(plan.instancehash), *plan.instancehash]

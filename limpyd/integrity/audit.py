@@ -362,13 +362,14 @@ class _KeySpace:
         other_models: Sequence[str],
         check_instances: bool = True,
         only_orphans: bool = False,
+        max_findings: int = 100_000,
     ) -> None:
         self.plan = plan
         self.client = client
         self.prefix = plan.name + ":"
         self.others = tuple(name + ":" for name in other_models)
         self.counts: Dict[str, int] = {}
-        self.findings: List[Finding] = []
+        self.collector = _FindingCollector(max_findings)
         self.keys = 0
         self.instance_keys = 0
         self.check_instances = check_instances or only_orphans
@@ -384,6 +385,11 @@ class _KeySpace:
         }
         if plan.instancehash:
             self._instance_names.add(INSTANCE_HASH)
+
+    @property
+    def findings(self) -> List[Finding]:
+        """Return the findings kept (see ``collector.overflow`` for those beyond the limit)."""
+        return self.collector.findings()
 
     def feed(self, key: str) -> None:
         self.feed_many((key,))
@@ -418,7 +424,7 @@ class _KeySpace:
                         self._flush_index_keys()
                 else:
                     detail = "key under the field %r, which has no index" % head
-                    self.findings.append(Finding(UNKNOWN_KEY, key, field=head, detail=detail))
+                    self.collector.add(Finding(UNKNOWN_KEY, key, field=head, detail=detail))
                 continue
             pk, _, name = rest.rpartition(":")
             if pk and name in instance_names:
@@ -428,7 +434,7 @@ class _KeySpace:
                     if len(instance_keys) >= KEYS_BATCH:
                         self._flush_instance_keys()
             elif not only_orphans:
-                self.findings.append(
+                self.collector.add(
                     Finding(
                         UNKNOWN_KEY,
                         key,
@@ -448,7 +454,7 @@ class _KeySpace:
         elif head == "__rebuild__":
             return  # the state and aside keys of an index rebuild (limpyd.integrity.rebuild)
         else:
-            self.findings.append(Finding(UNKNOWN_KEY, key, detail="unexpected key under a reserved part"))
+            self.collector.add(Finding(UNKNOWN_KEY, key, detail="unexpected key under a reserved part"))
         if len(self._ttl_keys) >= KEYS_BATCH:
             self._flush_ttl_keys()
 
@@ -457,22 +463,25 @@ class _KeySpace:
         del self._index_keys[:]  # feed_many holds the list
         if not batch:
             return
-        reply = _lua.run(self.client, [(_lua.CARDS, [key for key, _ in batch], [])])[0]
+        groups: Dict[str, int] = {}
+        numbers = [groups.setdefault(field, len(groups) + 1) for _, field in batch]
+        sums, odd = _lua.run(self.client, [(_lua.CARDS, [key for key, _ in batch], [*numbers, len(groups)])])[
+            0
+        ]
         counts = self.counts
-        for position, (key, field) in enumerate(batch):
-            kind, card = reply[2 * position], int(reply[2 * position + 1])
-            if card >= 0:
-                counts[field] = counts.get(field, 0) + card
-            elif kind != "none":
-                self.findings.append(
-                    Finding(
-                        UNKNOWN_KEY,
-                        key,
-                        field=field,
-                        redis_type=str(kind),
-                        detail="a %s where the indexes of %r keep sets and sorted sets" % (kind, field),
-                    )
+        for field, number in groups.items():
+            counts[field] = counts.get(field, 0) + int(sums[number - 1])
+        for position, kind in zip(odd[::2], odd[1::2]):
+            key, field = batch[int(position) - 1]
+            self.collector.add(
+                Finding(
+                    UNKNOWN_KEY,
+                    key,
+                    field=field,
+                    redis_type=str(kind),
+                    detail="a %s where the indexes of %r keep sets and sorted sets" % (kind, field),
                 )
+            )
 
     def _flush_instance_keys(self) -> None:
         batch = self._instance_keys[:]
@@ -484,7 +493,7 @@ class _KeySpace:
         )[0]
         for (key, pk, name), flag in zip(batch, flags):
             if not flag:
-                self.findings.append(
+                self.collector.add(
                     Finding(
                         ORPHAN_DATA,
                         key,
@@ -503,7 +512,7 @@ class _KeySpace:
             batch, send_commands(self.client, [(("PTTL", key), {}) for key, _ in batch])
         ):
             if ttl == -1 and not (kind == TEMPORARY_KEY and key[len(self.prefix) :].startswith(STORE_PREFIX)):
-                self.findings.append(Finding(kind, key, detail="no expiry: nothing will ever delete it"))
+                self.collector.add(Finding(kind, key, detail="no expiry: nothing will ever delete it"))
 
     def finish(self) -> None:
         self._flush_index_keys()
@@ -518,9 +527,10 @@ def _scan_key_space(
     progress: Progress,
     check_instances: bool = True,
     only_orphans: bool = False,
+    max_findings: int = 100_000,
 ) -> _KeySpace:
     """Scan the model's key space into a :class:`_KeySpace` (finished)."""
-    space = _KeySpace(plan, client, others, check_instances, only_orphans)
+    space = _KeySpace(plan, client, others, check_instances, only_orphans, max_findings)
     keys = iter(plan.model.database.scan_keys(glob_escape(plan.name + ":") + "*"))
     while True:
         batch = list(itertools.islice(keys, 10_000))
@@ -782,6 +792,13 @@ def recheck(
 # the audit
 
 
+def _merge(collector: _FindingCollector, other: _FindingCollector) -> None:
+    """Add the findings of ``other`` to ``collector``, and its count of findings beyond the limit."""
+    collector.extend(other.findings())
+    for kind, number in other.overflow.items():
+        collector.overflow[kind] = collector.overflow.get(kind, 0) + number
+
+
 def other_model_names(model: type) -> List[str]:
     """Return the names of the models of the same database whose key space is inside this one's."""
     prefix = model._name + ":"
@@ -815,8 +832,9 @@ def audit(
     total = int(client.scard(plan.collection_key))
     analysis = _Analysis()
     scripted = ScriptedCheck(plan) if SCRIPTED else None
-    if scripted is not None and scripted.available:
-        _scripted_instances(plan, client, scripted, chunk_size, analysis, collector, progress, total)
+    counted = scripted is not None and scripted.available
+    if counted:
+        _scripted_instances(plan, client, scripted, chunk_size, analysis, collector, progress, total)  # type: ignore[arg-type]
     else:
         for pks in iter_collection(client, plan, chunk_size):
             analyze_pks(plan, client, pks, analysis)
@@ -826,13 +844,17 @@ def audit(
                 progress("instances", analysis.instances, total)
     report.instances = analysis.instances
 
-    counted = scripted is not None and scripted.available
-    space = _scan_key_space(plan, client, others, progress, check_instances=not counted)
-    collector.extend(space.findings)
+    space = _scan_key_space(
+        plan, client, others, progress, check_instances=not counted, max_findings=max_findings
+    )
+    _merge(collector, space.collector)
     report.keys = space.keys
     if counted and space.instance_keys != analysis.instance_keys:
         # instance keys the collection's pks do not account for (or keys changed meanwhile)
-        collector.extend(_scan_key_space(plan, client, others, progress, only_orphans=True).findings)
+        orphans = _scan_key_space(
+            plan, client, others, progress, only_orphans=True, max_findings=max_findings
+        )
+        _merge(collector, orphans.collector)
 
     unsupported = {note.split(" on ", 1)[1].split(":", 1)[0].rsplit(".", 1)[-1] for note in plan.notes}
     for field_plan in plan.indexed:
