@@ -253,3 +253,141 @@ def test_expiring_model_deadlines(Base, client):
     found = {(f.kind, f.pk) for f in Session.audit().findings}
     assert (kinds.EXPIRED_INSTANCE, first.pk.get()) in found
     assert (kinds.ORPHAN_DEADLINE, "404") in found
+
+
+def test_scripted_check_finds_what_the_python_check_finds(Base, client, monkeypatch):
+    """The scripted pass only routes pks: with it or without it the findings are the same."""
+    import importlib
+
+    audit_module = importlib.import_module("limpyd.integrity.audit")  # the package exports the function
+
+    class Mixed(Base):
+        code = fields.InstanceHashField(unique=True)
+        name = fields.StringField(indexable=True)
+        title = fields.StringField(unique=True, indexes=[TextRangeIndex])
+        rank = fields.InstanceHashField(unique=True, indexes=[NumberRangeIndex])
+        size = fields.StringField(indexable=True, indexes=[NumberRangeIndex, EqualIndex])
+        tags = fields.SetField(indexable=True)
+        steps = fields.ListField(indexable=True)
+        scores = fields.SortedSetField(indexable=True)
+        info = fields.HashField(indexable=True)
+        rev = fields.StringField(indexable=True, indexes=[EqualIndex.configure(transform=lambda v: v[::-1])])
+        plain = fields.StringField()
+
+    for i in range(40):
+        Mixed(
+            code="c%d" % i,
+            name="n%d" % (i % 5),
+            title="t%d" % i,
+            rank=i,
+            size="%d.5" % (i % 3),
+            tags=["a", "t%d" % (i % 7)],
+            steps=["s", "s", "x%d" % (i % 2)],
+            scores={"z%d" % (i % 3): i},
+            info={"k": "v%d" % (i % 2)},
+            rev="r%d" % i,
+            plain="p",
+        )
+    m = Mixed._name
+
+    def both() -> set:
+        found = []
+        for scripted in (True, False):
+            monkeypatch.setattr(audit_module, "SCRIPTED", scripted)
+            found.append({f.identity() + (f.detail,) for f in audit(Mixed).findings})
+        assert found[0] == found[1]
+        return found[0]
+
+    assert both() == set()
+    from limpyd.integrity._schema import ModelPlan
+    from limpyd.integrity._scripted import ScriptedCheck
+
+    check = ScriptedCheck(ModelPlan(Mixed))
+    assert check.available and sorted(check.python_fields) == ["info", "rev"]
+    cursor, flagged, counts, keys, scanned, pks = check.run(audit_module.client_of(Mixed), 0, 1000, True)
+    assert (str(cursor), flagged, scanned, len(pks)) == ("0", [], 40, 40)  # clean: nothing sent to Python
+    assert (
+        counts["tags"] == 80 and counts["steps"] == 80 and counts["size"] == 80 and keys == 40 * 10
+    )  # hash + 9 keys
+    client.srem("%s:name:n1" % m, "2")
+    client.sadd("%s:name:n1" % m, "3")
+    client.hset("%s:5:hash" % m, "code", "c6")
+    client.hset("%s:8:hash" % m, mapping={"rank": "9", "gone": "1"})
+    client.set("%s:9:title" % m, "t10")
+    client.zadd("%s:title:text-range" % m, {"t10:TEXT-RANGE-SEPARATOR:9": 0})
+    client.set("%s:10:size" % m, " 1.5")
+    client.set("%s:11:size" % m, "abc")
+    client.zadd("%s:size:number-range" % m, {"12": 7})
+    client.srem("%s:tags:a" % m, "13")
+    client.srem("%s:steps:s" % m, "14")
+    client.srem("%s:scores:z0" % m, "15")
+    client.hset("%s:16:info" % m, "k", "other")
+    client.srem("%s:rev:71r" % m, "18")
+    client.delete("%s:19:plain" % m)
+    client.set("%s:20:tags" % m, "not a set")
+    client.sadd("%s:collection" % m, "500")
+    client.set("%s:600:name" % m, "n1")
+    client.set("%s:name" % m, "x")
+    found = both()
+    kinds_found = {identity[0] for identity in found}
+    assert {kinds.MISSING_ENTRY, kinds.WRONG_ENTRY, kinds.UNIQUE_CONFLICT, kinds.EMPTY_PK} <= kinds_found
+    assert {kinds.ORPHAN_DATA, kinds.UNKNOWN_KEY} <= kinds_found
+
+
+def test_scripted_check_on_a_cluster(namespace, monkeypatch, request):
+    """On a Redis Cluster ({ns:model} keys) the scripted pass finds what the Python check finds."""
+    import importlib
+
+    import pytest
+    from _cluster import CLUSTER_DISABLED
+
+    from limpyd import model
+
+    if CLUSTER_DISABLED:
+        pytest.skip("LIMPYD_TEST_CLUSTER=0")
+    db = request.getfixturevalue("cluster_database")
+    audit_module = importlib.import_module("limpyd.integrity.audit")
+
+    class Clustered(model.RedisModel):
+        database = db
+        code = fields.InstanceHashField(unique=True)
+        name = fields.StringField(indexable=True)
+        title = fields.StringField(unique=True, indexes=[TextRangeIndex])
+        rank = fields.InstanceHashField(indexable=True, indexes=[NumberRangeIndex])
+        tags = fields.SetField(indexable=True)
+        rev = fields.StringField(indexable=True, indexes=[EqualIndex.configure(transform=lambda v: v[::-1])])
+
+    Clustered.namespace = namespace
+    for i in range(30):
+        Clustered(
+            code="c%d" % i, name="n%d" % (i % 4), title="t%d" % i, rank=i, tags=["a", "t%d" % i], rev="r"
+        )
+    m = Clustered._name
+    assert m.startswith("{") and m.endswith("}")
+    client = db.connection
+
+    def both() -> set:
+        found = []
+        for scripted in (True, False):
+            monkeypatch.setattr(audit_module, "SCRIPTED", scripted)
+            found.append({f.identity() + (f.detail,) for f in audit(Clustered).findings})
+        assert found[0] == found[1]
+        return found[0]
+
+    assert both() == set()
+    client.srem("%s:name:n1" % m, "2")
+    client.hset("%s:5:hash" % m, "code", "c6")
+    client.zadd("%s:rank:number-range" % m, {"7": 70})
+    client.srem("%s:tags:a" % m, "8")
+    client.set("%s:600:name" % m, "n1")
+    client.sadd("%s:collection" % m, "500")
+    found = both()
+    assert {identity[0] for identity in found} >= {
+        kinds.MISSING_ENTRY,
+        kinds.WRONG_ENTRY,
+        kinds.UNIQUE_CONFLICT,
+        kinds.ORPHAN_DATA,
+        kinds.EMPTY_PK,
+    }
+    Clustered.repair(dry_run=False, delete_orphans=True)
+    assert both() == set()
