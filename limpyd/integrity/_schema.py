@@ -10,7 +10,7 @@ a shortcut that gives the same key by construction (``<M>:<F>[:P][:K]:<value>``)
 from __future__ import annotations
 
 import itertools
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from limpyd.fields import (
     HashField,
@@ -258,6 +258,13 @@ class ModelPlan:
             else:
                 converted.append(reply)
         return [converted[start:end] for start, end in spans]
+
+    def values(
+        self, client: Any, pks: Sequence[str], names: Optional[Sequence[str]] = None
+    ) -> Iterator[Tuple[str, Dict[str, Any], Dict[str, str], List[str]]]:
+        """Yield ``(pk, values, extra hash entries, wrong-type keys)`` for each of ``pks`` (see :meth:`read`)."""
+        for pk, replies in zip(pks, self.read(client, pks, names)):
+            yield (pk, *self.decode(pk, replies, names))
 
     @staticmethod
     def has_data(values: Dict[str, Any], extra: Dict[str, str]) -> bool:

@@ -163,15 +163,13 @@ def analyze_pks(
     entries: List[Entry] = []
     expected = analysis.expected
     if fields is not None:
-        for pk, replies in zip(pks, plan.read(client, pks, reads)):
-            values, _, _ = plan.decode(pk, replies, reads)
+        for pk, values, _, _ in plan.values(client, pks, reads):
             for entry in plan.entries(pk, values, fields):
                 entries.append(entry)
                 expected[entry.field] = expected.get(entry.field, 0) + 1
         _report_entries(client, entries, analysis)
         return analysis
-    for pk, replies in zip(pks, plan.read(client, pks)):
-        values, extra, wrong = plan.decode(pk, replies)
+    for pk, values, extra, wrong in plan.values(client, pks):
         analysis.instances += 1
         if check_empty and plan.fields and not wrong and not plan.has_data(values, extra):
             analysis.findings.append(
@@ -579,14 +577,11 @@ def reverse_check(
         member = item[2]
         pk = member.rsplit(TEXT_SEPARATOR, 1)[1] if item[1] == "zset" and TEXT_SEPARATOR in member else member
         by_pk.setdefault(pk, []).append(item)
-    pks = list(by_pk)
-    flags = _lua.run(client, [(_lua.IS_MEMBER, [plan.collection_key], pks)])[0] if pks else []
-    existing = [pk for pk, flag in zip(pks, flags) if flag]
+    existing = in_collection(plan, client, list(by_pk))
     expected: Set[Tuple[str, str]] = set()
     if existing:
         names = [name for name in plan.fields if plan.fields[name].indexes and name in fields]
-        for pk, replies in zip(existing, plan.read(client, existing)):
-            values, _, _ = plan.decode(pk, replies)
+        for pk, values, _, _ in plan.values(client, existing):
             for entry in plan.entries(pk, values, names):
                 expected.add((entry.key, entry.member))
     existing_set = set(existing)
@@ -665,11 +660,10 @@ def _scan_field_entries(
 def _check_deadlines(
     plan: ModelPlan, client: Any, members: Sequence[Tuple[str, float]], now_ms: float
 ) -> List[Finding]:
-    pks = [pk for pk, _ in members]
-    flags = _lua.run(client, [(_lua.IS_MEMBER, [plan.collection_key], pks)])[0] if pks else []
+    alive = set(in_collection(plan, client, [pk for pk, _ in members]))
     findings = []
-    for (pk, deadline), flag in zip(members, flags):
-        if not flag:
+    for pk, deadline in members:
+        if pk not in alive:
             findings.append(
                 Finding(
                     ORPHAN_DEADLINE,
@@ -715,6 +709,57 @@ def _deadlines(plan: ModelPlan, client: Any) -> List[Finding]:
 
 
 # ---------------------------------------------------------------------------------------------
+# reads shared by the recheck, the repair and the rebuild
+
+
+def in_collection(plan: ModelPlan, client: Any, pks: Sequence[str]) -> List[str]:
+    """Return the pks of ``pks`` that are in the collection (one script call per 1000)."""
+    alive: List[str] = []
+    calls = [
+        (_lua.IS_MEMBER, [plan.collection_key], list(pks[start : start + 1000]))
+        for start in range(0, len(pks), 1000)
+    ]
+    for call, flags in zip(calls, _lua.run(client, calls)):
+        alive.extend(pk for pk, flag in zip(call[2], flags) if flag)
+    return alive
+
+
+def analyze_alive(plan: ModelPlan, client: Any, pks: Iterable[str], check_empty: bool = True) -> _Analysis:
+    """Analyze (:func:`analyze_pks`) those of ``pks`` still in the collection, 1000 at a time."""
+    analysis = _Analysis()
+    unique = list(dict.fromkeys(pks))
+    for start in range(0, len(unique), 1000):
+        analyze_pks(
+            plan, client, in_collection(plan, client, unique[start : start + 1000]), analysis, check_empty
+        )
+    return analysis
+
+
+def check_present_entries(
+    plan: ModelPlan, client: Any, entries: Sequence[Tuple[str, Optional[str], Optional[str], Optional[float]]]
+) -> List[Finding]:
+    """Return the findings (:func:`reverse_check`) of the index ``entries`` (key, type, member, score) still there."""
+    findings: List[Finding] = []
+    for start in range(0, len(entries), 1000):
+        chunk = entries[start : start + 1000]
+        replies = send_commands(
+            client,
+            [
+                (("SISMEMBER", key, member) if kind == "set" else ("ZSCORE", key, member), {})
+                for key, kind, member, _ in chunk
+            ],
+        )
+        still = [
+            item
+            for item, reply in zip(chunk, replies)
+            if not isinstance(reply, Exception) and reply not in (0, None, False)
+        ]
+        fields = {key[len(plan.name) + 1 :].split(":", 1)[0] for key, _, _, _ in still}
+        findings.extend(reverse_check(plan, client, still, fields))  # type: ignore[arg-type]
+    return findings
+
+
+# ---------------------------------------------------------------------------------------------
 # recheck
 
 
@@ -735,34 +780,14 @@ def recheck(
         ):
             if finding.pk is not None:
                 pks.append(finding.pk)
-    pks = list(dict.fromkeys(pks))
-    for start in range(0, len(pks), 1000):
-        chunk = pks[start : start + 1000]
-        flags = _lua.run(client, [(_lua.IS_MEMBER, [plan.collection_key], chunk)])[0]
-        alive = [pk for pk, flag in zip(chunk, flags) if flag]
-        fresh.extend(analyze_pks(plan, client, alive).findings)
+    fresh.extend(analyze_alive(plan, client, pks).findings)
     # entries found in the indexes
     entries = [
         (f.key, f.redis_type, f.member, f.score)
         for f in candidates
         if f.kind in (STALE_ENTRY, WRONG_ENTRY) and f.member is not None
     ]
-    for start in range(0, len(entries), 1000):
-        chunk2 = entries[start : start + 1000]
-        replies = send_commands(
-            client,
-            [
-                (("SISMEMBER", key, member) if kind == "set" else ("ZSCORE", key, member), {})
-                for key, kind, member, _ in chunk2
-            ],
-        )
-        still = [
-            item
-            for item, reply in zip(chunk2, replies)
-            if not isinstance(reply, Exception) and reply not in (0, None, False)
-        ]
-        fields = {key[len(plan.name) + 1 :].split(":", 1)[0] for key, _, _, _ in still}
-        fresh.extend(reverse_check(plan, client, still, fields))
+    fresh.extend(check_present_entries(plan, client, entries))
     # keys
     keyed = [
         f

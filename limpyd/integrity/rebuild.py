@@ -122,8 +122,7 @@ def _build(
             offset += len(pks)
             last = offset >= len(reply)
             writes: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
-            for pk, replies in zip(pks, plan.read(client, pks)):
-                values, _, _ = plan.decode(pk, replies)
+            for pk, values, _, _ in plan.values(client, pks):
                 for entry in plan.entries(pk, values, names):
                     if entry.kind == "set":
                         writes.append((("SADD", prefix + entry.key, entry.member), {}))

@@ -18,7 +18,7 @@ from limpyd.fields import FieldLock
 from limpyd.integrity import _lua
 from limpyd.integrity._lua import send as send_commands
 from limpyd.integrity._schema import INSTANCE_HASH, ModelPlan
-from limpyd.integrity.audit import analyze_pks, audit, client_of, pk_sort_key, reverse_check
+from limpyd.integrity.audit import analyze_alive, audit, check_present_entries, client_of, pk_sort_key
 from limpyd.integrity.report import (
     EMPTY_PK,
     EXPIRED_INSTANCE,
@@ -128,12 +128,11 @@ class _Repairer:
         backward = [a for a in actions if id(a) not in forward_ids]
         commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
         if forward:
-            pks = list(dict.fromkeys(a.finding.pk for a in forward))
-            flags = _lua.run(client, [(_lua.IS_MEMBER, [plan.collection_key], pks)])[0]
-            alive = [pk for pk, flag in zip(pks, flags) if flag]
             fresh = {
                 f.identity(): f
-                for f in analyze_pks(plan, client, alive, check_empty=False).findings
+                for f in analyze_alive(
+                    plan, client, [a.finding.pk for a in forward], check_empty=False
+                ).findings
                 if f.kind in (MISSING_ENTRY, WRONG_ENTRY)
             }
             for action in forward:
@@ -150,17 +149,7 @@ class _Repairer:
             items = [
                 (a.finding.key, a.finding.redis_type, a.finding.member, a.finding.score) for a in backward
             ]
-            replies = send_commands(
-                client,
-                [(("SISMEMBER", k, m) if t == "set" else ("ZSCORE", k, m), {}) for k, t, m, _ in items],
-            )
-            still = [
-                item
-                for item, reply in zip(items, replies)
-                if reply not in (0, None, False) and not isinstance(reply, Exception)
-            ]
-            fields = {k[len(plan.name) + 1 :].split(":", 1)[0] for k, _, _, _ in still}
-            confirmed = {(f.key, f.member) for f in reverse_check(plan, client, still, fields)}
+            confirmed = {(f.key, f.member) for f in check_present_entries(plan, client, items)}
             for action in backward:
                 finding = action.finding
                 if (finding.key, finding.member) not in confirmed:
@@ -192,8 +181,9 @@ class _Repairer:
             return
         with self._lock(field_plan.name):
             commands: List[Tuple[Tuple[Any, ...], Dict[str, Any]]] = []
+            read = {pk: values for pk, values, _, _ in plan.values(client, [*losers, kept])}
             for loser in losers:
-                values, _, _ = plan.decode(loser, send_commands(client, plan.read_commands(loser)) or [])
+                values = read[loser]
                 entries = [
                     e
                     for e in plan.entries(loser, values, [field_plan.name])
@@ -206,8 +196,7 @@ class _Repairer:
                 if self.delete_orphans and entries:
                     commands.extend(self._delete_value(field_plan.name, loser, entries[0].value))
             # the kept pk gets its entries back if they were lost
-            values, _, _ = plan.decode(kept, send_commands(client, plan.read_commands(kept)) or [])
-            for entry in plan.entries(kept, values, [field_plan.name]):
+            for entry in plan.entries(kept, read[kept], [field_plan.name]):
                 if _same_value(entry.value, finding.value, entry):
                     if entry.kind == "set":
                         commands.append((("SADD", entry.key, entry.member), {}))
