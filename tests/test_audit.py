@@ -290,12 +290,21 @@ def test_scripted_check_finds_what_the_python_check_finds(Base, client, monkeypa
         )
     m = Mixed._name
 
+    from limpyd.integrity import _scripted
+
+    init = _scripted.ScriptedCheck.__init__
+
+    def before_6_2(self, plan):  # Redis < 6.2: no SMISMEMBER/ZMSCORE, one ZSCORE per entry
+        init(self, plan)
+        self.variadic = False
+
     def both() -> set:
         found = []
-        for scripted in (True, False):
+        for scripted, variadic in ((True, True), (True, False), (False, True)):
             monkeypatch.setattr(audit_module, "SCRIPTED", scripted)
+            monkeypatch.setattr(_scripted.ScriptedCheck, "__init__", init if variadic else before_6_2)
             found.append({f.identity() + (f.detail,) for f in audit(Mixed).findings})
-        assert found[0] == found[1]
+        assert found[0] == found[1] == found[2]
         return found[0]
 
     assert both() == set()
