@@ -277,7 +277,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--migrate", type=int, default=100_000)
     parser.add_argument(
-        "--scan-rounds", type=int, default=3, help="scan_keys() rounds per side, the best is kept"
+        "--scan-rounds", type=int, default=7, help="scan_keys() rounds per side, the best is kept"
     )
     args = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="limpyd-bench-cluster-")
