@@ -3,14 +3,19 @@
 Passes (each streams; memory depends on the chunk size and the findings kept, not on the number
 of instances):
 
-1. **instances**: ``SSCAN`` of the collection, ``chunk_size`` pks at a time; the fields of the
-   chunk are read in one round trip, the entries their values must have are computed through the
-   index objects (:mod:`limpyd.integrity._schema`) and checked by one script call per few
-   thousand entries (missing entries, wrong scores, other pks holding a unique value). The
-   entries expected per field are counted.
-2. **keys**: ``SCAN`` of the model's key space (``<model._name>:*``): instance keys of pks outside
-   the collection, keys no field or index produces, locks and temporary keys without expiry; the
-   members of each field's index keys are counted (one script call per batch of keys).
+1. **instances**: a script walks the collection with ``SSCAN``, ``chunk_size`` pks per call,
+   reads their fields and checks the entries of plain indexes itself
+   (:mod:`limpyd.integrity._scripted`); the pks it flags, and the fields with other indexes, go
+   through the reference check: the entries their values must have are computed through the index
+   objects (:mod:`limpyd.integrity._schema`) and checked by one script call per few thousand
+   entries (missing entries, wrong scores, other pks holding a unique value). The entries expected
+   per field and the instance keys of the collection's pks are counted. A model with a field read
+   by a custom getter goes through the reference check only (``SSCAN`` from here).
+2. **keys**: ``SCAN`` of the model's key space (``<model._name>:*``): keys no field or index
+   produces, locks and temporary keys without expiry; the members of each field's index keys are
+   summed (one script call per batch of keys) and the instance keys counted. When that count is
+   not the one of pass 1, the key space is scanned again for instance keys of pks outside the
+   collection (orphan data).
 3. **index entries**, only for the fields whose count of index members is not the count of
    entries expected: every index key of the field is read, and each member whose pk does not
    exist, or whose pk's values do not produce it, is reported.
