@@ -13,6 +13,7 @@ from redis.exceptions import DataError
 from limpyd import _atomic, _bulk, _executors
 from limpyd._batch import batch_scope, later, take_assumed_existence
 from limpyd._executors import Executor
+from limpyd._fields.base import IndexRecovery
 from limpyd._recovery import UNKNOWN_OUTCOME, with_retries
 from limpyd.collection import CollectionManager
 from limpyd.database import RedisDatabase
@@ -794,7 +795,8 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         self._check_instancehash_names(values)
         for name, value in values.items():
             check_value(self.get_field(name), value)
-        indexed = []
+        indexed: List[RedisField] = []
+        recovery = IndexRecovery()
         try:
             # the indexable fields are locked, as by their own writes: uniqueness holds on every
             # path, and a lazy instance is checked under the locks (a deletion holds them)
@@ -802,19 +804,22 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
                 for name in self._fields:  # in the model's order, as a deletion takes them
                     if name in values and self.get_field(name).indexable:
                         locks.enter_context(FieldLock(self.get_field(name)))
-                if check_exists:
-                    self.connect()
-                for name in values:
-                    field = self.get_field(name)
-                    if field.indexable:
-                        indexed.append(field)
-                        field.deindex()
-                        field.index(values[name])
-                result = write_hash(self.database, self.key, values)
+                try:
+                    if check_exists:
+                        self.connect()
+                    for name in values:
+                        field = self.get_field(name)
+                        if field.indexable:
+                            indexed.append(field)
+                            recovery.fields.append(field)
+                            field.deindex()
+                            field.index(values[name])
+                    result = write_hash(self.database, self.key, values)
+                except BaseException as error:
+                    recovery.roll_back(error)  # before the locks are released
+                    raise
         except BaseException as error:
-            if self.connected:
-                for field in indexed:
-                    field._recover_indexes(error)
+            recovery.finish(error)
             raise
         finally:
             for field in indexed:

@@ -287,3 +287,32 @@ def test_set_field_modifiers_lock_too(Base, client, namespace, count_commands):
         "%s:m:lock-for-update:tags" % namespace,
         ["SADD %s:m:tags:a 1" % namespace, "SADD %s:m:1:tags a" % namespace],
     )
+
+
+@pytest.mark.parametrize("write", ["field", "hmset"])
+def test_a_refused_write_is_rolled_back_before_the_lock_is_released(Base, client, namespace, write):
+    """A writer waiting for the lock (or an instance deletion) must find the indexes restored.
+
+    The uniqueness check refuses the new value after the old one was deindexed: the old index
+    entry is put back while the lock is still held, never after its release (a deletion taking
+    the lock in between would leave that entry behind, pointing at a deleted instance).
+    """
+
+    class M(Base):
+        code = InstanceHashField(unique=True)
+        size = InstanceHashField(indexable=True)
+
+    n = namespace + ":m"
+    M(code="taken")
+    obj = M(code="mine", size="1")
+    with command_log(client) as log:
+        with pytest.raises(Exception, match="taken"):
+            if write == "field":
+                obj.code.hset("taken")
+            else:
+                obj.hmset(code="taken", size="2")
+    rollback = log.index("SADD %s:code:mine %s" % (n, obj.pk.get()))
+    releases = [i for i, line in enumerate(log) if line.startswith("EVALSHA <sha> 1 %s:lock-for-update:" % n)]
+    assert releases and rollback < min(releases), log
+    assert client.smembers("%s:code:mine" % n) == {obj.pk.get()}
+    assert obj.code.hget() == "mine"

@@ -19,6 +19,49 @@ from limpyd.exceptions import DoesNotExist, ImplementationError
 from limpyd.utils import NotProvided, cached_property, make_key, normalize
 
 
+class IndexRecovery:
+    """The index recovery of one failed write of ``fields`` (see ``RedisField._recover_indexes``).
+
+    A known failure (uniqueness, a refused command) is rolled back while the field locks are
+    still held (:meth:`roll_back`, called inside the locked block): a writer waiting for the lock,
+    or an instance deletion, then finds the indexes as they were. What could not be rolled back
+    there (a lost connection: the write may have happened or not, or an error raised once the
+    locks were released) is reconciled by :meth:`finish`, under the locks taken again.
+    """
+
+    def __init__(self, *fields: Any) -> None:
+        self.fields = list(fields)
+        self.done = False
+        self.cut = False  # a rollback under the locks was cut by a lost connection
+
+    def _applies(self) -> bool:
+        instance = getattr(self.fields[0], "_instance", self.fields[0]) if self.fields else None
+        return instance is not None and instance.connected and not instance.__dict__.get("_limpyd_creating")
+
+    def roll_back(self, error: BaseException) -> None:
+        """Undo the index changes of a known failure now, under the locks; else leave it to :meth:`finish`."""
+        if self.done or is_unknown_outcome(error) or not self._applies():
+            return
+        try:
+            for field in self.fields:
+                field._rollback_indexes()
+            batch = current_batch(self.fields[0]._model.database)
+            if batch is not None:
+                batch.flush()  # sent now, before the release, and its outcome known
+        except UNKNOWN_OUTCOME:
+            self.cut = True  # finish() reconciles
+            return
+        self.done = True
+
+    def finish(self, error: BaseException) -> None:
+        """Recover what :meth:`roll_back` did not (after the locks are released)."""
+        if self.done or not self._applies():
+            return
+        self.done = True
+        for field in self.fields:
+            field._recover_indexes(error, reconcile=self.cut)
+
+
 class RedisField(RedisProxyCommand):
     """Base of every field: options, binding to a model and an instance, copy, key."""
 
@@ -288,15 +331,16 @@ class RedisField(RedisProxyCommand):
         except (ImplementationError, DoesNotExist):
             return None
 
-    def _recover_indexes(self, error: BaseException) -> None:
+    def _recover_indexes(self, error: BaseException, reconcile: bool = False) -> None:
         """Undo the index changes of a failed write (its error is ``error``).
 
         A known failure (uniqueness, a refused command) rolls back what was (de)indexed. After a
         lost connection the write may have happened or not: the entries touched are then made to
         match the value actually stored, read again under the field lock on a fresh connection.
-        An instance being created is cleaned whole by its creation instead.
+        An instance being created is cleaned whole by its creation instead. ``reconcile``: skip
+        the rollback (one was tried and cut) and reconcile at once.
         """
-        if not is_unknown_outcome(error):
+        if not reconcile and not is_unknown_outcome(error):
             try:
                 self._rollback_indexes()
                 return
@@ -417,6 +461,7 @@ class RedisField(RedisProxyCommand):
         """
         instance = getattr(self, "_instance", self)
         scope = batch_scope(self._model.database)
+        recovery = IndexRecovery(self)
         try:
             with scope as batch:
                 owner = batch is not None and (scope.opened or drop_result)
@@ -424,14 +469,17 @@ class RedisField(RedisProxyCommand):
                     batch.owners.add(id(self))
                 try:
                     with FieldLock(self):
-                        result = super()._call_command(name, *args, **kwargs)
+                        try:
+                            result = super()._call_command(name, *args, **kwargs)
+                        except BaseException as error:
+                            recovery.roll_back(error)  # before the lock is released
+                            raise
                 finally:
                     if owner:
                         batch.owners.discard(id(self))
             return resolve(result) if scope.opened else result
         except BaseException as error:
-            if instance.connected and not instance.__dict__.get("_limpyd_creating"):
-                self._recover_indexes(error)
+            recovery.finish(error)
             raise
         finally:
             if instance.connected:
