@@ -154,7 +154,8 @@ def scan_pool(
                 keys, position = decode_keys(data, position, remaining)
                 if keys:
                     remaining -= len(keys)
-                    yield from keys
+                    for key in keys:  # faster than ``yield from keys`` on CPython 3.11
+                        yield key
                 if remaining:
                     data = _receive(recv, data, position)
                     position = 0

@@ -8,6 +8,11 @@ signatures, results, exception types and messages. Import the functions from
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void* PyUnicode_DATA(object unicode)
 
 from limpyd.exceptions import ImplementationError
 
@@ -295,6 +300,32 @@ def parse_scan_header(data, start):
     return cursor, number, after
 
 
+cdef inline object _decode_utf8_key(bytes raw, Py_ssize_t first, Py_ssize_t length):
+    """Return the ``str`` of the UTF-8 key of ``length`` bytes at ``raw[first]``.
+
+    ASCII keys (the common case) are copied into a new ``str`` without the UTF-8 decoder: the
+    same string, in less than half the time.
+    """
+    cdef const unsigned char* key = <const unsigned char*>(<const char*>raw) + first
+    cdef Py_ssize_t index
+    cdef unsigned char bits = 0
+    cdef object text
+    for index in range(length):
+        bits |= key[index]
+    if bits < 128:
+        text = PyUnicode_New(length, 127)
+        memcpy(PyUnicode_DATA(text), key, length)
+        return text
+    try:
+        return PyUnicode_DecodeUTF8(<const char*>key, length, NULL)
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            "SCAN returned the key %r, which is not valid UTF-8: limpyd keys are str. "
+            "Rename or delete that key, or scan it with a client not using limpyd."
+            % (raw[first:first + length],)
+        ) from exc
+
+
 def decode_scan_keys(data, start, count):
     """Return ``(keys, end)``: up to ``count`` keys decoded from the bulk strings at ``data[start]``.
 
@@ -347,14 +378,7 @@ def decode_scan_keys(data, start, count):
             break
         if buffer[stop] != 13 or buffer[stop + 1] != 10:
             raise _invalid_reply(raw, stop, "CRLF after a key")
-        try:
-            key = PyUnicode_DecodeUTF8(<const char*>buffer + first, length, NULL)
-        except UnicodeDecodeError as exc:
-            raise ValueError(
-                "SCAN returned the key %r, which is not valid UTF-8: limpyd keys are str. "
-                "Rename or delete that key, or scan it with a client not using limpyd." % (raw[first:stop],)
-            ) from exc
-        keys.append(key)
+        keys.append(_decode_utf8_key(raw, first, length))
         position = stop + 2
         remaining -= 1
     return keys, position

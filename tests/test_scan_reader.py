@@ -252,6 +252,33 @@ def test_decode_scan_keys_huge_batch(speedups: Any) -> None:
     assert decoded == [key.decode() for key in keys]
 
 
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [bytes([byte]) for byte in range(128)],  # every ASCII byte, NUL and DEL included
+        [bytes(range(1, 128)), b"", b"a" * 100000],
+        [b"ascii:%d" % index + bytes([byte]) for index, byte in enumerate(range(120, 256))],
+        ["é".encode() + b"x" * 40, b"x" * 40 + "é".encode(), b"x" * 40 + "\U0001f600".encode()],
+        [b"x" * 40, b"x" * 40 + b"\x80", b"\xff" + b"x" * 40],
+        ["日本:%d" % index for index in range(3)],
+    ],
+)
+def test_decode_scan_keys_ascii_and_utf8(speedups: Any, keys: list) -> None:
+    """ASCII keys (copied without the UTF-8 decoder when compiled) and others give the same str."""
+    keys = [key.encode() if isinstance(key, str) else key for key in keys]
+    data = b"".join(bulk(key) for key in keys)
+    tested = check(speedups, "decode_scan_keys", (data, 0, len(keys)))
+    try:
+        expected = [key.decode() for key in keys]
+    except UnicodeDecodeError:
+        assert tested[:2] == ("raise", ValueError)
+        return
+    assert tested[2] == (expected, len(data))
+    assert [(type(key), hash(key), len(key)) for key in tested[2][0]] == [
+        (str, hash(key), len(key)) for key in expected
+    ]
+
+
 def test_decode_scan_keys_empty(speedups: Any) -> None:
     check(speedups, "decode_scan_keys", (b"", 0, 10), ([], 0))
     check(speedups, "decode_scan_keys", (b"$1\r\na\r\n", 7, 10), ([], 7))
