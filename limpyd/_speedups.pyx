@@ -10,9 +10,13 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 from libc.string cimport memcpy
 
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
+
 cdef extern from "Python.h":
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
     void* PyUnicode_DATA(object unicode)
+    void Py_SET_SIZE(object o, Py_ssize_t size)
 
 from limpyd.exceptions import ImplementationError
 
@@ -300,29 +304,33 @@ def parse_scan_header(data, start):
     return cursor, number, after
 
 
-cdef inline object _decode_utf8_key(bytes raw, Py_ssize_t first, Py_ssize_t length):
-    """Return the ``str`` of the UTF-8 key of ``length`` bytes at ``raw[first]``.
+cdef inline object _decode_utf8_key(bytes raw, const unsigned char* buffer, Py_ssize_t first, Py_ssize_t length):
+    """Return the ``str`` of the UTF-8 key of ``length`` bytes at ``raw[first]`` (``buffer`` is ``raw``'s bytes).
 
     ASCII keys (the common case) are copied into a new ``str`` without the UTF-8 decoder: the
     same string, in less than half the time.
     """
-    cdef const unsigned char* key = <const unsigned char*>(<const char*>raw) + first
+    cdef const unsigned char* key = buffer + first
     cdef Py_ssize_t index
     cdef unsigned char bits = 0
     cdef object text
     for index in range(length):
         bits |= key[index]
-    if bits < 128:
-        text = PyUnicode_New(length, 127)
-        memcpy(PyUnicode_DATA(text), key, length)
-        return text
+    if bits & 128:
+        return _decode_utf8_text(raw, first, length)
+    text = PyUnicode_New(length, 127)
+    memcpy(PyUnicode_DATA(text), key, length)
+    return text
+
+
+cdef object _decode_utf8_text(bytes raw, Py_ssize_t first, Py_ssize_t length):
+    """Return the ``str`` of the non-ASCII key of ``length`` bytes at ``raw[first]``, or raise ``ValueError``."""
     try:
-        return PyUnicode_DecodeUTF8(<const char*>key, length, NULL)
+        return PyUnicode_DecodeUTF8(<const char*>raw + first, length, NULL)
     except UnicodeDecodeError as exc:
         raise ValueError(
             "SCAN returned the key %r, which is not valid UTF-8: limpyd keys are str. "
-            "Rename or delete that key, or scan it with a client not using limpyd."
-            % (raw[first:first + length],)
+            "Rename or delete that key, or scan it with a client not using limpyd." % (raw[first:first + length],)
         ) from exc
 
 
@@ -342,43 +350,55 @@ def decode_scan_keys(data, start, count):
     cdef Py_ssize_t end = len(raw)
     cdef Py_ssize_t position = start
     cdef Py_ssize_t remaining = end if count > end else count
-    cdef Py_ssize_t index, digits_start, length, first, stop
+    cdef Py_ssize_t index, digits_start, digits_stop, length, first, stop, decoded = 0
+    cdef Py_ssize_t max_digits = _MAX_DIGITS
     cdef unsigned char byte
-    cdef list keys = []
-    while remaining > 0:
-        if position >= end:
-            break
-        if buffer[position] != 36:  # "$"
-            raise _invalid_reply(raw, position, "a key ($)")
-        digits_start = position + 1
-        index = digits_start
-        length = 0
-        first = -1
-        while index < end:
-            byte = buffer[index]
-            if 48 <= byte <= 57:
-                if index - digits_start >= _MAX_DIGITS:
-                    raise _invalid_reply(
-                        raw, index, "the length of a key of at most %d digits" % _MAX_DIGITS)
+    # one slot per key the buffer can hold whole (6 bytes at least: "$0\r\n\r\n"), so the keys
+    # decoded never outnumber the slots; the slots left empty are cut off at the end
+    cdef Py_ssize_t slots = (end - position) // 6
+    cdef list keys = PyList_New(remaining if remaining < slots else slots)
+    cdef object key
+    try:
+        while decoded < remaining:
+            if position >= end:
+                break
+            if buffer[position] != 36:  # "$"
+                raise _invalid_reply(raw, position, "a key ($)")
+            digits_start = position + 1
+            index = digits_start
+            digits_stop = digits_start + max_digits
+            if digits_stop > end:
+                digits_stop = end
+            length = 0
+            while index < digits_stop:
+                byte = buffer[index]
+                if byte < 48 or byte > 57:
+                    break
                 length = length * 10 + (byte - 48)
                 index += 1
-                continue
+            if index >= end:
+                break
+            byte = buffer[index]
             if byte == 13 and index > digits_start:
                 if index + 1 >= end:
                     break
-                if buffer[index + 1] == 10:
-                    first = index + 2
-                    break
-                raise _invalid_reply(raw, index, "CRLF after the length of a key")
-            raise _invalid_reply(raw, index, "the length of a key")
-        if first < 0:
-            break
-        stop = first + length
-        if stop + 2 > end:
-            break
-        if buffer[stop] != 13 or buffer[stop + 1] != 10:
-            raise _invalid_reply(raw, stop, "CRLF after a key")
-        keys.append(_decode_utf8_key(raw, first, length))
-        position = stop + 2
-        remaining -= 1
+                if buffer[index + 1] != 10:
+                    raise _invalid_reply(raw, index, "CRLF after the length of a key")
+            elif 48 <= byte <= 57:
+                raise _invalid_reply(raw, index, "the length of a key of at most %d digits" % max_digits)
+            else:
+                raise _invalid_reply(raw, index, "the length of a key")
+            first = index + 2
+            stop = first + length
+            if stop + 2 > end:
+                break
+            if buffer[stop] != 13 or buffer[stop + 1] != 10:
+                raise _invalid_reply(raw, stop, "CRLF after a key")
+            key = _decode_utf8_key(raw, buffer, first, length)
+            Py_INCREF(key)
+            PyList_SET_ITEM(keys, decoded, key)
+            decoded += 1
+            position = stop + 2
+    finally:
+        Py_SET_SIZE(keys, decoded)  # the slots not filled (NULL) are not part of the list
     return keys, position
