@@ -252,21 +252,24 @@ def decode_scan_keys(data: bytes, start: int, count: int) -> Tuple[List[str], in
     if count > 1 and end - start > 8:
         # Fast path, with C-level loops only: split at CRLF, then check that the pieces alternate
         # "$<len(key)>" and key (a key holding CRLF breaks that, and the loop below takes over).
-        parts = data[start:].split(b"\r\n", 2 * min(count, end))
+        tail = data[start:]
+        ascii_only = tail.isascii()
+        if ascii_only:  # the common case: split as str, the pieces are the keys already
+            parts = tail.decode("ascii").split("\r\n", 2 * min(count, end))
+        else:
+            parts = tail.split(b"\r\n", 2 * min(count, end))
         whole = (len(parts) - 1) // 2  # pairs followed by their CRLF
         if whole > count:
             whole = count
         heads = parts[0 : 2 * whole : 2]
         values = parts[1 : 2 * whole : 2]
         lengths = list(map(len, values))
-        if heads == list(map(b"$%d".__mod__, lengths)):
+        header = "$%d" if ascii_only else b"$%d"
+        expected = {length: header % length for length in set(lengths)}  # a few distinct lengths
+        if heads == list(map(expected.__getitem__, lengths)):
             stop = start + sum(map(len, heads)) + sum(lengths) + 4 * whole
-            region = data[start:stop]
             try:
-                if region.isascii():
-                    keys = region.decode("ascii").split("\r\n")[1::2]
-                else:
-                    keys = list(map(bytes.decode, values))
+                keys = values if ascii_only else list(map(bytes.decode, values))
             except UnicodeDecodeError:
                 keys = []  # the loop below names the key
             else:

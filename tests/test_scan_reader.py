@@ -203,6 +203,8 @@ def test_decode_scan_keys_every_prefix(speedups: Any) -> None:
         + [b"a\r\nb", b"$2\r\nab"]
         + [b"k:%d" % index for index in range(5)],
         [b"", b"", b"x", b""],
+        [b"$1\r\nx", b"a\r\nb", b"$3\r\nabc\r\n", b"*2\r\n", b"\r", b"\n", b"$0", b"", b"x" * 12],
+        [b"k:%d" % index for index in range(5)] + [b"\r\n$2\r\n"] + [b"k:%d" % index for index in range(5)],
     ],
 )
 def test_decode_scan_keys_every_prefix_and_count(speedups: Any, keys: list) -> None:
