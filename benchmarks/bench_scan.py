@@ -95,6 +95,16 @@ def c_scan(binary: str, socket_path: str) -> int:
     return int(keys)
 
 
+def busy_cores() -> Optional[Tuple[float, float]]:
+    """Return the (busy, total) CPU time of the machine so far, in clock ticks, or ``None`` without /proc."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(value) for value in handle.readline().split()[1:8]]
+    except (OSError, ValueError):
+        return None
+    return float(sum(fields) - fields[3] - fields[4]), float(sum(fields))  # idle, iowait
+
+
 def run(socket_path: str, repeat: int, c_client: Optional[str], rows: List[str]) -> Dict[str, object]:
     """Return the best time of each row over ``repeat`` interleaved rounds, with the notes."""
     database = RedisDatabase(unix_socket_path=socket_path)
@@ -127,7 +137,9 @@ def run(socket_path: str, repeat: int, c_client: Optional[str], rows: List[str])
                 )
     best = {name: float("inf") for name in selected}
     start = time.perf_counter()
+    cores = os.cpu_count() or 1
     for round_number in range(1, repeat + 1):
+        before = busy_cores()
         for name, row in selected.items():
             row_start = time.perf_counter()
             found = row()
@@ -138,9 +150,17 @@ def run(socket_path: str, repeat: int, c_client: Optional[str], rows: List[str])
             if found < expected:
                 sys.exit("WRONG RESULT: %s saw %d keys, the database holds %d" % (name, found, expected))
             best[name] = min(best[name], elapsed)
+        after = busy_cores()
+        load = ""
+        if before and after and after[1] > before[1]:
+            # the server and this client keep about 1.1 core busy: near all the cores means another
+            # process took CPU, and the client's own CPU then slows the server down (the C client
+            # uses almost none), so the ratios to the C client grow
+            busy = cores * (after[0] - before[0]) / (after[1] - before[1])
+            load = ", %.1f of %d cores busy" % (busy, cores)
         progress(
-            "scan [%s]: round %d of %d done (%.1fs elapsed)"
-            % (limpyd.speedups.IMPLEMENTATION, round_number, repeat, time.perf_counter() - start)
+            "scan [%s]: round %d of %d done (%.1fs elapsed%s)"
+            % (limpyd.speedups.IMPLEMENTATION, round_number, repeat, time.perf_counter() - start, load)
         )
     return {"implementation": limpyd.speedups.IMPLEMENTATION, "keys": expected, "rows": best, "notes": notes}
 
