@@ -32,7 +32,7 @@ import redis
 from benchmarks import bench_scan
 from benchmarks._server import PrivateRedisServer, load_keys
 
-GROUPS = ["scan", "orm", "collections", "pipeline", "speedups", "atomic", "cluster", "integrity"]
+GROUPS = ["scan", "orm", "collections", "pipeline", "speedups", "atomic", "cluster", "sharding", "integrity"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: scan_keys() may take at most this times the C client (same worker), per speedups mode
@@ -174,11 +174,13 @@ def group_scan(
             names.append(bench_scan.SCAN_ITER_ROW)
             if not args.quick:
                 names.append(bench_scan.DEFAULT_COUNT_ROW)
+        names += bench_scan.FIELD_ROWS  # a set field of as many members as there are keys
         progress(
             "scan: worker %d of 2 (%s speedups), %d rounds of %d rows"
             % (index, mode, args.repeat, len(names))
         )
         arguments = ["--socket", server.socket_path, "--repeat", str(args.repeat), "--rows", *names]
+        arguments += ["--members", str(args.keys)]
         if c_client:
             arguments += ["--c-client", c_client]
         result = run_worker("scan[%s]" % mode, "benchmarks.bench_scan", arguments, no_extensions)
@@ -192,6 +194,14 @@ def group_scan(
         for name, seconds in timings.items():
             ratio = seconds / reference if reference else None
             target = ""
+            if name in bench_scan.FIELD_ROWS:  # compared with redis-py's sscan_iter on the same set
+                redis_py = timings.get(bench_scan.SSCAN_ITER_ROW)
+                ratio = None
+                if name == bench_scan.FIELD_SSCAN_ROW and redis_py:
+                    target = "%.2fx redis-py sscan_iter (%d members)" % (
+                        seconds / redis_py,
+                        result["members"],
+                    )
             if name == bench_scan.SCAN_KEYS_ROW:
                 limit = SCAN_TARGETS[mode]
                 target = (
@@ -208,6 +218,11 @@ def group_scan(
                     "value": seconds,
                     "unit": "s",
                     "ratio_to_c": ratio,
+                    **(
+                        {"ratio_to_redis_py": seconds / timings[bench_scan.SSCAN_ITER_ROW]}
+                        if name == bench_scan.FIELD_SSCAN_ROW and timings.get(bench_scan.SSCAN_ITER_ROW)
+                        else {}
+                    ),
                 }
             )
             table.append([name, mode, "%.3f" % seconds, "%.2fx" % ratio if ratio else "n/a", target])
@@ -554,7 +569,8 @@ def group_atomic(
             % (row["operation"], target, row["speedup"], "met" if row["speedup"] >= target else "NOT MET")
         )
     print_table(
-        "Atomic writes vs the default write path, per operation (%d instances)" % args.instances,
+        "Atomic writes vs the default write path, per operation (%d instances; best of 3 rounds, the modes interleaved)"
+        % args.instances,
         ["operation", "default us", "default cpu us", "atomic us", "atomic cpu us", "speedup"],
         table,
     )
@@ -610,7 +626,7 @@ def group_atomic(
 def group_integrity(
     args: argparse.Namespace, server: PrivateRedisServer, client: redis.Redis, notes: List[str]
 ) -> List[Dict[str, Any]]:
-    sizes = [100000] if args.quick else [100000, 1000000]
+    sizes = [20000] if args.quick else [100000, 1000000]  # --quick: the whole suite under a minute
     rows, table = [], []
     for position, size in enumerate(sizes, 1):
         progress(
@@ -784,6 +800,83 @@ def group_cluster(
     return rows
 
 
+def group_sharding(
+    args: argparse.Namespace, server: PrivateRedisServer, client: redis.Redis, notes: List[str]
+) -> List[Dict[str, Any]]:
+    instances = 10000 if args.quick else 100000
+    progress(
+        "sharding: worker 1 of 1 (starts its own 3-primary cluster), a 64-shard and a 1-shard model "
+        "of %d instances each" % instances
+    )
+    result = run_worker(
+        "sharding",
+        "benchmarks.bench_sharding",
+        ["--instances", str(instances), "--timed", str(min(2000, args.instances * 2))],
+    )
+    label = "%d shards" % result["shards"]
+    rows, table = [], []
+    for operation, figures in result["rows"].items():
+        ratio = figures[label] / figures["1 shard"]
+        rows.append(
+            {
+                "key": "sharding/%s/cython" % operation,
+                "group": "sharding",
+                "row": operation,
+                "speedups": "cython",
+                "value": figures[label],
+                "unit": "us",
+                "one_shard_us": figures["1 shard"],
+                "ratio": ratio,
+            }
+        )
+        table.append(
+            [
+                operation,
+                "%.0f" % figures["1 shard"],
+                "%.0f" % figures[label],
+                "%.2fx %s" % (ratio, "(<= 2x: met)" if ratio <= 2 else "(<= 2x: NOT MET)"),
+            ]
+        )
+    print_table(
+        "Sharded model (%s) vs 1-shard model on a 3-primary cluster, %d instances each, per operation"
+        % (label, result["instances"]),
+        ["operation", "1 shard us", "%s us" % label, "ratio"],
+        table,
+    )
+    memory = []
+    for name, figures in result["memory"].items():
+        share = figures["biggest_node_share"]
+        memory.append(
+            [
+                name,
+                " / ".join("%.1f" % (size / 2**20) for size in figures["per_node_bytes"]),
+                "%.0f%%" % (share * 100),
+                figures["loaded_with"],
+            ]
+        )
+        rows.append(
+            {
+                "key": "sharding/memory/%s" % name,
+                "group": "sharding",
+                "row": "biggest node share",
+                "speedups": "cython",
+                "value": share,
+                "unit": "share",
+            }
+        )
+    print_table(
+        "Sharded model: memory each primary took for the model (INFO memory used_memory, grown while loading)",
+        ["model", "MiB per node", "biggest node", "loaded with"],
+        memory,
+    )
+    share = result["memory"][label]["biggest_node_share"]
+    notes.append(
+        "sharded model: biggest node <= 45%% of the model's memory: %.0f%% %s"
+        % (share * 100, "met" if share <= 0.45 else "NOT MET")
+    )
+    return rows
+
+
 #: the one-command operations whose cost must stay close to plain redis-py's
 OVERHEAD_ROWS = (
     "filter 1 field, pks",
@@ -802,6 +895,7 @@ RUNNERS = {
     "speedups": group_speedups,
     "atomic": group_atomic,
     "cluster": group_cluster,
+    "sharding": group_sharding,
     "integrity": group_integrity,
 }
 

@@ -48,36 +48,24 @@ def timed(count: int, run: Callable[[], None]) -> Dict[str, float]:
     }
 
 
-def per_operation(database: RedisDatabase, instances: int) -> List[Dict[str, Any]]:
-    """Create, get+set and delete ``instances`` instances in both modes."""
+def per_operation(database: RedisDatabase, instances: int, rounds: int = 3) -> List[Dict[str, Any]]:
+    """Create, get+set and delete ``instances`` instances in both modes, ``rounds`` times.
+
+    The two modes alternate within each round and each row keeps each mode's best round: a
+    virtual machine's speed drifts over a minute, and the best of interleaved rounds compares the
+    two modes at the same speed.
+    """
     rows = []
-    results: Dict[bool, Dict[str, Dict[str, float]]] = {}
-    for atomic in (False, True):
-        Item = define(database, "bench%s" % ("a" if atomic else "d"), atomic)
-        Item(code="warm", name="w", note="x", tags=["a", "b", "c"]).delete()
-        items: list = []
-        progress(
-            "per operation, %s mode: create, get+set, delete of %d instances"
-            % ("atomic" if atomic else "default", instances)
-        )
-        measured = {
-            "create": timed(
-                instances,
-                lambda: items.extend(
-                    Item(code="c%d" % i, name="n%d" % (i % 100), note="x", tags=["a", "b", "c"])
-                    for i in range(instances)
-                ),
-            ),
-            "get+set": timed(instances, lambda: [item.name.set(item.name.get() + "x") for item in items]),
-        }
-        if len(Item.collection(name="n7x")) != instances // 100 + (1 if 7 < instances % 100 else 0):
-            sys.exit("WRONG RESULT: the get+set of %s mode did not index every new name" % atomic)
-        measured["delete"] = timed(instances, lambda: [Item(item._pk).delete() for item in items])
-        if len(Item.collection()) != 0:
-            sys.exit("WRONG RESULT: instances left after the deletions of %s mode" % atomic)
-        results[atomic] = measured
+    best: Dict[bool, Dict[str, Dict[str, float]]] = {False: {}, True: {}}
+    for round_number in range(rounds):
+        for atomic in (False, True):
+            measured = _one_round(database, instances, atomic, round_number, rounds)
+            for operation, figures in measured.items():
+                kept = best[atomic].get(operation)
+                if kept is None or figures["us"] < kept["us"]:
+                    best[atomic][operation] = figures
     for operation in ("create", "get+set", "delete"):
-        default, atomic = results[False][operation], results[True][operation]
+        default, atomic = best[False][operation], best[True][operation]
         rows.append(
             {
                 "operation": operation,
@@ -87,6 +75,35 @@ def per_operation(database: RedisDatabase, instances: int) -> List[Dict[str, Any
             }
         )
     return rows
+
+
+def _one_round(
+    database: RedisDatabase, instances: int, atomic: bool, round_number: int, rounds: int
+) -> Dict[str, Dict[str, float]]:
+    """Time the three operations of one mode once; exit on a wrong result."""
+    Item = define(database, "bench%s%d" % ("a" if atomic else "d", round_number), atomic)
+    Item(code="warm", name="w", note="x", tags=["a", "b", "c"]).delete()
+    items: list = []
+    progress(
+        "per operation, round %d of %d, %s mode: create, get+set, delete of %d instances"
+        % (round_number + 1, rounds, "atomic" if atomic else "default", instances)
+    )
+    measured = {
+        "create": timed(
+            instances,
+            lambda: items.extend(
+                Item(code="c%d" % i, name="n%d" % (i % 100), note="x", tags=["a", "b", "c"])
+                for i in range(instances)
+            ),
+        ),
+        "get+set": timed(instances, lambda: [item.name.set(item.name.get() + "x") for item in items]),
+    }
+    if len(Item.collection(name="n7x")) != instances // 100 + (1 if 7 < instances % 100 else 0):
+        sys.exit("WRONG RESULT: the get+set of %s mode did not index every new name" % atomic)
+    measured["delete"] = timed(instances, lambda: [Item(item._pk).delete() for item in items])
+    if len(Item.collection()) != 0:
+        sys.exit("WRONG RESULT: instances left after the deletions of %s mode" % atomic)
+    return measured
 
 
 def bulk(database: RedisDatabase, count: int) -> Dict[str, Any]:
@@ -151,14 +168,20 @@ def main(argv: Any = None) -> None:
         prog="python -m benchmarks.bench_atomic", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--socket", required=True, help="unix socket of the private redis-server")
-    parser.add_argument("--instances", type=int, default=10000, help="instances of the per-operation rows")
+    parser.add_argument("--instances", type=int, default=5000, help="instances of the per-operation rows")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds of the per-operation rows (the best is kept)",
+    )
     parser.add_argument("--bulk", type=int, default=1000000, help="rows streamed through create_many")
     parser.add_argument("--purge", type=int, default=100000, help="due instances purged")
     args = parser.parse_args(argv)
     database = RedisDatabase(unix_socket_path=args.socket)
     database.connection.flushdb()
     result = {
-        "rows": per_operation(database, args.instances),
+        "rows": per_operation(database, args.instances, args.rounds),
         "bulk": bulk(database, args.bulk),
         "purge": purge(database, args.purge),
     }

@@ -11,6 +11,7 @@ turns a redis-py command into its arguments without sending it, and reads the sc
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import sys
@@ -298,16 +299,35 @@ class _Recorder(redis.Redis):
 _RECORDER = _Recorder()
 
 
+#: redis-py methods whose command, called with positional arguments only, is their name then the
+#: arguments as given, with no reply option (checked against redis-py by tests/test_atomic.py):
+#: built without the recorder, the commonest writes of atomic mode
+_PLAIN_COMMANDS = {
+    "set": "SET",
+    "sadd": "SADD",
+    "srem": "SREM",
+    "lpush": "LPUSH",
+    "rpush": "RPUSH",
+    "hdel": "HDEL",
+    "delete": "DEL",
+}
+
+
 def command_args(name: str, *args: Any, **kwargs: Any) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
     """Return the Redis command (and its reply options) redis-py's method ``name`` would send."""
+    if not kwargs:
+        command = _PLAIN_COMMANDS.get(name)
+        if command is not None and (name != "set" or len(args) == 2):
+            return (command,) + args, {}
     return getattr(_RECORDER, name)(*args, **kwargs)
 
 
 def parse_reply(client: Any, command: str, reply: Any, options: Dict[str, Any]) -> Any:
     """Return ``reply`` of ``command`` run by the script as redis-py would have returned it."""
-    options = {key: value for key, value in options.items() if key != "keys"}
     callback = getattr(client, "response_callbacks", {}).get(command)
-    return callback(reply, **options) if callback is not None else reply
+    if callback is None:
+        return reply
+    return callback(reply, **{key: value for key, value in options.items() if key != "keys"})
 
 
 def modify(
@@ -321,19 +341,22 @@ def modify(
 ) -> Any:
     """Run the redis-py command ``name(*args, **kwargs)`` on fields ``names`` of ``pk`` in one script call."""
     model = field._model
+    client = model.database.connection
     command, options = command_args(name, *args, **kwargs)
     request: Dict[str, Any] = {
         "op": "modify",
         "pk": pk,
         "names": names,
-        "cmd": [str(command[0]).lower()] + encode_all(model.database, command[1:]),
+        "cmd": [str(command[0]).lower()] + encode_values(client.get_encoder(), command[1:]),
     }
     if check:
         request["check"] = True
-    reply = run(model, request)
-    return parse_reply(
-        model.database.connection, str(command[0]).upper(), reply[1] if len(reply) > 1 else None, options
-    )
+    reply = run(model, request, client)
+    return parse_reply(client, str(command[0]).upper(), reply[1] if len(reply) > 1 else None, options)
+
+
+#: the requests' JSON encoder (compact; one instance, not one per call as ``json.dumps`` builds)
+_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def _encode(encoder: Any, value: Any) -> str:
@@ -344,8 +367,26 @@ def _encode(encoder: Any, value: Any) -> str:
 
 def encode_all(database: Any, values: Any) -> List[str]:
     """Return the ``values`` as Redis stores them."""
-    encoder = database.connection.get_encoder()
+    return encode_values(database.connection.get_encoder(), values)
+
+
+def encode_values(encoder: Any, values: Any) -> List[str]:
+    """Return the ``values`` as ``encoder`` (redis-py's) stores them (text as it is in UTF-8)."""
+    if all(type(value) is str for value in values) and _is_utf8(encoder.encoding):
+        return list(values)
     return [_encode(encoder, value) for value in values]
+
+
+#: ``{encoding name: whether it is UTF-8}`` of the encodings seen
+_IS_UTF8: Dict[str, bool] = {}
+
+
+def _is_utf8(encoding: str) -> bool:
+    """Return whether ``encoding`` names UTF-8 (``utf-8``, ``UTF8``, ``utf_8``...)."""
+    known = _IS_UTF8.get(encoding)
+    if known is None:
+        known = _IS_UTF8[encoding] = codecs.lookup(encoding).name == "utf-8"
+    return known
 
 
 def _scored(field: Any) -> Any:
@@ -410,13 +451,13 @@ def creation_fields(model: Any, values: Dict[str, Any], encoder: Any = None) -> 
     return result
 
 
-def run(model: Any, request: Dict[str, Any]) -> List[Any]:
+def run(model: Any, request: Dict[str, Any], client: Any = None) -> List[Any]:
     """Send ``request`` (an operation of the script) for ``model`` and return the reply list.
 
     Refusals become the errors the default write path raises: ``UniquenessError`` for a taken
     unique value or pk, ``DoesNotExist`` for a pk that is not in the collection.
     """
-    reply = run_raw(model, request)
+    reply = run_raw(model, request, client)
     status = reply[0] if reply else None
     if status == "ok":
         return reply
@@ -442,13 +483,15 @@ def load_function(client: Any, script: Dict[str, Any]) -> None:
     client.execute_command("FUNCTION", "LOAD", "REPLACE", script["library"])
 
 
-def run_raw(model: Any, request: Dict[str, Any]) -> List[Any]:
-    """Send ``request`` for ``model`` and return the script's reply as it is."""
+def run_raw(model: Any, request: Dict[str, Any], client: Any = None) -> List[Any]:
+    """Send ``request`` for ``model`` (on ``client``, its database's by default) and return the
+    script's reply as it is."""
     database = model.database
     script = script_of(model)
     key = make_key(model._name, "collection")
-    payload = json.dumps(request, separators=(",", ":"))
-    client = database.connection
+    payload = _JSON.encode(request)
+    if client is None:
+        client = database.connection
     if uses_functions(database, client):
         try:
             return send_on_pool(client, "FCALL", script["function"], 1, key, payload)
@@ -485,7 +528,8 @@ def refusal(
 
 def in_pipeline(model: Any) -> bool:
     """Return whether the model's commands go to a user pipeline (atomic writes do not apply there)."""
-    return isinstance(model.database.connection, Pipeline)
+    connection = model.database.connection
+    return type(connection) is not redis.Redis and isinstance(connection, Pipeline)
 
 
 class script_sender:  # noqa: N801 - a context manager
@@ -523,7 +567,7 @@ class script_sender:  # noqa: N801 - a context manager
         on_reply(run_raw(self.model, request))
 
     def _send(self, request: Dict[str, Any], on_reply: Any) -> None:
-        self.connection.send_command(*self.command, 1, self.key, json.dumps(request, separators=(",", ":")))
+        self.connection.send_command(*self.command, 1, self.key, _JSON.encode(request))
         reloaded = self._read_pending()
         self.pending = (request, on_reply)
         if reloaded:  # this request was sent before the script was loaded again: it met NOSCRIPT too

@@ -37,7 +37,7 @@ from redis.client import Pipeline
 from redis.exceptions import DataError, ResponseError
 
 from limpyd._cluster import cluster_batch_client_class, is_batchable_cluster, send_cluster_commands
-from limpyd._pool import get_pool_connection
+from limpyd._pool import get_pool_connection, keep_spare, take_connection
 
 __all__ = [
     "Batch",
@@ -247,7 +247,9 @@ def send_commands(client: redis.Redis, commands: List[tuple]) -> list:
     pool = getattr(client, "connection_pool", None)
     if pool is None:  # a RedisCluster: the node owning the slot of the commands' keys
         return send_cluster_commands(client, commands, _send_one_by_one)
-    connection = get_pool_connection(pool, "PIPELINE")
+    # a command alone (a read, mostly) takes the connection the pool keeps aside (limpyd._pool)
+    alone = len(commands) == 1
+    connection = take_connection(pool, "PIPELINE") if alone else get_pool_connection(pool, "PIPELINE")
     try:
         packed = connection.pack_commands([args for args, _ in commands])
     except DataError:
@@ -265,12 +267,15 @@ def send_commands(client: redis.Redis, commands: List[tuple]) -> list:
                 replies.append(client.parse_response(connection, args[0], **options))
             except ResponseError as exc:
                 replies.append(exc)
-        return replies
     except BaseException:
         connection.disconnect()  # never hand back a connection with unread replies
-        raise
-    finally:
         pool.release(connection)
+        raise
+    if alone:
+        keep_spare(pool, connection)
+    else:
+        pool.release(connection)
+    return replies
 
 
 def _send_one_by_one(client: redis.Redis, commands: List[tuple]) -> list:

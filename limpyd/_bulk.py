@@ -146,7 +146,8 @@ def _create_one_by_one(model: Any, rows: Iterable[Any], batch_size: int, ttl: Op
 def delete_many(model: Any, pks: Iterable[Any], batch_size: int = 1000) -> int:
     """Delete the instances of ``pks``; see ``RedisModel.delete_many``."""
     _check_batch_size(model, batch_size)
-    scripted = _executors.for_bulk(model) is Executor.SCRIPT
+    # a sharded model's unique values: each deletion releases its claims (limpyd._claims)
+    scripted = _executors.for_bulk(model) is Executor.SCRIPT and not model._limpyd_claims
     normalize = model.get_field("pk").normalize
     deleted = 0
     for chunk in _chunks(pks, batch_size):

@@ -438,6 +438,26 @@ elseif kind == 'zset' then members = redis.call('ZRANGE', key, 0, -1)
 elseif kind == 'none' then members = {}
 else return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value') end
 
+-- a weight as SORT reads it (strtod, the whole string, no NaN, no ERANGE): a number, or nil
+local function sort_weight(text)
+    if text == '' then return 0 end
+    if string.find(text, '%s$') then return nil end
+    local number = tonumber(text)
+    if number == nil or number ~= number then return nil end
+    local lower = string.lower(text)
+    if number == math.huge or number == -math.huge then
+        if not string.find(lower, 'inf', 1, true) then return nil end  -- overflow
+    elseif number == 0 then  -- underflow: a mantissa with a non-zero digit read as 0
+        local hex = string.match(lower, '0x([%x%.]*)')
+        if hex and string.find(hex, '[1-9a-f]') then return nil end
+        local digits = not hex and string.match(lower, '^[%s+-]*([%d%.]*)')
+        if digits and string.find(digits, '[1-9]') then return nil end
+    elseif math.abs(number) < 2.2250738585072014e-308 then
+        return nil  -- a subnormal result: ERANGE too
+    end
+    return number
+end
+
 local dontsort = by ~= '' and not string.find(by, '*', 1, true)
 if not dontsort then
     local weights, order = {}, {}
@@ -446,8 +466,8 @@ if not dontsort then
         if by ~= '' then weight = lookup(by, element) else weight = element end
         if not alpha then
             if weight then
-                local number = tonumber(weight)
-                if number == nil or number ~= number then
+                local number = sort_weight(weight)
+                if number == nil then
                     return redis.error_reply("ERR One or more scores can't be converted into double")
                 end
                 weight = number

@@ -16,12 +16,16 @@ an abandoned generator drains the replies still due (at most the end of the curr
 next one), any failure disconnects the connection, and redis-py reconnects it on its next use.
 Connections that do not expose a plain socket, or decode with something else than strict UTF-8,
 use redis-py's own reply parser instead, with the same one-request-ahead loop.
+
+The field scans (``SSCAN``, ``HSCAN``, ``ZSCAN``: same reply shape, a cursor then a flat array of
+bulk strings) run the same loop with their command head (``("SSCAN", key)``), ``HSCAN`` and
+``ZSCAN`` yielding ``(field, value)`` and ``(member, score)`` pairs as redis-py's iterators do.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import redis
 
@@ -39,6 +43,22 @@ _OUT_OF_BAND = (ord(">"), ord("|"))
 
 HeaderReader = Callable[[bytes, int], Any]
 KeysDecoder = Callable[[bytes, int, int], Tuple[List[str], int]]
+
+#: the command head of a key scan
+SCAN_HEAD = ("SCAN",)
+
+
+def _packing_error(connection: Any, head: Sequence[Any], arguments: List[Any]) -> Optional[Exception]:
+    """Return the error redis-py's own packer raises for this command, or None if it accepts it.
+
+    redis-py packs with hiredis where it can (6.x, 7.x), whose message differs from the
+    ``Encoder``'s: the user sees the very error ``sscan_iter`` would have raised.
+    """
+    try:
+        connection.pack_command(*head, 0, *arguments)
+    except Exception as error:
+        return error
+    return None
 
 
 def pack_scan_arguments(encoder: Any, arguments: List[Any]) -> bytes:
@@ -109,16 +129,25 @@ def scan_pool(
     arguments: List[Any],
     parse_header: HeaderReader = parse_scan_header,
     decode_keys: KeysDecoder = decode_scan_keys,
-) -> Iterator[str]:
-    """Yield the keys of a ``SCAN`` loop (``SCAN cursor *arguments``) run on a connection of ``pool``.
+    head: Sequence[Any] = SCAN_HEAD,
+    pairs: bool = False,
+    cast: Optional[Callable[[str], Any]] = None,
+) -> Iterator[Any]:
+    """Yield the items of a ``SCAN`` loop (``*head cursor *arguments``) run on a connection of ``pool``.
 
     The connection is taken at the first ``next()`` and given back to ``pool`` when the loop
     ends, fails or is abandoned, never with unread bytes: the replies still due are drained, or
     the connection is disconnected. A socket failure raises ``redis.ConnectionError`` (or
     ``redis.TimeoutError``), an error reply the exception redis-py raises for it.
     ``parse_header`` and ``decode_keys`` are the RESP readers to use (the dispatched speedups).
+
+    ``head`` is the command and what comes before the cursor: ``("SCAN",)`` (the default), or
+    ``("SSCAN", key)``, ``("HSCAN", key)``, ``("ZSCAN", key)``. With ``pairs`` the items are
+    yielded two by two as tuples ``(first, second)``, ``second`` passed through ``cast`` if given
+    (``HSCAN``: ``(field, value)``; ``ZSCAN`` with ``cast=float``: ``(member, score)``).
     """
-    connection = get_pool_connection(pool, "SCAN")
+    name = str(head[0])
+    connection = get_pool_connection(pool, name)
     clean = False
     data = b""
     position = 0
@@ -131,17 +160,25 @@ def scan_pool(
             check_health()  # the PING redis-py sends itself after health_check_interval
         sock = _socket_of(connection)
         if sock is None:
-            yield from _scan_with_parser(connection, arguments)
+            yield from _scan_with_parser(connection, head, arguments, pairs, cast)
             clean = True
             return
         recv = sock.recv
         sendall = sock.sendall
-        tail = pack_scan_arguments(connection.encoder, arguments)
-        prefix = b"*%d\r\n$4\r\nSCAN\r\n" % (len(arguments) + 2)
+        try:
+            tail = pack_scan_arguments(connection.encoder, arguments)
+            prefix = b"*%d\r\n%b" % (
+                len(head) + len(arguments) + 1,
+                pack_scan_arguments(connection.encoder, list(head)),
+            )
+        except Exception as refused:  # an argument redis-py cannot encode: nothing was sent
+            clean = True
+            raise _packing_error(connection, head, arguments) or refused
+        half = None  # with pairs: the first item of a pair whose second one is not decoded yet
         sendall(prefix + b"$1\r\n0\r\n" + tail)
         in_flight = True
         while True:
-            (cursor, remaining, position), data = _read_header(recv, data, position, parse_header)
+            (cursor, remaining, position), data = _read_header(recv, data, position, parse_header, name)
             in_flight = False
             if cursor is None:  # an error reply: nothing else is due on the connection
                 clean = position == len(data)
@@ -154,10 +191,18 @@ def scan_pool(
                 keys, position = decode_keys(data, position, remaining)
                 if keys:
                     remaining -= len(keys)
-                    for key in keys:  # faster than ``yield from keys`` on CPython 3.11
-                        yield key
+                    if not pairs:
+                        for key in keys:  # faster than ``yield from keys`` on CPython 3.11
+                            yield key
+                    else:
+                        if half is not None:
+                            keys.insert(0, half)
+                        half = keys.pop() if len(keys) % 2 else None
+                        items = iter(keys)
+                        for pair in zip(items, items if cast is None else map(cast, items)):
+                            yield pair
                 if remaining:
-                    data = _receive(recv, data, position)
+                    data = _receive(recv, data, position, name)
                     position = 0
             if last:
                 clean = position == len(data)
@@ -172,10 +217,10 @@ def scan_pool(
                 clean = False
         raise
     except socket.timeout as exc:  # before OSError: it is one
-        raise redis.TimeoutError("Timeout reading from %s during SCAN" % _describe(connection)) from exc
+        raise redis.TimeoutError("Timeout reading from %s during %s" % (_describe(connection), name)) from exc
     except OSError as exc:
         raise redis.ConnectionError(
-            "Error while reading from %s during SCAN: %s" % (_describe(connection), exc)
+            "Error while reading from %s during %s: %s" % (_describe(connection), name, exc)
         ) from exc
     finally:
         if not clean:
@@ -195,7 +240,11 @@ def _describe(connection: Any) -> str:
 
 
 def _read_header(
-    recv: Callable[[int], bytes], data: bytes, position: int, parse_header: HeaderReader
+    recv: Callable[[int], bytes],
+    data: bytes,
+    position: int,
+    parse_header: HeaderReader,
+    name: str = "SCAN",
 ) -> Tuple[Any, bytes]:
     """Return the next reply's header and the buffer it was read from, receiving bytes as needed.
 
@@ -212,15 +261,15 @@ def _read_header(
                 header = parse_header(data, position)
                 if header is not None:
                     return header, data
-        data = _receive(recv, data, position)
+        data = _receive(recv, data, position, name)
         position = 0
 
 
-def _receive(recv: Callable[[int], bytes], data: bytes, position: int) -> bytes:
+def _receive(recv: Callable[[int], bytes], data: bytes, position: int, name: str = "SCAN") -> bytes:
     """Return the bytes of ``data`` not read yet followed by the next bytes from the socket."""
     chunk = recv(RECEIVE_SIZE)
     if not chunk:
-        raise redis.ConnectionError("Connection closed by server during SCAN.")
+        raise redis.ConnectionError("Connection closed by server during %s." % name)
     if position < len(data):
         return data[position:] + chunk
     return chunk
@@ -251,23 +300,33 @@ def _drain(
             remaining = 0
 
 
-def _scan_with_parser(connection: Any, arguments: List[Any]) -> Iterator[str]:
-    """Yield the keys of the ``SCAN`` loop through redis-py's reply parser, one request ahead.
+def _scan_with_parser(
+    connection: Any,
+    head: Sequence[Any],
+    arguments: List[Any],
+    pairs: bool = False,
+    cast: Optional[Callable[[str], Any]] = None,
+) -> Iterator[Any]:
+    """Yield the items of the ``SCAN`` loop through redis-py's reply parser, one request ahead.
 
     Used for connections the raw reader cannot use. Leaves the connection clean when it ends or
-    is abandoned (the reply in flight is read), and raises when it cannot.
+    is abandoned (the reply in flight is read), and raises when it cannot. ``head``, ``pairs``
+    and ``cast`` as for :func:`scan_pool`.
     """
     pending = False
     try:
-        connection.send_command("SCAN", 0, *arguments)
+        connection.send_command(*head, 0, *arguments)
         pending = True
         while True:
             pending = False  # read_response consumes the reply, or disconnects on failure
             cursor, keys = decode_scan_batch(connection.read_response())
+            if pairs:
+                items = iter(keys)
+                keys = list(zip(items, items if cast is None else map(cast, items)))
             if not cursor:
                 yield from keys
                 return
-            connection.send_command("SCAN", cursor, *arguments)
+            connection.send_command(*head, cursor, *arguments)
             pending = True
             yield from keys
     finally:

@@ -1,7 +1,7 @@
 """The ``limpyd`` command: ``limpyd [--url URL] [--models MODULE]... [--json] SUBCOMMAND ...``.
 
 Subcommands (``limpyd SUBCOMMAND --help``): ``audit``, ``repair``, ``rebuild-indexes``, ``stats``,
-``migrate`` (limpyd.migrate).
+``migrate`` (limpyd.migrate), ``reaper`` (limpyd.reaper), ``reshard`` (limpyd.resharding).
 Others register with :func:`register` (a name, a function adding the arguments, a function
 running it and returning the exit code). Progress goes to stderr, results to stdout (``--json``
 for machines). Exit codes: 0 success (``audit``: clean), 1 problems found or left (``audit``,
@@ -11,7 +11,8 @@ interrupted (a rebuild keeps its position: run the same command to resume).
 How ``--url`` reaches the models: the modules named by ``--models`` are imported, which declares
 their models on their own ``RedisDatabase`` objects; each of those databases is then switched to
 the URL's settings with ``database.connect(**settings)`` (host, port, db, password, unix socket
-path, TLS). Without ``--url`` the databases keep the settings the modules gave them.
+path, TLS; ``cluster=True`` when the URL names a Redis Cluster node). Without ``--url`` the
+databases keep the settings the modules gave them.
 """
 
 from __future__ import annotations
@@ -64,6 +65,38 @@ def settings_from_url(url: str) -> Dict[str, Any]:
     return settings
 
 
+def database_settings(url: str) -> Dict[str, Any]:
+    """Return the ``database.connect()`` settings for ``url``: ``cluster=True`` when the server it
+    names is a Redis Cluster node (``INFO cluster``), so ``--url`` takes a cluster as it is."""
+    settings = settings_from_url(url)
+    if not _is_cluster_node(settings):
+        return settings
+    if settings.pop("db", 0):
+        raise CommandError(
+            "--url %r names a Redis Cluster node: a cluster has only database 0, drop the /db" % url
+        )
+    if "unix_socket_path" in settings:
+        raise CommandError("--url %r: reach the Redis Cluster node over TCP (redis://host:port)" % url)
+    settings["cluster"] = True
+    return settings
+
+
+def _is_cluster_node(settings: Dict[str, Any]) -> bool:
+    """Return whether the server of ``settings`` runs in cluster mode (False if unreachable: the
+    ping of :func:`load_models` reports that)."""
+    import redis
+
+    client = redis.Redis(
+        **dict(settings, db=0, socket_timeout=5, socket_connect_timeout=5)
+    )  # a cluster refuses SELECT
+    try:
+        return str(client.info("cluster").get("cluster_enabled", 0)) == "1"
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # models
 
@@ -86,7 +119,7 @@ def load_models(args: argparse.Namespace) -> List[type]:
     if not models:
         raise CommandError("the module(s) %s declare no model: check --models" % ", ".join(args.models))
     if args.url:
-        settings = settings_from_url(args.url)
+        settings = database_settings(args.url)
         for database in {id(model.database): model.database for model in models}.values():
             database.connect(**settings)
     wanted = getattr(args, "model", None)
@@ -119,6 +152,8 @@ def _registered_models(modules: List[str]) -> List[type]:
         model = stack.pop(0)
         stack.extend(model.__subclasses__())
         if id(model) in seen or getattr(model, "abstract", True) is True and "abstract" in model.__dict__:
+            continue
+        if model._limpyd_shard is not None:  # a shard class: its sharded model stands for it
             continue
         seen.add(id(model))
         if any(model.__module__ == module or model.__module__.startswith(module + ".") for module in modules):
@@ -433,6 +468,170 @@ register(
     "copy the keys of models between a single server and a Redis Cluster (resumable)",
     _migrate_arguments,
     _run_migrate,
+)
+
+
+def _reaper_arguments(parser: argparse.ArgumentParser) -> None:
+    from limpyd import reaper
+
+    _add_model_selection(parser)
+    parser.add_argument("--once", action="store_true", help="purge what is due now, then exit")
+    parser.add_argument(
+        "--max-sleep",
+        type=float,
+        default=reaper.MAX_SLEEP,
+        help="longest sleep between two purges, in seconds (default %(default)s): the reaper "
+        "wakes at the next deadline, or after this long to see deadlines added meanwhile",
+    )
+
+
+def _run_reaper(args: argparse.Namespace) -> int:
+    """Purge the due instances of the expiring models until SIGINT/SIGTERM (or once)."""
+    import signal
+
+    from limpyd import reaper
+
+    if args.max_sleep <= 0:
+        raise CommandError("--max-sleep %r: give a number of seconds > 0" % args.max_sleep)
+    models = load_models(args)
+    expiring = [model for model in models if model._limpyd_expiring]
+    if not expiring:
+        raise CommandError(
+            "none of the models %s has expiring instances: set `expiring = True` or `default_ttl` on "
+            "a model, or name its module with --models"
+            % ", ".join("%s.%s" % (model.__module__, model.__qualname__) for model in models)
+        )
+    purged: Dict[str, int] = {"%s.%s" % (m.__module__, m.__qualname__): 0 for m in expiring}
+    stopping = []
+
+    def on_purge(model: Any, count: int) -> None:
+        name = "%s.%s" % (model.__module__, model.__qualname__)
+        purged[name] += count
+        if not args.json:
+            sys.stdout.write("purged %d due instance(s) of %s\n" % (count, name))
+            sys.stdout.flush()
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    if not args.once and not args.json:
+        sys.stderr.write(
+            "limpyd reaper: watching %s (Ctrl-C or SIGTERM stops it)\n" % ", ".join(sorted(purged))
+        )
+    try:
+        total = reaper.reap(
+            expiring,
+            once=args.once,
+            max_sleep=args.max_sleep,
+            on_purge=on_purge,
+            should_stop=lambda: bool(stopping),
+        )
+    except KeyboardInterrupt:  # the normal way to stop a reaper run by hand
+        total = sum(purged.values())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _out(args, {"purged": total, "models": purged}, "purged %d due instance(s) in all" % total)
+    return 0
+
+
+register(
+    "reaper",
+    "remove due instances of expiring models, sleeping until the next deadline (or --once)",
+    _reaper_arguments,
+    _run_reaper,
+)
+
+
+def _reshard_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="MODEL", help="the model (module.Class, Class or namespace:name)")
+    parser.add_argument("--shards", required=True, help="the new number of shards (an int >= 1)")
+    parser.add_argument(
+        "--from",
+        dest="from_shards",
+        help="the number of shards the data is in, when no count is stored (<model>:__shards__)",
+    )
+    parser.add_argument("--batch-size", type=int, default=500, help="instances moved per batch (default 500)")
+
+
+def _count_argument(value: Optional[str], option: str) -> Optional[int]:
+    """Return ``value`` of ``option`` as a shard count (``CommandError`` unless an int from 1 to 16384)."""
+    from limpyd.sharding import MAX_SHARDS
+
+    if value is None:
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_SHARDS:
+        raise CommandError(
+            "%s %r: give an int from 1 to %d, the number of shards" % (option, value, MAX_SHARDS)
+        )
+    return count
+
+
+def _run_reshard(args: argparse.Namespace) -> int:
+    """Move the instances of one model to the shards of ``--shards`` (resumable; writes paused)."""
+    from limpyd import resharding
+
+    shards = _count_argument(args.shards, "--shards")
+    from_shards = _count_argument(args.from_shards, "--from")
+    if args.batch_size < 1:
+        raise CommandError("--batch-size %r: give an int >= 1" % args.batch_size)
+    models = load_models(args)
+    found = [m for m in models if args.target in (m.__name__, m._name, model_label(m))]
+    if len(found) != 1:
+        raise CommandError(
+            "%s model %r: choose one among %s"
+            % (
+                "unknown" if not found else "ambiguous",
+                args.target,
+                ", ".join(model_label(m) for m in models),
+            )
+        )
+    model = found[0]
+    label = model_label(model)
+    sys.stderr.write(
+        "limpyd reshard: moving the instances of %s to %d shards; every write to it (and the "
+        "reaper) must be paused until this finishes: a write seen stops the run (exit 2, run it "
+        "again to continue)\n" % (label, shards)
+    )
+    progress = _progress(args, model.__name__)
+    try:
+        result = resharding.reshard(
+            model, shards, from_shards=from_shards, progress=progress, batch_size=args.batch_size
+        )
+    except resharding.ReshardError as exc:
+        raise CommandError(str(exc)) from exc
+    except resharding.WritesNotPaused as exc:
+        raise CommandError("%s; the reshard stopped, its state is kept" % exc) from exc
+    except KeyboardInterrupt:
+        progress.close()
+        sys.stderr.write("limpyd reshard: interrupted; run the same command again to continue\n")
+        return 130
+    finally:
+        progress.close()
+    if result["status"] == "nothing to do":
+        text = "%s: its data is already in %d shards: nothing to do" % (label, shards)
+    else:
+        text = "%s: moved %d of %d instances from %d to %d shards%s" % (
+            label,
+            result["moved"],
+            result["examined"],
+            result["from"],
+            shards,
+            " (resumed)" if result["status"] == "resumed" else "",
+        )
+    if model._limpyd_shards != shards:
+        text += "\nnow declare shards = %d on %s (its stored count is %d)" % (shards, label, shards)
+    result["declare"] = "shards = %d" % shards
+    _out(args, result, text)
+    return 0
+
+
+register(
+    "reshard",
+    "move the instances of a sharded model to another number of shards (resumable; pause writes)",
+    _reshard_arguments,
+    _run_reshard,
 )
 
 

@@ -47,6 +47,7 @@ from limpyd._batch import (
     queue_command,
     send_commands,
 )
+from limpyd._pool import direct, read_direct
 from limpyd._recovery import register_temporary_key, temporary_keys
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.fields import SingleValueField
@@ -168,6 +169,38 @@ class _CheckedInstances:
                 with assume_exists(self.model._name, self.model.get_field("pk").normalize(pk)):
                     return self.model(pk)
         return self.model(pk)
+
+
+def results_equal(results: Any, other: Any) -> bool:
+    """Return whether a collection's ``results`` equal ``other`` (a list: same order; a set: same
+    members; other results: same data); anything else is not equal."""
+    if isinstance(other, list):
+        return list(results) == other
+    if isinstance(other, set):
+        return set(results) == other
+    if isinstance(other, CollectionResults):
+        return results.data == other.data
+    return False
+
+
+def checked_index(collection: Any, arg: Any) -> Any:
+    """Return the index or slice ``arg`` given to ``collection[...]`` with ``int`` parts (Python's
+    own errors for a zero step or another type, naming the collection's model)."""
+    if isinstance(arg, slice):
+        arg = slice(
+            _slice_part(arg.start, collection.model),
+            _slice_part(arg.stop, collection.model),
+            _slice_part(arg.step, collection.model),
+        )
+        if arg.step == 0:
+            raise ValueError("slice step cannot be zero")
+        return arg
+    if isinstance(arg, int) or hasattr(type(arg), "__index__"):
+        return operator.index(arg)
+    raise TypeError(
+        "%s indices must be integers or slices, not %s (collection of %s)"
+        % (type(collection).__name__, type(arg).__name__, _model_path(collection.model))
+    )
 
 
 def _slice_part(value: Any, model: type) -> Optional[int]:
@@ -825,7 +858,23 @@ class CollectionManager(object):
 
     def _collection_length(self, final_set: str) -> int:
         """Return the number of members of ``final_set`` (https://redis.io/commands/scard)."""
-        return getattr(self.connection, self._length_command())(final_set)
+        return self._send_length(self.connection, final_set)
+
+    def _send_length(self, connection: Any, key: str) -> int:
+        """Return the length of ``key`` (``_length_command``), read directly when nothing observes
+        the redis-py method (``limpyd._pool.direct``)."""
+        method = self._length_command()
+        if method == "scard" and direct(connection, method):
+            return read_direct(connection, "SCARD", key)
+        return getattr(connection, method)(key)
+
+    @staticmethod
+    def _members(connection: Any, key: str) -> List[Any]:
+        """Return the members of the set ``key`` (``SMEMBERS``), read directly when nothing
+        observes the redis-py method (``limpyd._pool.direct``)."""
+        if direct(connection, "smembers"):
+            return list(read_direct(connection, "SMEMBERS", key))
+        return list(connection.smembers(key))
 
     def _take_final_set(self) -> Tuple[Optional[str], bool]:
         """Return the final key kept by ``len()`` if it still exists (``EXPIRE`` renews it), else ``(None, False)``."""
@@ -904,7 +953,7 @@ class CollectionManager(object):
             sort_options = self._prepare_sort_options(False)
             connection = self.connection
             results = (
-                list(connection.smembers(key))
+                self._members(connection, key)
                 if sort_options is None
                 else connection.sort(key, **sort_options)
             )
@@ -946,7 +995,7 @@ class CollectionManager(object):
         self.model._purge_due()
         key = self._direct_key()
         if key is not None and current_batch(self.model.database) is None:  # one command: sent at once
-            return getattr(self.connection, self._length_command())(key)
+            return self._send_length(self.connection, key)
         with temporary_keys(self.model.database), batch_scope(self.model.database):
             return self._count_now()
 
@@ -1133,21 +1182,7 @@ class CollectionManager(object):
         return entry if func is None else func(entry)
 
     def __getitem__(self, arg: Any) -> Any:
-        if isinstance(arg, slice):
-            arg = slice(
-                _slice_part(arg.start, self.model),
-                _slice_part(arg.stop, self.model),
-                _slice_part(arg.step, self.model),
-            )
-            if arg.step == 0:
-                raise ValueError("slice step cannot be zero")
-        elif isinstance(arg, int) or hasattr(type(arg), "__index__"):
-            arg = operator.index(arg)
-        else:
-            raise TypeError(
-                "%s indices must be integers or slices, not %s (collection of %s)"
-                % (type(self).__name__, type(arg).__name__, _model_path(self.model))
-            )
+        arg = checked_index(self, arg)
         if self._collection_cache is not None:
             return self._get_from_results_cache(arg)
         return self._getitem(arg)
@@ -1183,14 +1218,7 @@ class CollectionManager(object):
         return self.model.delete_many(pks, batch_size=batch_size)
 
     def __eq__(self, other: Any) -> bool:
-        results = self.__iter__()
-        if isinstance(other, list):
-            return list(results) == other
-        if isinstance(other, set):
-            return set(results) == other
-        if isinstance(other, CollectionResults):
-            return results.data == other.data
-        return False
+        return results_equal(self.__iter__(), other)
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -10,15 +10,16 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from redis.exceptions import DataError
 
-from limpyd import _atomic, _bulk, _executors
+from limpyd import _atomic, _bulk, _claims, _executors, sharding
 from limpyd._batch import batch_scope, later, take_assumed_existence
 from limpyd._executors import Executor
 from limpyd._fields.base import IndexRecovery
+from limpyd._pool import direct, read_direct
 from limpyd._recovery import UNKNOWN_OUTCOME, with_retries
 from limpyd.collection import CollectionManager
 from limpyd.database import RedisDatabase
 from limpyd.exceptions import *  # noqa: F403 - redis-limpyd 2.x exposes them here
-from limpyd.exceptions import DoesNotExist, ImplementationError, UniquenessError
+from limpyd.exceptions import BulkError, DoesNotExist, ImplementationError, UniquenessError
 from limpyd.fields import *  # noqa: F403 - redis-limpyd 2.x exposes every field here
 from limpyd.fields import (
     AutoPKField,
@@ -302,6 +303,10 @@ class MetaRedisModel(MetaRedisProxy):
         cls._multi_fields_index_for_filtering = multi_fields_indexes
         MetaRedisModel._read_expiry_settings(cls)
         _atomic.check_model(cls)
+        # sharded models (docs/sharding.rst): the checked setting; shard classes for shards > 1
+        cls._limpyd_shards = sharding.read_setting(cls)
+        if cls._limpyd_shards > 1 or cls._limpyd_shard_models is not None:
+            sharding.setup(cls)
 
     @staticmethod
     def _read_expiry_settings(cls: Any) -> None:
@@ -341,6 +346,9 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     default_ttl: Optional[float] = None
     #: instances may be given a time to live (``expire_in``...): reads then skip the due ones
     expiring = False
+    #: the number of slots the model spreads over (an int from 1 to 16384; inherited): its
+    #: instances live in shard models, see docs/sharding.rst; 1 keeps the one-slot layout
+    shards: int = 1
 
     # State the other layers read on a model class, declared here rather than set ad hoc:
     #: ``default_ttl`` once checked by the metaclass (read by the writes, ``limpyd._bulk``)
@@ -351,6 +359,16 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     #: the 2.x ``_name`` (``<namespace>:<model>``) recorded by ``limpyd._cluster`` for each model
     #: class before a cluster renames it ``{<namespace>:<model>}`` (``None``: not recorded yet)
     _limpyd_plain_name: Optional[str] = None
+    #: ``shards`` once checked by the metaclass, set on every model (``limpyd.sharding``)
+    _limpyd_shards: int = 1
+    #: the shard classes of a sharded model, shard k at index k: set on that model only, ``None``
+    #: on every other model, shard classes included (``limpyd.sharding``)
+    _limpyd_shard_models: Optional[Tuple[type, ...]] = None
+    #: the number k of a shard class (``None`` on every other model, see ``limpyd.sharding``)
+    _limpyd_shard: Optional[int] = None
+    #: the unique fields whose values a sharded model claims across its shards, on the model and
+    #: its shard classes (``()`` on every other model, see ``limpyd._claims``)
+    _limpyd_claims: Tuple[str, ...] = ()
 
     # Per-instance flags, kept in the instance ``__dict__`` only while they hold (read with
     # ``__dict__.get``; declared here, never given a class-level value):
@@ -362,6 +380,9 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     _limpyd_fresh: bool
     #: the values written by the running creation, ``{field name: value}`` (TTL and atomic writes)
     _limpyd_written: Dict[str, Any]
+    #: the pk a sharded model allocated for this new instance before choosing its shard: the
+    #: shard's creation takes it instead of allocating one (``limpyd.sharding``)
+    _limpyd_shard_pk: str
 
     _thread_locks = threading.local()
 
@@ -391,6 +412,13 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
             self._create(kwargs)
 
     def _create(self, kwargs: Dict[str, Any]) -> None:
+        """Create a new instance from ``kwargs``: with the claims of its unique values when sharded."""
+        if type(self)._limpyd_claims:
+            _claims.create(self, kwargs, lambda: self._create_here(kwargs))
+        else:
+            self._create_here(kwargs)
+
+    def _create_here(self, kwargs: Dict[str, Any]) -> None:
         """Create a new instance from ``kwargs`` (field name -> value): checks, pk, then fields.
 
         Nothing is written before every name and unique value has been checked, and those
@@ -472,6 +500,8 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         if pk_field._auto_increment:
             if pk_given and pk_value is not None:
                 raise ValueError('The pk for %s is "auto-increment", you must not fill it' % model.__name__)
+            if "_limpyd_shard_pk" in self.__dict__:  # a shard: the pk its sharded model allocated
+                request["pk"] = self.__dict__.pop("_limpyd_shard_pk")
         else:
             if pk_value is None:
                 raise ValueError('The pk for %s is not "auto-increment", you must fill it' % model.__name__)
@@ -575,7 +605,10 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
             raise ValueError("`Exists` method requires at least one kwarg.")
         cls._purge_due()
         if len(kwargs) == 1 and cls._field_is_pk(next(iter(kwargs))):
-            return bool(cls.get_field("pk").exists(next(iter(kwargs.values()))))
+            pk = next(iter(kwargs.values()))
+            if cls._limpyd_shard_models is not None:  # sharded model: the pk's shard says
+                return sharding.model_of(cls, pk).exists(pk=pk)
+            return bool(cls.get_field("pk").exists(pk))
         try:
             cls.collection(**kwargs).sort(by="nosort")[0]
         except IndexError:
@@ -602,6 +635,13 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     @classmethod
     def collection(cls, manager: Any = None, **filters: Any) -> Any:
         """Return a lazy collection of the model's pks matching ``filters`` (no Redis command)."""
+        if cls._limpyd_shard_models is not None:  # sharded model: planned over its shards
+            if manager is not None and manager not in (CollectionManager, cls.collection_manager):
+                raise sharding.unsupported(
+                    cls, "the collection manager %s (extended collections)" % manager.__name__
+                )
+            sharding.check_count(cls)
+            return sharding.ShardedCollection(cls)._add_filters(**filters)
         collection = (manager or cls.collection_manager)(cls)
         if type(collection).__call__ is CollectionManager.__call__:
             return collection._add_filters(**filters)  # a new collection: no copy needed to add filters
@@ -610,9 +650,24 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     @classmethod
     def lazy_connect(cls, pk: Any) -> "RedisModel":
         """Return an instance for ``pk`` without checking that it exists (no Redis command)."""
+        if cls._limpyd_shard_models is not None:  # sharded model: an instance of the pk's shard
+            return sharding.model_of(cls, pk).lazy_connect(pk)
         instance = cls()
         instance._pk = instance.pk.normalize(pk)
         return instance
+
+    @classmethod
+    def shard_model(cls, number: int) -> type:
+        """Return the model class of the shard ``number`` (the model itself when unsharded; docs/sharding.rst)."""
+        return sharding.shard_model(cls, number)
+
+    @classmethod
+    def shard_of(cls, pk: Any) -> int:
+        """Return the number of the shard holding ``pk`` (0 when unsharded; docs/sharding.rst)."""
+        return sharding.shard_of(cls, pk)
+
+    #: the number of the shard holding this instance (0 when unsharded; docs/sharding.rst)
+    shard = sharding.ShardNumber()
 
     @classmethod
     def use_database(cls, database: RedisDatabase) -> List[type]:
@@ -740,11 +795,23 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     def _call_hmget(self, command: str, /, *names: str) -> Any:
         """Return the values of the InstanceHashFields ``names`` (``None`` when not set)."""
         self._check_instancehash_names(names)
-        result = self.connection.hmget(self.key, list(names))
+        connection = self.connection
+        if direct(connection, "hmget"):
+            result = read_direct(connection, "HMGET", self.key, *names)
+        else:
+            result = connection.hmget(self.key, list(names))
         return self.post_command(sender=self, name=command, result=result, args=names, kwargs={})
 
     def _call_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run the command ``name``; ``hmset`` of a lazy instance checks the pk under its field locks."""
+        if type(self)._limpyd_claims and name in ("hmset", "hdel"):  # a sharded model's unique values
+            return _claims.hash_command(
+                self, name, args, kwargs, lambda: self._run_command(name, *args, **kwargs)
+            )
+        return self._run_command(name, *args, **kwargs)
+
+    def _run_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run the command ``name`` (see :meth:`_call_command`)."""
         if name in ("hmset", "hdel") and _executors.for_model(type(self)) is Executor.SCRIPT:
             return self._hash_write_atomic(name, *args, **kwargs)
         if name == "hmset" and self._pk and not self._connected:
@@ -837,10 +904,30 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
 
     def delete(self) -> None:
         """Delete every field of the instance (and its index entries), then the pk."""
+        if type(self)._limpyd_claims:  # a sharded model: its unique values' claims released after
+            _claims.delete(self, self._delete_here)
+        else:
+            self._delete_here()
+
+    def _delete_here(self) -> None:
+        """Delete the instance (see :meth:`delete`)."""
         if _executors.for_model(type(self)) is Executor.SCRIPT:
             _atomic.run(type(self), {"op": "delete", "pk": self.pk.get()})
             del self._pk
             return
+        try:
+            self._delete_fields_then_pk()
+        except UNKNOWN_OUTCOME as error:
+            # some fields may be gone already: the deletion is completed on a fresh connection
+            # (each step is idempotent) rather than leaving half an instance
+            try:
+                with_retries(self._delete_fields_then_pk)
+            except UNKNOWN_OUTCOME:
+                raise error from None  # unreachable server: the instance stays partly deleted
+        del self._pk
+
+    def _delete_fields_then_pk(self) -> None:
+        """Delete every field (index entries first) then remove the pk from the collection."""
         pk_name = self.get_field("pk").name
         # the field locks are released once the pk has left the collection: a writer of one of
         # these fields, which checks the pk under the lock, then finds it gone
@@ -852,7 +939,8 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
             connection = self.connection
             # nobody reads the reply: sent with the next command
             later(connection).srem(self.pk.collection_key, self._pk)
-        del self._pk
+            if type(self)._limpyd_expiring:  # its deadline goes with it (the script does the same)
+                later(connection).zrem(make_key(self._name, "__deadlines__"), self._pk)
 
     # ------------------------------------------------------------------ expiring instances
 
@@ -901,12 +989,21 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         cls._check_expiring("purge_expired()")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError("purge_expired(limit=%r) on %s: give an int >= 1" % (limit, cls.__name__))
+        if cls._limpyd_shard_models is not None:  # sharded: shard after shard (docs/sharding.rst)
+            from limpyd import _sharded_bulk
+
+            sharding.check_count(cls)
+            return _sharded_bulk.purge_expired(cls, limit)
         return int(_atomic.run(cls, {"op": "purge", "limit": limit})[1])
 
     @classmethod
     def _purge_due(cls) -> None:
-        """Remove the due instances before a read or a write meets them (expiring models only)."""
-        if cls._limpyd_expiring and not _atomic.in_pipeline(cls):
+        """Remove the due instances before a read or a write meets them (expiring models only).
+
+        A sharded model has nothing to purge itself: each shard class purges its own instances
+        before its reads and writes (docs/sharding.rst).
+        """
+        if cls._limpyd_expiring and cls._limpyd_shard_models is None and not _atomic.in_pipeline(cls):
             while cls.purge_expired(1000) == 1000:
                 pass
 
@@ -921,11 +1018,27 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
         refusals are raised together at the end as ``BulkError`` (its ``refusals``: position and
         reason of each, its ``pks``: the pks created, ``None`` for the refused rows).
         """
+        if cls._limpyd_shards > 1:  # sharded: each batch split by shard (docs/sharding.rst)
+            from limpyd import _sharded_bulk
+
+            sharding.check_count(cls)  # the count is stored once rows are written: a refusal writes nothing
+            try:
+                pks = _sharded_bulk.create_many(cls, rows, batch_size, ttl)
+            except BulkError:
+                sharding.check_count(cls, write=True)
+                raise
+            sharding.check_count(cls, write=True)
+            return pks
         return _bulk.create_many(cls, rows, batch_size, ttl)
 
     @classmethod
     def delete_many(cls, pks: Any, batch_size: int = 1000) -> int:
         """Delete the instances of ``pks`` (streamed), ``batch_size`` per round trip; return how many existed."""
+        if cls._limpyd_shard_models is not None:  # sharded: each batch split by shard (docs/sharding.rst)
+            from limpyd import _sharded_bulk
+
+            sharding.check_count(cls)
+            return _sharded_bulk.delete_many(cls, pks, batch_size)
         return _bulk.delete_many(cls, pks, batch_size)
 
     def scan_keys(self, count: Optional[int] = None) -> Iterator[str]:

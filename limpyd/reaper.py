@@ -2,8 +2,9 @@
 
 ``reap(models)`` purges what is due, then sleeps until the next deadline (server time), again and
 again; ``reap(models, once=True)`` purges once and returns. Several reapers may run at once: each
-purge is one script call, so an instance is removed by exactly one of them. The ``limpyd reaper``
-command runs it (see docs/atomic-writes.rst).
+purge is one script call, so an instance is removed by exactly one of them. A sharded model is
+reaped shard by shard (its ``purge_expired``). The ``limpyd reaper`` command runs it (see
+docs/atomic-writes.rst).
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ MAX_SLEEP = 5.0
 
 
 def next_deadline(model: Any) -> Optional[float]:
-    """Return the seconds until the next deadline of ``model`` (server clock), ``None`` if there is none."""
+    """Return the seconds until the next deadline of ``model`` (server clock), ``None`` if there is none.
+
+    A sharded model's deadlines are those of its shard classes: the earliest of theirs (one
+    ``ZRANGE`` per shard).
+    """
     client = model.database.connection
-    first = client.zrange(make_key(model._name, "__deadlines__"), 0, 0, withscores=True)
-    if not first:
+    firsts = []
+    for part in getattr(model, "_limpyd_shard_models", None) or (model,):
+        first = client.zrange(make_key(part._name, "__deadlines__"), 0, 0, withscores=True)
+        if first:
+            firsts.append(first[0][1])
+    if not firsts:
         return None
     seconds, microseconds = client.time()
-    return max(0.0, (first[0][1] - (seconds * 1000 + microseconds // 1000)) / 1000.0)
+    return max(0.0, (min(firsts) - (seconds * 1000 + microseconds // 1000)) / 1000.0)
 
 
 def reap(

@@ -382,6 +382,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = [pytest.param("single", id="single")]
     if not CLUSTER_DISABLED:
         params.append(pytest.param("cluster", id="cluster", marks=pytest.mark.cluster))
+    if SHARDED_MODULES.match(os.path.basename(str(metafunc.definition.fspath))):
+        marks = [] if CLUSTER_DISABLED else [pytest.mark.cluster]
+        params.append(pytest.param("sharded", id="sharded", marks=marks))
     metafunc.parametrize("database", params, indirect=True)
 
 
@@ -402,6 +405,10 @@ def cluster_variant(request: pytest.FixtureRequest) -> Iterator[RedisDatabase]:
     marker = request.node.get_closest_marker("single_server")
     if marker is not None:
         pytest.skip("single server only: %s" % (marker.args[0] if marker.args else "marked single_server"))
+    yield from _cluster_db(request)
+
+
+def _cluster_db(request: pytest.FixtureRequest) -> Iterator[RedisDatabase]:
     cluster = request.getfixturevalue("redis_cluster")
     db = RedisDatabase(**cluster.settings)
     db.connection.ping()
@@ -409,3 +416,107 @@ def cluster_variant(request: pytest.FixtureRequest) -> Iterator[RedisDatabase]:
         yield db
     finally:
         cluster.flushall()
+
+
+# ---------------------------------------------------------------------- sharded variant
+
+#: the core modules whose tests also run on sharded models (docs/sharding.rst): a third variant,
+#: ``sharded``, on the private cluster (on the single server when LIMPYD_TEST_CLUSTER=0)
+SHARDED_MODULES = re.compile(r"^test_collection(_slicing)?\.py$")
+
+#: the ``shards`` every model defined during a ``sharded`` test gets (9 pks 1-9 spread 2-3 per shard)
+SHARDED_SHARDS = 4
+
+#: tests of those modules that cannot apply to a sharded model, with the reason
+SHARDED_SKIPS: Dict[str, str] = {
+    # the core collection's internals (a sharded model's collection is a ShardedCollection)
+    "test_collection.py::test_no_values_on_base_manager": "asserts the core collection has no values(): "
+    "a ShardedCollection has values()/values_list() (those of ExtendedCollectionManager, by design)",
+    "test_collection.py::test_building_sends_no_command": "asserts the collection is a CollectionManager",
+    "test_collection.py::test_call_returns_a_new_collection": "reads _lazy_collection (the core's parsed "
+    "filters)",
+    "test_collection.py::test_clone_copies_state_and_resets_caches": "reads the core collection's "
+    "attributes (_lazy_collection, _sort, _len_mode, _final_set...)",
+    "test_collection.py::test_parsed_filters": "reads _lazy_collection (the core's parsed filters)",
+    "test_collection.py::test_pk_filters": "reads _lazy_collection and _field_is_pk, counts commands, and "
+    "asserts type(instance) is the model (a sharded model's instances are of its shard classes)",
+    "test_collection.py::test_filter_errors_at_filter_time": "reads _lazy_collection after the errors",
+    "test_collection.py::test_filter_error_leaves_nothing_added": "calls _add_filters and reads _lazy_collection",
+    "test_collection.py::test_hash_field_filters": "calls the core's _parse_filter_key",
+    "test_collection.py::test_index_choice_and_prefixed_index": "calls the core's _parse_filter_key",
+    "test_collection.py::test_count_mode_key_gone_is_rebuilt": "deletes the core's _final_set key",
+    "test_collection.py::test_len_mode_false_fetches": "sets the core's _len_mode and counts its commands",
+    "test_collection.py::test_sort_coercion": "reads the core's _sort (2.x key names)",
+    "test_collection.py::test_no_temporary_key_left_after_sort_error": "reads _lazy_collection",
+    "test_collection.py::test_multi_field_index_resolution": "reads _lazy_collection and writes keys of "
+    "the unsharded layout",
+    "test_collection_slicing.py::test_one_collection_object_stays_whole": "reads the core's _sort_limits, "
+    "_collection_cache and _len, and counts commands",
+    "test_collection_slicing.py::test_index_full_fetches_are_not_cached": "reads the core's "
+    "_collection_cache, and counts commands",
+    "test_collection.py::test_repr": "asserts the repr names CollectionManager (a ShardedCollection's names "
+    "its class) and uses collection(manager=...), refused by a sharded model",
+    "test_collection_slicing.py::test_bad_index_types": "asserts the message names CollectionManager (a "
+    "ShardedCollection's names its class)",
+    # what a sharded model refuses by design (ImplementationError, docs/sharding.rst "Status")
+    "test_collection.py::test_subclass_filters_in_init_and_clone_keeps_class": "defines a collection_manager "
+    "subclass, refused at class definition by a sharded model",
+    "test_collection.py::test_overridden_hooks_are_called_with_the_same_commands": "defines a "
+    "collection_manager subclass, refused at class definition by a sharded model",
+    "test_collection.py::test_final_set_ttl_is_a_class_attribute": "defines a collection_manager subclass, "
+    "refused at class definition by a sharded model",
+    "test_collection.py::test_sort_limits_never_outlive_a_window": "defines a collection_manager subclass, "
+    "refused at class definition by a sharded model",
+    "test_collection.py::test_sort_with_get_and_limits_pass_through": "sorts with get/start/num, refused "
+    "by a sharded model (sort(get=...))",
+    "test_collection.py::test_sort_argument_errors": "counts 0 commands for collection() of a model never "
+    "written to: a sharded model reads its stored shard count there (one GET, by design)",
+    # the core's exact commands (a sharded collection sends its steps to every shard)
+    "test_collection.py::test_sequence_all": "asserts the core's command log (key names, one key)",
+    "test_collection.py::test_sequence_one_filter": "asserts the core's command log (key names, one key)",
+    "test_collection.py::test_sequence_two_filters": "asserts the core's command log (key names, one key)",
+    "test_collection.py::test_sequence_pk_and_filter": "asserts the core's command log (key names, one key)",
+    "test_collection.py::test_sequence_equal_in": "asserts the core's command log (key names, one key)",
+    "test_collection.py::test_range_filters_sequences": "asserts the core's command log (key names)",
+    "test_collection.py::test_len_then_retrieval_reuses_the_final_key": "asserts the core's command log "
+    "and its final key",
+    "test_collection.py::test_empty_count_mode_key": "asserts the core's command log",
+    "test_collection.py::test_caching": "counts one command per evaluation (a sharded one sends one per "
+    "shard) and asserts the repr names CollectionManager",
+    "test_collection.py::test_len_cache_and_clone": "counts one command per evaluation (a sharded one "
+    "sends one per shard)",
+    "test_collection.py::test_equality": "counts one command per evaluation (a sharded one sends one per shard)",
+    "test_collection.py::test_instances": "adds a pk to an index key of the unsharded layout, and counts "
+    "commands",
+    "test_collection.py::test_model_get": "counts the core's commands (SCARD, SORT, SISMEMBER)",
+    "test_collection.py::test_model_exists": "counts one command per evaluation (a sharded one sends one "
+    "per shard)",
+    "test_collection_slicing.py::test_exhaustive_slices": "counts at most one command per slice (a "
+    "sharded collection sends one per shard)",
+    "test_collection_slicing.py::test_exhaustive_indexes": "counts one command per index (a sharded "
+    "collection sends one per shard)",
+    "test_collection_slicing.py::test_worked_examples": "asserts the core's SORT ... LIMIT command",
+    "test_collection_slicing.py::test_descending_windows": "asserts the core's SORT commands",
+    "test_collection_slicing.py::test_nosort_windows": "asserts the core's SORT commands",
+    "test_collection_slicing.py::test_window_with_filters_and_instances": "asserts the core's command log",
+}
+
+
+def sharded_variant(
+    request: pytest.FixtureRequest, single: Iterator[RedisDatabase]
+) -> Iterator[RedisDatabase]:
+    """Yield the ``database`` of the ``sharded`` variant (or skip the test, with the reason).
+
+    Every model the test defines (deriving from ``RedisModel``) is sharded: ``RedisModel.shards``
+    is ``SHARDED_SHARDS`` during the test (the metaclass reads ``shards`` through inheritance).
+    ``single``: the single server's database, used when the cluster variants are disabled.
+    """
+    from limpyd.model import RedisModel
+
+    node_id = "%s::%s" % (os.path.basename(str(request.node.fspath)), request.node.originalname)
+    if node_id in SHARDED_SKIPS:
+        pytest.skip("not for a sharded model: the test %s" % SHARDED_SKIPS[node_id])
+    databases = single if CLUSTER_DISABLED else _cluster_db(request)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RedisModel, "shards", SHARDED_SHARDS)
+        yield from databases

@@ -26,6 +26,8 @@ unique value, leftover lock key, leftover temporary key, unknown key.
 from __future__ import annotations
 
 import math
+import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -49,8 +51,12 @@ KIND_LOCK = "leftover lock key"
 KIND_TEMPORARY = "leftover temporary key"
 KIND_UNKNOWN = "unknown key"
 KIND_DEADLINE = "deadline without its instance"
+KIND_CLAIM = "claim naming a pk that does not hold its value"
+KIND_LEASE = "leftover claim lease"
 #: the sorted set of the deadlines of an expiring model's instances (pk scored by ms, server time)
 DEADLINES_PART = "__deadlines__"
+#: the stored shard count of a sharded model (docs/sharding.rst)
+SHARDS_PART = "__shards__"
 
 KINDS = (
     KIND_STALE_ENTRY,
@@ -325,7 +331,9 @@ def _is_index_key(spec: ModelSpec, rest: str, kind: str) -> bool:
     return any(f.indexes and rest.startswith(f.name + ":") for f in spec.fields.values())
 
 
-def _classify(snapshot: Snapshot, models: Sequence[ModelSpec], problems: List[str]) -> Dict[str, _ModelKeys]:
+def _classify(
+    snapshot: Snapshot, models: Sequence[ModelSpec], problems: List[str], claims: Set[str] = frozenset()
+) -> Dict[str, _ModelKeys]:
     """Sort every key by model and role; report locks, temporary keys and unknown keys."""
     found = {spec.name: _ModelKeys() for spec in models}
     for spec in models:
@@ -334,12 +342,14 @@ def _classify(snapshot: Snapshot, models: Sequence[ModelSpec], problems: List[st
             found[spec.name].collection = set(snapshot.contents[collection_key])
     for key, kind in sorted(snapshot.types.items()):
         spec = _owner(key, models)
+        if spec is None and key in claims:
+            continue  # checked by _check_claims
         if spec is None:
             problems.append("%s: %s (%s, belongs to no checked model)" % (KIND_UNKNOWN, key, kind))
             continue
         keys = found[spec.name]
         rest = key[len(spec.name) + 1 :]
-        if (rest == "collection" and kind == "set") or (rest == "max_pk" and kind == "string"):
+        if (rest == "collection" and kind == "set") or (rest in ("max_pk", SHARDS_PART) and kind == "string"):
             continue
         if rest == DEADLINES_PART and kind == "zset":  # expiring instances: every pk must exist
             for pk in snapshot.contents[key]:  # {member: score}
@@ -457,16 +467,74 @@ def _same_score(actual: float, wanted: float) -> bool:
     return actual == wanted
 
 
+def _claim_pattern(model: type) -> "re.Pattern[str]":
+    """The claim and lease keys of the sharded ``model``: ``M#h:<field>[~lease]:<value>`` (docs/sharding.rst)."""
+    plain = model._name.strip("{}")
+    return re.compile(r"^(\{?)%s#(\d+)(\}?):(\w+)(~lease)?:(.*)$" % re.escape(plain), re.S)
+
+
+def _check_claims(
+    client: redis.Redis, snapshot: Snapshot, models: Sequence[type], problems: List[str]
+) -> Set[str]:
+    """Check the uniqueness claims of the sharded models; return the claim and lease keys seen.
+
+    A claim ``M#h:F:V`` (a string) must hold a pk whose stored ``F`` is ``V``, in the right
+    ``h = crc32("F:V") % shards``; checked when the pk's shard is on this server (on a cluster it
+    may live on another node, which answers ``MOVED``: the caller checks across nodes). A lease is
+    a leftover once no write runs. A stored value without its claim is not looked for here.
+    """
+    seen: Set[str] = set()
+    sharded = [
+        model for model in models if getattr(model, "_limpyd_shard_models", None) and model._limpyd_claims
+    ]
+    for model in sharded:
+        pattern = _claim_pattern(model)
+        for key, kind in snapshot.types.items():
+            match = pattern.match(key)
+            if (
+                match is None
+                or match.group(1) != ("{" if match.group(3) else "")
+                or match.group(4) not in model._limpyd_claims
+            ):
+                continue
+            seen.add(key)
+            name, value = match.group(4), match.group(6)
+            if match.group(5):
+                problems.append("%s: %s" % (KIND_LEASE, key))
+                continue
+            expected = zlib.crc32(("%s:%s" % (name, value)).encode("utf-8")) % model._limpyd_shards
+            pk = _text(snapshot.contents.get(key)) if kind == "string" else None
+            if pk is None or int(match.group(2)) != expected:
+                problems.append(
+                    "%s: %s (%s, %r, slot of the hash %d)" % (KIND_CLAIM, key, kind, pk, expected)
+                )
+                continue
+            shard = model._limpyd_shard_models[zlib.crc32(pk.encode("utf-8")) % model._limpyd_shards]
+            try:
+                client.exists(shard._name + ":collection")
+            except redis.exceptions.ResponseError:  # MOVED: the pk's shard is on another node
+                continue  # the caller checks across nodes
+            if isinstance(model.get_class_field(name), limpyd_fields.InstanceHashField):
+                stored = (snapshot.contents.get(_join(shard._name, pk, "hash")) or {}).get(name)
+            else:
+                stored = snapshot.contents.get(_join(shard._name, pk, name))
+            if _text(stored) != value:
+                problems.append("%s: %s (%r holds %r)" % (KIND_CLAIM, key, pk, stored))
+    return seen
+
+
 def check_consistency(client: redis.Redis, models: Iterable[type]) -> List[str]:
     """Return the consistency problems of the whole db (``[]`` when clean).
 
     ``client`` is a raw redis-py client on the db (not limpyd's); ``models`` the concrete model
     classes whose keys live there (any key belonging to none of them is reported as unknown).
     """
+    models = list(models)
     specs = sorted((_model_spec(model) for model in models), key=lambda s: -len(s.name))
     snapshot = read_snapshot(client)
     problems: List[str] = []
-    found = _classify(snapshot, specs, problems)
+    claims = _check_claims(client, snapshot, models, problems)
+    found = _classify(snapshot, specs, problems, claims)
     for spec in specs:
         _check_model(spec, snapshot, found[spec.name], problems)
     return problems

@@ -136,11 +136,20 @@ def database(
     """Return a ``RedisDatabase`` on the private server, emptied after the test.
 
     In the core modules it is parametrized (``single``/``cluster``, tests/_cluster.py): the
-    ``cluster`` variant is a database on the private Redis Cluster.
+    ``cluster`` variant is a database on the private Redis Cluster; the collection modules also
+    have a ``sharded`` variant (every model the test defines is sharded, tests/_cluster.py).
     """
-    if getattr(request, "param", "single") == "cluster":
+    variant = getattr(request, "param", "single")
+    if variant == "cluster":
         yield from cluster_variant(request)
         return
+    if variant == "sharded":
+        yield from sharded_variant(request, _single_database(redis_server, redis_settings))
+        return
+    yield from _single_database(redis_server, redis_settings)
+
+
+def _single_database(redis_server: dict, redis_settings: dict) -> Iterator[RedisDatabase]:
     db = RedisDatabase(**redis_settings)
     # connect now: the first connection sends INFO (version check), which tests must not count
     if redis_server.get("external"):
@@ -202,15 +211,32 @@ def redis_version(redis_server: dict) -> tuple:
     return tuple(int(part) for part in raw.split(".")[:3])
 
 
+#: commands a new connection runs before its first command (redis-py's handshake), and the
+#: ``REPLCONF ACK`` a replica sends its primary every second (the cluster fixture has replicas):
+#: not the ORM's
+HANDSHAKE_COMMANDS = ("hello", "client|setinfo", "client|setname", "select", "auth", "replconf")
+
+
+def commands_processed(client: redis.Redis) -> int:
+    """Return the commands the server of ``client`` processed so far, handshakes left out."""
+    info = client.execute_command("INFO", "stats", "commandstats")
+    handshakes = sum(int(info.get("cmdstat_" + name, {}).get("calls", 0)) for name in HANDSHAKE_COMMANDS)
+    return int(info["total_commands_processed"]) - handshakes
+
+
 class CommandCounter:
-    """Count the commands processed by the server between ``start`` and ``stop``."""
+    """Count the commands processed by the server between ``start`` and ``stop``.
+
+    The handshake of a connection opened meanwhile is left out: the pool opening one more
+    connection is not a command of the operation (limpyd keeps one aside, see limpyd._pool).
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self.count = 0
 
     def _processed(self) -> int:
-        return int(self.client.info("stats")["total_commands_processed"])
+        return commands_processed(self.client)
 
     def __enter__(self) -> "CommandCounter":
         self._start = self._processed()
@@ -221,19 +247,39 @@ class CommandCounter:
         self.count = self._processed() - self._start - 1
 
 
+class ClusterCommandCounter(CommandCounter):
+    """Count the commands processed by every primary of the cluster (the INFO of each left out)."""
+
+    def __init__(self, clients: list) -> None:
+        super().__init__(clients[0])
+        self.clients = clients
+
+    def _processed(self) -> int:
+        return sum(commands_processed(client) for client in self.clients)
+
+    def __exit__(self, *exc: object) -> None:
+        self.count = self._processed() - self._start - len(self.clients)
+
+
 @pytest.fixture
-def count_commands(redis_settings: dict):
+def count_commands(request: pytest.FixtureRequest, redis_settings: dict):
     """Return a context manager factory asserting (or measuring) how many commands run inside it.
 
     ``with count_commands(3): ...`` fails unless exactly 3 commands ran; ``with count_commands()
-    as counter`` just measures (``counter.count``).
+    as counter`` just measures (``counter.count``). The ``sharded`` variant on the cluster counts
+    the commands of every primary.
     """
-    client = redis.Redis(**redis_settings)
-    client.ping()
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("database") == "sharded" and not CLUSTER_DISABLED:
+        clients = request.getfixturevalue("redis_cluster").primaries()
+    else:
+        clients = [redis.Redis(**redis_settings)]
+    for client in clients:
+        client.ping()
 
     @contextlib.contextmanager
     def counting(expected: "int | None" = None):
-        counter = CommandCounter(client)
+        counter = ClusterCommandCounter(clients) if len(clients) > 1 else CommandCounter(clients[0])
         with counter:
             yield counter
         if expected is not None:
@@ -243,7 +289,8 @@ def count_commands(redis_settings: dict):
             )
 
     yield counting
-    client.close()
+    for client in clients:
+        client.close()
 
 
 # ---------------------------------------------------------------------- speedups implementations
@@ -283,8 +330,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
 
 
 from _cluster import (  # noqa: E402, F401 - the Redis Cluster fixtures (lazy) and the backend parametrization
+    CLUSTER_DISABLED,
     cluster_database,
     cluster_variant,
     pytest_generate_tests,
     redis_cluster,
+    sharded_variant,
 )

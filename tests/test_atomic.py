@@ -388,3 +388,35 @@ def test_lazy_writes_of_plain_fields_check_the_pk_in_the_script(database, namesp
     other = Item(code="b")
     Item.lazy_connect(other.pk.get()).note.hset("fine")
     assert other.note.hget() == "fine"
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("set", ("k", "v")),
+        ("set", ("k", b"\xff")),
+        ("sadd", ("k", "a", "b", 3)),
+        ("srem", ("k", "a")),
+        ("lpush", ("k", "a", "b")),
+        ("rpush", ("k", 1.5)),
+        ("hdel", ("k", "f", "g")),
+        ("delete", ("k", "l", "m")),
+    ],
+)
+def test_plain_commands_are_built_as_redis_py_builds_them(name, args):
+    """The fast path of ``command_args`` gives what redis-py's own method would send."""
+    from limpyd import _atomic
+
+    assert _atomic.command_args(name, *args) == getattr(_atomic._RECORDER, name)(*args)
+
+
+@pytest.mark.parametrize(
+    "name, args, kwargs", [("set", ("k", "v", 10), {}), ("set", ("k", "v"), {"nx": True})]
+)
+def test_commands_with_options_go_through_redis_py(name, args, kwargs):
+    """Arguments beyond the plain form are left to redis-py (``SET k v EX``/``NX``)."""
+    from limpyd import _atomic
+
+    expected = getattr(_atomic._RECORDER, name)(*args, **kwargs)
+    assert _atomic.command_args(name, *args, **kwargs) == expected
+    assert expected[0][:3] == ("SET", "k", "v") and len(expected[0]) > 3  # EX 10 / NX added

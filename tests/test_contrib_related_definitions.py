@@ -624,3 +624,21 @@ def test_use_database_without_relations(database, other_database, namespace):
 
     third = RedisDatabase(**other.connection_settings)
     assert Alone.use_database(third) == [Alone] and third._relations == {}
+
+
+@pytest.mark.parametrize("related_name", ["audit", "expire_in", "shard", "time_to_live"])
+def test_related_name_of_a_method_added_after_3_0_wins_on_the_instances(RBase, related_name):
+    """Relations named like a method added after 3.0 keep working: the collection hides the method
+    on the target's instances only (the class keeps it), as a field of that name would."""
+
+    class Person(RBase):
+        name = StringField()
+
+    class Team(RBase):
+        members = M2MSetField(Person, related_name=related_name)
+
+    person = Person(name="p")
+    team = Team()
+    team.members.sadd(person)
+    assert list(getattr(person, related_name)()) == [team.pk.get()]
+    assert related_name in dir(Person) and related_name not in Person.__dict__  # the class keeps its own

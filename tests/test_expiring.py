@@ -146,3 +146,50 @@ def test_expiring_models_need_indexes_the_purge_can_maintain(database, namespace
             expiring=True,
             label=fields.StringField(indexable=True, indexes=[lower]),
         )
+
+
+def test_due_instances_leave_slices_and_related_collections(database, namespace, atomic, raw):
+    """Slices (sorted and not) and the reverse collections of related fields skip due instances."""
+    from limpyd.contrib.related import FKInstanceHashField, RelatedModel
+
+    Owner = type(
+        "Owner", (RelatedModel,), {"database": database, "namespace": namespace, "name": fields.StringField()}
+    )
+    Pet = type(
+        "Pet",
+        (RelatedModel,),
+        {
+            "database": database,
+            "namespace": namespace,
+            "atomic_writes": atomic,
+            "expiring": True,
+            "owner": FKInstanceHashField(Owner, related_name="pets"),
+            "name": fields.StringField(indexable=True),
+        },
+    )
+    owner = Owner(name="o")
+    pets = [Pet(owner=owner, name="p%d" % n) for n in range(6)]
+    for pet in pets[::2]:
+        pet.expire_in(0.05)
+    alive = [pet.pk.get() for pet in pets[1::2]]
+    time.sleep(0.1)
+    assert sorted(owner.pets(), key=int) == alive
+    assert len(owner.pets()) == 3
+    assert list(Pet.collection().sort()[0:2]) == alive[:2]
+    assert list(Pet.collection()[1:]) == alive[1:]
+    assert list(Pet.collection().sort(by="-pk")[0:1]) == alive[-1:]
+    assert list(Pet.collection(owner=owner.pk.get()).sort(by="name", alpha=True)[-2:]) == alive[-2:]
+    assert check_consistency(raw, [Owner, Pet]) == []
+
+
+def test_deleting_an_instance_removes_its_deadline(database, namespace, atomic, raw):
+    """Both modes: a deleted instance leaves no deadline behind (the checker reports one)."""
+    Item = define(database, namespace, atomic, expiring=True)
+    kept, deleted = Item(code="k", name="kept"), Item(code="d", name="deleted")
+    kept.expire_in(60)
+    deleted.expire_in(60)
+    pk = deleted.pk.get()
+    deleted.delete()
+    deadlines = raw.zrange(Item._name + ":__deadlines__", 0, -1)
+    assert deadlines == [kept.pk.get()] and pk not in deadlines
+    assert check_consistency(raw, [Item]) == []

@@ -99,6 +99,21 @@ def test_number_range_refuses_values_it_cannot_score(Item, raw, value, words):
         assert dump(raw) == before  # nothing written: no value, no index entry, no lock, no pk
 
 
+@pytest.fixture(params=[False, True], ids=["default", "atomic"])
+def ItemBothModes(request, database, namespace):
+    """``Item`` in the default write path and in atomic mode (scripts encode values themselves)."""
+    return _define(
+        database,
+        namespace,
+        "Item",
+        atomic_writes=request.param,
+        code=InstanceHashField(unique=True),
+        name=StringField(indexable=True),
+        tags=SetField(indexable=True),
+        plain=StringField(),
+    )
+
+
 def test_number_range_accepts_infinities(Item):
     obj = Item(code="a", size=float("inf"))
     assert list(Item.collection(size__gt=10**300)) == [obj.pk.get()]
@@ -112,17 +127,19 @@ def test_number_range_accepts_infinities(Item):
     ],
     ids=["surrogate", "huge int"],
 )
-def test_values_python_cannot_encode_are_refused_before_writing(Item, raw, value, words):
+def test_values_python_cannot_encode_are_refused_before_writing(ItemBothModes, raw, value, words):
+    Item = ItemBothModes
     obj = Item(code="a", name="x")
     before = dump(raw)
     for write in (
         lambda: obj.name.set(value),
         lambda: Item(code="b", name=value),
         lambda: obj.tags.sadd(value),
+        lambda: obj.plain.set(value),
     ):
         with pytest.raises(redis.DataError) as raised:
             write()
-        message = str(raised.value).replace("Item.tags", "Item.name")
+        message = str(raised.value).replace("Item.tags", "Item.name").replace("Item.plain", "Item.name")
         for word in words:
             assert word in message
         assert dump(raw) == before

@@ -710,9 +710,15 @@ def test_abandoned_generator_is_drained(speedups: Any, client: redis.Redis, coun
         assert client.echo("in sync") == "in sync" and client.get("d:7") == "1"
 
 
+#: the name of the scanning client of the kill tests (CLIENT LIST finds its connection by it)
+SCANNER_NAME = "limpyd-test-scanner"
+
+
 def _scanning_client_id(client: redis.Redis) -> int:
+    """Return the id of the scanner's connection running SCAN (not any idle connection whose last
+    command was a SCAN)."""
     for entry in client.client_list():
-        if entry["cmd"] == "scan" and entry["id"] != str(client.client_id()):
+        if entry["cmd"] == "scan" and entry.get("name") == SCANNER_NAME:
             return int(entry["id"])
     raise AssertionError("no client is scanning")
 
@@ -722,7 +728,7 @@ def test_connection_killed_mid_scan(
     speedups: Any, redis_settings: dict, client: redis.Redis, count: int
 ) -> None:
     _load(client, ["kill:%d" % i for i in range(20000)])
-    scanner = redis.Redis(**redis_settings, decode_responses=True)
+    scanner = redis.Redis(**redis_settings, decode_responses=True, client_name=SCANNER_NAME)
     try:
         generator = _run_scan(speedups, scanner, _arguments(count=count))
         next(generator)

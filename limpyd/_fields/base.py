@@ -427,6 +427,17 @@ class RedisField(RedisProxyCommand):
 
     def _call_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run ``name`` with the executor ``limpyd._executors.for_field`` chooses for it."""
+        if self.unique and "_instance" in self.__dict__ and self.name in type(self._instance)._limpyd_claims:
+            if name in self.available_modifiers:  # a sharded model's unique value: claimed first
+                from limpyd import _claims
+
+                return _claims.field_command(
+                    self, name, args, kwargs, lambda: self._run_command(name, *args, **kwargs)
+                )
+        return self._run_command(name, *args, **kwargs)
+
+    def _run_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``name`` with its executor (see :meth:`_call_command`)."""
         drop_result = self.__dict__.pop("_limpyd_drop_result", False)
         executor = _executors.for_field(self, name)
         if executor is Executor.SCRIPT:

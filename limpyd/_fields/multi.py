@@ -2,17 +2,87 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import redis
 from redis.exceptions import DataError
 
 from limpyd._batch import (
+    current_batch,
     is_batched,
     later,
 )
 from limpyd._fields.base import RedisField
 from limpyd._fields.values import check_fresh_reply, check_value, field_label, write_hash
+from limpyd._scan import scan_pool
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException
+
+
+def _redis_py_attribute(*paths: str) -> Any:
+    """Return the first of ``module:attribute`` paths that exists in the installed redis-py, or None."""
+    import importlib
+
+    for path in paths:
+        module_name, attribute = path.split(":")
+        try:
+            return getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+def _reply_callback(name: str) -> Any:
+    """Return redis-py's own callback ``name`` (``parse_scan``...), wherever this version keeps it."""
+    return _redis_py_attribute("redis._parsers.helpers:" + name, "redis.client:" + name)
+
+
+_SCAN_COMMANDS = _redis_py_attribute("redis.commands.core:ScanCommands")
+
+#: the field scans the raw reader serves: redis-py method -> (command, the reply callback whose
+#: result it reproduces, pairs, cast of the second item of a pair); a client with another callback
+#: for the command (``legacy_responses=False`` shapes, one set by the user) keeps redis-py's route
+RAW_FIELD_SCANS: Dict[str, Tuple[str, Any, bool, Optional[Callable[[str], Any]]]] = {
+    "sscan_iter": ("SSCAN", _reply_callback("parse_scan"), False, None),
+    "hscan_iter": ("HSCAN", _reply_callback("parse_hscan"), True, None),
+    "zscan_iter": ("ZSCAN", _reply_callback("parse_zscan"), True, float),  # zscan_iter's score_cast_func
+}
+
+
+def raw_field_scan(connection: Any, name: str) -> Optional[Tuple[str, bool, Optional[Callable[[str], Any]]]]:
+    """Return ``(command, pairs, cast)`` if ``connection.<name>()`` may be replaced by ``scan_pool``.
+
+    Only when the result is the one redis-py's ``*scan_iter`` gives: a plain ``redis.Redis``
+    (not a pipeline, a cluster client, a batch view or a subclass) using its pool (no single
+    connection), with neither the iterator, the command method nor ``execute_command`` replaced
+    (on the instance or on redis-py's classes), redis-py's own reply callback for the command,
+    and replies decoded to ``str`` (``decode_responses``, as the raw reader yields them).
+    """
+    spec = RAW_FIELD_SCANS.get(name)
+    if spec is None or type(connection) is not redis.Redis or _SCAN_COMMANDS is None:
+        return None
+    command, callback, pairs, cast = spec
+    method = name[:-5]  # sscan_iter -> sscan
+    attributes = connection.__dict__
+    if (
+        callback is None
+        or getattr(connection, "connection", None) is not None
+        or name in attributes
+        or method in attributes
+        or "execute_command" in attributes
+        or getattr(redis.Redis, name) is not getattr(_SCAN_COMMANDS, name)
+        or getattr(redis.Redis, method) is not getattr(_SCAN_COMMANDS, method)
+        or redis.Redis.execute_command is not _EXECUTE_COMMAND
+    ):
+        return None
+    callbacks = getattr(connection, "response_callbacks", None)
+    if callbacks is None or callbacks.get(command) is not callback:
+        return None
+    if not connection.connection_pool.connection_kwargs.get("decode_responses", False):
+        return None  # redis-py yields bytes
+    return command, pairs, cast
+
+
+_EXECUTE_COMMAND = redis.Redis.execute_command
 
 
 class MultiValuesField(RedisField):
@@ -51,7 +121,13 @@ class MultiValuesField(RedisField):
         return result
 
     def _scan(self, command: str, /, match: Any = None, count: Any = None) -> Any:
-        """Return the redis-py ``*scan_iter`` generator over the field's key."""
+        """Return a generator over the field's key with the results of redis-py's ``*scan_iter``.
+
+        On a plain ``redis.Redis`` client (see :func:`raw_field_scan`) the scan reads the replies
+        from the socket itself (``limpyd._scan.scan_pool``: the next request is sent before the
+        items of the current reply are decoded); otherwise, and inside a write-behind batch, it is
+        redis-py's ``*scan_iter``.
+        """
         if not self.scannable:  # pragma: no cover - only the scannable fields route a scan here
             raise ImplementationError("%s: a %s is not scannable" % (self._label(), type(self).__name__))
         if command.endswith("_iter"):
@@ -59,7 +135,27 @@ class MultiValuesField(RedisField):
                 "Use %s instead of %s (%s): it already returns an iterator"
                 % (command[:-5], command, self._label())
             )
-        return self._traverse_command(command + "_iter", match=match, count=count)
+        name = command + "_iter"
+        connection = self.connection
+        raw = raw_field_scan(connection, name) if name in self.available_commands else None
+        if raw is None or current_batch(self._model.database) is not None:
+            return self._traverse_command(name, match=match, count=count)
+        scan_command, pairs, cast = raw
+        arguments: List[Any] = []
+        if match is not None:
+            arguments += ["MATCH", match]
+        if count is not None:
+            arguments += ["COUNT", count]
+        result = scan_pool(
+            connection.connection_pool,
+            arguments,
+            head=(scan_command, self.key),
+            pairs=pairs,
+            cast=cast,
+        )
+        return self.post_command(
+            sender=self, name=name, result=result, args=(), kwargs={"match": match, "count": count}
+        )
 
     def index(self, values: Any = None, only_index: Any = None) -> None:
         """Add the instance to the indexes for each of ``values`` (default: the stored ones)."""

@@ -16,6 +16,12 @@ from limpyd._batch import (
     later,
 )
 from limpyd._fields.values import check_fresh_reply, field_label
+from limpyd._pool import direct, read_direct
+
+#: reads whose redis-py method sends the command name, the key and the arguments as they are:
+#: sent by ``limpyd._pool.read_direct`` (redis-py's connection handling and reply callback, without
+#: its per-command layers) when nothing observes the redis-py method (``limpyd._pool.direct``)
+DIRECT_READS = {"get": "GET", "hget": "HGET"}
 
 
 class MetaRedisProxy(type):
@@ -107,7 +113,11 @@ class RedisProxyCommand(metaclass=MetaRedisProxy):
             queued = later(connection, on_reply=self._fresh_read_reply(name, args, kwargs), is_write=False)
             getattr(queued, name)(key, *args, **kwargs)
             return None
-        result = getattr(connection, name)(key, *args, **kwargs)
+        command = DIRECT_READS.get(name)
+        if command is not None and not kwargs and direct(connection, name):
+            result = read_direct(connection, command, key, *args)
+        else:
+            result = getattr(connection, name)(key, *args, **kwargs)
         return self.post_command(sender=self, name=name, result=result, args=args, kwargs=kwargs)
 
     def _command_owner_label(self) -> str:

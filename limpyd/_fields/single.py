@@ -10,6 +10,7 @@ from limpyd._batch import (
 )
 from limpyd._fields.base import RedisField
 from limpyd._fields.values import check_value
+from limpyd._pool import direct, read_direct
 from limpyd.exceptions import DoesNotExist, ImplementationError, LimpydException, UniquenessError
 from limpyd.utils import make_key, normalize
 
@@ -300,7 +301,10 @@ class PKField(SingleValueField):
                 value = self.get()
         except (DoesNotExist, AttributeError):
             return False
-        return bool(self.connection.sismember(self.collection_key, value))
+        connection = self.connection
+        if direct(connection, "sismember"):  # the commonest read: Model(pk)
+            return bool(read_direct(connection, "SISMEMBER", self.collection_key, value))
+        return bool(connection.sismember(self.collection_key, value))
 
     def collection(self) -> Set[str]:
         """Return the set of all pks of the model (``SMEMBERS N:collection``)."""

@@ -22,7 +22,9 @@ indexable (the default ``EqualIndex``): the reverse collection of a target insta
 ``<related field>=<target pk>`` on the owner model. Relations are registered on the database, in
 ``database._relations`` = ``{target _name lower-cased: [(owner _name, field name, related name), ...]}``,
 and every ``RelatedModel`` instance of a target gets one attribute per relation, named after the
-related name, holding a :class:`RelatedCollection`.
+related name, holding a :class:`RelatedCollection`. Either side may be a sharded model: its
+relations are registered once, under its own name (its shard classes register none), see
+``limpyd._sharded_related`` and docs/sharding.rst.
 
 Deleting a ``RelatedModel`` instance first removes it from every related field pointing to it (FKs
 are deleted, the pk is removed from M2M fields; the owners themselves are kept), then deletes its
@@ -63,7 +65,8 @@ from limpyd.fields import (
     SortedSetField,
     StringField,
 )
-from limpyd.model import RedisModel
+from limpyd.model import RESERVED_FIELD_NAMES, RedisModel
+from limpyd.sharding import sharded_model
 from limpyd.utils import make_key, normalize
 
 __all__ = [
@@ -164,6 +167,11 @@ class RelatedCollection:
         removed (all occurrences) from an M2M field. The owners themselves are kept.
         """
         related_field = self.related_field
+        if related_field._model._limpyd_shard_models is not None:  # a sharded owner: shard by shard
+            from limpyd._sharded_related import remove_instance
+
+            remove_instance(self)
+            return
         with batch_scope(related_field._model.database):
             with FieldLock(related_field):
                 pk = self.instance._pk
@@ -191,6 +199,13 @@ class RelatedCollection:
 # ---------------------------------------------------------------------- models
 
 
+#: The attributes of a (related) model in 3.0 that a related name must not hide on the target's
+#: instances. Frozen like ``limpyd.model.RESERVED_FIELD_NAMES``: a method added later (``audit``,
+#: ``expire_in``, ``shard``...) loses to a related collection of its name on the instances (the
+#: class keeps it), so relations that worked keep working.
+_ATTRIBUTES_OF_3_0 = RESERVED_FIELD_NAMES | frozenset({"related_collections"})
+
+
 class RelatedModel(RedisModel):
     """Base of models having related fields, and of models targeted by them.
 
@@ -206,20 +221,32 @@ class RelatedModel(RedisModel):
         super().__init__(*args, **kwargs)
         self.related_collections = []
         database = self.database
-        for owner_name, field_name, related_name in database._relations.get(self._name.lower(), []):
+        # an instance of a shard class: the relations name its sharded model (docs/sharding.rst)
+        name = sharded_model(type(self))._name
+        for owner_name, field_name, related_name in database._relations.get(name.lower(), []):
             owner = database._models[owner_name]
             field = owner.get_field(field_name)
             setattr(self, field.related_name, field.related_collection_class(self, field))
             self.related_collections.append(field.related_name)
 
-    def _call_hmset(self, command: str, /, **values: Any) -> Any:
-        """Set several InstanceHashFields at once; related ones accept instances (converted first)."""
+    def _related_values(self, values: Dict[str, Any]) -> Dict[str, Any]:
+        """Return ``values`` (of ``hmset``) with those of the related fields converted (instances: pks)."""
         for name, value in values.items():
             if self.has_field(name):
                 field = self.get_field(name)
                 if isinstance(field, RelatedFieldMixin):
                     values[name] = field.from_python(value)
-        return super()._call_hmset(command, **values)
+        return values
+
+    def _call_hmset(self, command: str, /, **values: Any) -> Any:
+        """Set several InstanceHashFields at once; related ones accept instances (converted first)."""
+        return super()._call_hmset(command, **self._related_values(values))
+
+    def _hash_write_atomic(self, command: str, /, *names: str, **values: Any) -> Any:
+        """``hmset``/``hdel`` with ``atomic_writes``: the values of related fields converted first."""
+        if command == "hmset":
+            values = self._related_values(values)
+        return super()._hash_write_atomic(command, *names, **values)
 
     def delete(self) -> None:
         """Remove the instance from the related fields pointing to it, then delete it."""
@@ -378,6 +405,10 @@ class RelatedFieldMixin(metaclass=RelatedFieldMetaclass):
         super()._attach_to_model(model)
         if model.abstract:
             return  # the copies attached to the concrete subclasses register
+        if "_limpyd_shard" in model.__dict__:
+            # a shard class of a sharded model (docs/sharding.rst): the copy holds the final names
+            # already, and the relation is the sharded model's, registered once by its own field
+            return
         self.related_name = self._get_related_name()
         self.related_to = self._get_related_model_name()
         self._check_related_name_against_target()
@@ -464,8 +495,9 @@ class RelatedFieldMixin(metaclass=RelatedFieldMetaclass):
         if target is None:
             return
         name = self.related_name
-        if name in getattr(target, "_fields", ()) or hasattr(target, name):
-            what = "field" if name in getattr(target, "_fields", ()) else "attribute"
+        is_field = name in getattr(target, "_fields", ())
+        if is_field or (name in _ATTRIBUTES_OF_3_0 and hasattr(target, name)):
+            what = "field" if is_field else "attribute"
             raise ImplementationError(
                 "The related name '%s' of the field %s (model %s) would hide the %s '%s' of the model %s on "
                 "its instances: pass another related_name=... to the field"
@@ -542,6 +574,10 @@ class MultiValuesRelatedFieldMixin(RelatedFieldMixin):
         with the field; the order of a list or sorted set is not kept.
         """
         related_model = self.related_model
+        if related_model._limpyd_shard_models is not None:  # a sharded target (docs/sharding.rst)
+            from limpyd._sharded_related import held_collection
+
+            return held_collection(self, related_model, filters)
         return related_model.collection_manager(related_model)(**filters).intersect(self)
 
     def collection(self, **filters: Any) -> Any:

@@ -141,6 +141,14 @@ class ModelPlan:
     """Everything the integrity tools need to know about one model."""
 
     def __init__(self, model: type) -> None:
+        if model._limpyd_shard_models is not None:  # its keys are its shard classes' (docs/sharding.rst)
+            from limpyd.exceptions import ImplementationError
+
+            raise ImplementationError(
+                "ModelPlan(%s): a sharded model stores its instances in its shard classes; plan "
+                "%s.shard_model(k) (limpyd.integrity.sharded runs the tools shard after shard)"
+                % (model.__name__, model.__name__)
+            )
         self.model = model
         self.name: str = model._name
         self.pk_name = model.get_field("pk").name

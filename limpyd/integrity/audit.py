@@ -851,6 +851,10 @@ def audit(
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError("audit(chunk_size=%r): give an int >= 1" % (chunk_size,))
+    if model._limpyd_shard_models is not None:  # sharded: shard after shard, one report
+        from limpyd.integrity import sharded
+
+        return sharded.audit(model, chunk_size, max_findings, progress, recheck_findings)
     started = time.perf_counter()
     plan = ModelPlan(model)
     client = client_of(model)

@@ -25,6 +25,7 @@ rebuild and starts again.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -160,25 +161,50 @@ def _build(
             break
 
 
+#: the swap's field lock: its time to live, renewed every ``SWAP_LOCK_RENEW_EVERY`` seconds by a
+#: thread (a ``SCAN`` with ``MATCH`` over a large database can go seconds without a matching key)
+SWAP_LOCK_TIMEOUT = 5.0
+SWAP_LOCK_RENEW_EVERY = 1.0
+
+
+class _Renewing:
+    """A thread renewing ``lock`` (``reacquire``) until :meth:`stop`: the swap holds it for as long
+    as it runs, however slowly its scans give keys. A renewal that fails (the lock lost) ends the
+    thread; the swap's ``release`` then raises ``LockNotOwnedError``."""
+
+    def __init__(self, lock: FieldLock) -> None:
+        self._lock = lock
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="limpyd-rebuild-lock", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(SWAP_LOCK_RENEW_EVERY):
+            try:
+                self._lock.reacquire()
+            except Exception:  # noqa: BLE001 - lost or unreachable: release() says so
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
 def _swap_field(plan: ModelPlan, client: Any, name: str, build_id: str, progress: Progress) -> None:
     model = plan.model
     prefix = _aside_prefix(model, build_id)
     real_pattern = glob_escape(make_key(plan.name, name, "")) + "*"
-    lock = FieldLock(model.get_field(name), blocking_timeout=60)
+    # not thread-local: the renewing thread reacquires the token the swap took
+    lock = FieldLock(
+        model.get_field(name), timeout=SWAP_LOCK_TIMEOUT, blocking_timeout=60, thread_local=False
+    )
     if not lock.acquire():
         raise TimeoutError(
             "rebuild_indexes: the lock of %s.%s stayed taken for 60 s; run it again to resume"
             % (model.__name__, name)
         )
+    renewing = _Renewing(lock) if lock.field.lockable else None
     try:
-        renewed = time.monotonic()
-
-        def renew() -> None:
-            nonlocal renewed
-            if time.monotonic() - renewed > 1.0 and lock.field.lockable:
-                lock.reacquire()
-                renewed = time.monotonic()
-
         batch: List[str] = []
         swept = 0
         for key in model.database.scan_keys(real_pattern):
@@ -187,7 +213,6 @@ def _swap_field(plan: ModelPlan, client: Any, name: str, build_id: str, progress
                 _lua.run(client, [(SWEEP, batch, [prefix])])
                 swept += len(batch)
                 batch = []
-                renew()
         if batch:
             _lua.run(client, [(SWEEP, batch, [prefix])])
         aside_pattern = glob_escape(prefix + make_key(plan.name, name, "")) + "*"
@@ -199,13 +224,14 @@ def _swap_field(plan: ModelPlan, client: Any, name: str, build_id: str, progress
                 _lua.run(client, [(SWAP, batch, [prefix])])
                 swapped += len(batch)
                 batch = []
-                renew()
                 if progress:
                     progress("swap:%s" % name, swapped, None)
         if batch:
             _lua.run(client, [(SWAP, batch, [prefix])])
         client.hset(state_key(model), "swapped:%s" % name, 1)
     finally:
+        if renewing is not None:
+            renewing.stop()
         if lock.field.lockable:
             lock.release()
         else:
@@ -239,6 +265,12 @@ def rebuild_indexes(
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError("rebuild_indexes(chunk_size=%r): give an int >= 1" % (chunk_size,))
+    if model._limpyd_shard_models is not None:  # sharded: every shard (limpyd.integrity.sharded)
+        from limpyd.integrity import sharded
+
+        return sharded.rebuild_indexes(
+            model, fields=fields, resume=resume, progress=progress, chunk_size=chunk_size
+        )
     started = time.perf_counter()
     plan = ModelPlan(model)
     names = _fields(plan, fields)

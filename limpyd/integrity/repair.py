@@ -22,12 +22,16 @@ from limpyd.integrity.audit import analyze_alive, audit, check_present_entries, 
 from limpyd.integrity.report import (
     EMPTY_PK,
     EXPIRED_INSTANCE,
+    MISPLACED_INSTANCE,
     MISSING_ENTRY,
     ORPHAN_DATA,
     ORPHAN_DEADLINE,
     OWNERLESS_LOCK,
+    SHARED_UNIQUE_VALUE,
+    STALE_CLAIM,
     STALE_ENTRY,
     TEMPORARY_KEY,
+    UNCLAIMED_VALUE,
     UNIQUE_CONFLICT,
     UNKNOWN_KEY,
     WRONG_ENTRY,
@@ -41,7 +45,7 @@ from limpyd.utils import make_key
 __all__ = ["repair"]
 
 #: kinds whose fix deletes instance data: applied only with ``delete_orphans=True``
-DESTRUCTIVE = frozenset((EMPTY_PK, ORPHAN_DATA, UNKNOWN_KEY))
+DESTRUCTIVE = frozenset((EMPTY_PK, ORPHAN_DATA, UNKNOWN_KEY, SHARED_UNIQUE_VALUE))
 KEEP_CHOICES = ("oldest", "newest")
 CHUNK = 500
 #: seconds to wait for a field lock before giving up (a writer holds one at most its 5 s timeout)
@@ -82,6 +86,14 @@ def _describe(finding: Finding, delete_orphans: bool, keep: str) -> str:
         return "purge the due instance %s" % finding.pk
     if kind == ORPHAN_DEADLINE:
         return "remove the deadline of pk %r" % finding.pk
+    if kind == MISPLACED_INSTANCE:
+        from limpyd.integrity.sharded import describe_move
+
+        return describe_move(finding)
+    if kind in (UNCLAIMED_VALUE, STALE_CLAIM, SHARED_UNIQUE_VALUE):
+        from limpyd.integrity import claims
+
+        return claims.describe(finding, delete_orphans, keep)
     return "nothing (unknown kind %r)" % kind
 
 
@@ -307,6 +319,11 @@ def plan_actions(report: AuditReport, delete_orphans: bool, keep: str) -> List[R
 
 def apply_actions(model: type, actions: List[RepairAction], delete_orphans: bool, keep: str) -> None:
     """Apply ``actions`` (those not skipped)."""
+    if model._limpyd_shard_models is not None:  # sharded: each shard's by its shard class
+        from limpyd.integrity import sharded
+
+        sharded.apply_actions(model, actions, delete_orphans, keep)
+        return
     repairer = _Repairer(model, delete_orphans, keep)
     todo = [action for action in actions if not action.skipped]
     # ownerless locks first: the fixes below take the field locks

@@ -37,6 +37,14 @@ OWNERLESS_LOCK = "ownerless-lock"
 EXPIRED_INSTANCE = "expired-instance"
 #: a deadline of a pk that is not in the collection (added with expiring instances)
 ORPHAN_DEADLINE = "orphan-deadline"
+#: a pk of a sharded model stored in a shard that is not its shard (``crc32(pk) % shards``)
+MISPLACED_INSTANCE = "misplaced-instance"
+#: a unique value of a sharded model whose claim is missing or names a pk not holding it
+UNCLAIMED_VALUE = "unclaimed-value"
+#: a claim of a sharded model naming a pk that does not hold the value, held by no instance
+STALE_CLAIM = "stale-claim"
+#: a unique value of a sharded model held by instances of several shards
+SHARED_UNIQUE_VALUE = "shared-unique-value"
 
 KIND_DESCRIPTIONS: Dict[str, str] = {
     STALE_ENTRY: "index entry whose pk has no instance",
@@ -50,7 +58,14 @@ KIND_DESCRIPTIONS: Dict[str, str] = {
     OWNERLESS_LOCK: "field lock without owner (no expiry)",
     EXPIRED_INSTANCE: "instance past its TTL still stored",
     ORPHAN_DEADLINE: "deadline of a pk outside the collection",
+    MISPLACED_INSTANCE: "instance of a sharded model stored in another shard than its own",
+    UNCLAIMED_VALUE: "unique value of a sharded model without its claim",
+    STALE_CLAIM: "claim of a sharded model's unique value that no instance holds",
+    SHARED_UNIQUE_VALUE: "unique value of a sharded model held in several shards",
 }
+
+#: the kinds of the claims of a sharded model's unique values (limpyd.integrity.claims)
+CLAIM_KINDS = frozenset((UNCLAIMED_VALUE, STALE_CLAIM, SHARED_UNIQUE_VALUE))
 
 #: every kind, in report order
 KINDS: Tuple[str, ...] = tuple(KIND_DESCRIPTIONS)
@@ -62,7 +77,9 @@ class Finding:
 
     ``member``/``score`` name the index entry concerned (index kinds), ``pks`` the holders of a
     unique conflict, ``value`` the conflicting or missing value; ``redis_type`` is the type of
-    ``key``. Repairs use these; reports show ``detail``.
+    ``key``. ``shard`` is the number of the shard class the finding is in (a sharded model's
+    report; ``None`` for the model's own keys and on unsharded models). Repairs use these;
+    reports show ``detail``.
     """
 
     kind: str
@@ -75,6 +92,7 @@ class Finding:
     redis_type: Optional[str] = None
     pks: Optional[List[str]] = None
     value: Any = None
+    shard: Optional[int] = None
 
     def identity(self) -> Tuple[Any, ...]:
         """Return what makes two findings the same problem."""

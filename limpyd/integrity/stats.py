@@ -14,6 +14,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from limpyd._batch import send_commands
 from limpyd.integrity._schema import INSTANCE_HASH, RESERVED_PARTS
+from limpyd.sharding import sharded_model
+
+#: the keys a sharded model stores under its own name, besides ``max_pk``
+SHARDED_PARTS = ("__shards__", "__reshard__")
 
 __all__ = ["stats"]
 
@@ -26,28 +30,42 @@ class _Group:
         self.sample: List[str] = []
 
 
-def _classify(key: str, models: Sequence[Tuple[str, Any]]) -> Tuple[str, str, str]:
-    """Return ``(owner, role, detail)`` of ``key``: the model name (or unknown prefix), its role, the field."""
-    for name, plan in models:
+def _classify(key: str, models: Sequence[Tuple[str, Any, str]]) -> Tuple[str, str, str]:
+    """Return ``(owner, role, detail)`` of ``key``: the model name (or unknown prefix), its role, the field.
+
+    ``models``: ``(key prefix, field names, owner)``; a shard class's owner is its sharded model.
+    """
+    for name, plan, owner in models:
         if key.startswith(name) and key[len(name) : len(name) + 1] == ":":
             rest = key[len(name) + 1 :]
             head, _, tail = rest.partition(":")
-            if head in RESERVED_PARTS:
-                if head in ("collection", "max_pk", "__deadlines__") and not tail:
-                    return name, head, ""
+            if head in RESERVED_PARTS or (head in SHARDED_PARTS and not tail):
+                if head in ("collection", "max_pk", "__deadlines__", *SHARDED_PARTS) and not tail:
+                    return owner, head, ""
                 if head == "lock-for-update":
-                    return name, "lock", tail
+                    return owner, "lock", tail
                 if head in ("__index__", "__collection__"):
-                    return name, "temporary", head
-                return name, head, ""
+                    return owner, "temporary", head
+                return owner, head, ""
             if head in plan and tail:
-                return name, "index", head
+                return owner, "index", head
             pk, _, field = rest.rpartition(":")
             if field == INSTANCE_HASH or field in plan:
-                return name, "data", field
-            return name, "unknown", field
+                return owner, "data", field
+            return owner, "unknown", field
     head = key.split(":", 2)
     return ":".join(head[:2]) if len(head) > 1 else head[0], "unknown prefix", ""
+
+
+def _prefixes(models: Sequence[Any]) -> List[Tuple[str, Any, str]]:
+    """Return ``(key prefix, field names, owner)`` of ``models``, each sharded model's shard classes
+    included: the keys of its shards (``<model>@k:...``) are counted under the model."""
+    known = {}
+    for model in models:
+        owner = sharded_model(model)._name
+        for klass in [model, *(model._limpyd_shard_models or ())]:
+            known[klass._name] = (klass._name, set(klass._fields), owner)
+    return list(known.values())
 
 
 def stats(
@@ -67,7 +85,7 @@ def stats(
     """
     if models is None:
         models = list(getattr(database, "_models", {}).values())
-    known = sorted(((model._name, set(model._fields)) for model in models), key=lambda item: -len(item[0]))
+    known = sorted(_prefixes(models), key=lambda item: -len(item[0]))
     rng = random.Random(seed)
     groups: Dict[Tuple[str, str, str], _Group] = {}
     started = time.perf_counter()

@@ -1,0 +1,322 @@
+"""Uniqueness across shards (docs/sharding.rst, "Uniqueness across shards"): the claims.
+
+Each shard of a sharded model keeps its own unique index, which sees only that shard. A unique
+value is therefore also claimed once for the whole model: the claim key
+``<model>#<h>:<field>:<value>`` (``{<model>#<h>}:...`` on a cluster; ``h = crc32("<field>:<value>")
+% shards``) holds the pk owning the value. A write takes the claims of its new values first, then
+writes in the instance's shard as an unsharded model does, then releases the claims of the values
+it replaced.
+
+A claim being written is *pending*: its lease key ``<model>#<h>:<field>~lease:<value>`` (same
+slot, ``~`` never appears in a field name) holds the writer's pk for ``LEASE_MS`` and is dropped
+once the write is done. A claim naming another pk is taken over only when it is not pending and
+that pk does not hold the value in its shard (a client died between the claim and its write, or
+after a write replacing the value and before releasing the old claim): checked in the pk's shard,
+then swapped by a compare-and-set script in the claim's slot.
+
+Only unique single-value fields (``StringField``, ``InstanceHashField``) are claimed; the pk is
+not (its shard is chosen by it). Unsharded models never come here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from limpyd import _atomic, sharding
+from limpyd._cluster import cluster_model_name, plain_model_name
+from limpyd._recovery import is_unknown_outcome
+from limpyd.exceptions import ImplementationError, UniquenessError
+from limpyd.fields import SingleValueField
+from limpyd.utils import make_key, normalize
+
+__all__ = ["LEASE_MS", "claim_keys", "claimed_fields", "holds"]
+
+#: how long a claim stays pending (its writer's write between the claim and the lease's drop)
+LEASE_MS = 30000
+
+# KEYS: claim, lease; ARGV: pk, lease ms. {1}: taken, {2}: already ours, {0, holder, pending}: refused
+_TAKE = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return {1}
+end
+if holder == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return {2}
+end
+return {0, holder, redis.call('EXISTS', KEYS[2])}
+"""
+
+# KEYS: claim, lease; ARGV: new pk, stale pk, lease ms. 1: taken over, 0: changed meanwhile
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[2] or redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+return 1
+"""
+
+# KEYS: claim, lease; ARGV: pk, "1" to release the claim too (else only the lease)
+_RELEASE = """
+if ARGV[2] == '1' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+return 1
+"""
+
+#: the writes of a unique field that give the new value as their first argument
+_SETTERS = {"set", "getset", "hset"}
+_SETTERS_IF_EMPTY = {"setnx", "hsetnx"}
+_DELETERS = {"delete", "hdel"}
+
+
+def claimed_fields(model: Any) -> Tuple[str, ...]:
+    """Return the names of the fields of ``model`` (a sharded model or shard class) whose values are claimed."""
+    return tuple(
+        name
+        for name in model._fields[1:]
+        if model.get_class_field(name).unique and isinstance(model.get_class_field(name), SingleValueField)
+    )
+
+
+def text_of(value: Any) -> str:
+    """Return ``value`` as Redis stores it (redis-py's encoding: ``repr`` of a float, ``str`` else)."""
+    value = normalize(value)
+    if isinstance(value, float):
+        return repr(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def claim_keys(model: Any, name: str, value: Any, shards: Optional[int] = None) -> Tuple[str, str]:
+    """Return the claim key and the lease key of the value ``value`` of the field ``name`` of ``model``.
+
+    ``shards``: the count the claim is made for (default: the one the model declares; a reshard
+    writes the claims of the new count).
+    """
+    owner = sharding.sharded_model(model)
+    text = text_of(value)
+    count = owner._limpyd_shards if shards is None else shards
+    number = zlib.crc32(("%s:%s" % (name, text)).encode("utf-8")) % count
+    plain = "%s#%d" % (plain_model_name(owner), number)
+    prefix = cluster_model_name(plain) if owner.database.is_cluster else plain
+    return make_key(prefix, name, text), make_key(prefix, name + "~lease", text)
+
+
+def _stored(model: Any, pk: str, name: str) -> Optional[str]:
+    """Return the value of the field ``name`` of the instance ``pk`` as stored in its shard (1 command)."""
+    instance = sharding.model_of(sharding.sharded_model(model), pk).lazy_connect(pk)
+    field = instance.get_field(name)
+    connection = model.database.connection
+    if field.proxy_getter == "hget":
+        return normalize(connection.hget(instance.key, name))
+    return normalize(connection.get(field.key))
+
+
+def holds(model: Any, pk: str, name: str, value: Any) -> bool:
+    """Return whether the instance ``pk`` holds ``value`` in its field ``name`` (read in its shard)."""
+    return _stored(model, pk, name) == text_of(value)
+
+
+def _refusal(model: Any, name: str, value: Any, holder: str) -> UniquenessError:
+    """Return the error of a value claimed by ``holder``: the message of an unsharded model's index."""
+    return UniquenessError(
+        'Value "%s" already indexed for unique field %s.%s (for instance %s)'
+        % (value, sharding.sharded_model(model).__name__, name, holder)
+    )
+
+
+def _take(model: Any, pk: str, name: str, value: Any) -> bool:
+    """Claim ``value`` of the field ``name`` for ``pk``; return whether the claim is new (else it was ours).
+
+    ``UniquenessError`` when another pk holds it, or is writing it (a pending claim).
+    """
+    connection = model.database.connection
+    claim, lease = claim_keys(model, name, value)
+    while True:
+        reply = connection.eval(_TAKE, 2, claim, lease, pk, LEASE_MS)
+        if int(reply[0]):
+            return int(reply[0]) == 1
+        holder, pending = normalize(reply[1]), int(reply[2])
+        if pending or holds(model, holder, name, value):
+            raise _refusal(model, name, value, holder)
+        if int(connection.eval(_TAKE_OVER, 2, claim, lease, pk, holder, LEASE_MS)):
+            return True
+        # the claim changed between the check and the swap: look again
+
+
+def _release(model: Any, pk: str, name: str, value: Any, claim_too: bool = True) -> None:
+    """Release the claim of ``value`` if it still names ``pk`` (``claim_too`` False: only its lease)."""
+    claim, lease = claim_keys(model, name, value)
+    model.database.connection.eval(_RELEASE, 2, claim, lease, pk, "1" if claim_too else "0")
+
+
+def _check_no_pipeline(model: Any) -> None:
+    """Refuse a claimed write inside a pipeline: the claim's reply is needed before the write."""
+    connection = model.database.connection
+    if _atomic.in_pipeline(model) or getattr(connection, "_limpyd_cluster_pipeline", False):
+        raise sharding.unsupported(
+            model, "writing a unique value inside a pipeline (its claim is read first)"
+        )
+
+
+def _off(instance: Any) -> bool:
+    return bool(instance.__dict__.get("_limpyd_claims_off"))
+
+
+@contextlib.contextmanager
+def _suspended(instance: Any) -> Iterator[None]:
+    """Let the writes made inside (a creation's field writes, a deletion's) take no claim of their own."""
+    previous = instance.__dict__.get("_limpyd_claims_off")
+    instance.__dict__["_limpyd_claims_off"] = True
+    try:
+        yield
+    finally:
+        if previous is None:
+            instance.__dict__.pop("_limpyd_claims_off", None)
+
+
+def _current(instance: Any, names: List[str]) -> Dict[str, Optional[str]]:
+    """Return the stored values of the fields ``names`` of the existing ``instance`` (1 command each)."""
+    if not instance._pk:
+        return {name: None for name in names}
+    return {name: _stored(type(instance), instance._pk, name) for name in names}
+
+
+def write(
+    instance: Any,
+    pk: str,
+    values: Dict[str, Any],
+    call: Callable[[], Any],
+    old: Optional[Dict[str, Optional[str]]] = None,
+    written: Callable[[Any], bool] = lambda result: True,
+) -> Any:
+    """Run ``call``, the write of ``values`` (claimed field -> new value) for the instance ``pk``.
+
+    Claims the new values first (``UniquenessError`` if one is held by another pk), runs the write
+    in the shard, then releases the claims of the replaced values (``old``, read before). A write
+    refused or failed (or not done: ``written(result)`` false) releases the claims it took; after
+    a lost connection (the write may have happened) they are kept, naming this pk, harmless.
+    """
+    model = type(instance)
+    _check_no_pipeline(model)
+    values = {name: value for name, value in values.items() if value is not None}
+    if old is None:
+        old = _current(instance, list(values))
+    taken: List[Tuple[str, Any, bool]] = []
+    try:
+        for name, value in values.items():
+            if old.get(name) is not None and old[name] == text_of(value):
+                continue  # the instance holds it already
+            taken.append((name, value, _take(model, pk, name, value)))
+        result = call()
+    except BaseException as error:
+        keep = is_unknown_outcome(error)
+        for name, value, new in taken:
+            with contextlib.suppress(Exception):
+                _release(model, pk, name, value, claim_too=new and not keep)
+        raise
+    done = written(result)
+    for name, value, new in taken:
+        _release(model, pk, name, value, claim_too=new and not done)
+    if done:
+        for name in values:
+            if old.get(name) is not None and old[name] != text_of(values[name]):
+                _release(model, pk, name, old[name])
+    return result
+
+
+def release_after(instance: Any, names: List[str], call: Callable[[], Any]) -> Any:
+    """Run ``call``, which removes the fields ``names`` of ``instance``, then release their claims."""
+    model = type(instance)
+    _check_no_pipeline(model)
+    pk = instance._pk
+    old = _current(instance, names)
+    result = call()
+    for name, value in old.items():
+        if value is not None:
+            _release(model, pk, name, value)
+    return result
+
+
+# ---------------------------------------------------------------------- the hooks
+
+
+def field_command(
+    field: Any, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any], call: Callable[[], Any]
+) -> Any:
+    """Run the modifier ``name`` of the claimed field ``field`` (``call`` runs it) with its claims."""
+    instance = field._instance
+    if _off(instance):
+        return call()
+    value = args[0] if args else kwargs.get("value")
+    if name in _SETTERS:
+        return write(instance, instance.pk.get(), {field.name: value}, call)
+    if name in _SETTERS_IF_EMPTY:
+        return write(instance, instance.pk.get(), {field.name: value}, call, written=bool)
+    if name in _DELETERS:
+        return release_after(instance, [field.name], call)
+    raise ImplementationError(
+        "%s() on the unique field %s.%s of a sharded model (shards = %d): Redis computes the new "
+        "value, so it cannot be claimed across the shards first; read the value and set() the new "
+        "one instead (%s)."
+        % (name, type(instance).__name__, field.name, type(instance)._limpyd_shards, sharding._DOC)
+    )
+
+
+def hash_command(
+    instance: Any, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any], call: Callable[[], Any]
+) -> Any:
+    """Run ``hmset``/``hdel`` of ``instance`` (``call`` runs it) with the claims of its unique fields."""
+    claimed = type(instance)._limpyd_claims
+    if _off(instance):
+        return call()
+    if name == "hmset":
+        values = {field: value for field, value in kwargs.items() if field in claimed}
+        if not values:
+            return call()
+        return write(instance, instance.pk.get(), values, call)
+    names = [field for field in args if field in claimed]
+    return release_after(instance, names, call) if names else call()
+
+
+def create(instance: Any, kwargs: Dict[str, Any], call: Callable[[], Any]) -> Any:
+    """Run the creation ``call`` of ``instance`` from ``kwargs`` with the claims of its unique values."""
+    model = type(instance)
+    values = {name: kwargs[name] for name in model._limpyd_claims if kwargs.get(name) is not None}
+    if not values or _off(instance):  # nothing claimed, or a move keeping the pk's claims
+        return call()
+    pk_field = model.get_class_field("pk")
+    if pk_field._auto_increment:
+        pk = instance.__dict__.get("_limpyd_shard_pk")
+    else:
+        given = [kwargs[key] for key in dict.fromkeys(("pk", pk_field.name)) if kwargs.get(key) is not None]
+        pk = pk_field.normalize(given[0]) if given else None
+    if pk is None:  # refused by the creation itself (no pk to claim for)
+        return call()
+
+    def created() -> Any:
+        with _suspended(instance):
+            return call()
+
+    return write(instance, pk, values, created, old={})
+
+
+def delete(instance: Any, call: Callable[[], Any]) -> Any:
+    """Run the deletion ``call`` of ``instance``, then release the claims of its unique values."""
+    if _off(instance):
+        return call()
+    names = list(type(instance)._limpyd_claims)
+
+    def deleted() -> Any:
+        with _suspended(instance):
+            return call()
+
+    return release_after(instance, names, deleted)

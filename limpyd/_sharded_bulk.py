@@ -1,0 +1,135 @@
+"""Bulk creation, deletion and purge of sharded models (``shards = N``, docs/sharding.rst).
+
+Each batch is split by shard and each part goes to its shard class, an unsharded model, through
+the script of the unsharded bulk path (:mod:`limpyd._bulk`): one call per shard holding rows of
+the batch. The auto pks of a batch are allocated first, with one ``INCRBY`` of the model's
+counter, so the shard of each row is known before anything is written and the shards allocate
+nothing. Rows and pks are streamed: at most ``batch_size`` of them are held at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from redis.exceptions import DataError
+
+from limpyd import _atomic, _bulk, _executors, sharding
+from limpyd._batch import send_ahead_of_locks
+from limpyd._executors import Executor
+from limpyd.collection import _model_path
+from limpyd.exceptions import BulkError, ImplementationError, LimpydException
+from limpyd.utils import make_key
+
+__all__ = ["create_many", "delete_many", "purge_expired"]
+
+
+def _check_model(model: Any, what: str) -> None:
+    """Refuse ``what`` on a shard class (its rows would skip the model's counter and routing), or in a pipeline."""
+    if model._limpyd_shard is not None:
+        owner = sharding.sharded_model(model)
+        raise ImplementationError(
+            "%s on the shard class %d of %s: the model chooses the shard of each row; call %s.%s "
+            "instead (%s)."
+            % (what, model._limpyd_shard, _model_path(owner), owner.__name__, what, sharding._DOC)
+        )
+    connection = model.database.connection
+    if _atomic.in_pipeline(model) or getattr(connection, "_limpyd_cluster_pipeline", False):
+        raise sharding.unsupported(model, "%s inside a pipeline" % what)
+
+
+def _allocate(model: Any, requests: List[Dict[str, Any]]) -> None:
+    """Give each of ``requests`` (rows without a pk) the next pk of the model: one ``INCRBY`` for all."""
+    if not requests:
+        return
+    normalize = model.get_class_field("pk").normalize
+    key = make_key(model._name, "max_pk")
+    last = int(send_ahead_of_locks(model.database.connection, "INCRBY", key, len(requests)))
+    for offset, request in enumerate(requests):
+        request["pk"] = normalize(last - len(requests) + 1 + offset)
+
+
+def create_many(model: Any, rows: Iterable[Any], batch_size: int, ttl: Optional[float]) -> List[Any]:
+    """Create the instances of ``rows`` in their shards; see ``RedisModel.create_many``.
+
+    Per batch: one ``INCRBY`` for its auto pks, then one script call per shard it touches (rows
+    checked before, as the unsharded path checks them). Refusals are raised together at the end,
+    as ``BulkError``, with positions in ``rows``.
+    """
+    _check_model(model, "create_many()")
+    _bulk._check_batch_size(model, batch_size)
+    if ttl is not None:
+        model._check_expiring("create_many(ttl=...)")
+    elif model._limpyd_default_ttl is not None:
+        ttl = model._limpyd_default_ttl
+    shards = model._limpyd_shard_models
+    template = shards[0]  # the rows are checked against the fields of a shard class (same fields)
+    if _executors.for_bulk(template) is not Executor.SCRIPT or model._limpyd_claims:
+        # unique values: each row claims them as its own creation does (docs/sharding.rst)
+        return _bulk._create_one_by_one(model, rows, batch_size, ttl)
+    auto = model.get_class_field("pk")._auto_increment
+    if model._limpyd_expiring and not auto:  # the given pk of a due instance is free, as unsharded
+        for shard in shards:
+            shard._purge_due()
+    encoder = model.database.connection.get_encoder()
+    pks: List[Any] = []
+    refusals: List[Tuple[int, Exception]] = []
+    position = 0
+    for chunk in _bulk._chunks(rows, batch_size):
+        start = position
+        prepared: List[Tuple[int, Dict[str, Any]]] = []
+        for row in chunk:
+            try:
+                prepared.append((position, _bulk._prepare_row(template, row, ttl, encoder)))
+            except (LimpydException, ValueError, TypeError, DataError) as error:
+                refusals.append((position, error))
+            position += 1
+        if auto:
+            _allocate(model, [request for _, request in prepared])
+        parts: Dict[int, List[Tuple[int, Dict[str, Any]]]] = {}
+        for at, request in prepared:
+            parts.setdefault(sharding.shard_index(request["pk"], len(shards)), []).append((at, request))
+        created: Dict[int, Any] = {}
+        for number in sorted(parts):
+            part, shard = parts[number], shards[number]
+            reply = _atomic.run_raw(shard, {"op": "create_many", "rows": [request for _, request in part]})
+            for index, (at, _) in enumerate(part):
+                status, first, second, third = reply[4 * index : 4 * index + 4]
+                if status == "ok":
+                    created[at] = first
+                else:
+                    refusals.append((at, _atomic.refusal(shard, status, first, second, third)))
+        pks.extend(created.get(at) for at in range(start, position))
+    if refusals:
+        refusals.sort(key=lambda refusal: refusal[0])
+        raise BulkError(refusals, pks)
+    return pks
+
+
+def delete_many(model: Any, pks: Iterable[Any], batch_size: int) -> int:
+    """Delete the instances of ``pks``, each batch split by shard; return how many existed.
+
+    Each shard's part of a batch goes to ``delete_many`` of its shard class (one script call).
+    """
+    _check_model(model, "delete_many()")
+    _bulk._check_batch_size(model, batch_size)
+    normalize = model.get_class_field("pk").normalize
+    shards = model._limpyd_shard_models
+    deleted = 0
+    for chunk in _bulk._chunks(pks, batch_size):
+        parts: Dict[int, List[str]] = {}
+        for pk in chunk:
+            pk = normalize(pk)
+            parts.setdefault(sharding.shard_index(pk, len(shards)), []).append(pk)
+        for number in sorted(parts):
+            deleted += _bulk.delete_many(shards[number], parts[number], batch_size)
+    return deleted
+
+
+def purge_expired(model: Any, limit: int) -> int:
+    """Remove at most ``limit`` due instances of the sharded ``model``, shard after shard; return how many."""
+    purged = 0
+    for shard in model._limpyd_shard_models:
+        purged += shard.purge_expired(limit - purged)
+        if purged >= limit:
+            break
+    return purged

@@ -1,0 +1,461 @@
+"""Reads of a sharded model in one round trip per node (limpyd._per_node, docs/sharding.rst "Queries").
+
+When each shard's result is one key (no filter, or one equality filter), ``len()``, iteration and
+the windows of a sharded collection send every shard's ``SCARD``/``SMEMBERS``/``SORT`` together:
+one write per server on a single server and on each primary of a cluster. The round trips are
+counted on the client (each write of a command buffer to a connection), the results compared
+with a 1-shard model holding the same data.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from typing import Any, Dict
+
+import pytest
+import redis
+from redis.connection import AbstractConnection
+from test_sharding import _OMIT, define_event, pytest_generate_tests  # noqa: F401 - single and cluster
+
+from limpyd import _per_node, sharding
+from limpyd._per_node import sort_arguments
+from limpyd.contrib.collection import ExtendedCollectionManager
+
+
+class WriteCounter:
+    """Count the command buffers written to each server (``host:port`` or socket) inside ``with``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.per_server: Dict[str, int] = collections.Counter()
+        original = AbstractConnection.send_packed_command
+        counter = self
+
+        def counting(connection: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+            if counter.active:
+                where = getattr(connection, "path", None) or "%s:%s" % (connection.host, connection.port)
+                counter.per_server[where] += 1
+            return original(connection, command, *args, **kwargs)
+
+        self.active = False
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+
+    def __enter__(self) -> "WriteCounter":
+        self.per_server.clear()
+        self.active = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.active = False
+
+
+_GENERATOR = random.Random(5)
+SCORES = _GENERATOR.sample(range(-500, 500), 60)  # distinct sort values: one right order for windows
+NOTES = _GENERATOR.sample(range(100, 999), 60)
+
+
+@pytest.fixture
+def models(database, namespace):
+    """A 16-shard and a 1-shard model holding the same 60 instances (the 1-shard one with the
+    extended collections, whose ``values()``/``values_list()`` the sharded collections give)."""
+    sharded = define_event(database, namespace + "s", shards=16)
+    single = define_event(
+        database, namespace + "u", shards=_OMIT, collection_manager=ExtendedCollectionManager
+    )
+    for position in range(60):
+        values = {
+            "kind": "k%d" % (position % 3),
+            "note": "n%d" % NOTES[position],
+            "score": str(SCORES[position]),
+        }
+        sharded(**values)
+        single(**values)
+    return sharded, single
+
+
+def _primaries(database) -> int:
+    return len(database.connection.get_primaries()) if database.is_cluster else 1
+
+
+QUERIES = {
+    "len, one filter": lambda Model: len(Model.collection(kind="k1")),
+    "len, no filter": lambda Model: len(Model.collection()),
+    # an unsorted collection: SMEMBERS order on a 1-shard model, numeric pk order on a sharded one
+    "pks, one filter": lambda Model: sorted(Model.collection(kind="k2")),
+    "pks, no filter": lambda Model: sorted(Model.collection()),
+    "sorted by pk": lambda Model: list(Model.collection(kind="k0").sort()),
+    "sorted desc": lambda Model: list(Model.collection(kind="k0").sort(desc=True)),
+    "alpha": lambda Model: list(Model.collection(kind="k1").sort(alpha=True)),
+    "window": lambda Model: list(Model.collection(kind="k0").sort()[3:9]),
+    "window desc": lambda Model: list(Model.collection(kind="k0").sort(by="-pk")[0:4]),
+    "last items": lambda Model: list(Model.collection(kind="k1").sort()[-5:]),
+    "unsorted window": lambda Model: list(Model.collection(kind="k2")[2:7]),
+    "index": lambda Model: Model.collection(kind="k2").sort(desc=True)[4],
+    "negative index": lambda Model: Model.collection().sort()[-2],
+    "open window": lambda Model: list(Model.collection(kind="k1").sort()[15:]),
+    "score filter": lambda Model: sorted(Model.collection(score=SCORES[5])),
+    # rows: the pks with their sort values and values, read by SORT ... BY ... GET (a script on a cluster)
+    "by field": lambda Model: list(Model.collection(kind="k0").sort(by="score")),
+    "by field desc, window": lambda Model: list(Model.collection(kind="k1").sort(by="-score")[2:6]),
+    "alpha by field, last items": lambda Model: list(
+        Model.collection(kind="k2").sort(by="note", alpha=True)[-4:]
+    ),
+    "by field, no filter, window": lambda Model: list(Model.collection().sort(by="score")[10:20]),
+    "values": lambda Model: list(Model.collection(kind="k0").sort(by="score").values("kind", "note")),
+    "values_list flat, window": lambda Model: list(
+        Model.collection(kind="k1").sort(by="note", alpha=True).values_list("note", flat=True)[0:5]
+    ),
+    "values_list unsorted": lambda Model: sorted(Model.collection(kind="k2").values_list("pk", "score")),
+    "values_list sorted by pk": lambda Model: list(
+        Model.collection(kind="k2").sort().values_list("label", "score")
+    ),
+}
+
+
+@pytest.mark.parametrize("query", sorted(QUERIES))
+def test_one_round_trip_per_node(database, models, monkeypatch, query):
+    sharded, single = models
+    expected = QUERIES[query](single)
+    QUERIES[query](sharded)  # a script's first use on a server loads it (NOSCRIPT, then EVAL)
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        got = QUERIES[query](sharded)
+    assert got == expected
+    writes = counter.per_server
+    assert writes and max(writes.values()) == 1, dict(writes)
+    assert len(writes) <= _primaries(database)
+
+
+def test_several_filters_take_the_general_path(database, models, monkeypatch):
+    """Two filters need an intersection per shard: the shards are asked one after the other."""
+    sharded, single = models
+    score = single(single.collection(kind="k1").sort()[0]).score.hget()
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        got = list(sharded.collection(kind="k1", score=score).sort())
+    assert got == list(single.collection(kind="k1", score=score).sort()) and got
+    assert sum(counter.per_server.values()) >= 16
+
+
+def test_an_error_reply_is_raised(database, namespace):
+    """A shard's key of the wrong type: the error of that command, as the core collection raises it."""
+    sharded = define_event(database, namespace, shards=4)
+    for position in range(8):
+        sharded(kind="a", note=str(position))
+    key = sharded.shard_model(2).get_field("kind").get_index().get_storage_key("a")
+    database.connection.delete(key)
+    database.connection.set(key, "not a set")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        len(sharded.collection(kind="a"))
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        list(sharded.collection(kind="a"))
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({}, ("SORT", "k")),
+        ({"desc": True, "alpha": True}, ("SORT", "k", "DESC", "ALPHA")),
+        ({"start": 0, "num": 5, "desc": False}, ("SORT", "k", "LIMIT", 0, 5)),
+        ({"by": "nosort", "start": 2, "num": -1}, ("SORT", "k", "BY", "nosort", "LIMIT", 2, -1)),
+        ({"by": "x:*:score"}, ("SORT", "k", "BY", "x:*:score")),
+        (
+            {"by": "x:*:s", "get": ["#", "x:*:h->f"], "start": 0, "num": 3, "alpha": True},
+            ("SORT", "k", "BY", "x:*:s", "LIMIT", 0, 3, "GET", "#", "GET", "x:*:h->f", "ALPHA"),
+        ),
+        ({"store": "dest"}, None),
+        ({"groups": True}, None),
+        ({"groups": False, "get": None}, ("SORT", "k")),
+    ],
+)
+def test_sort_arguments(options, expected):
+    assert sort_arguments("k", options) == expected
+
+
+def test_a_flushed_sort_script_is_loaded_again(database, models, monkeypatch):
+    """On a cluster the sorts by a field run limpyd's SORT script: after a SCRIPT FLUSH (a node
+    restarted) each shard's NOSCRIPT reply is answered by loading it again, same results."""
+    if not database.is_cluster:
+        pytest.skip("single server: SORT ... BY runs as SORT, no script to lose")
+    sharded, single = models
+    expected = list(single.collection(kind="k1").sort(by="-score").values_list("pk", "note")[0:7])
+    for node in database.connection.get_primaries():
+        database.connection.get_redis_connection(node).script_flush()
+    reloads = []
+    original = sharding.cluster_sort
+    monkeypatch.setattr(sharding, "cluster_sort", lambda *a, **k: reloads.append(a[1]) or original(*a, **k))
+    got = list(sharded.collection(kind="k1").sort(by="-score").values_list("pk", "note")[0:7])
+    assert got == expected and len(got) == 7
+    assert len(reloads) == 16  # every shard's EVALSHA was refused, then sorted through the script again
+    reloads.clear()
+    assert list(sharded.collection(kind="k1").sort(by="-score").values_list("pk", "note")[0:7]) == expected
+    assert reloads == []  # loaded again on every node
+
+
+def _cluster_only(database):
+    if not database.is_cluster:
+        pytest.skip("single server: no slot map, no redirection")
+
+
+def test_a_stale_slot_map_is_followed(database, models, monkeypatch):
+    """redis-py's slot map names the wrong node for some shards: those nodes answer MOVED, the
+    reads are sent again through redis-py (which follows the redirection), same results."""
+    _cluster_only(database)
+    sharded, single = models
+    expected = list(single.collection(kind="k0").sort(by="score"))
+    client = database.connection
+    manager = client.nodes_manager
+    primaries = client.get_primaries()
+    real = manager.get_node_from_slot
+    wrong = []
+
+    def stale(slot, *args, **kwargs):
+        node = real(slot, *args, **kwargs)
+        if len(wrong) >= 16:  # limpyd's grouping asked for its 16 shards: redis-py's own calls
+            return node
+        wrong.append(slot)
+        return next(primary for primary in primaries if primary.name != node.name)  # not its owner
+
+    monkeypatch.setattr(manager, "get_node_from_slot", stale)
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        got = list(sharded.collection(kind="k0").sort(by="score"))
+    monkeypatch.setattr(manager, "get_node_from_slot", real)
+    assert got == expected and wrong
+    assert sum(counter.per_server.values()) > len(primaries)  # the MOVED ones were sent again
+    assert len(sharded.collection(kind="k0")) == len(expected)
+
+
+def test_an_unreachable_node_falls_back_to_redis_py(database, models, monkeypatch):
+    """A node's connection cannot be made (a failover in progress): the reads go through redis-py,
+    which finds the node again or raises redis.ConnectionError, never something else."""
+    _cluster_only(database)
+    sharded, single = models
+    expected = sorted(single.collection(kind="k2"))
+    refused = []
+
+    def unreachable(pool, command_name):
+        refused.append(pool)
+        raise redis.ConnectionError("Error 111 connecting to the node. Connection refused.")
+
+    monkeypatch.setattr(_per_node, "get_pool_connection", unreachable)  # limpyd's own route only
+    assert sorted(sharded.collection(kind="k2")) == expected
+    assert len(refused) == 1  # the first node refused: every read went through redis-py
+
+
+# ---------------------------------------------------------------------- len(): one script call per node
+
+
+def _servers(database) -> Dict[str, Any]:
+    """Return a plain client of each server (each primary of a cluster), by name."""
+    if not database.is_cluster:
+        return {"single": database.connection}
+    client = database.connection
+    return {node.name: client.get_redis_connection(node) for node in client.get_primaries()}
+
+
+def _calls(database) -> Dict[str, Dict[str, Dict[str, int]]]:
+    """Return, per server, the counters of each command so far (``INFO commandstats``: ``calls``,
+    ``failed_calls``, ``rejected_calls``: refused before running, as a ``MOVED``)."""
+    return {name: server.info("commandstats") for name, server in _servers(database).items()}
+
+
+def _grown(
+    before: Dict[str, Any], after: Dict[str, Any], command: str, counter: str = "calls"
+) -> Dict[str, int]:
+    """Return, per server, how much ``command``'s ``counter`` grew from ``before`` to ``after``."""
+    key = "cmdstat_" + command
+    return {
+        name: int(after[name].get(key, {}).get(counter, 0)) - int(before[name].get(key, {}).get(counter, 0))
+        for name in after
+    }
+
+
+@pytest.fixture
+def counted(database, namespace):
+    """A 64-shard and a 1-shard model holding the same 200 instances (3 kinds, a fourth never used)."""
+    sharded = define_event(database, namespace + "s", shards=64)
+    single = define_event(database, namespace + "u", shards=_OMIT)
+    for position in range(200):
+        kind = "k%d" % (position % 3) if position % 7 else "rare"
+        sharded(kind=kind, note=str(position))
+        single(kind=kind, note=str(position))
+    return sharded, single
+
+
+LENGTHS = {
+    "no filter": {},
+    "one filter": {"kind": "k1"},
+    "rare": {"kind": "rare"},
+    "no match": {"kind": "none"},
+}
+
+
+@pytest.mark.parametrize("filters", sorted(LENGTHS))
+def test_len_is_one_script_call_per_node(database, counted, monkeypatch, filters):
+    """``len()`` of a 64-shard collection reading one key per shard: each server (each primary)
+    gets one ``EVALSHA`` of the count script, holding its shards' keys, and no ``SCARD`` from the
+    client; the sum is the 1-shard model's count."""
+    sharded, single = counted
+    expected = len(single.collection(**LENGTHS[filters]))
+    len(sharded.collection(kind="k0"))  # the script's first use on a server loads it
+    before = _calls(database)
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        got = len(sharded.collection(**LENGTHS[filters]))
+    after = _calls(database)
+    assert got == expected
+    assert expected > 0 or filters == "no match"
+    assert dict(counter.per_server) and set(counter.per_server.values()) == {1}, dict(counter.per_server)
+    assert len(counter.per_server) == _primaries(database)  # 64 shards: every primary holds some
+    assert _grown(before, after, "evalsha") == {name: 1 for name in after}
+    assert not any(_grown(before, after, "eval").values())
+    # the SCARD the servers ran are the script's: one per shard in all
+    assert sum(_grown(before, after, "scard").values()) == 64
+
+
+@pytest.mark.parametrize("flushed", ["one", "every"])
+def test_len_loads_a_flushed_count_script_again(database, counted, monkeypatch, flushed):
+    """After a ``SCRIPT FLUSH`` (a server restarted) the server answers the ``EVALSHA`` with
+    ``NOSCRIPT``: one ``EVAL`` of the script runs it and loads it again, same count; the next
+    ``len()`` is one ``EVALSHA`` per server again."""
+    sharded, single = counted
+    expected = len(single.collection(kind="k2"))
+    assert len(sharded.collection(kind="k2")) == expected
+    servers = _servers(database)
+    names = sorted(servers)[:1] if flushed == "one" else sorted(servers)
+    for name in names:
+        servers[name].script_flush()
+    before = _calls(database)
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        got = len(sharded.collection(kind="k2"))
+    after = _calls(database)
+    assert got == expected
+    assert _grown(before, after, "eval") == {name: int(name in names) for name in after}
+    assert _grown(before, after, "evalsha") == {name: 1 for name in after}
+    assert sum(_grown(before, after, "scard").values()) == 64  # the scripts' (NOSCRIPT ran nothing)
+    assert sorted(counter.per_server.values()) == sorted([1] * (len(after) - len(names)) + [2] * len(names))
+    with counter:
+        assert len(sharded.collection(kind="k2")) == expected
+    assert set(counter.per_server.values()) == {1} and len(counter.per_server) == len(after)
+
+
+def test_len_with_a_stale_slot_map(database, counted, monkeypatch):
+    """redis-py's slot map names the wrong node for every shard: each node's script fails on a
+    key it does not serve ("non local key"), those keys are counted one ``SCARD`` each, which the
+    nodes answer ``MOVED``; the slot map is read again and the ``SCARD`` sent again through
+    redis-py: the count of the 1-shard model."""
+    _cluster_only(database)
+    sharded, single = counted
+    expected = len(single.collection(kind="k1"))
+    len(sharded.collection(kind="k0"))  # the script loaded
+    client = database.connection
+    manager = client.nodes_manager
+    primaries = client.get_primaries()
+    real = manager.get_node_from_slot
+    state = {"stale": True, "refreshed": 0, "wrong": 0}
+
+    def stale(slot, *args, **kwargs):
+        node = real(slot, *args, **kwargs)
+        if not state["stale"]:
+            return node
+        state["wrong"] += 1
+        return next(primary for primary in primaries if primary.name != node.name)  # not its owner
+
+    def refresh(client):  # a stale map stays so until it is read again
+        state["stale"] = False
+        state["refreshed"] += 1
+        monkeypatch.setattr(manager, "get_node_from_slot", real)
+        original_refresh(client)
+
+    original_refresh = _per_node._refresh_slots
+    monkeypatch.setattr(_per_node, "_refresh_slots", refresh)
+    monkeypatch.setattr(manager, "get_node_from_slot", stale)
+    before = _calls(database)
+    got = len(sharded.collection(kind="k1"))
+    after = _calls(database)
+    assert got == expected
+    assert state["wrong"] > 64 and state["refreshed"] == 1  # the script's and the SCARD's grouping
+    scripts = _grown(before, after, "evalsha")
+    assert sum(scripts.values()) >= 1 and _grown(before, after, "evalsha", "failed_calls") == scripts
+    assert sum(_grown(before, after, "scard", "rejected_calls").values()) > 0  # MOVED
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        assert len(sharded.collection(kind="k1")) == expected  # the map is right again
+    assert set(counter.per_server.values()) == {1} and len(counter.per_server) == len(primaries)
+
+
+def test_len_with_an_unreachable_node(database, counted, monkeypatch):
+    """A node's connection cannot be made: every ``SCARD`` goes through redis-py, same count."""
+    _cluster_only(database)
+    sharded, single = counted
+    expected = len(single.collection(kind="k0"))
+    refused = []
+
+    def unreachable(pool, command_name):
+        refused.append(pool)
+        raise redis.ConnectionError("Error 111 connecting to the node. Connection refused.")
+
+    monkeypatch.setattr(_per_node, "get_pool_connection", unreachable)
+    monkeypatch.setattr(_per_node, "take_connection", unreachable)
+    before = _calls(database)
+    assert len(sharded.collection(kind="k0")) == expected
+    after = _calls(database)
+    assert len(refused) == 1  # the first node refused: nothing else tried on limpyd's route
+    assert not any(_grown(before, after, "evalsha").values())
+    assert sum(_grown(before, after, "scard").values()) == 64
+
+
+def test_len_without_script_flags(database, counted, monkeypatch):
+    """A server that cannot compile the script (before Redis 7.0 no script has a ``#!`` line; here
+    a flag Redis does not know): its shards are counted one ``SCARD`` each, and the client does not
+    send the script again."""
+    sharded, single = counted
+    expected = len(single.collection(kind="k1"))
+    script = _per_node.COUNT_SCRIPT.replace("no-writes,", "no-writes,not-a-flag,", 1)
+    assert script != _per_node.COUNT_SCRIPT
+    monkeypatch.setattr(_per_node, "COUNT_SCRIPT", script)
+    monkeypatch.setattr(_per_node, "_COUNT_SHA", "0" * 40)  # unknown: NOSCRIPT, then EVAL
+    real = database.connection
+    monkeypatch.setattr(real, "_limpyd_no_count_script", False, raising=False)
+    before = _calls(database)
+    assert len(sharded.collection(kind="k1")) == expected
+    middle = _calls(database)
+    assert _grown(before, middle, "eval") == {name: 1 for name in middle}  # refused by each server
+    assert real._limpyd_no_count_script is True
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        assert len(sharded.collection(kind="k1")) == expected
+    after = _calls(database)
+    assert not any(_grown(middle, after, "evalsha").values()) and not any(
+        _grown(middle, after, "eval").values()
+    )
+    assert sum(_grown(middle, after, "scard").values()) == 64
+    assert set(counter.per_server.values()) == {1}  # the SCARD still one write per server
+
+
+def test_len_with_a_stale_kept_plan(database, counted, monkeypatch):
+    """The nodes kept for a ``len()`` name a node that no longer serves the keys (a slot moved
+    since): that node refuses the script, the keys are counted one ``SCARD`` each, what was kept
+    is dropped and the next ``len()`` is one script call per node again."""
+    _cluster_only(database)
+    sharded, single = counted
+    expected = len(single.collection(kind="k2"))
+    assert len(sharded.collection(kind="k2")) == expected
+    client = database.connection
+    token, nodes, plans = client._limpyd_node_plans
+    primaries = client.get_primaries()
+    for wanted, plan in list(plans.items()):  # every node's keys sent to another primary
+        plans[wanted] = [
+            (next(p for p in primaries if p.name != node.name), keys, packed) for node, keys, packed in plan
+        ]
+    before = _calls(database)
+    assert len(sharded.collection(kind="k2")) == expected
+    after = _calls(database)
+    assert sum(_grown(before, after, "evalsha", "failed_calls").values()) >= 1
+    assert "_limpyd_node_plans" not in vars(client) or not client._limpyd_node_plans[2]
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        assert len(sharded.collection(kind="k2")) == expected
+    assert set(counter.per_server.values()) == {1} and len(counter.per_server) == len(primaries)
