@@ -22,6 +22,8 @@ What is not supported yet raises :func:`unsupported` errors naming the feature a
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import operator
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
@@ -338,6 +340,11 @@ def _score(value: Optional[str]) -> float:
         return float.fromhex(stripped)
 
 
+def _row_score(row: Tuple[Any, ...]) -> float:
+    """Return the score of a row of a sort by a field: ``(pk, sort value, values...)``."""
+    return _score(row[1])
+
+
 def _tie_key(pk: str) -> Tuple[int, float, bytes]:
     """Return the order of ``pk`` among equal ``ALPHA`` values: numeric pk order, then bytes.
 
@@ -375,6 +382,33 @@ def _arrange(items: List[Any], pk_of: Any, value_of: Any, alpha: bool, descendin
         return (False, b"") if value is None else (True, value.encode("utf-8"))
 
     return sorted(items, key=alpha_key, reverse=descending)  # stable: ties keep the pk order
+
+
+def _candidates(parts: List[List[Any]], score_of: Any, limit: int, descending: bool) -> List[Any]:
+    """Return the items of ``parts`` that can be among the first ``limit`` of their numeric sort.
+
+    Each part is a shard's reply, sorted by the server by ``score_of`` (``descending`` or not),
+    equal scores in any order. The parts are merged lazily by score alone (``heapq.merge``):
+    the first ``limit`` items, then every item of the same score as the last of them (a tie at
+    the edge is decided by the pks, by :func:`_arrange`). The other items cannot be among the
+    first ``limit``: only ``limit`` scores and the shards' heads are read, not every item.
+    """
+    merged = heapq.merge(*parts, key=score_of, reverse=descending)
+    taken = list(itertools.islice(merged, limit))
+    if len(taken) == limit and limit:
+        edge = score_of(taken[-1])
+        for item in merged:
+            if score_of(item) != edge:
+                break
+            taken.append(item)
+    return taken
+
+
+#: the shards' keys of a shard 0 key (``ShardedCollection._direct_keys``), per model: shard 0's
+#: key names its layout (renaming the shards for a cluster renames it too), so it is kept as is
+_DIRECT_KEYS: Dict[Tuple[type, str], List[str]] = {}
+#: entries of :data:`_DIRECT_KEYS` at most (then forgotten, all at once)
+_MAX_DIRECT_KEYS = 4096
 
 
 def _renamed(key: Any, prefix: str, name: str) -> Any:
@@ -684,10 +718,19 @@ class ShardedCollection:
         ):
             return None
         key = self._template._direct_key()  # shard 0's collection, with the same filters
-        prefix = shard_model(self.model, 0)._name
-        if key is None or not key.startswith(prefix + ":"):
+        if key is None:
             return None
-        return [_renamed(key, prefix, shard._name) for shard in self.model._limpyd_shard_models]
+        cached = _DIRECT_KEYS.get((self.model, key))
+        if cached is not None:
+            return cached
+        prefix = shard_model(self.model, 0)._name
+        if not key.startswith(prefix + ":"):
+            return None
+        keys = [_renamed(key, prefix, shard._name) for shard in self.model._limpyd_shard_models]
+        if len(_DIRECT_KEYS) >= _MAX_DIRECT_KEYS:
+            _DIRECT_KEYS.clear()
+        _DIRECT_KEYS[(self.model, key)] = keys
+        return keys
 
     def _read_directly(
         self, keys: List[str], window: Optional[Tuple[int, int, bool]]
@@ -776,17 +819,28 @@ class ShardedCollection:
         """
         stop = None if count < 0 else start + count
         keys = self._direct_keys() if stop != 0 else None
+        parts = None
         if keys is not None:
             parts = self._read_directly(keys, (0, -1 if stop is None else stop, reverse))
-            if parts is not None:
-                merged = self._merge(parts, reverse)
-                return self._output(merged[start:] if stop is None else merged[start:stop])
-        parts = []
-        for collection in self._shards():
-            if reverse:  # the core reads the last ``stop`` backwards (SORT ... DESC LIMIT 0 stop)
-                parts.append(list(collection[-stop:]))  # type: ignore[operator]
-            else:
-                parts.append(list(collection[0:stop]))
+        if parts is None:
+            parts = []
+            for collection in self._shards():
+                if reverse:  # the core reads the last ``stop`` backwards (SORT ... DESC LIMIT 0 stop)
+                    parts.append(list(collection[-stop:]))  # type: ignore[operator]
+                else:
+                    parts.append(list(collection[0:stop]))
+        if (
+            stop is not None
+            and not reverse
+            and self._by is not None
+            and not self._alpha
+            and self._order in ("asc", "desc")
+        ):
+            # a numeric sort by a field, read forwards: each part comes sorted by its score
+            try:
+                parts = [_candidates(parts, _row_score, stop, self._order == "desc")]
+            except ValueError:  # not a number: the whole merge below raises as it raises
+                pass
         merged = self._merge(parts, reverse)
         return self._output(merged[start:] if stop is None else merged[start:stop])
 

@@ -459,3 +459,27 @@ def test_len_with_a_stale_kept_plan(database, counted, monkeypatch):
     with counter:
         assert len(sharded.collection(kind="k2")) == expected
     assert set(counter.per_server.values()) == {1} and len(counter.per_server) == len(primaries)
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_window_candidates_keep_every_tie_at_the_edge(descending):
+    """A window of a numeric sort merges the shards' heads by score only, then every row tying with
+    the last one: what ``_arrange`` then orders by pk must equal the full merge's first rows."""
+    rng = random.Random(11)
+    for _ in range(300):
+        parts = []
+        for _shard in range(rng.randrange(1, 6)):
+            rows = [
+                (str(rng.randrange(1000)), rng.choice(["1", "2", "2.0", "0x3", None, "-1", "5"]))
+                for _ in range(rng.randrange(0, 8))
+            ]
+            # the server's order: by score only, ties in any order
+            rows.sort(key=lambda row: sharding._score(row[1]), reverse=descending)
+            parts.append(rows)
+        limit = rng.randrange(1, 12)
+        pk_of, value_of = (lambda row: row[0]), (lambda row: row[1])
+        everything = [row for part in parts for row in part]
+        expected = sharding._arrange(everything, pk_of, value_of, False, descending)[:limit]
+        candidates = sharding._candidates(parts, sharding._row_score, limit, descending)
+        assert len(candidates) <= len(everything)
+        assert sharding._arrange(candidates, pk_of, value_of, False, descending)[:limit] == expected
