@@ -417,6 +417,9 @@ class ShardedExtendedCollection(ShardedCollection):
     def _direct_keys(self) -> Optional[List[str]]:
         return None if self._extras() else super()._direct_keys()
 
+    def _intersected_keys(self) -> Optional[List[Tuple[str, ...]]]:
+        return None if self._extras() else super()._intersected_keys()
+
     def _merge(self, parts: List[List[Any]], reverse: bool) -> List[Any]:
         """Merge as ``ShardedCollection`` does; unsorted on a stored list (``nosort``): the list's order."""
         merged = super()._merge(parts, reverse)

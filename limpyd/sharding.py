@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import operator
+import uuid
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -41,16 +42,20 @@ from limpyd._per_node import (
     sort_arguments,
     sort_script_arguments,
 )
+from limpyd._recovery import register_temporary_key, temporary_keys
 from limpyd.collection import (
     CollectionManager,
     CollectionResults,
+    ParsedFilter,
     _CheckedInstances,
+    _direct_allowed,
     _model_path,
     checked_index,
     results_equal,
 )
 from limpyd.exceptions import ImplementationError
 from limpyd.fields import RedisField, SingleValueField
+from limpyd.indexes import EqualIndex
 from limpyd.utils import make_key
 
 __all__ = ["MAX_SHARDS", "ShardedCollection", "shard_index"]
@@ -407,8 +412,40 @@ def _candidates(parts: List[List[Any]], score_of: Any, limit: int, descending: b
 #: the shards' keys of a shard 0 key (``ShardedCollection._direct_keys``), per model: shard 0's
 #: key names its layout (renaming the shards for a cluster renames it too), so it is kept as is
 _DIRECT_KEYS: Dict[Tuple[type, str], List[str]] = {}
-#: entries of :data:`_DIRECT_KEYS` at most (then forgotten, all at once)
+#: the same for the keys each shard intersects (``ShardedCollection._intersected_keys``)
+_INTERSECTED_KEYS: Dict[Tuple[type, Tuple[str, ...]], List[Tuple[str, ...]]] = {}
+#: entries of :data:`_DIRECT_KEYS` (and of :data:`_INTERSECTED_KEYS`) at most (then forgotten, all at once)
 _MAX_DIRECT_KEYS = 4096
+
+
+def _equality_keys(collection: CollectionManager) -> Optional[Tuple[str, ...]]:
+    """Return the sets whose intersection is the result of ``collection`` when its filters are
+    at least two equality filters, each one set (what ``CollectionManager._direct_key`` accepts
+    for one filter), and nothing else; else None. Sends no command."""
+    lazy = collection._lazy_collection
+    if (
+        lazy["pks"]
+        or collection._final_set is not None
+        or collection._sort_limits is not None
+        or not _direct_allowed(type(collection))
+        or getattr(collection.model, "_multi_fields_index_for_filtering", None)
+    ):
+        return None
+    sets = lazy["sets"]
+    if len(sets) < 2:
+        return None
+    keys = []
+    for item in sets:
+        if not isinstance(item, ParsedFilter) or item.related_filters is not None:
+            return None
+        index = item.index
+        if (
+            type(index).get_filtered_keys is not EqualIndex.get_filtered_keys
+            or index.remove_prefix(item.suffix) == "in"
+        ):
+            return None
+        keys.append(index.get_storage_key(*item.extra_field_parts, item.value, transform_value=False))
+    return tuple(keys)
 
 
 def _renamed(key: Any, prefix: str, name: str) -> Any:
@@ -708,14 +745,7 @@ class ShardedCollection:
         Not for ``nosort``, an expiring model (each shard first removes what is due), a
         write-behind batch, a pipeline, or a client whose methods were replaced.
         """
-        if self._order == "nosort" or self.model._limpyd_expiring:
-            return None
-        connection = self.model.get_connection()
-        if (
-            not per_node_allowed(connection)
-            or current_batch(self.model.database) is not None
-            or _atomic.in_pipeline(self.model)
-        ):
+        if not self._per_node_possible():
             return None
         key = self._template._direct_key()  # shard 0's collection, with the same filters
         if key is None:
@@ -731,6 +761,50 @@ class ShardedCollection:
             _DIRECT_KEYS.clear()
         _DIRECT_KEYS[(self.model, key)] = keys
         return keys
+
+    def _per_node_possible(self) -> bool:
+        """Return whether the shards may be read together (``_direct_keys``, ``_intersected_keys``)."""
+        if self._order == "nosort" or self.model._limpyd_expiring:
+            return False
+        return (
+            per_node_allowed(self.model.get_connection())
+            and current_batch(self.model.database) is None
+            and not _atomic.in_pipeline(self.model)
+        )
+
+    def _intersected_keys(self) -> Optional[List[Tuple[str, ...]]]:
+        """Return, for each shard, the keys whose intersection is its result when the filters are
+        several equality filters (each one set, as ``_direct_keys`` gives one), else None.
+
+        Each shard then intersects them into a temporary key, reads it and deletes it, and those
+        commands of every shard go out together: one round trip per node (``_read_directly``);
+        ``len()`` sends one ``SINTERCARD`` per shard, all together.
+        """
+        if not self._per_node_possible():
+            return None
+        keys = _equality_keys(self._template)  # shard 0's collection, with the same filters
+        if keys is None:
+            return None
+        cached = _INTERSECTED_KEYS.get((self.model, keys))
+        if cached is not None:
+            return cached
+        prefix = shard_model(self.model, 0)._name
+        if not all(key.startswith(prefix + ":") for key in keys):
+            return None
+        per_shard = [
+            tuple(_renamed(key, prefix, shard._name) for key in keys)
+            for shard in self.model._limpyd_shard_models
+        ]
+        if len(_INTERSECTED_KEYS) >= _MAX_DIRECT_KEYS:
+            _INTERSECTED_KEYS.clear()
+        _INTERSECTED_KEYS[(self.model, keys)] = per_shard
+        return per_shard
+
+    def _read_keys(self) -> Optional[List[Any]]:
+        """Return what each shard reads when the shards can be read together, else None: its key
+        (``_direct_keys``) or the keys it intersects (``_intersected_keys``)."""
+        keys: Optional[List[Any]] = self._direct_keys()
+        return keys if keys is not None else self._intersected_keys()
 
     def _read_directly(
         self, keys: List[str], window: Optional[Tuple[int, int, bool]]
@@ -752,6 +826,9 @@ class ShardedCollection:
         if getattr(collection, "_score_plan", None) is not None:
             return None
         connection = self.model.get_connection()
+        if keys and isinstance(keys[0], tuple):
+            intersected = self._read_intersections(connection, keys, options)
+            return None if intersected is None else self._parts(intersected, options, window)
         commands = [
             self._read_command(connection, key, options, shard)
             for key, shard in zip(keys, self.model._limpyd_shard_models)
@@ -765,6 +842,41 @@ class ShardedCollection:
                     connection, keys[position], **self._shard_options(options, position)
                 )
         raise_first_error(replies)
+        return self._parts(replies, options, window)
+
+    def _read_intersections(
+        self, connection: Any, keys: List[Tuple[str, ...]], options: Optional[Dict[str, Any]]
+    ) -> Optional[List[Any]]:
+        """Return each shard's replies to the read of the intersection of its ``keys``: per shard
+        ``SINTERSTORE <tmp> <keys>``, the read of ``<tmp>``, ``DEL <tmp>`` (its slot: the shard's),
+        every shard's commands sent together; None when a node lost the ``SORT`` script (the
+        shard after shard path then loads it again)."""
+        commands: List[Tuple[str, Tuple[Any, ...]]] = []
+        reads = []
+        with temporary_keys(self.model.database):  # deleted again if a round trip is lost
+            for shard_keys, shard in zip(keys, self.model._limpyd_shard_models):
+                tmp = make_key(shard._name, "__collection__", "final", uuid.uuid4().hex)
+                read = self._read_command(connection, tmp, options, shard)
+                if read is None:
+                    return None
+                register_temporary_key(tmp)
+                commands.append((tmp, ("SINTERSTORE", tmp, *shard_keys)))
+                reads.append(len(commands))
+                commands.append(read)
+                commands.append((tmp, ("DEL", tmp)))
+            replies = send_per_node(connection, commands)
+        raise_first_error(
+            [reply for reply in replies if not isinstance(reply, redis.exceptions.NoScriptError)]
+        )
+        shard_replies = [replies[position] for position in reads]
+        if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in shard_replies):
+            return None
+        return shard_replies
+
+    def _parts(
+        self, replies: List[Any], options: Optional[Dict[str, Any]], window: Optional[Tuple[int, int, bool]]
+    ) -> List[List[Any]]:
+        """Return each shard's items from its reply (``GET`` values grouped in rows)."""
         gets = len(options.get("get") or ()) if options else 0
         parts = []
         for reply in replies:
@@ -798,7 +910,7 @@ class ShardedCollection:
 
     def _fetch_all(self) -> List[Any]:
         """Return every result, in this collection's order (unsorted pks: numeric order when every pk is a number)."""
-        keys = self._direct_keys()
+        keys = self._read_keys()
         parts = self._read_directly(keys, None) if keys is not None else None
         if parts is None:
             parts = [list(collection) for collection in self._shards()]
@@ -818,7 +930,7 @@ class ShardedCollection:
         then cut. A window read from the end always has a count (``CollectionManager._optimize_slice``).
         """
         stop = None if count < 0 else start + count
-        keys = self._direct_keys() if stop != 0 else None
+        keys = self._read_keys() if stop != 0 else None
         parts = None
         if keys is not None:
             parts = self._read_directly(keys, (0, -1 if stop is None else stop, reverse))
@@ -867,8 +979,29 @@ class ShardedCollection:
                 if keys is not None:  # one count script per node
                     self._len = count_per_node(self.model.get_connection(), keys)
                 else:
-                    self._len = sum(len(collection) for collection in self._shards())
+                    counted = self._count_intersections()
+                    if counted is None:
+                        counted = sum(len(collection) for collection in self._shards())
+                    self._len = counted
         return self._len
+
+    def _count_intersections(self) -> Optional[int]:
+        """Return the sum of the shards' ``SINTERCARD`` of the keys they intersect, sent together
+        (one round trip per node), or None when the filters are not only equality filters or the
+        server knows no ``SINTERCARD`` (before Redis 7.0: the shards then count one by one)."""
+        keys = self._intersected_keys()
+        real = getattr(self.model.get_connection(), "_limpyd_real", self.model.get_connection())
+        if keys is None or getattr(real, "_limpyd_no_sintercard", False):
+            return None
+        replies = send_per_node(
+            self.model.get_connection(),
+            [(shard_keys[0], ("SINTERCARD", len(shard_keys), *shard_keys)) for shard_keys in keys],
+        )
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError) and "unknown command" in str(reply).lower():
+                real._limpyd_no_sintercard = True
+                return None
+        return sum(raise_first_error(replies))
 
     def __bool__(self) -> bool:
         return bool(len(self))

@@ -67,6 +67,7 @@ def models(database, namespace):
             "kind": "k%d" % (position % 3),
             "note": "n%d" % NOTES[position],
             "score": str(SCORES[position]),
+            "tags": ["t%d" % (position % 2), "all"],
         }
         sharded(**values)
         single(**values)
@@ -109,6 +110,19 @@ QUERIES = {
     "values_list sorted by pk": lambda Model: list(
         Model.collection(kind="k2").sort().values_list("label", "score")
     ),
+    # several equality filters: each shard intersects its sets into a temporary key, reads it and
+    # deletes it, every shard's commands sent together (len(): one SINTERCARD per shard)
+    "len, two filters": lambda Model: len(Model.collection(kind="k1", tags="t0")),
+    "len, three filters": lambda Model: len(Model.collection(kind="k1", tags="t0")(tags="all")),
+    "pks, two filters": lambda Model: sorted(Model.collection(kind="k2", tags="t1")),
+    "sorted, two filters": lambda Model: list(Model.collection(kind="k0", tags="all").sort(desc=True)),
+    "by field window, two filters": lambda Model: list(
+        Model.collection(kind="k1", tags="t1").sort(by="score")[1:4]
+    ),
+    "values, two filters": lambda Model: list(
+        Model.collection(kind="k2", tags="t0").sort(by="note", alpha=True).values("note", "score")
+    ),
+    "empty intersection": lambda Model: list(Model.collection(kind="k0", tags="nothing").sort()),
 }
 
 
@@ -126,15 +140,41 @@ def test_one_round_trip_per_node(database, models, monkeypatch, query):
     assert len(writes) <= _primaries(database)
 
 
-def test_several_filters_take_the_general_path(database, models, monkeypatch):
-    """Two filters need an intersection per shard: the shards are asked one after the other."""
+def test_an_in_filter_takes_the_general_path(database, models, monkeypatch):
+    """An ``__in`` filter unions sets into a temporary key first: the shards are asked one after the other."""
     sharded, single = models
-    score = single(single.collection(kind="k1").sort()[0]).score.hget()
     counter = WriteCounter(monkeypatch)
     with counter:
-        got = list(sharded.collection(kind="k1", score=score).sort())
-    assert got == list(single.collection(kind="k1", score=score).sort()) and got
+        got = list(sharded.collection(kind__in=["k1", "k2"], tags="t0").sort())
+    assert got == list(single.collection(kind__in=["k1", "k2"], tags="t0").sort()) and got
     assert sum(counter.per_server.values()) >= 16
+
+
+def test_intersections_leave_no_temporary_key(database, models):
+    """The per-node intersections delete their temporary keys in the same write (and an error too)."""
+    sharded, _ = models
+    assert list(sharded.collection(kind="k1", tags="t0").sort(by="score")[0:3])
+    assert len(sharded.collection(kind="k1", tags="t0"))
+    sharded.shard_model(3).get_field("tags").get_index().connection.set(
+        sharded.shard_model(3).get_field("tags").get_index().get_storage_key("t1"), "not a set"
+    )
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        list(sharded.collection(kind="k1", tags="t1").sort())
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        len(sharded.collection(kind="k1", tags="t1"))
+    connection = database.connection
+    leftovers = [key for key in _every_key(connection) if "__collection__" in key]
+    assert leftovers == []
+
+
+def _every_key(connection) -> list:
+    """Every key of the server, or of every primary of a cluster."""
+    if not hasattr(connection, "get_primaries"):
+        return list(connection.scan_iter(count=1000))
+    keys = []
+    for node in connection.get_primaries():
+        keys += list(connection.get_redis_connection(node).scan_iter(count=1000))
+    return keys
 
 
 def test_an_error_reply_is_raised(database, namespace):
