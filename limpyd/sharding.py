@@ -742,8 +742,8 @@ class ShardedCollection:
         or one equality filter), else None: those reads then go out together, one round trip per
         node (``limpyd._per_node``) instead of one per shard.
 
-        Not for ``nosort``, an expiring model (each shard first removes what is due), a
-        write-behind batch, a pipeline, or a client whose methods were replaced.
+        Not for an expiring model (each shard first removes what is due), a write-behind
+        batch, a pipeline, or a client whose methods were replaced.
         """
         if not self._per_node_possible():
             return None
@@ -764,7 +764,7 @@ class ShardedCollection:
 
     def _per_node_possible(self) -> bool:
         """Return whether the shards may be read together (``_direct_keys``, ``_intersected_keys``)."""
-        if self._order == "nosort" or self.model._limpyd_expiring:
+        if self.model._limpyd_expiring:
             return False
         return (
             per_node_allowed(self.model.get_connection())

@@ -122,6 +122,9 @@ QUERIES = {
     "values, two filters": lambda Model: list(
         Model.collection(kind="k2", tags="t0").sort(by="note", alpha=True).values("note", "score")
     ),
+    # nosort: each shard's SORT ... BY nosort, the shards' results one after the other
+    "nosort": lambda Model: sorted(Model.collection(kind="k1").sort(by="nosort")),
+    "nosort, two filters": lambda Model: sorted(Model.collection(kind="k1", tags="t1").sort(by="nosort")),
     "empty intersection": lambda Model: list(Model.collection(kind="k0", tags="nothing").sort()),
 }
 
