@@ -22,6 +22,7 @@ What is not supported yet raises :func:`unsupported` errors naming the feature a
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import operator
@@ -412,6 +413,9 @@ def _candidates(parts: List[List[Any]], score_of: Any, limit: int, descending: b
 #: the shards' keys of a shard 0 key (``ShardedCollection._direct_keys``), per model: shard 0's
 #: key names its layout (renaming the shards for a cluster renames it too), so it is kept as is
 _DIRECT_KEYS: Dict[Tuple[type, str], List[str]] = {}
+#: the due instances each shard's purge removes at most in a read of every shard (``_purge_together``)
+_PURGE_LIMIT = 1000
+
 #: the same for the keys each shard intersects (``ShardedCollection._intersected_keys``)
 _INTERSECTED_KEYS: Dict[Tuple[type, Tuple[str, ...]], List[Tuple[str, ...]]] = {}
 #: entries of :data:`_DIRECT_KEYS` (and of :data:`_INTERSECTED_KEYS`) at most (then forgotten, all at once)
@@ -742,8 +746,9 @@ class ShardedCollection:
         or one equality filter), else None: those reads then go out together, one round trip per
         node (``limpyd._per_node``) instead of one per shard.
 
-        Not for an expiring model (each shard first removes what is due), a write-behind
-        batch, a pipeline, or a client whose methods were replaced.
+        Not for a write-behind batch, a pipeline, or a client whose methods were replaced. An
+        expiring model's shards purge their due instances first, together
+        (``_purge_together``).
         """
         if not self._per_node_possible():
             return None
@@ -764,8 +769,6 @@ class ShardedCollection:
 
     def _per_node_possible(self) -> bool:
         """Return whether the shards may be read together (``_direct_keys``, ``_intersected_keys``)."""
-        if self.model._limpyd_expiring:
-            return False
         return (
             per_node_allowed(self.model.get_connection())
             and current_batch(self.model.database) is None
@@ -804,7 +807,38 @@ class ShardedCollection:
         """Return what each shard reads when the shards can be read together, else None: its key
         (``_direct_keys``) or the keys it intersects (``_intersected_keys``)."""
         keys: Optional[List[Any]] = self._direct_keys()
-        return keys if keys is not None else self._intersected_keys()
+        if keys is None:
+            keys = self._intersected_keys()
+        if keys is not None:
+            self._purge_together()
+        return keys
+
+    def _purge_together(self) -> None:
+        """Remove the due instances of every shard of an expiring model before a read of them
+        all: each shard's purge script (``purge_expired(1000)``), every shard's call sent together
+        (one round trip per node). A shard with more due (1000 purged), or whose script or
+        function the server lost, purges as it does alone (``_purge_due``)."""
+        model = self.model
+        if not model._limpyd_expiring:
+            return
+        connection = model.get_connection()
+        functions = _atomic.uses_functions(model.database, getattr(connection, "_limpyd_real", connection))
+        payload = _atomic._JSON.encode({"op": "purge", "limit": _PURGE_LIMIT})
+        commands = []
+        for shard in model._limpyd_shard_models:
+            script = _atomic.script_of(shard)
+            key = make_key(shard._name, "collection")
+            if functions:
+                commands.append((key, ("FCALL", script["function"], 1, key, payload)))
+            else:
+                sha = script.get("sha") or script.setdefault(
+                    "sha", hashlib.sha1(script["lua"].encode("utf-8")).hexdigest()
+                )
+                commands.append((key, ("EVALSHA", sha, 1, key, payload)))
+        replies = send_per_node(connection, commands)
+        for shard, reply in zip(model._limpyd_shard_models, replies):
+            if isinstance(reply, Exception) or not reply or reply[0] != "ok" or int(reply[1]) >= _PURGE_LIMIT:
+                shard._purge_due()  # loads the script or function again, raises its errors
 
     def _read_directly(
         self, keys: List[str], window: Optional[Tuple[int, int, bool]]
@@ -977,6 +1011,7 @@ class ShardedCollection:
             else:
                 keys = self._direct_keys()
                 if keys is not None:  # one count script per node
+                    self._purge_together()
                     self._len = count_per_node(self.model.get_connection(), keys)
                 else:
                     counted = self._count_intersections()
@@ -993,6 +1028,7 @@ class ShardedCollection:
         real = getattr(self.model.get_connection(), "_limpyd_real", self.model.get_connection())
         if keys is None or getattr(real, "_limpyd_no_sintercard", False):
             return None
+        self._purge_together()
         replies = send_per_node(
             self.model.get_connection(),
             [(shard_keys[0], ("SINTERCARD", len(shard_keys), *shard_keys)) for shard_keys in keys],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import random
+import time
 from typing import Any, Dict
 
 import pytest
@@ -526,3 +527,37 @@ def test_window_candidates_keep_every_tie_at_the_edge(descending):
         candidates = sharding._candidates(parts, sharding._row_score, limit, descending)
         assert len(candidates) <= len(everything)
         assert sharding._arrange(candidates, pk_of, value_of, False, descending)[:limit] == expected
+
+
+@pytest.mark.parametrize(
+    "query", ["len, one filter", "len, two filters", "sorted by pk", "by field window, two filters", "nosort"]
+)
+def test_expiring_models_purge_every_shard_together(database, namespace, monkeypatch, query):
+    """An expiring sharded model: each shard's purge script, all sent together, then the reads:
+    two round trips per node, the due instances hidden as on a 1-shard model."""
+    sharded = define_event(database, namespace + "xs", shards=16, expiring=True)
+    single = define_event(
+        database, namespace + "xu", shards=_OMIT, collection_manager=ExtendedCollectionManager, expiring=True
+    )
+    for Model in (sharded, single):
+        for position in range(40):
+            Model(
+                kind="k%d" % (position % 3),
+                note="n%d" % NOTES[position],
+                score=str(SCORES[position]),
+                tags=["t%d" % (position % 2), "all"],
+            )
+    QUERIES[query](sharded)  # the scripts' first use on a server loads them
+    deadline = time.time() + 0.1
+    for pk in range(1, 41, 3):
+        for Model in (sharded, single):
+            Model.lazy_connect(str(pk)).expire_at(deadline)
+    time.sleep(max(0.0, deadline + 0.02 - time.time()))
+    expected = QUERIES[query](single)
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        got = QUERIES[query](sharded)
+    assert got == expected
+    writes = counter.per_server
+    assert writes and max(writes.values()) == 2, dict(writes)
+    assert len(writes) <= _primaries(database)
