@@ -422,10 +422,15 @@ _INTERSECTED_KEYS: Dict[Tuple[type, Tuple[str, ...]], List[Tuple[str, ...]]] = {
 _MAX_DIRECT_KEYS = 4096
 
 
-def _equality_keys(collection: CollectionManager) -> Optional[Tuple[str, ...]]:
+def _equality_keys(collection: CollectionManager) -> Optional[Tuple[Any, ...]]:
     """Return the sets whose intersection is the result of ``collection`` when its filters are
-    at least two equality filters, each one set (what ``CollectionManager._direct_key`` accepts
-    for one filter), and nothing else; else None. Sends no command."""
+    equality filters of ``EqualIndex`` (at least two, or one ``__in``), and nothing else; else
+    None. Sends no command.
+
+    Each entry is a set key (``field=value``: what ``CollectionManager._direct_key`` reads for one
+    filter) or a tuple of set keys to unite first (``field__in=values``, as ``EqualIndex`` unites
+    them). None also for an empty ``__in`` (the core then answers without a command).
+    """
     lazy = collection._lazy_collection
     if (
         lazy["pks"]
@@ -436,20 +441,52 @@ def _equality_keys(collection: CollectionManager) -> Optional[Tuple[str, ...]]:
     ):
         return None
     sets = lazy["sets"]
-    if len(sets) < 2:
-        return None
-    keys = []
+    keys: List[Any] = []
     for item in sets:
         if not isinstance(item, ParsedFilter) or item.related_filters is not None:
             return None
         index = item.index
-        if (
-            type(index).get_filtered_keys is not EqualIndex.get_filtered_keys
-            or index.remove_prefix(item.suffix) == "in"
-        ):
+        if type(index).get_filtered_keys is not EqualIndex.get_filtered_keys:
             return None
-        keys.append(index.get_storage_key(*item.extra_field_parts, item.value, transform_value=False))
+        if index.remove_prefix(item.suffix) == "in":
+            values = set(item.value)
+            if not values:
+                return None
+            union = dict.fromkeys(
+                index.get_storage_key(*item.extra_field_parts, value, transform_value=False)
+                for value in values
+            )
+            keys.append(tuple(union))
+        else:
+            keys.append(index.get_storage_key(*item.extra_field_parts, item.value, transform_value=False))
+    if len(keys) < 2 and not (keys and isinstance(keys[0], tuple)):
+        return None  # no filter, or one equality filter: ``_direct_keys``
     return tuple(keys)
+
+
+def _shard_steps(
+    shard: Any, sets: Tuple[Any, ...]
+) -> Tuple[List[Tuple[str, Tuple[Any, ...]]], str, List[str]]:
+    """Return ``(commands, final key, temporary keys)`` making the intersection of ``sets`` (see
+    :func:`_equality_keys`, under ``shard``'s name) in a temporary key of the shard's slot: a
+    ``SUNIONSTORE`` per union, then a ``SINTERSTORE`` of everything (none for one union alone)."""
+    commands: List[Tuple[str, Tuple[Any, ...]]] = []
+    temporary: List[str] = []
+    inputs = []
+    for entry in sets:
+        if isinstance(entry, tuple):
+            union = make_key(shard._name, "__collection__", "tmp", uuid.uuid4().hex)
+            temporary.append(union)
+            commands.append((union, ("SUNIONSTORE", union, *entry)))
+            inputs.append(union)
+        else:
+            inputs.append(entry)
+    if len(inputs) == 1:
+        return commands, inputs[0], temporary
+    final = make_key(shard._name, "__collection__", "final", uuid.uuid4().hex)
+    temporary.append(final)
+    commands.append((final, ("SINTERSTORE", final, *inputs)))
+    return commands, final, temporary
 
 
 def _renamed(key: Any, prefix: str, name: str) -> Any:
@@ -775,13 +812,14 @@ class ShardedCollection:
             and not _atomic.in_pipeline(self.model)
         )
 
-    def _intersected_keys(self) -> Optional[List[Tuple[str, ...]]]:
-        """Return, for each shard, the keys whose intersection is its result when the filters are
-        several equality filters (each one set, as ``_direct_keys`` gives one), else None.
+    def _intersected_keys(self) -> Optional[List[Tuple[Any, ...]]]:
+        """Return, for each shard, the sets whose intersection is its result when the filters are
+        several equality filters or ``__in`` filters (:func:`_equality_keys`), else None.
 
-        Each shard then intersects them into a temporary key, reads it and deletes it, and those
-        commands of every shard go out together: one round trip per node (``_read_directly``);
-        ``len()`` sends one ``SINTERCARD`` per shard, all together.
+        Each shard then makes the intersection in a temporary key (:func:`_shard_steps`), reads it
+        and deletes its temporary keys, and those commands of every shard go out together: one
+        round trip per node (``_read_directly``); ``len()`` of equality filters sends one
+        ``SINTERCARD`` per shard, all together.
         """
         if not self._per_node_possible():
             return None
@@ -792,10 +830,16 @@ class ShardedCollection:
         if cached is not None:
             return cached
         prefix = shard_model(self.model, 0)._name
-        if not all(key.startswith(prefix + ":") for key in keys):
+        every_key = [key for entry in keys for key in (entry if isinstance(entry, tuple) else (entry,))]
+        if not all(key.startswith(prefix + ":") for key in every_key):
             return None
         per_shard = [
-            tuple(_renamed(key, prefix, shard._name) for key in keys)
+            tuple(
+                tuple(_renamed(key, prefix, shard._name) for key in entry)
+                if isinstance(entry, tuple)
+                else _renamed(entry, prefix, shard._name)
+                for entry in keys
+            )
             for shard in self.model._limpyd_shard_models
         ]
         if len(_INTERSECTED_KEYS) >= _MAX_DIRECT_KEYS:
@@ -882,22 +926,24 @@ class ShardedCollection:
         self, connection: Any, keys: List[Tuple[str, ...]], options: Optional[Dict[str, Any]]
     ) -> Optional[List[Any]]:
         """Return each shard's replies to the read of the intersection of its ``keys``: per shard
-        ``SINTERSTORE <tmp> <keys>``, the read of ``<tmp>``, ``DEL <tmp>`` (its slot: the shard's),
-        every shard's commands sent together; None when a node lost the ``SORT`` script (the
-        shard after shard path then loads it again)."""
+        the steps of :func:`_shard_steps` (``SUNIONSTORE``, ``SINTERSTORE`` into temporary keys of
+        its slot), the read of the final key, ``DEL`` of the temporary keys, every shard's commands
+        sent together; None when a node lost the ``SORT`` script (the shard after shard path then
+        loads it again)."""
         commands: List[Tuple[str, Tuple[Any, ...]]] = []
         reads = []
         with temporary_keys(self.model.database):  # deleted again if a round trip is lost
-            for shard_keys, shard in zip(keys, self.model._limpyd_shard_models):
-                tmp = make_key(shard._name, "__collection__", "final", uuid.uuid4().hex)
-                read = self._read_command(connection, tmp, options, shard)
+            for shard_sets, shard in zip(keys, self.model._limpyd_shard_models):
+                steps, final, temporary = _shard_steps(shard, shard_sets)
+                read = self._read_command(connection, final, options, shard)
                 if read is None:
                     return None
-                register_temporary_key(tmp)
-                commands.append((tmp, ("SINTERSTORE", tmp, *shard_keys)))
+                for key in temporary:
+                    register_temporary_key(key)
+                commands += steps
                 reads.append(len(commands))
                 commands.append(read)
-                commands.append((tmp, ("DEL", tmp)))
+                commands.append((final, ("DEL", *temporary)))
             replies = send_per_node(connection, commands)
         raise_first_error(
             [reply for reply in replies if not isinstance(reply, redis.exceptions.NoScriptError)]
@@ -1025,12 +1071,31 @@ class ShardedCollection:
         (one round trip per node), or None when the filters are not only equality filters or the
         server knows no ``SINTERCARD`` (before Redis 7.0: the shards then count one by one)."""
         keys = self._intersected_keys()
-        real = getattr(self.model.get_connection(), "_limpyd_real", self.model.get_connection())
-        if keys is None or getattr(real, "_limpyd_no_sintercard", False):
+        connection = self.model.get_connection()
+        real = getattr(connection, "_limpyd_real", connection)
+        if keys is None:
+            return None
+        unions = any(isinstance(entry, tuple) for entry in keys[0])
+        if not unions and getattr(real, "_limpyd_no_sintercard", False):
             return None
         self._purge_together()
+        if unions:  # the unions stored, then SCARD of the intersection, then DEL, per shard
+            commands: List[Tuple[str, Tuple[Any, ...]]] = []
+            counts = []
+            with temporary_keys(self.model.database):
+                for shard_sets, shard in zip(keys, self.model._limpyd_shard_models):
+                    steps, final, temporary = _shard_steps(shard, shard_sets)
+                    for key in temporary:
+                        register_temporary_key(key)
+                    commands += steps
+                    counts.append(len(commands))
+                    commands.append((final, ("SCARD", final)))
+                    commands.append((final, ("DEL", *temporary)))
+                replies = send_per_node(connection, commands)
+            raise_first_error(replies)
+            return sum(replies[position] for position in counts)
         replies = send_per_node(
-            self.model.get_connection(),
+            connection,
             [(shard_keys[0], ("SINTERCARD", len(shard_keys), *shard_keys)) for shard_keys in keys],
         )
         for reply in replies:

@@ -123,6 +123,16 @@ QUERIES = {
     "values, two filters": lambda Model: list(
         Model.collection(kind="k2", tags="t0").sort(by="note", alpha=True).values("note", "score")
     ),
+    # __in filters: each shard unites the sets (SUNIONSTORE) before the intersection
+    "len, in filter": lambda Model: len(Model.collection(kind__in=["k1", "k2"])),
+    "len, in and equality": lambda Model: len(Model.collection(kind__in=["k0", "k2", "none"], tags="t1")),
+    "in filter, sorted": lambda Model: list(Model.collection(tags__in=["t0"]).sort(desc=True)),
+    "two in filters, window by field": lambda Model: list(
+        Model.collection(kind__in=["k0", "k1"], tags__in=["t0", "t1"]).sort(by="-score")[2:9]
+    ),
+    "in filter, values": lambda Model: sorted(
+        Model.collection(kind__in=["k2", "k0"]).values_list("pk", "note")
+    ),
     # nosort: each shard's SORT ... BY nosort, the shards' results one after the other
     "nosort": lambda Model: sorted(Model.collection(kind="k1").sort(by="nosort")),
     "nosort, two filters": lambda Model: sorted(Model.collection(kind="k1", tags="t1").sort(by="nosort")),
@@ -144,14 +154,21 @@ def test_one_round_trip_per_node(database, models, monkeypatch, query):
     assert len(writes) <= _primaries(database)
 
 
-def test_an_in_filter_takes_the_general_path(database, models, monkeypatch):
-    """An ``__in`` filter unions sets into a temporary key first: the shards are asked one after the other."""
+def test_a_range_filter_takes_the_general_path(database, models, monkeypatch):
+    """A range filter fills a temporary key from a sorted set first: the shards are asked one after the other."""
     sharded, single = models
     counter = WriteCounter(monkeypatch)
     with counter:
-        got = list(sharded.collection(kind__in=["k1", "k2"], tags="t0").sort())
-    assert got == list(single.collection(kind__in=["k1", "k2"], tags="t0").sort()) and got
+        got = list(sharded.collection(kind="k1", score__gte=0).sort())
+    assert got == list(single.collection(kind="k1", score__gte=0).sort()) and got
     assert sum(counter.per_server.values()) >= 16
+
+
+def test_an_empty_in_filter_matches_nothing(database, models):
+    sharded, single = models
+    for build in (lambda M: M.collection(kind__in=[]), lambda M: M.collection(kind__in=[], tags="t0")):
+        assert list(build(sharded)) == list(build(single)) == []
+        assert len(build(sharded)) == len(build(single)) == 0
 
 
 def test_intersections_leave_no_temporary_key(database, models):
@@ -159,6 +176,8 @@ def test_intersections_leave_no_temporary_key(database, models):
     sharded, _ = models
     assert list(sharded.collection(kind="k1", tags="t0").sort(by="score")[0:3])
     assert len(sharded.collection(kind="k1", tags="t0"))
+    assert list(sharded.collection(kind__in=["k1", "k0"], tags="t0").sort(by="score")[0:3])
+    assert len(sharded.collection(kind__in=["k1", "k0"], tags__in=["t0"]))
     sharded.shard_model(3).get_field("tags").get_index().connection.set(
         sharded.shard_model(3).get_field("tags").get_index().get_storage_key("t1"), "not a set"
     )
@@ -166,6 +185,10 @@ def test_intersections_leave_no_temporary_key(database, models):
         list(sharded.collection(kind="k1", tags="t1").sort())
     with pytest.raises(Exception, match="WRONGTYPE"):
         len(sharded.collection(kind="k1", tags="t1"))
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        len(sharded.collection(kind="k1", tags__in=["t1", "t0"]))
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        list(sharded.collection(tags__in=["t1", "t0"]))
     connection = database.connection
     leftovers = [key for key in _every_key(connection) if "__collection__" in key]
     assert leftovers == []
