@@ -56,7 +56,7 @@ from limpyd.collection import (
 )
 from limpyd.exceptions import ImplementationError
 from limpyd.fields import RedisField, SingleValueField
-from limpyd.indexes import EqualIndex
+from limpyd.indexes import BaseRangeIndex, EqualIndex, NumberRangeIndex, TextRangeIndex
 from limpyd.utils import make_key
 
 __all__ = ["MAX_SHARDS", "ShardedCollection", "shard_index"]
@@ -446,6 +446,12 @@ def _equality_keys(collection: CollectionManager) -> Optional[Tuple[Any, ...]]:
         if not isinstance(item, ParsedFilter) or item.related_filters is not None:
             return None
         index = item.index
+        if isinstance(index, BaseRangeIndex):
+            ranged = _range_filter(item)
+            if ranged is None:
+                return None
+            keys.append(ranged)
+            continue
         if type(index).get_filtered_keys is not EqualIndex.get_filtered_keys:
             return None
         if index.remove_prefix(item.suffix) == "in":
@@ -459,9 +465,67 @@ def _equality_keys(collection: CollectionManager) -> Optional[Tuple[Any, ...]]:
             keys.append(tuple(union))
         else:
             keys.append(index.get_storage_key(*item.extra_field_parts, item.value, transform_value=False))
-    if len(keys) < 2 and not (keys and isinstance(keys[0], tuple)):
+    if len(keys) < 2 and not (keys and isinstance(keys[0], (tuple, _RangeFilter))):
         return None  # no filter, or one equality filter: ``_direct_keys``
     return tuple(keys)
+
+
+class _RangeFilter:
+    """A range filter of shard 0 (``TextRangeIndex``/``NumberRangeIndex``): the index's Lua
+    filter script, run on its sorted set ``key`` with ``arguments``, stores the matching pks
+    into a temporary set, as ``BaseRangeIndex._filter_into`` does."""
+
+    __slots__ = ("key", "lua", "sha", "arguments")
+
+    def __init__(self, key: str, lua: str, arguments: Tuple[Any, ...]) -> None:
+        self.key, self.lua, self.arguments = key, lua, arguments
+        self.sha = hashlib.sha1(lua.encode("utf-8")).hexdigest()
+
+    def renamed(self, prefix: str, name: str) -> "_RangeFilter":
+        return _RangeFilter(_renamed(self.key, prefix, name), self.lua, self.arguments)
+
+    def _identity(self) -> Tuple[Any, ...]:
+        return (self.key, self.sha, self.arguments)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _RangeFilter) and self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
+
+def _range_filter(item: Any) -> Optional[_RangeFilter]:
+    """Return the :class:`_RangeFilter` of the range filter ``item`` (not ``__in``), or None for a
+    subclass of the user's or an ``__in`` (the general path runs it)."""
+    index = item.index
+    klass = type(index)
+    if klass not in (TextRangeIndex, NumberRangeIndex):
+        return None
+    filter_type = index.remove_prefix(item.suffix)
+    if filter_type == "in":
+        return None
+    value = index.normalize_value(item.value, transform=False)
+    start, end, exclude = index.get_boundaries(filter_type, value)
+    if exclude is None:
+        exclusion: Any = ""
+    elif isinstance(exclude, bytes):
+        exclusion = b"=" + exclude
+    else:
+        exclusion = "=" + str(exclude)
+    arguments: Tuple[Any, ...] = ("set", start, end, exclusion)
+    if klass is TextRangeIndex:
+        arguments += (index.separator,)
+    key = index.get_storage_key(*item.extra_field_parts, item.value)
+    return _RangeFilter(key, klass.lua_filter_script["lua"], arguments)
+
+
+def _shard_entry(entry: Any, prefix: str, name: str) -> Any:
+    """Return an entry of :func:`_equality_keys` (shard 0, named ``prefix``) for the shard ``name``."""
+    if isinstance(entry, _RangeFilter):
+        return entry.renamed(prefix, name)
+    if isinstance(entry, tuple):
+        return tuple(_renamed(key, prefix, name) for key in entry)
+    return _renamed(entry, prefix, name)
 
 
 def _shard_steps(
@@ -474,7 +538,12 @@ def _shard_steps(
     temporary: List[str] = []
     inputs = []
     for entry in sets:
-        if isinstance(entry, tuple):
+        if isinstance(entry, _RangeFilter):
+            ranged = make_key(shard._name, "__collection__", "tmp", uuid.uuid4().hex)
+            temporary.append(ranged)
+            commands.append((ranged, ("EVALSHA", entry.sha, 2, entry.key, ranged, *entry.arguments)))
+            inputs.append(ranged)
+        elif isinstance(entry, tuple):
             union = make_key(shard._name, "__collection__", "tmp", uuid.uuid4().hex)
             temporary.append(union)
             commands.append((union, ("SUNIONSTORE", union, *entry)))
@@ -830,16 +899,15 @@ class ShardedCollection:
         if cached is not None:
             return cached
         prefix = shard_model(self.model, 0)._name
-        every_key = [key for entry in keys for key in (entry if isinstance(entry, tuple) else (entry,))]
+        every_key = [
+            key
+            for entry in keys
+            for key in (entry if isinstance(entry, tuple) else (getattr(entry, "key", entry),))
+        ]
         if not all(key.startswith(prefix + ":") for key in every_key):
             return None
         per_shard = [
-            tuple(
-                tuple(_renamed(key, prefix, shard._name) for key in entry)
-                if isinstance(entry, tuple)
-                else _renamed(entry, prefix, shard._name)
-                for entry in keys
-            )
+            tuple(_shard_entry(entry, prefix, shard._name) for entry in keys)
             for shard in self.model._limpyd_shard_models
         ]
         if len(_INTERSECTED_KEYS) >= _MAX_DIRECT_KEYS:
@@ -945,13 +1013,10 @@ class ShardedCollection:
                 commands.append(read)
                 commands.append((final, ("DEL", *temporary)))
             replies = send_per_node(connection, commands)
-        raise_first_error(
-            [reply for reply in replies if not isinstance(reply, redis.exceptions.NoScriptError)]
-        )
-        shard_replies = [replies[position] for position in reads]
-        if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in shard_replies):
-            return None
-        return shard_replies
+        if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+            return None  # a filter or SORT script not loaded: the rest ran without it, in vain
+        raise_first_error(replies)
+        return [replies[position] for position in reads]
 
     def _parts(
         self, replies: List[Any], options: Optional[Dict[str, Any]], window: Optional[Tuple[int, int, bool]]
@@ -1075,7 +1140,7 @@ class ShardedCollection:
         real = getattr(connection, "_limpyd_real", connection)
         if keys is None:
             return None
-        unions = any(isinstance(entry, tuple) for entry in keys[0])
+        unions = any(not isinstance(entry, str) for entry in keys[0])  # unions, ranges: stored first
         if not unions and getattr(real, "_limpyd_no_sintercard", False):
             return None
         self._purge_together()
@@ -1092,6 +1157,8 @@ class ShardedCollection:
                     commands.append((final, ("SCARD", final)))
                     commands.append((final, ("DEL", *temporary)))
                 replies = send_per_node(connection, commands)
+            if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+                return None  # a range filter's script not loaded: the shards count one by one
             raise_first_error(replies)
             return sum(replies[position] for position in counts)
         replies = send_per_node(

@@ -69,6 +69,7 @@ def models(database, namespace):
             "note": "n%d" % NOTES[position],
             "score": str(SCORES[position]),
             "tags": ["t%d" % (position % 2), "all"],
+            "label": "l%02d" % (position % 7),
         }
         sharded(**values)
         single(**values)
@@ -133,6 +134,17 @@ QUERIES = {
     "in filter, values": lambda Model: sorted(
         Model.collection(kind__in=["k2", "k0"]).values_list("pk", "note")
     ),
+    # range filters: each shard runs the index's filter script into a temporary set first
+    "range filter": lambda Model: sorted(Model.collection(score__gte=0)),
+    "len, range filter": lambda Model: len(Model.collection(score__gt=-100, score__lte=200)),
+    "range and equality, window by field": lambda Model: list(
+        Model.collection(kind="k1", score__lt=100).sort(by="score")[0:5]
+    ),
+    "text range": lambda Model: list(Model.collection(label__gte="l03", tags="t1").sort()),
+    "text startswith, len": lambda Model: len(
+        Model.collection(label__startswith="l0", kind__in=["k0", "k2"])
+    ),
+    "text eq and range": lambda Model: list(Model.collection(label="l02", score__lte=0).sort(desc=True)),
     # nosort: each shard's SORT ... BY nosort, the shards' results one after the other
     "nosort": lambda Model: sorted(Model.collection(kind="k1").sort(by="nosort")),
     "nosort, two filters": lambda Model: sorted(Model.collection(kind="k1", tags="t1").sort(by="nosort")),
@@ -154,14 +166,30 @@ def test_one_round_trip_per_node(database, models, monkeypatch, query):
     assert len(writes) <= _primaries(database)
 
 
-def test_a_range_filter_takes_the_general_path(database, models, monkeypatch):
-    """A range filter fills a temporary key from a sorted set first: the shards are asked one after the other."""
+def test_a_range_in_filter_takes_the_general_path(database, models, monkeypatch):
+    """An ``__in`` of a range index fills a temporary key per value first: the shards are asked
+    one after the other."""
     sharded, single = models
     counter = WriteCounter(monkeypatch)
     with counter:
-        got = list(sharded.collection(kind="k1", score__gte=0).sort())
-    assert got == list(single.collection(kind="k1", score__gte=0).sort()) and got
+        got = list(sharded.collection(kind="k1", label__in=["l01", "l03"]).sort())
+    assert got == list(single.collection(kind="k1", label__in=["l01", "l03"]).sort()) and got
     assert sum(counter.per_server.values()) >= 16
+
+
+def test_a_lost_filter_script_is_loaded_again(database, models):
+    """A server that lost the range filter script (``SCRIPT FLUSH``): the shards' replies are
+    dropped (NOSCRIPT), the shards asked one after the other, which loads it again."""
+    sharded, single = models
+    expected = (len(single.collection(score__gte=0, kind="k2")), sorted(single.collection(score__lt=0)))
+    connection = database.connection
+    for node in connection.get_primaries() if database.is_cluster else [None]:
+        (connection.get_redis_connection(node) if node is not None else connection).script_flush()
+    assert (
+        len(sharded.collection(score__gte=0, kind="k2")),
+        sorted(sharded.collection(score__lt=0)),
+    ) == expected
+    assert expected[0] and expected[1]
 
 
 def test_an_empty_in_filter_matches_nothing(database, models):
