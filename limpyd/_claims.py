@@ -14,8 +14,11 @@ that pk does not hold the value in its shard (a client died between the claim an
 after a write replacing the value and before releasing the old claim): checked in the pk's shard,
 then swapped by a compare-and-set script in the claim's slot.
 
-Only unique single-value fields (``StringField``, ``InstanceHashField``) are claimed; the pk is
-not (its shard is chosen by it). Unsharded models never come here.
+The values of unique single-value fields (``StringField``, ``InstanceHashField``) and the members
+of unique ``SetField``, ``ListField`` and ``SortedSetField`` are claimed; the pk is not (its shard
+is chosen by it). A member is claimed before a write adding it (``sadd``, ``lpush``, ``zadd``...)
+and released after a write removing it (``srem``, ``lpop``, ``ltrim``...: the members are read
+before and after, a member gone is released). Unsharded models never come here.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from limpyd import _atomic, sharding
 from limpyd._cluster import cluster_model_name, plain_model_name
 from limpyd._recovery import is_unknown_outcome
 from limpyd.exceptions import ImplementationError, UniquenessError
-from limpyd.fields import SingleValueField
+from limpyd.fields import ListField, SetField, SingleValueField, SortedSetField
 from limpyd.utils import make_key, normalize
 
 __all__ = ["LEASE_MS", "claim_keys", "claimed_fields", "holds"]
@@ -78,13 +81,78 @@ _SETTERS_IF_EMPTY = {"setnx", "hsetnx"}
 _DELETERS = {"delete", "hdel"}
 
 
+#: the multi-value fields whose members are claimed
+_MULTI_FIELDS = (SetField, ListField, SortedSetField)
+
+#: the writes of a unique multi-value field adding members: where the members are
+#: (``args``: every positional argument; an int: that argument, or the keyword ``value``)
+_MULTI_ADDERS: Dict[str, Any] = {
+    "sadd": "args",
+    "lpush": "args",
+    "rpush": "args",
+    "lpushx": "args",
+    "rpushx": "args",
+    "linsert": 2,
+    "lset": 1,
+    "zincrby": 1,
+    "zadd": "mapping",
+}
+#: adders that may add nothing (a missing list, a missing pivot): their claims are checked after
+_MULTI_CONDITIONAL = {"lpushx", "rpushx", "linsert"}
+#: the writes of a unique multi-value field that may remove members (read before and after)
+_MULTI_REMOVERS = {
+    "delete",
+    "srem",
+    "spop",
+    "lpop",
+    "rpop",
+    "lrem",
+    "lset",
+    "ltrim",
+    "zrem",
+    "zremrangebyrank",
+    "zremrangebyscore",
+    "zremrangebylex",
+    "zpopmin",
+    "zpopmax",
+}
+
+
 def claimed_fields(model: Any) -> Tuple[str, ...]:
     """Return the names of the fields of ``model`` (a sharded model or shard class) whose values are claimed."""
     return tuple(
         name
         for name in model._fields[1:]
-        if model.get_class_field(name).unique and isinstance(model.get_class_field(name), SingleValueField)
+        if model.get_class_field(name).unique
+        and isinstance(model.get_class_field(name), (SingleValueField,) + _MULTI_FIELDS)
     )
+
+
+def is_multi(model: Any, name: str) -> bool:
+    """Return whether the claimed field ``name`` of ``model`` holds several values (members)."""
+    return isinstance(model.get_class_field(name), _MULTI_FIELDS)
+
+
+def read_command(instance: Any, name: str) -> Tuple[Any, ...]:
+    """Return the command reading the values of the field ``name`` of ``instance`` (a reply: one
+    value, or a list of members)."""
+    field = instance.get_field(name)
+    if isinstance(field, SetField):
+        return ("SMEMBERS", field.key)
+    if isinstance(field, ListField):
+        return ("LRANGE", field.key, 0, -1)
+    if isinstance(field, SortedSetField):
+        return ("ZRANGE", field.key, 0, -1)
+    if field.proxy_getter == "hget":
+        return ("HGET", instance.key, name)
+    return ("GET", field.key)
+
+
+def members(model: Any, pk: str, name: str) -> List[str]:
+    """Return the members of the multi-value field ``name`` of the instance ``pk`` (1 command, in its shard)."""
+    instance = sharding.model_of(sharding.sharded_model(model), pk).lazy_connect(pk)
+    reply = model.database.connection.execute_command(*read_command(instance, name))
+    return [normalize(member) for member in reply or ()]
 
 
 def text_of(value: Any) -> str:
@@ -121,8 +189,18 @@ def _stored(model: Any, pk: str, name: str) -> Optional[str]:
 
 
 def holds(model: Any, pk: str, name: str, value: Any) -> bool:
-    """Return whether the instance ``pk`` holds ``value`` in its field ``name`` (read in its shard)."""
-    return _stored(model, pk, name) == text_of(value)
+    """Return whether the instance ``pk`` holds ``value`` in its field ``name`` (read in its shard):
+    its value, or one of its members (``SISMEMBER``, ``LPOS``, ``ZSCORE``)."""
+    if not is_multi(model, name):
+        return _stored(model, pk, name) == text_of(value)
+    instance = sharding.model_of(sharding.sharded_model(model), pk).lazy_connect(pk)
+    field = instance.get_field(name)
+    connection = model.database.connection
+    if isinstance(field, SetField):
+        return bool(connection.sismember(field.key, text_of(value)))
+    if isinstance(field, ListField):
+        return connection.execute_command("LPOS", field.key, text_of(value)) is not None
+    return connection.zscore(field.key, text_of(value)) is not None
 
 
 def _refusal(model: Any, name: str, value: Any, holder: str) -> UniquenessError:
@@ -184,10 +262,17 @@ def _suspended(instance: Any) -> Iterator[None]:
 
 
 def _current(instance: Any, names: List[str]) -> Dict[str, Optional[str]]:
-    """Return the stored values of the fields ``names`` of the existing ``instance`` (1 command each)."""
+    """Return the stored values of the single-value fields ``names`` of the existing ``instance`` (1 command each)."""
     if not instance._pk:
         return {name: None for name in names}
     return {name: _stored(type(instance), instance._pk, name) for name in names}
+
+
+def _current_members(instance: Any, names: List[str]) -> Dict[str, List[str]]:
+    """Return the members of the multi-value fields ``names`` of the existing ``instance`` (1 command each)."""
+    if not instance._pk:
+        return {name: [] for name in names}
+    return {name: members(type(instance), instance._pk, name) for name in names}
 
 
 def write(
@@ -197,6 +282,7 @@ def write(
     call: Callable[[], Any],
     old: Optional[Dict[str, Optional[str]]] = None,
     written: Callable[[Any], bool] = lambda result: True,
+    members_added: Optional[List[Tuple[str, str]]] = None,
 ) -> Any:
     """Run ``call``, the write of ``values`` (claimed field -> new value) for the instance ``pk``.
 
@@ -204,6 +290,7 @@ def write(
     in the shard, then releases the claims of the replaced values (``old``, read before). A write
     refused or failed (or not done: ``written(result)`` false) releases the claims it took; after
     a lost connection (the write may have happened) they are kept, naming this pk, harmless.
+    ``members_added``: ``(field, member)`` of multi-value fields claimed too (a creation's).
     """
     model = type(instance)
     _check_no_pipeline(model)
@@ -216,6 +303,8 @@ def write(
             if old.get(name) is not None and old[name] == text_of(value):
                 continue  # the instance holds it already
             taken.append((name, value, _take(model, pk, name, value)))
+        for name, member in members_added or ():
+            taken.append((name, member, _take(model, pk, name, member)))
         result = call()
     except BaseException as error:
         keep = is_unknown_outcome(error)
@@ -238,11 +327,67 @@ def release_after(instance: Any, names: List[str], call: Callable[[], Any]) -> A
     model = type(instance)
     _check_no_pipeline(model)
     pk = instance._pk
-    old = _current(instance, names)
+    multi = [name for name in names if is_multi(model, name)]
+    old = _current(instance, [name for name in names if name not in multi])
+    old_members = _current_members(instance, multi)
     result = call()
     for name, value in old.items():
         if value is not None:
             _release(model, pk, name, value)
+    for name, values in old_members.items():
+        for value in dict.fromkeys(values):
+            _release(model, pk, name, value)
+    return result
+
+
+def _added_members(field: Any, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> List[Any]:
+    """Return the members the write ``name`` of the multi-value ``field`` adds (see :data:`_MULTI_ADDERS`)."""
+    where = _MULTI_ADDERS.get(name)
+    if where is None:
+        return []
+    if where == "args":
+        return list(args)
+    if where == "mapping":  # zadd: a mapping or member=score keywords, checked as the write checks it
+        return list((field.coerce_zadd_args(*args, **kwargs)[1].get("mapping") or {}).keys())
+    if len(args) > where:
+        return [args[where]]
+    return [kwargs["value"]] if "value" in kwargs else []
+
+
+def multi_command(
+    field: Any, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any], call: Callable[[], Any]
+) -> Any:
+    """Run the modifier ``name`` of the claimed multi-value ``field`` (``call`` runs it).
+
+    The members it adds are claimed first (``UniquenessError`` when another pk holds one; the
+    claims taken are released if the write is refused or fails); the members of a write that may
+    remove some are read before and after it, and those gone are released. A write that may add
+    nothing (``lpushx``, ``linsert``) has its new claims checked after it.
+    """
+    instance = field._instance
+    model = type(instance)
+    _check_no_pipeline(model)
+    pk = instance.pk.get()
+    added = list(dict.fromkeys(text_of(member) for member in _added_members(field, name, args, kwargs)))
+    before = set(members(model, pk, field.name)) if name in _MULTI_REMOVERS else None
+    taken: List[Tuple[str, bool]] = []
+    try:
+        for member in added:
+            taken.append((member, _take(model, pk, field.name, member)))
+        result = call()
+    except BaseException as error:
+        keep = is_unknown_outcome(error)
+        for member, new in taken:
+            with contextlib.suppress(Exception):
+                _release(model, pk, field.name, member, claim_too=new and not keep)
+        raise
+    for member, new in taken:
+        unused = new and name in _MULTI_CONDITIONAL and not holds(model, pk, field.name, member)
+        _release(model, pk, field.name, member, claim_too=unused)
+    if before is not None:
+        after = set(members(model, pk, field.name))
+        for member in sorted(before - after):
+            _release(model, pk, field.name, member)
     return result
 
 
@@ -256,6 +401,8 @@ def field_command(
     instance = field._instance
     if _off(instance):
         return call()
+    if isinstance(field, _MULTI_FIELDS):
+        return multi_command(field, name, args, kwargs, call)
     value = args[0] if args else kwargs.get("value")
     if name in _SETTERS:
         return write(instance, instance.pk.get(), {field.name: value}, call)
@@ -290,8 +437,19 @@ def hash_command(
 def create(instance: Any, kwargs: Dict[str, Any], call: Callable[[], Any]) -> Any:
     """Run the creation ``call`` of ``instance`` from ``kwargs`` with the claims of its unique values."""
     model = type(instance)
-    values = {name: kwargs[name] for name in model._limpyd_claims if kwargs.get(name) is not None}
-    if not values or _off(instance):  # nothing claimed, or a move keeping the pk's claims
+    values = {
+        name: kwargs[name]
+        for name in model._limpyd_claims
+        if kwargs.get(name) is not None and not is_multi(model, name)
+    }
+    added = [
+        (name, text_of(member))
+        for name in model._limpyd_claims
+        if is_multi(model, name) and isinstance(kwargs.get(name), (list, tuple, set, frozenset, dict))
+        for member in kwargs[name]  # a dict (sorted set): its members
+    ]
+    added = list(dict.fromkeys(added))
+    if not (values or added) or _off(instance):  # nothing claimed, or a move keeping the pk's claims
         return call()
     pk_field = model.get_class_field("pk")
     if pk_field._auto_increment:
@@ -306,7 +464,7 @@ def create(instance: Any, kwargs: Dict[str, Any], call: Callable[[], Any]) -> An
         with _suspended(instance):
             return call()
 
-    return write(instance, pk, values, created, old={})
+    return write(instance, pk, values, created, old={}, members_added=added)
 
 
 def delete(instance: Any, call: Callable[[], Any]) -> Any:

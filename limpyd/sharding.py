@@ -158,12 +158,12 @@ def _check_supported(cls: Any) -> None:
     """Refuse, at class definition, what a sharded model cannot have yet."""
     # related fields to and from a sharded model, and a sharded RelatedModel (its extended
     # manager, see below), are supported: limpyd._sharded_related
-    for name in cls._fields:
-        field = cls.get_class_field(name)
-        if field.unique and name != cls._fields[0] and not isinstance(field, SingleValueField):
-            raise unsupported(
-                cls, "the unique multi-value field %s (claims are made for single values)" % name
-            )
+    from limpyd._claims import claimed_fields
+
+    claimed = claimed_fields(cls)
+    for name in cls._fields[1:]:
+        if cls.get_class_field(name).unique and name not in claimed:
+            raise unsupported(cls, "the unique field %s (its values cannot be claimed)" % name)
     for index in cls._multi_fields_index_for_filtering:
         if getattr(index, "unique", False):
             raise unsupported(cls, "the unique multi-field index %s" % type(index).__name__)

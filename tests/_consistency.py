@@ -518,7 +518,11 @@ def _check_claims(
                 stored = (snapshot.contents.get(_join(shard._name, pk, "hash")) or {}).get(name)
             else:
                 stored = snapshot.contents.get(_join(shard._name, pk, name))
-            if _text(stored) != value:
+            if isinstance(stored, (set, list, dict)):  # a member of a multi-value field (zset: dict)
+                held = value in stored
+            else:
+                held = _text(stored) == value
+            if not held:
                 problems.append("%s: %s (%r holds %r)" % (KIND_CLAIM, key, pk, stored))
     return seen
 

@@ -591,3 +591,25 @@ def test_command_help():
     done = subprocess.run([SCRIPT, "reshard", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert all(option in done.stdout for option in ("--shards", "--from", "--batch-size", "MODEL"))
+
+
+MEMBERS = {"emails": fields.SetField(unique=True), "badges": fields.SortedSetField(unique=True)}
+
+
+def test_reshard_moves_the_claims_of_unique_members(database, namespace):
+    """The members of unique multi-value fields are claimed under the new count after a reshard."""
+    Model = declare(database, namespace, 4, **MEMBERS)
+    pks = [Model(kind="a", emails=["e%d" % n, "f%d" % n], badges={"b%d" % n: n}).pk.get() for n in range(12)]
+    for source, target in ((4, 7), (7, 1), (1, 3)):
+        result = resharding.reshard(Model, target, batch_size=5)
+        assert result["from"] == source and result["claims"] == (0 if target == 1 else 3 * len(pks))
+        Model = declare(database, namespace, target, **MEMBERS)
+        assert len(claim_keys_of(database, Model)) == (0 if target == 1 else 3 * len(pks))
+        if target > 1:
+            assert Model.audit().clean, Model.audit().findings
+        with pytest.raises(UniquenessError):
+            Model(kind="b", emails=["x", "f3"])
+        with pytest.raises(UniquenessError):
+            Model(pks[5]).badges.zadd({"b9": 1})
+        assert sorted(Model.collection(), key=int) == pks
+        assert problems_of(database, every_model(Model)) == []

@@ -782,14 +782,13 @@ def _assert_unsupported(excinfo, feature, model_name="Event"):
 @pytest.mark.parametrize(
     "extra, feature",
     [
-        ({"code": fields.SetField(unique=True)}, "unique multi-value field code"),
-        ({"code": fields.ListField(unique=True)}, "unique multi-value field code"),
+        # unique SetField, ListField, SortedSetField: claimed, tests/test_sharding_unique_members.py
         (  # ExtendedCollectionManager is supported: tests/test_sharding_extended.py
             {"collection_manager": type("OtherManager", (CollectionManager,), {})},
             "the collection manager OtherManager",
         ),
     ],
-    ids=["unique-set", "unique-list", "other-manager"],
+    ids=["other-manager"],
 )
 def test_unsupported_definitions(database, namespace, extra, feature):
     with pytest.raises(ImplementationError) as excinfo:

@@ -78,15 +78,13 @@ def held_values(
             for pk in chunk:
                 instance = shard.lazy_connect(pk)
                 for name in names:
-                    field = instance.get_field(name)
-                    if field.proxy_getter == "hget":
-                        commands.append((("HGET", instance.key, name), {}))
-                    else:
-                        commands.append((("GET", field.key), {}))
+                    commands.append((_claims.read_command(instance, name), {}))
                     owners.append((pk, name))
             for (pk, name), reply in zip(owners, send_commands(client, commands)):
-                if reply is not None and not isinstance(reply, Exception):
-                    held.setdefault((name, normalize(reply)), []).append(pk)
+                if reply is None or isinstance(reply, Exception):
+                    continue
+                for value in dict.fromkeys(reply) if isinstance(reply, (list, set, tuple)) else (reply,):
+                    held.setdefault((name, normalize(value)), []).append(pk)
     return held
 
 
