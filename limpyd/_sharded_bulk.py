@@ -2,15 +2,18 @@
 
 Each batch is split by shard and each part goes to its shard class, an unsharded model, through
 the script of the unsharded bulk path (:mod:`limpyd._bulk`): one call per shard holding rows of
-the batch. The auto pks of a batch are allocated first, with one ``INCRBY`` of the model's
+the batch, every shard's call sent together (one round trip per node,
+:func:`run_on_shards`). The auto pks of a batch are allocated first, with one ``INCRBY`` of the model's
 counter, so the shard of each row is known before anything is written and the shards allocate
 nothing. Rows and pks are streamed: at most ``batch_size`` of them are held at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+import redis
 from redis.exceptions import DataError
 
 from limpyd import _atomic, _bulk, _executors, sharding
@@ -35,6 +38,47 @@ def _check_model(model: Any, what: str) -> None:
     connection = model.database.connection
     if _atomic.in_pipeline(model) or getattr(connection, "_limpyd_cluster_pipeline", False):
         raise sharding.unsupported(model, "%s inside a pipeline" % what)
+
+
+def run_on_shards(model: Any, requests: Dict[int, Dict[str, Any]]) -> Dict[int, List[Any]]:
+    """Run each shard's request (shard number -> an operation of its script, as
+    ``limpyd._atomic.run_raw`` sends it) and return each shard's reply, every call sent together:
+    one round trip per node (``limpyd._per_node.send_per_node``).
+
+    A shard whose server lost the script or function (``NOSCRIPT``, "function not found": it did
+    not run) or whose call could not go with the others runs alone through ``run_raw``, which
+    loads it again; another error reply is raised once every reply is read.
+    """
+    from limpyd._per_node import per_node_allowed, raise_first_error, send_per_node
+
+    shards = model._limpyd_shard_models
+    connection = model.database.connection
+    real = getattr(connection, "_limpyd_real", connection)
+    if len(requests) < 2 or not per_node_allowed(connection):
+        return {number: _atomic.run_raw(shards[number], request) for number, request in requests.items()}
+    functions = _atomic.uses_functions(model.database, real)
+    numbers = sorted(requests)
+    commands = []
+    for number in numbers:
+        shard = shards[number]
+        script = _atomic.script_of(shard)
+        key = make_key(shard._name, "collection")
+        payload = _atomic._JSON.encode(requests[number])
+        if functions:
+            commands.append((key, ("FCALL", script["function"], 1, key, payload)))
+        else:
+            sha = script.get("sha")
+            if sha is None:
+                sha = script["sha"] = hashlib.sha1(script["lua"].encode("utf-8")).hexdigest()
+            commands.append((key, ("EVALSHA", sha, 1, key, payload)))
+    replies = dict(zip(numbers, send_per_node(connection, commands)))
+    for number, reply in replies.items():
+        if isinstance(reply, redis.exceptions.NoScriptError) or (
+            isinstance(reply, Exception) and _atomic.is_function_missing(reply)
+        ):
+            replies[number] = _atomic.run_raw(shards[number], requests[number])
+    raise_first_error(list(replies.values()))
+    return replies
 
 
 def _allocate(model: Any, requests: List[Dict[str, Any]]) -> None:
@@ -89,9 +133,15 @@ def create_many(model: Any, rows: Iterable[Any], batch_size: int, ttl: Optional[
         for at, request in prepared:
             parts.setdefault(sharding.shard_index(request["pk"], len(shards)), []).append((at, request))
         created: Dict[int, Any] = {}
+        replies = run_on_shards(
+            model,
+            {
+                number: {"op": "create_many", "rows": [request for _, request in part]}
+                for number, part in parts.items()
+            },
+        )
         for number in sorted(parts):
-            part, shard = parts[number], shards[number]
-            reply = _atomic.run_raw(shard, {"op": "create_many", "rows": [request for _, request in part]})
+            part, shard, reply = parts[number], shards[number], replies[number]
             for index, (at, _) in enumerate(part):
                 status, first, second, third = reply[4 * index : 4 * index + 4]
                 if status == "ok":
@@ -120,8 +170,18 @@ def delete_many(model: Any, pks: Iterable[Any], batch_size: int) -> int:
         for pk in chunk:
             pk = normalize(pk)
             parts.setdefault(sharding.shard_index(pk, len(shards)), []).append(pk)
+        if _executors.for_bulk(shards[0]) is not Executor.SCRIPT or model._limpyd_claims:
+            for number in sorted(parts):  # instance after instance (claims released by each)
+                deleted += _bulk.delete_many(shards[number], parts[number], batch_size)
+            continue
+        replies = run_on_shards(
+            model, {number: {"op": "delete_many", "pks": part} for number, part in parts.items()}
+        )
         for number in sorted(parts):
-            deleted += _bulk.delete_many(shards[number], parts[number], batch_size)
+            reply = replies[number]
+            if reply[0] != "ok":
+                raise _atomic.refusal(shards[number], *(list(reply) + [None] * 4)[:4])
+            deleted += int(reply[1])
     return deleted
 
 

@@ -933,24 +933,13 @@ class ShardedCollection:
         model = self.model
         if not model._limpyd_expiring:
             return
-        connection = model.get_connection()
-        functions = _atomic.uses_functions(model.database, getattr(connection, "_limpyd_real", connection))
-        payload = _atomic._JSON.encode({"op": "purge", "limit": _PURGE_LIMIT})
-        commands = []
-        for shard in model._limpyd_shard_models:
-            script = _atomic.script_of(shard)
-            key = make_key(shard._name, "collection")
-            if functions:
-                commands.append((key, ("FCALL", script["function"], 1, key, payload)))
-            else:
-                sha = script.get("sha") or script.setdefault(
-                    "sha", hashlib.sha1(script["lua"].encode("utf-8")).hexdigest()
-                )
-                commands.append((key, ("EVALSHA", sha, 1, key, payload)))
-        replies = send_per_node(connection, commands)
-        for shard, reply in zip(model._limpyd_shard_models, replies):
-            if isinstance(reply, Exception) or not reply or reply[0] != "ok" or int(reply[1]) >= _PURGE_LIMIT:
-                shard._purge_due()  # loads the script or function again, raises its errors
+        from limpyd._sharded_bulk import run_on_shards
+
+        request = {"op": "purge", "limit": _PURGE_LIMIT}
+        replies = run_on_shards(model, dict.fromkeys(range(len(model._limpyd_shard_models)), request))
+        for number, reply in replies.items():
+            if not reply or reply[0] != "ok" or int(reply[1]) >= _PURGE_LIMIT:
+                model._limpyd_shard_models[number]._purge_due()  # more due: purges until none
 
     def _read_directly(
         self, keys: List[str], window: Optional[Tuple[int, int, bool]]

@@ -612,3 +612,22 @@ def test_expiring_models_purge_every_shard_together(database, namespace, monkeyp
     writes = counter.per_server
     assert writes and max(writes.values()) == 2, dict(writes)
     assert len(writes) <= _primaries(database)
+
+
+@pytest.mark.parametrize("atomic", [False, True], ids=["default", "atomic"])
+def test_bulk_writes_send_every_shard_together(database, namespace, monkeypatch, atomic):
+    """``create_many``/``delete_many``: per batch, the INCRBY, then every shard's script call sent
+    together (one round trip per node), instead of one round trip per shard."""
+    sharded = define_event(database, namespace + "b", shards=16, atomic=atomic)
+    sharded.create_many([{"kind": "warm"}] * 40)  # the scripts' first use on a server loads them
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        pks = sharded.create_many(({"kind": "k%d" % n, "score": str(n)} for n in range(90)), batch_size=30)
+    assert len(pks) == 90 and len(sharded.collection(kind="k7")) == 1
+    # 3 batches: the INCRBY on the counter's node, then the scripts: at most 2 writes per node each
+    assert counter.per_server and max(counter.per_server.values()) <= 6, dict(counter.per_server)
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        assert sharded.delete_many(pks[:60], batch_size=30) == 60
+    assert counter.per_server and max(counter.per_server.values()) <= 2, dict(counter.per_server)
+    assert len(sharded.collection()) == 70
