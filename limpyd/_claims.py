@@ -24,8 +24,11 @@ before and after, a member gone is released). Unsharded models never come here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import zlib
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import redis
 
 from limpyd import _atomic, sharding
 from limpyd._cluster import cluster_model_name, plain_model_name
@@ -236,6 +239,90 @@ def _release(model: Any, pk: str, name: str, value: Any, claim_too: bool = True)
     model.database.connection.eval(_RELEASE, 2, claim, lease, pk, "1" if claim_too else "0")
 
 
+def _eval_many(model: Any, script: str, calls: List[Tuple[str, str, Tuple[Any, ...]]]) -> List[Any]:
+    """Run ``script`` once per call (``(claim key, lease key, arguments)``), every call sent
+    together: one round trip per node (``EVALSHA``; a server that lost it runs those calls by
+    ``EVAL``, which loads it). Error replies in their places."""
+    from limpyd._per_node import send_per_node
+
+    if not calls:
+        return []
+    connection = model.database.connection
+    sha = _SHAS.get(script)
+    if sha is None:
+        sha = _SHAS[script] = hashlib.sha1(script.encode("utf-8")).hexdigest()
+    replies = send_per_node(
+        connection,
+        [(claim, ("EVALSHA", sha, 2, claim, lease, *arguments)) for claim, lease, arguments in calls],
+    )
+    for position, reply in enumerate(replies):
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            claim, lease, arguments = calls[position]
+            try:
+                replies[position] = connection.eval(script, 2, claim, lease, *arguments)
+            except redis.ResponseError as error:
+                replies[position] = error
+    return replies
+
+
+#: the SHA1 of the claim scripts (``EVALSHA``)
+_SHAS: Dict[str, str] = {}
+
+
+def take_many(model: Any, claims: List[Tuple[str, str, Any]]) -> List[Any]:
+    """Claim each ``(pk, field, value)`` of ``claims`` for its pk, every claim sent together; return,
+    in order, whether each claim is new (``True``), was the pk's already (``False``), or the
+    ``UniquenessError`` refusing it (another pk holds the value, or is writing it). A claim held
+    by a pk that does not hold the value is taken over as :func:`_take` does (one at a time)."""
+    replies = _eval_many(
+        model,
+        _TAKE,
+        [(*claim_keys(model, name, value), (pk, LEASE_MS)) for pk, name, value in claims],
+    )
+    results: List[Any] = []
+    for (pk, name, value), reply in zip(claims, replies):
+        if isinstance(reply, Exception):
+            raise reply
+        if int(reply[0]):
+            results.append(int(reply[0]) == 1)
+            continue
+        try:
+            results.append(_take(model, pk, name, value))
+        except UniquenessError as error:
+            results.append(error)
+    return results
+
+
+def release_many(model: Any, claims: List[Tuple[str, str, Any, bool]]) -> None:
+    """Release each ``(pk, field, value, claim too)`` of ``claims`` as :func:`_release` does, every
+    release sent together."""
+    replies = _eval_many(
+        model,
+        _RELEASE,
+        [
+            (*claim_keys(model, name, value), (pk, "1" if claim_too else "0"))
+            for pk, name, value, claim_too in claims
+        ],
+    )
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+
+
+def row_claims(model: Any, row: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """Return the ``(field, value)`` a creation from ``row`` claims (values, members), as :func:`create`."""
+    found = []
+    for name in model._limpyd_claims:
+        value = row.get(name)
+        if value is None:
+            continue
+        if not is_multi(model, name):
+            found.append((name, text_of(value)))
+        elif isinstance(value, (list, tuple, set, frozenset, dict)):
+            found.extend((name, text_of(member)) for member in value)
+    return list(dict.fromkeys(found))
+
+
 def _check_no_pipeline(model: Any) -> None:
     """Refuse a claimed write inside a pipeline: the claim's reply is needed before the write."""
     connection = model.database.connection
@@ -437,18 +524,9 @@ def hash_command(
 def create(instance: Any, kwargs: Dict[str, Any], call: Callable[[], Any]) -> Any:
     """Run the creation ``call`` of ``instance`` from ``kwargs`` with the claims of its unique values."""
     model = type(instance)
-    values = {
-        name: kwargs[name]
-        for name in model._limpyd_claims
-        if kwargs.get(name) is not None and not is_multi(model, name)
-    }
-    added = [
-        (name, text_of(member))
-        for name in model._limpyd_claims
-        if is_multi(model, name) and isinstance(kwargs.get(name), (list, tuple, set, frozenset, dict))
-        for member in kwargs[name]  # a dict (sorted set): its members
-    ]
-    added = list(dict.fromkeys(added))
+    claims = row_claims(model, kwargs)
+    values = {name: value for name, value in claims if not is_multi(model, name)}
+    added = [(name, value) for name, value in claims if is_multi(model, name)]
     if not (values or added) or _off(instance):  # nothing claimed, or a move keeping the pk's claims
         return call()
     pk_field = model.get_class_field("pk")

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import redis
 from redis.exceptions import DataError
 
-from limpyd import _atomic, _bulk, _executors, sharding
+from limpyd import _atomic, _bulk, _claims, _executors, sharding
 from limpyd._batch import send_ahead_of_locks
 from limpyd._executors import Executor
 from limpyd.collection import _model_path
@@ -107,8 +107,7 @@ def create_many(model: Any, rows: Iterable[Any], batch_size: int, ttl: Optional[
         ttl = model._limpyd_default_ttl
     shards = model._limpyd_shard_models
     template = shards[0]  # the rows are checked against the fields of a shard class (same fields)
-    if _executors.for_bulk(template) is not Executor.SCRIPT or model._limpyd_claims:
-        # unique values: each row claims them as its own creation does (docs/sharding.rst)
+    if _executors.for_bulk(template) is not Executor.SCRIPT:
         return _bulk._create_one_by_one(model, rows, batch_size, ttl)
     auto = model.get_class_field("pk")._auto_increment
     if model._limpyd_expiring and not auto:  # the given pk of a due instance is free, as unsharded
@@ -121,14 +120,20 @@ def create_many(model: Any, rows: Iterable[Any], batch_size: int, ttl: Optional[
     for chunk in _bulk._chunks(rows, batch_size):
         start = position
         prepared: List[Tuple[int, Dict[str, Any]]] = []
+        claimed: Dict[int, List[Tuple[str, str]]] = {}
         for row in chunk:
             try:
                 prepared.append((position, _bulk._prepare_row(template, row, ttl, encoder)))
+                if model._limpyd_claims:
+                    claimed[position] = _claims.row_claims(model, row)
             except (LimpydException, ValueError, TypeError, DataError) as error:
                 refusals.append((position, error))
             position += 1
         if auto:
             _allocate(model, [request for _, request in prepared])
+        taken: Dict[int, List[Tuple[str, str, bool]]] = {}
+        if claimed:  # the unique values: claimed for the whole model before any row is written
+            prepared = _claim_rows(model, prepared, claimed, taken, refusals)
         parts: Dict[int, List[Tuple[int, Dict[str, Any]]]] = {}
         for at, request in prepared:
             parts.setdefault(sharding.shard_index(request["pk"], len(shards)), []).append((at, request))
@@ -148,11 +153,104 @@ def create_many(model: Any, rows: Iterable[Any], batch_size: int, ttl: Optional[
                     created[at] = first
                 else:
                     refusals.append((at, _atomic.refusal(shard, status, first, second, third)))
+        if taken:  # the leases dropped; the claims of the rows refused by their shard released
+            pk_of = dict(prepared)
+            _claims.release_many(
+                model,
+                [
+                    (pk_of[at]["pk"], name, value, new and at not in created)
+                    for at, claims in taken.items()
+                    for name, value, new in claims
+                ],
+            )
         pks.extend(created.get(at) for at in range(start, position))
     if refusals:
         refusals.sort(key=lambda refusal: refusal[0])
         raise BulkError(refusals, pks)
     return pks
+
+
+def _claim_rows(
+    model: Any,
+    prepared: List[Tuple[int, Dict[str, Any]]],
+    claimed: Dict[int, List[Tuple[str, str]]],
+    taken: Dict[int, List[Tuple[str, str, bool]]],
+    refusals: List[Tuple[int, Exception]],
+) -> List[Tuple[int, Dict[str, Any]]]:
+    """Claim the unique values of the ``prepared`` rows of a batch (``claimed``: each row's), every
+    claim of a round sent together (``limpyd._claims.take_many``: one round trip per node); return
+    the rows whose claims were all taken, their claims in ``taken`` (``(field, value, new)``).
+
+    The outcome is that of the rows created one after the other: a row waits while an earlier
+    undecided row of the batch claims one of its values; a value an earlier accepted row holds
+    refuses it with the ``UniquenessError`` its creation alone raises, a value held by another pk
+    too (in ``refusals``); a refused row's claims are released at once, so it writes nothing and
+    its values are free for the later rows. Each round decides at least the earliest undecided
+    row: usually one round, two with values repeated in the batch.
+    """
+    pk_of = {at: request["pk"] for at, request in prepared}
+    order = [at for at, _ in prepared]
+    accepted: set = set()
+    refused: Dict[int, Exception] = {}
+    while len(accepted) + len(refused) < len(order):
+        holder: Dict[Tuple[str, str], int] = {}
+        for at in order:  # who claims each value: the accepted rows, then the earliest undecided
+            if at in accepted:
+                for pair in claimed.get(at, ()):
+                    holder[pair] = at
+        for at in order:
+            if at not in accepted and at not in refused:
+                for pair in claimed.get(at, ()):
+                    holder.setdefault(pair, at)
+        wanted = [
+            (at, *pair)
+            for at in order
+            if at not in accepted and at not in refused
+            for pair in claimed.get(at, ())
+            if holder[pair] == at and pair not in {(name, value) for name, value, _ in taken.get(at, ())}
+        ]
+        results = _claims.take_many(model, [(pk_of[at], name, value) for at, name, value in wanted])
+        failures: Dict[Tuple[int, str, str], Exception] = {}
+        for (at, name, value), result in zip(wanted, results):
+            if isinstance(result, Exception):
+                failures[(at, name, value)] = result
+            else:
+                taken.setdefault(at, []).append((name, value, result))
+        decided: Dict[int, Exception] = {}
+        for at in order:  # each row decided by its first value not claimed for it, in field order
+            if at in accepted or at in refused:
+                continue
+            outcome: Any = True
+            for name, value in claimed.get(at, ()):
+                first = holder[(name, value)]
+                if first != at:
+                    outcome = (
+                        _claims._refusal(model, name, value, pk_of[first]) if first in accepted else None
+                    )
+                    break
+                if (at, name, value) in failures:
+                    outcome = failures[(at, name, value)]
+                    break
+            if outcome is True:
+                accepted.add(at)
+            elif outcome is not None:
+                decided[at] = outcome
+        _release_refused(model, decided, pk_of, taken)  # before the next round claims their values
+        refused.update(decided)
+    refusals.extend(refused.items())
+    return [(at, request) for at, request in prepared if at not in refused]
+
+
+def _release_refused(
+    model: Any,
+    refused: Dict[int, Exception],
+    pk_of: Dict[int, Any],
+    taken: Dict[int, List[Tuple[str, str, bool]]],
+) -> None:
+    """Release what the ``refused`` rows claimed (their new claims, the leases of the others)."""
+    _claims.release_many(
+        model, [(pk_of[at], name, value, new) for at in refused for name, value, new in taken.pop(at, [])]
+    )
 
 
 def delete_many(model: Any, pks: Iterable[Any], batch_size: int) -> int:

@@ -7,6 +7,7 @@ Every test runs on the private server and on the private cluster, in the default
 from __future__ import annotations
 
 import multiprocessing
+import re
 import zlib
 
 import pytest
@@ -322,4 +323,81 @@ def test_colliding_creations_across_processes(database, namespace, atomic):
         assert claim_of(Event, "code", code) == pk and claim_of(Event, "ref", "r" + code) == pk
     dumped = full_dump(database)
     assert len([key for key in dumped if "#" in key]) == 2 * VALUES
+    assert problems_of(database, every_model(Event)) == []
+
+
+# ---------------------------------------------------------------------- batched claims (create_many)
+
+
+def test_create_many_refuses_as_row_by_row_creation(database, namespace, atomic):
+    """Random rows colliding with each other and with stored values: the same refusals (positions
+    and messages) and the same stored values as a 1-shard model given the same rows; a value of
+    a refused row is free for the later rows of the batch."""
+    import random
+
+    generator = random.Random(5)
+    Event = define(database, namespace, atomic)
+    single = define_event(
+        database,
+        namespace + "u",
+        shards=1,
+        atomic=atomic,
+        name="Event",
+        code=fields.StringField(unique=True),
+        ref=fields.InstanceHashField(unique=True),
+    )
+    for Model in (Event, single):
+        Model(kind="old", code="c0", ref="r0")
+    rows = [{"code": "c1", "ref": "r0"}, {"code": "c1"}]  # the first is refused: the second takes c1
+    for _ in range(120):
+        row = {"kind": "k"}
+        if generator.random() < 0.8:
+            row["code"] = "c%d" % generator.randrange(40)
+        if generator.random() < 0.6:
+            row["ref"] = "r%d" % generator.randrange(40)
+        rows.append(row)
+    outcomes = []
+    for Model in (Event, single):
+        with pytest.raises(BulkError) as excinfo:
+            Model.create_many(iter(rows), batch_size=25)
+        error = excinfo.value
+        reasons = []
+        for position, reason in error.refusals:
+            # the holder named is the pk of the row holding the value: pks differ (a sharded model
+            # allocates the pks of a batch before its claims), the rows must not
+            message, holder = re.match(r"^(.*) \(for instance (\d+)\)$", str(reason)).groups()
+            reasons.append((position, message, error.pks.index(holder) if holder in error.pks else "stored"))
+        outcomes.append(
+            (
+                reasons,
+                [None if pk is None else (Model(pk).code.get(), Model(pk).ref.hget()) for pk in error.pks],
+            )
+        )
+    assert outcomes[0] == outcomes[1]
+    refused = [position for position, _, _ in outcomes[0][0]]
+    assert 0 in refused and 1 not in refused
+    for values in outcomes[0][1]:
+        if values is not None:
+            for name, value in zip(("code", "ref"), values):
+                if value is not None:
+                    assert claim_of(Event, name, value) is not None
+    assert problems_of(database, every_model(Event) + [single]) == []
+    assert Event.audit().clean
+
+
+def test_create_many_claims_a_batch_together(database, namespace, atomic, monkeypatch):
+    """Per batch of distinct values: the INCRBY, the claims, the shards' script calls and the
+    leases' release, each step sent to every node at once: at most 4 writes per node per batch."""
+    from test_sharding_reads import WriteCounter
+
+    Event = define(database, namespace, atomic)
+    Event.create_many([{"code": "warm%d" % n, "ref": "w%d" % n} for n in range(20)])  # loads the scripts
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        pks = Event.create_many(({"code": "c%d" % n, "ref": "r%d" % n} for n in range(60)), batch_size=30)
+    assert len(pks) == 60
+    assert counter.per_server and max(counter.per_server.values()) <= 2 * 4, dict(counter.per_server)
+    for n in (0, 31, 59):
+        assert claim_of(Event, "code", "c%d" % n) == pks[n] and claim_of(Event, "ref", "r%d" % n) == pks[n]
+    assert not [key for key in full_dump(database) if "~lease" in key]  # every lease dropped
     assert problems_of(database, every_model(Event)) == []
