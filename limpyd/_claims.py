@@ -78,6 +78,11 @@ end
 return 1
 """
 
+# KEYS: claim, lease. {holder or false, 1 if pending else 0}: read only, the claim's state at once
+_PEEK = """
+return {redis.call('GET', KEYS[1]), redis.call('EXISTS', KEYS[2])}
+"""
+
 #: the writes of a unique field that give the new value as their first argument
 _SETTERS = {"set", "getset", "hset"}
 _SETTERS_IF_EMPTY = {"setnx", "hsetnx"}
@@ -239,13 +244,22 @@ def _release(model: Any, pk: str, name: str, value: Any, claim_too: bool = True)
     model.database.connection.eval(_RELEASE, 2, claim, lease, pk, "1" if claim_too else "0")
 
 
-def _eval_many(model: Any, script: str, calls: List[Tuple[str, str, Tuple[Any, ...]]]) -> List[Any]:
+def _eval_many(
+    model: Any,
+    script: str,
+    calls: List[Tuple[str, str, Tuple[Any, ...]]],
+    ahead: Tuple[Tuple[str, Tuple[Any, ...]], ...] = (),
+) -> List[Any]:
     """Run ``script`` once per call (``(claim key, lease key, arguments)``), every call sent
     together: one round trip per node (``EVALSHA``; a server that lost it runs those calls by
-    ``EVAL``, which loads it). Error replies in their places."""
+    ``EVAL``, which loads it). Error replies in their places.
+
+    ``ahead``: ``(key, command)`` sent in the same round trip, before the calls; their replies
+    come first.
+    """
     from limpyd._per_node import send_per_node
 
-    if not calls:
+    if not calls and not ahead:
         return []
     connection = model.database.connection
     sha = _SHAS.get(script)
@@ -253,16 +267,48 @@ def _eval_many(model: Any, script: str, calls: List[Tuple[str, str, Tuple[Any, .
         sha = _SHAS[script] = hashlib.sha1(script.encode("utf-8")).hexdigest()
     replies = send_per_node(
         connection,
-        [(claim, ("EVALSHA", sha, 2, claim, lease, *arguments)) for claim, lease, arguments in calls],
+        list(ahead)
+        + [(claim, ("EVALSHA", sha, 2, claim, lease, *arguments)) for claim, lease, arguments in calls],
     )
-    for position, reply in enumerate(replies):
+    for position, reply in enumerate(replies[len(ahead) :], len(ahead)):
         if isinstance(reply, redis.exceptions.NoScriptError):
-            claim, lease, arguments = calls[position]
+            claim, lease, arguments = calls[position - len(ahead)]
             try:
                 replies[position] = connection.eval(script, 2, claim, lease, *arguments)
             except redis.ResponseError as error:
                 replies[position] = error
     return replies
+
+
+def allocate_pk(model: Any, counter: str, kwargs: Dict[str, Any]) -> Any:
+    """Return the next pk of the sharded ``model`` (``INCRBY`` of its counter ``counter``) for a
+    creation from ``kwargs``, reading the claims of its unique values in the same round trip.
+
+    A value already held (its claim pending, or naming a pk holding it) refuses the creation
+    here, with the error the creation would raise, before anything is written: a refused
+    duplicate costs this round trip and one read of the holder, not the claim scripts too. A
+    free or stale claim refuses nothing here: the creation takes it (:func:`create`).
+    """
+    claims = row_claims(model, kwargs)
+    claims = [claim for claim in claims if not is_multi(model, claim[0])] + [
+        claim for claim in claims if is_multi(model, claim[0])
+    ]  # the order the creation takes them in
+    replies = _eval_many(
+        model,
+        _PEEK,
+        [(*claim_keys(model, name, value), ()) for name, value in claims],
+        ahead=((counter, ("INCRBY", counter, 1)),),
+    )
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    for (name, value), (holder, pending) in zip(claims, replies[1:]):
+        if holder is None:
+            continue
+        holder = normalize(holder)
+        if int(pending) or holds(model, holder, name, value):
+            raise _refusal(model, name, value, holder)
+    return replies[0]
 
 
 #: the SHA1 of the claim scripts (``EVALSHA``)

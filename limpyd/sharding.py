@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import redis
 
 from limpyd import _atomic, _shard_count
-from limpyd._batch import current_batch, send_ahead_of_locks
+from limpyd._batch import current_batch, is_batched, send_ahead_of_locks
 from limpyd._cluster import _sort_script, cluster_sort, needs_sort_script
 from limpyd._per_node import (
     count_per_node,
@@ -292,7 +292,13 @@ def _new(cls: Any, *args: Any, **kwargs: Any) -> Any:
         raise unsupported(cls, "creating an instance inside a pipeline")
     _check_creation(cls, kwargs)
     check_count(cls, write=True)
-    pk = pk_field.normalize(send_ahead_of_locks(connection, "INCRBY", make_key(cls._name, "max_pk"), 1))
+    counter = make_key(cls._name, "max_pk")
+    if cls._limpyd_claims and not is_batched(connection):
+        from limpyd import _claims
+
+        pk = pk_field.normalize(_claims.allocate_pk(cls, counter, kwargs))  # a duplicate refused here
+    else:
+        pk = pk_field.normalize(send_ahead_of_locks(connection, "INCRBY", counter, 1))
     instance = object.__new__(shards[shard_index(pk, len(shards))])
     instance.__dict__["_limpyd_shard_pk"] = pk
     return instance

@@ -221,6 +221,30 @@ def test_a_pending_claim_is_not_taken_over(database, namespace, atomic):
         client.delete(claim, lease)
 
 
+def test_a_refused_duplicate_is_refused_before_any_claim_is_taken(database, namespace, atomic, monkeypatch):
+    """The pk's INCRBY reads the claims of the new values in the same round trip: a duplicate is
+    refused after one more read (the holder's value), with no claim nor lease written."""
+    from test_sharding_reads import WriteCounter
+
+    Event = define(database, namespace, atomic)
+    first = Event(code="x", ref="r", kind="a")
+    for client in node_clients(database):  # the claims' read script loaded on every server
+        client.script_load(_claims._PEEK)
+        client.close()
+    before = without_counter(full_dump(database))
+    counter = WriteCounter(monkeypatch)
+    for values in ({"code": "new", "ref": "r"}, {"code": "x"}):
+        with counter, pytest.raises(UniquenessError) as excinfo:
+            Event(kind="b", **values)
+        assert "for instance %s" % first.pk.get() in str(excinfo.value)
+        # one write to each server of the INCRBY and the claims, then one to the holder's server
+        assert sum(counter.per_server.values()) <= 3 and max(counter.per_server.values()) <= 2, dict(
+            counter.per_server
+        )
+        assert without_counter(full_dump(database)) == before  # "new" not claimed, no lease
+    assert problems_of(database, every_model(Event)) == []
+
+
 def _client_settings(database, key):
     """Return redis-py settings reaching the server holding ``key``."""
     if database.is_cluster:
