@@ -56,7 +56,7 @@ from limpyd.collection import (
 )
 from limpyd.exceptions import ImplementationError
 from limpyd.fields import RedisField, SingleValueField
-from limpyd.indexes import BaseRangeIndex, EqualIndex, NumberRangeIndex, TextRangeIndex
+from limpyd.indexes import EqualIndex, NumberRangeIndex, TextRangeIndex
 from limpyd.utils import make_key
 
 __all__ = ["MAX_SHARDS", "ShardedCollection", "shard_index"]
@@ -430,12 +430,13 @@ _MAX_DIRECT_KEYS = 4096
 
 def _equality_keys(collection: CollectionManager) -> Optional[Tuple[Any, ...]]:
     """Return the sets whose intersection is the result of ``collection`` when its filters are
-    equality filters of ``EqualIndex`` (at least two, or one ``__in``), and nothing else; else
-    None. Sends no command.
+    served by limpyd's own equality and range indexes (at least two filters, or one ``__in`` or
+    range), and nothing else; else None. Sends no command.
 
     Each entry is a set key (``field=value``: what ``CollectionManager._direct_key`` reads for one
-    filter) or a tuple of set keys to unite first (``field__in=values``, as ``EqualIndex`` unites
-    them). None also for an empty ``__in`` (the core then answers without a command).
+    filter; a multi-field ``EqualIndexWith`` filter: its combination's set), a tuple of entries
+    to unite first (``__in``, as the indexes unite them), or a :class:`_RangeFilter`. None also
+    for an empty ``__in`` (the core then answers without a command).
     """
     lazy = collection._lazy_collection
     if (
@@ -443,37 +444,53 @@ def _equality_keys(collection: CollectionManager) -> Optional[Tuple[Any, ...]]:
         or collection._final_set is not None
         or collection._sort_limits is not None
         or not _direct_allowed(type(collection))
-        or getattr(collection.model, "_multi_fields_index_for_filtering", None)
     ):
         return None
-    sets = lazy["sets"]
+    try:
+        sets = collection._reduce_related_filters(lazy["sets"])  # multi-field indexes combined
+    except ImplementationError:
+        return None  # raised again by the core's path
     keys: List[Any] = []
     for item in sets:
-        if not isinstance(item, ParsedFilter) or item.related_filters is not None:
+        entry = _filter_entry(item) if isinstance(item, ParsedFilter) else None
+        if not entry:
             return None
-        index = item.index
-        if isinstance(index, BaseRangeIndex):
-            ranged = _range_filter(item)
-            if ranged is None:
-                return None
-            keys.append(ranged)
-            continue
-        if type(index).get_filtered_keys is not EqualIndex.get_filtered_keys:
-            return None
-        if index.remove_prefix(item.suffix) == "in":
-            values = set(item.value)
-            if not values:
-                return None
-            union = dict.fromkeys(
-                index.get_storage_key(*item.extra_field_parts, value, transform_value=False)
-                for value in values
-            )
-            keys.append(tuple(union))
-        else:
-            keys.append(index.get_storage_key(*item.extra_field_parts, item.value, transform_value=False))
-    if len(keys) < 2 and not (keys and isinstance(keys[0], (tuple, _RangeFilter))):
+        keys.append(entry)
+    if len(keys) < 2 and not (
+        keys and (isinstance(keys[0], (tuple, _RangeFilter)) or sets[0].related_filters)
+    ):
         return None  # no filter, or one equality filter: ``_direct_keys``
     return tuple(keys)
+
+
+def _filter_entry(item: ParsedFilter) -> Any:
+    """Return the entry of :func:`_equality_keys` answering the filter ``item`` (an empty tuple
+    for an empty ``__in``), or None for an index whose filter may send commands of its own (a
+    subclass of the user's, a sorted-set index)."""
+    index = item.index
+    klass = type(index)
+    filter_type = index.remove_prefix(item.suffix)
+    if klass in (TextRangeIndex, NumberRangeIndex):
+        if filter_type == "in":  # each value filtered on its own, then united, as the index does
+            return tuple(_range_filter(item, "eq", value) for value in set(item.value))
+        return _range_filter(item, filter_type, item.value)
+    if klass.get_filtered_keys is EqualIndex.get_filtered_keys and item.related_filters is None:
+        if filter_type == "in":
+            return tuple(
+                dict.fromkeys(
+                    index.get_storage_key(*item.extra_field_parts, value, transform_value=False)
+                    for value in set(item.value)
+                )
+            )
+        return index.get_storage_key(*item.extra_field_parts, item.value, transform_value=False)
+    from limpyd.contrib.indexes import EqualIndexWith
+
+    if klass.get_filtered_keys is EqualIndexWith.get_filtered_keys and item.related_filters is not None:
+        keys, united = index.filtered_storage_keys(
+            item.suffix, *item.extra_field_parts, item.value, related_filters=item.related_filters
+        )
+        return tuple(keys) if united else (keys[0] if keys else ())
+    return None
 
 
 class _RangeFilter:
@@ -500,17 +517,12 @@ class _RangeFilter:
         return hash(self._identity())
 
 
-def _range_filter(item: Any) -> Optional[_RangeFilter]:
-    """Return the :class:`_RangeFilter` of the range filter ``item`` (not ``__in``), or None for a
-    subclass of the user's or an ``__in`` (the general path runs it)."""
+def _range_filter(item: Any, filter_type: Optional[str], value: Any) -> _RangeFilter:
+    """Return the :class:`_RangeFilter` of the range filter ``item`` of ``TextRangeIndex`` or
+    ``NumberRangeIndex`` for ``filter_type`` and ``value`` (one value of an ``__in``: ``eq``)."""
     index = item.index
     klass = type(index)
-    if klass not in (TextRangeIndex, NumberRangeIndex):
-        return None
-    filter_type = index.remove_prefix(item.suffix)
-    if filter_type == "in":
-        return None
-    value = index.normalize_value(item.value, transform=False)
+    value = index.normalize_value(value, transform=False)
     start, end, exclude = index.get_boundaries(filter_type, value)
     if exclude is None:
         exclusion: Any = ""
@@ -530,7 +542,7 @@ def _shard_entry(entry: Any, prefix: str, name: str) -> Any:
     if isinstance(entry, _RangeFilter):
         return entry.renamed(prefix, name)
     if isinstance(entry, tuple):
-        return tuple(_renamed(key, prefix, name) for key in entry)
+        return tuple(_shard_entry(member, prefix, name) for member in entry)
     return _renamed(entry, prefix, name)
 
 
@@ -543,16 +555,21 @@ def _shard_steps(
     commands: List[Tuple[str, Tuple[Any, ...]]] = []
     temporary: List[str] = []
     inputs = []
+
+    def ranged(entry: _RangeFilter) -> str:
+        key = make_key(shard._name, "__collection__", "tmp", uuid.uuid4().hex)
+        temporary.append(key)
+        commands.append((key, ("EVALSHA", entry.sha, 2, entry.key, key, *entry.arguments)))
+        return key
+
     for entry in sets:
         if isinstance(entry, _RangeFilter):
-            ranged = make_key(shard._name, "__collection__", "tmp", uuid.uuid4().hex)
-            temporary.append(ranged)
-            commands.append((ranged, ("EVALSHA", entry.sha, 2, entry.key, ranged, *entry.arguments)))
-            inputs.append(ranged)
+            inputs.append(ranged(entry))
         elif isinstance(entry, tuple):
+            members = [ranged(member) if isinstance(member, _RangeFilter) else member for member in entry]
             union = make_key(shard._name, "__collection__", "tmp", uuid.uuid4().hex)
             temporary.append(union)
-            commands.append((union, ("SUNIONSTORE", union, *entry)))
+            commands.append((union, ("SUNIONSTORE", union, *members)))
             inputs.append(union)
         else:
             inputs.append(entry)
@@ -908,7 +925,8 @@ class ShardedCollection:
         every_key = [
             key
             for entry in keys
-            for key in (entry if isinstance(entry, tuple) else (getattr(entry, "key", entry),))
+            for member in (entry if isinstance(entry, tuple) else (entry,))
+            for key in (getattr(member, "key", member),)
         ]
         if not all(key.startswith(prefix + ":") for key in every_key):
             return None
@@ -1006,7 +1024,8 @@ class ShardedCollection:
                 commands += steps
                 reads.append(len(commands))
                 commands.append(read)
-                commands.append((final, ("DEL", *temporary)))
+                if temporary:  # none for one set read as it is (a multi-field index's)
+                    commands.append((final, ("DEL", *temporary)))
             replies = send_per_node(connection, commands)
         if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
             return None  # a filter or SORT script not loaded: the rest ran without it, in vain

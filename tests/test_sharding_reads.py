@@ -19,9 +19,10 @@ import redis
 from redis.connection import AbstractConnection
 from test_sharding import _OMIT, define_event, pytest_generate_tests  # noqa: F401 - single and cluster
 
-from limpyd import _per_node, sharding
+from limpyd import _per_node, fields, sharding
 from limpyd._per_node import sort_arguments
 from limpyd.contrib.collection import ExtendedCollectionManager
+from limpyd.indexes import EqualIndex
 
 
 class WriteCounter:
@@ -145,6 +146,12 @@ QUERIES = {
         Model.collection(label__startswith="l0", kind__in=["k0", "k2"])
     ),
     "text eq and range": lambda Model: list(Model.collection(label="l02", score__lte=0).sort(desc=True)),
+    # __in of a range index: each value filtered into its own temporary set, then united
+    "range in filter": lambda Model: list(Model.collection(kind="k1", label__in=["l01", "l03"]).sort()),
+    "len, range in filter": lambda Model: len(Model.collection(score__in=[SCORES[3], SCORES[8], 10**6])),
+    "range in and range, window by field": lambda Model: list(
+        Model.collection(label__in=["l02", "l05", "l06"], score__gte=-100).sort(by="-score")[1:6]
+    ),
     # nosort: each shard's SORT ... BY nosort, the shards' results one after the other
     "nosort": lambda Model: sorted(Model.collection(kind="k1").sort(by="nosort")),
     "nosort, two filters": lambda Model: sorted(Model.collection(kind="k1", tags="t1").sort(by="nosort")),
@@ -166,15 +173,75 @@ def test_one_round_trip_per_node(database, models, monkeypatch, query):
     assert len(writes) <= _primaries(database)
 
 
-def test_a_range_in_filter_takes_the_general_path(database, models, monkeypatch):
-    """An ``__in`` of a range index fills a temporary key per value first: the shards are asked
-    one after the other."""
-    sharded, single = models
+def test_an_index_of_the_users_takes_the_general_path(database, namespace, monkeypatch):
+    """A filter of an index subclass of the user's may send commands of its own: the shards are
+    asked one after the other (the core collection's commands), with the same results."""
+
+    class MyEqualIndex(EqualIndex):
+        def get_filtered_keys(self, suffix, *args, **kwargs):
+            return super().get_filtered_keys(suffix, *args, **kwargs)
+
+    models = [
+        define_event(
+            database,
+            namespace + suffix,
+            shards=shards,
+            name="Custom",
+            code=fields.StringField(indexable=True, indexes=[MyEqualIndex]),
+        )
+        for suffix, shards in (("s", 16), ("u", _OMIT))
+    ]
+    for Model in models:
+        for position in range(30):
+            Model(code="c%d" % (position % 4), kind="k%d" % (position % 3))
     counter = WriteCounter(monkeypatch)
     with counter:
-        got = list(sharded.collection(kind="k1", label__in=["l01", "l03"]).sort())
-    assert got == list(single.collection(kind="k1", label__in=["l01", "l03"]).sort()) and got
-    assert sum(counter.per_server.values()) >= 16
+        got = list(models[0].collection(code="c1", kind="k2").sort())
+    assert got == list(models[1].collection(code="c1", kind="k2").sort()) and got
+    assert sum(counter.per_server.values()) >= 16  # at least one command per shard, one after the other
+
+
+MULTI_QUERIES = {
+    "both fields": lambda Model: list(Model.collection(kind="k1", code="c2").sort()),
+    "len, both fields": lambda Model: len(Model.collection(kind="k0", code="c1")),
+    "in on one field": lambda Model: list(Model.collection(kind__in=["k0", "k2"], code="c3").sort(desc=True)),
+    "len, in on both": lambda Model: len(Model.collection(kind__in=["k0", "k1"], code__in=["c0", "c3"])),
+    "with another filter, window by field": lambda Model: list(
+        Model.collection(kind="k2", code="c0", score__gte=0).sort(by="score")[0:3]
+    ),
+}
+
+
+@pytest.mark.parametrize("query", sorted(MULTI_QUERIES))
+def test_multi_field_index_filters_one_round_trip_per_node(database, namespace, monkeypatch, query):
+    """Filters served by an ``EqualIndexWith`` read the set of their combination (a union for
+    ``__in``) in every shard, all shards together."""
+    from limpyd.contrib.indexes import EqualIndexWith
+
+    models = [
+        define_event(
+            database,
+            namespace + suffix,
+            shards=shards,
+            name="Multi",
+            code=fields.StringField(
+                indexable=True, indexes=[EqualIndexWith.configure(other_fields=["kind"])]
+            ),
+        )
+        for suffix, shards in (("s", 16), ("u", _OMIT))
+    ]
+    for Model in models:
+        for position in range(40):
+            Model(code="c%d" % (position % 4), kind="k%d" % (position % 3), score=str(SCORES[position]))
+    sharded, single = models
+    expected = MULTI_QUERIES[query](single)
+    assert expected
+    MULTI_QUERIES[query](sharded)  # a script's first use on a server loads it
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        got = MULTI_QUERIES[query](sharded)
+    assert got == expected
+    assert counter.per_server and max(counter.per_server.values()) == 1, dict(counter.per_server)
 
 
 def test_a_lost_filter_script_is_loaded_again(database, models):

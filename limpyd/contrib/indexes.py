@@ -972,7 +972,23 @@ class EqualIndexWith(_RecomputedRollbackMixin, _MultiFieldsIndexMixin, EqualInde
         are united (``EXISTS`` + ``SUNIONSTORE``) into a temporary key; an empty ``in`` gives ``[]``.
         """
         self._check_key_accepted_key_types(kwargs.get("accepted_key_types"))
-        related_filters = kwargs.get("related_filters") or {}
+        keys, use_union = self.filtered_storage_keys(
+            suffix, *args, related_filters=kwargs.get("related_filters")
+        )
+        if not keys:
+            return []
+        if not use_union:
+            return [(keys[0], "set", False)]
+        tmp_key = self._unique_key("tmp")
+        self.union_filtered_in_keys(tmp_key, *keys)
+        return [(tmp_key, "set", True)]
+
+    def filtered_storage_keys(
+        self, suffix: Optional[str], *args: Any, related_filters: Optional[Dict[str, Any]] = None
+    ) -> Tuple[List[str], bool]:
+        """Return ``(the sets of the filtered combinations, whether they are to be united)``; no
+        command. The filter as :meth:`get_filtered_keys` takes it; no set for an empty ``in``."""
+        related_filters = related_filters or {}
         use_union = False
 
         def values_of(filter_suffix: Optional[str], value: Any) -> List[Any]:
@@ -1009,10 +1025,7 @@ class EqualIndexWith(_RecomputedRollbackMixin, _MultiFieldsIndexMixin, EqualInde
                 ]
             )
         if any(not parts for parts in per_field):
-            return []
-        keys = list(dict.fromkeys(self._make_storage_key(c) for c in self._combinations(per_field)))
-        if not use_union:
-            return [(keys[0], "set", False)]
-        tmp_key = self._unique_key("tmp")
-        self.union_filtered_in_keys(tmp_key, *keys)
-        return [(tmp_key, "set", True)]
+            return [], use_union
+        return list(
+            dict.fromkeys(self._make_storage_key(c) for c in self._combinations(per_field))
+        ), use_union
