@@ -7,11 +7,15 @@ gets a :class:`ShardedExtendedCollection` from ``Model.collection()``: a
 results are those of a 1-shard model holding the same data:
 
 - ``intersect(*sets)``: lists/sets/tuples of pks, other collections of the same model, the Redis
-  key of a set or a list, a bound ``SetField``/``ListField``. Everything is read on the client
+  key of a set, a sorted set or a list, a bound ``SetField``/``SortedSetField``/``ListField``. Everything is read on the client
   when the collection is evaluated (a key: ``TYPE`` then ``SMEMBERS``/``LRANGE``; a collection:
   its pks) and intersected there; each shard then intersects its own pks (a tuple, as the
   extended manager of the shard intersects a list of pks: in the shard's slot) with its filters.
-  Shards with no pk left are not asked. Sorted sets (their order) are refused;
+  Shards with no pk left are not asked. A sorted set is read with its scores (``ZRANGE key 0 -1
+  WITHSCORES``): as the unsharded ``ZINTERSTORE`` makes the collection iterate by score, a
+  collection without ``sort()`` (or with ``sort(by="nosort")``) then comes in the order of the
+  sum of the pks' scores in the sorted sets (ties: by the pks' bytes; ``inf - inf`` counts 0, as
+  Redis counts it), its windows and ``[-k:]`` cut from that order;
 - ``sort(by_score=<key or bound SortedSetField>, desc=, alpha=)``: the pks of the collection
   (without the score sort) are read from the shards, the sorted set once (``ZRANGE key 0 -1
   WITHSCORES``, on its node), and the order is made on the client as ``SORT ... BY <score keys>``
@@ -46,6 +50,7 @@ from limpyd.model import RedisModel
 from limpyd.sharding import (
     ShardedCollection,
     _arrange,
+    _tie_key,
     shard_index,
     shard_model,
     shard_of,
@@ -117,9 +122,14 @@ class ShardedExtendedCollection(ShardedCollection):
         self._allowed: Optional[Set[str]] = None
         self._resolved = False
         self._stored_order: Optional[Dict[str, int]] = None
+        #: the summed scores of the allowed pks when sorted sets were intersected (else None)
+        self._zset_scores: Optional[Dict[str, float]] = None
         self._per_shard: Optional[Dict[int, List[str]]] = None
         #: set by ``__getitem__`` for a slice that is not a window (a full evaluation)
         self._full_evaluation = False
+        #: set by ``store()`` on the collection it reads: the unsharded ``SORT ... STORE`` keeps
+        #: the pks' order, not the sorted sets' one, unless ``nosort``
+        self._storing = False
 
     # -------------------------------------------------------------------- building (no Redis)
 
@@ -134,6 +144,7 @@ class ShardedExtendedCollection(ShardedCollection):
             return
         self._shard_collections = self._one = self._sample = None
         self._allowed, self._resolved, self._stored_order = None, False, None
+        self._zset_scores = None
 
     def _add_filters(self, **filters: Any) -> "ShardedExtendedCollection":
         super()._add_filters(**filters)
@@ -172,8 +183,8 @@ class ShardedExtendedCollection(ShardedCollection):
 
         Each argument is a list/set/tuple of pks, a collection of the same model, the key of a
         Redis set or list, or a bound ``SetField``/``ListField`` (read at evaluation, on the
-        client). Sorted sets are refused (their order would be lost): use their members and
-        ``sort(by_score=...)``.
+        client). A sorted set orders the collection by score (the sum of the pks' scores in the
+        sorted sets given), as the unsharded ``ZINTERSTORE`` does, until it is sorted.
         """
         items = []
         for value in sets:
@@ -192,12 +203,6 @@ class ShardedExtendedCollection(ShardedCollection):
                     "model or a list of pks" % (value, _model_path(self.model))
                 )
             item = self._checker()._coerce_intersect_argument(value)  # raises as the unsharded one
-            if isinstance(item, SortedSetField):
-                raise unsupported(
-                    self.model,
-                    "intersect() with a sorted set (its order): pass its members, "
-                    "intersect(field.zrange(0, -1)), and sort(by_score=field)",
-                )
             if isinstance(item, tuple):
                 item = tuple(_member(pk) for pk in item)
             items.append(item)
@@ -242,7 +247,9 @@ class ShardedExtendedCollection(ShardedCollection):
                 "store(ttl=%r) on a collection of %s: the ttl must be a number of seconds (int >= 0; 0 "
                 "deletes the list at once), or None to keep the list forever" % (ttl, _model_path(self.model))
             )
-        pks = list(self.primary_keys())
+        source = self.primary_keys()
+        source._storing = True
+        pks = list(source)
         connection = self.model.get_connection()
         if key is None:
             key = make_key(self.model._name, "__collection__", "store", uuid.uuid4().hex)
@@ -295,7 +302,8 @@ class ShardedExtendedCollection(ShardedCollection):
         return bool(self._intersects) or bool(self.stored_key) or self._score is not None
 
     def _read_key(self, key: str) -> List[str]:
-        """Return the members of the set or list ``key`` (a missing key: none)."""
+        """Return the members of the set, sorted set or list ``key`` (a missing key: none); a
+        sorted set's scores are added to ``_zset_scores`` (read with them: one ``ZRANGE``)."""
         connection = self.model.get_connection()
         key_type = connection.type(key)
         if isinstance(key_type, bytes):
@@ -307,11 +315,12 @@ class ShardedExtendedCollection(ShardedCollection):
         if key_type == "list":
             return list(connection.lrange(key, 0, -1))
         if key_type == "zset":
-            raise unsupported(
-                self.model,
-                "intersect() with the sorted set %r (its order): pass its members, "
-                "intersect(connection.zrange(key, 0, -1)), and sort(by_score=key)" % key,
-            )
+            pairs = [
+                (member.decode() if isinstance(member, bytes) else member, score)
+                for member, score in connection.zrange(key, 0, -1, withscores=True)
+            ]
+            self._add_scores(dict(pairs))
+            return [member for member, _ in pairs]
         raise ValueError(
             "Cannot use redis key %s of type %s for filtering (collection of %s): intersect only "
             "sets, sorted sets and lists" % (key, key_type, _model_path(self.model))
@@ -323,6 +332,7 @@ class ShardedExtendedCollection(ShardedCollection):
             return self._allowed
         allowed: Optional[Set[str]] = None
         self._stored_order = None
+        self._zset_scores = None
         self._stored_members: List[str] = []
         if self.stored_key:
             if self._stored_len == 0:
@@ -356,7 +366,7 @@ class ShardedExtendedCollection(ShardedCollection):
                 pks = self._read_key(item)
             elif isinstance(item, SetField):
                 pks = self._read_key(item.key)
-            elif isinstance(item, ListField):
+            elif isinstance(item, (ListField, SortedSetField)):
                 pks = self._read_key(item.key)
             else:
                 raise ValueError(
@@ -365,6 +375,8 @@ class ShardedExtendedCollection(ShardedCollection):
                 )
             allowed = set(pks) if allowed is None else allowed.intersection(pks)
         self._allowed, self._resolved = allowed, True
+        if self._zset_scores is not None and allowed is not None:
+            self._zset_scores = {pk: self._zset_scores[pk] for pk in allowed}
         self._per_shard = None
         if allowed is not None:
             shards = self.model._limpyd_shards
@@ -372,6 +384,46 @@ class ShardedExtendedCollection(ShardedCollection):
             for pk in sorted(allowed):
                 self._per_shard.setdefault(shard_index(pk, shards), []).append(pk)
         return allowed
+
+    def _add_scores(self, scores: Dict[str, float]) -> None:
+        """Add the scores of one sorted set to ``_zset_scores`` (its members only stay: an intersection)."""
+        if self._zset_scores is None:
+            self._zset_scores = scores
+            return
+        summed = {}
+        for pk, score in scores.items():
+            if pk in self._zset_scores:
+                total = self._zset_scores[pk] + score
+                summed[pk] = 0.0 if total != total else total  # inf - inf: NaN, which Redis counts 0
+        self._zset_scores = summed
+
+    def _zset_ordered(self) -> bool:
+        """Return whether the results come in the order of the sorted sets intersected (by score),
+        as the unsharded ``ZRANGE`` or ``SORT ... BY nosort`` of the intersection gives them:
+        without ``sort()`` (pks, instances; values are read by a ``SORT`` in pk order) or with
+        ``sort(by="nosort")``, no score sort. Read after :meth:`_resolve`."""
+        if self._zset_scores is None or self._score is not None:
+            return False
+        return self._order == "nosort" or (self._order is None and self._values is None and not self._storing)
+
+    def _read_order(self) -> Any:
+        """Return the key of the order of the unsharded result ``SORT`` reads: the sorted sets'
+        (by score, then bytes) when some were intersected (a sorted set; the order a cluster's
+        ``SORT`` script reads), the stored list's when it is all there is, else a set's."""
+        scores = self._zset_scores
+        if scores is not None:
+            return lambda pk: (scores.get(pk, 0.0), pk.encode("utf-8"))
+        if self._plain_stored() and self._stored_order is not None:  # the list itself is sorted
+            order = self._stored_order
+            return lambda pk: order.get(pk, -1)
+        return super()._read_order()
+
+    def _in_zset_order(self, items: List[Any]) -> List[Any]:
+        """Return ``items`` (pks, or rows starting with the pk) by score, then by the pk's bytes (``ZRANGE``)."""
+        scores = self._zset_scores or {}
+        if self._rich():
+            return sorted(items, key=lambda item: (scores.get(item[0], 0.0), item[0].encode("utf-8")))
+        return sorted(items, key=lambda pk: (scores.get(pk, 0.0), pk.encode("utf-8")))
 
     def _shard_pks(self, number: int) -> Optional[Tuple[str, ...]]:
         """Return the pks allowed in the shard ``number`` (sorted), or ``None`` when any is."""
@@ -451,6 +503,10 @@ class ShardedExtendedCollection(ShardedCollection):
         if self._order == "nosort" and self._plain_stored():
             self._resolve()
             return self._rows_output([(pk, None) for pk in self._stored_members])
+        if self._extras():
+            self._resolve()
+            if self._zset_ordered():
+                return self._output(self._in_zset_order([item for part in self._shards() for item in part]))
         return super()._fetch_all()
 
     def __len__(self) -> int:
@@ -472,6 +528,13 @@ class ShardedExtendedCollection(ShardedCollection):
         if self._order == "nosort" and self.stored_key:  # the list's order: every pk, then cut
             results = self._fetch_all()
             return results[start:] if count < 0 else results[start : start + count]
+        if self._extras():
+            self._resolve()
+            if self._zset_ordered():  # every pk by score, then cut (ZRANGE/ZREVRANGE windows)
+                items = self._in_zset_order([item for part in self._shards() for item in part])
+                if reverse:
+                    items.reverse()
+                return self._output(items[start:] if count < 0 else items[start : start + count])
         return super()._fetch_window(start, count, reverse)
 
     def __getitem__(self, arg: Any) -> Any:
@@ -509,13 +572,18 @@ class ShardedExtendedCollection(ShardedCollection):
             for member, score in connection.zrange(self._score["by"], 0, -1, withscores=True)  # type: ignore[index]
         }
         absent = "-inf" if window is None else None
+        # a full evaluation sorts the pks read first, from a set (numeric order); a window sorts
+        # the unsharded result itself (a sorted set's order when one was intersected)
+        tie_key = _tie_key if window is None else base._read_order()
         rows = [(pk, str(float(scores[pk])) if pk in scores else absent) for pk in pks]
         desc, alpha = self._score["desc"], self._score["alpha"]  # type: ignore[index]
         if window is None:
-            ordered = _arrange(rows, operator.itemgetter(0), operator.itemgetter(1), alpha, desc)
+            ordered = _arrange(rows, operator.itemgetter(0), operator.itemgetter(1), alpha, desc, tie_key)
         else:
             start, count, reverse = window
-            ordered = _arrange(rows, operator.itemgetter(0), operator.itemgetter(1), alpha, desc != reverse)
+            ordered = _arrange(
+                rows, operator.itemgetter(0), operator.itemgetter(1), alpha, desc != reverse, tie_key
+            )
             ordered = ordered[start:] if count < 0 else ordered[start : start + count]
         return self._rows_output(ordered)
 

@@ -22,7 +22,6 @@ from typing import Any, Dict, List
 
 from limpyd._batch import batch_scope
 from limpyd.fields import FieldLock
-from limpyd.sharding import unsupported
 
 __all__ = ["held_collection", "remove_instance"]
 
@@ -67,16 +66,6 @@ def held_collection(field: Any, related_model: Any, filters: Dict[str, Any]) -> 
     ``ShardedExtendedCollection`` (``limpyd._sharded_extended``: the field is read on the client
     at evaluation, and only the shards holding some of its pks are asked).
 
-    A sorted-set field is refused: its collection iterates by score, which a merge of shards
-    does not give (read ``field.zrange(...)`` and build the instances with ``Model(pk)``).
+    A sorted-set field gives the order of its scores, as for an unsharded target.
     """
-    from limpyd.contrib.related import M2MSortedSetField
-
-    if isinstance(field, M2MSortedSetField):
-        raise unsupported(
-            related_model,
-            "the collection of the instances held by the sorted-set field %s.%s (its order is by "
-            "score; read %s.zrange(...) and use %s(pk))"
-            % (field._model.__name__, field.name, field.name, related_model.__name__),
-        )
     return related_model.collection(**filters).intersect(field)

@@ -370,12 +370,15 @@ def _tie_key(pk: str) -> Tuple[int, float, bytes]:
         return 1, 0.0, pk.encode("utf-8")
 
 
-def _arrange(items: List[Any], pk_of: Any, value_of: Any, alpha: bool, descending: bool) -> List[Any]:
+def _arrange(
+    items: List[Any], pk_of: Any, value_of: Any, alpha: bool, descending: bool, tie_key: Any = _tie_key
+) -> List[Any]:
     """Return ``items`` in the order of ``SORT`` (``value_of`` ``None``: by the pks themselves).
 
     Numeric: by the double of the value (missing: 0), ties by the bytes of the pk, the whole
     reversed by ``DESC``. ``ALPHA``: by the bytes of the value (C locale), missing values first,
-    ``DESC`` reversing the values only (equal values keep their order: :func:`_tie_key`).
+    ``DESC`` reversing the values only (equal values keep the order ``SORT`` read them in:
+    ``tie_key`` of the pk, :func:`_tie_key` for a set).
     """
     if value_of is None:
         if alpha:
@@ -387,7 +390,7 @@ def _arrange(items: List[Any], pk_of: Any, value_of: Any, alpha: bool, descendin
             key=lambda item: (_score(value_of(item)), pk_of(item).encode("utf-8")),
             reverse=descending,
         )
-    items = sorted(items, key=lambda item: _tie_key(pk_of(item)))
+    items = sorted(items, key=lambda item: tie_key(pk_of(item)))
 
     def alpha_key(item: Any) -> Tuple[bool, bytes]:
         value = value_of(item)
@@ -854,7 +857,12 @@ class ShardedCollection:
         if not self._rich():
             return _arrange(items, _same, None, self._alpha, descending)
         value_of = operator.itemgetter(1) if self._by is not None else None
-        return _arrange(items, operator.itemgetter(0), value_of, self._alpha, descending)
+        return _arrange(items, operator.itemgetter(0), value_of, self._alpha, descending, self._read_order())
+
+    def _read_order(self) -> Any:
+        """Return the key of the order ``SORT`` reads an unsharded model's result in (its ties
+        under ``ALPHA`` keep it): the pks of a set, see :func:`_tie_key`."""
+        return _tie_key
 
     def _output(self, items: List[Any]) -> List[Any]:
         """Return the results of the merged ``items``: pks, or the values asked (dicts, tuples, bare values)."""

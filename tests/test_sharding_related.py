@@ -365,12 +365,14 @@ def test_sorted_set_m2m_to_a_sharded_model(database, namespace):
     # the reverse collection (the index of a sorted-set field) works
     assert list(players[4].rankings().sort()) == sorted([ranking.pk.get(), other.pk.get()], key=int)
     assert list(players[0].rankings()) == [ranking.pk.get()]
-    # the collection of the players it holds (by score in a 1-shard model) is refused, clearly
-    with pytest.raises(ImplementationError) as excinfo:
-        ranking.players()
-    message = str(excinfo.value)
-    assert "sorted-set field Ranking.players" in message and "docs/sharding.rst" in message
-    assert "zrange" in message
+    # the collection of the players it holds: by score, as for an unsharded target
+    assert list(ranking.players()) == [players[4].pk.get(), players[0].pk.get()]
+    assert list(ranking.players(level="0")) == [players[4].pk.get(), players[0].pk.get()]
+    assert (
+        list(ranking.players().sort(by="-pk"))
+        == sorted([players[4].pk.get(), players[0].pk.get()], key=int)[::-1]
+    )
+    assert ranking.players()[-1] == players[0].pk.get() and len(ranking.players()) == 2
     players[4].delete()
     assert ranking.players.zrange(0, -1, withscores=True) == [(players[0].pk.get(), 3.0)]
     assert list(other.players.zrange(0, -1)) == [] and list(players[0].rankings()) == [ranking.pk.get()]
