@@ -16,7 +16,10 @@ then swapped by a compare-and-set script in the claim's slot.
 
 The values of unique single-value fields (``StringField``, ``InstanceHashField``) and the members
 of unique ``SetField``, ``ListField`` and ``SortedSetField`` are claimed; the pk is not (its shard
-is chosen by it). A member is claimed before a write adding it (``sadd``, ``lpush``, ``zadd``...)
+is chosen by it). So are the combinations of a unique multi-field index (``EqualIndexWith(...,
+unique=True)`` over single-value fields): claimed under the name ``<field>+<other>...``, the
+value being the combination as the index's error shows it (``code=x, kind=a``); a write of any
+of its fields reads the others, claims the new combination and releases the old one. A member is claimed before a write adding it (``sadd``, ``lpush``, ``zadd``...)
 and released after a write removing it (``srem``, ``lpop``, ``ltrim``...: the members are read
 before and after, a member gone is released). Unsharded models never come here.
 """
@@ -127,18 +130,63 @@ _MULTI_REMOVERS = {
 
 
 def claimed_fields(model: Any) -> Tuple[str, ...]:
-    """Return the names of the fields of ``model`` (a sharded model or shard class) whose values are claimed."""
+    """Return the names of the fields of ``model`` (a sharded model or shard class) whose values
+    are claimed, then the names of its unique combinations (:func:`combinations`)."""
     return tuple(
         name
         for name in model._fields[1:]
         if model.get_class_field(name).unique
         and isinstance(model.get_class_field(name), (SingleValueField,) + _MULTI_FIELDS)
-    )
+    ) + tuple(combinations(model))
+
+
+def combinations(model: Any) -> Dict[str, Any]:
+    """Return ``{"<field>+<other>...": index}``: the unique multi-field indexes of ``model``."""
+    found = {}
+    for index in getattr(model, "_multi_fields_index_for_filtering", None) or ():
+        if getattr(index, "unique", False):
+            found["+".join(index._field_names)] = index
+    return found
+
+
+def claim_writes(model: Any) -> frozenset:
+    """Return the names of the fields of ``model`` whose writes change a claim: the claimed
+    fields and the fields of the unique combinations."""
+    names = set(claimed_fields(model))
+    for name in combinations(model):
+        names.discard(name)
+        names.update(name.split("+"))
+    return frozenset(names)
+
+
+def _combination_index(model: Any, name: str) -> Any:
+    """Return the unique multi-field index of the combination ``name``, or None for a field."""
+    if "+" not in name:
+        return None
+    return combinations(sharding.sharded_model(model))[name]
+
+
+def combination_text(index: Any, values: Dict[str, Any]) -> Optional[str]:
+    """Return the combination of ``values`` (field name -> value, as given or as stored) in the
+    unique multi-field ``index``, as its error shows it; None while one of its fields has no value
+    (the index holds nothing then)."""
+    from limpyd.contrib.indexes import _field_parts
+
+    combination = []
+    for position, field in enumerate([index.field] + index._other_fields):
+        parts = _field_parts(field, values.get(field.name))
+        if not parts:
+            return None
+        if position == 0:
+            combination.append(index._main_parts(parts[0]))
+        else:
+            combination.append(index._other_parts(field, parts[0]))
+    return index._display(combination)
 
 
 def is_multi(model: Any, name: str) -> bool:
     """Return whether the claimed field ``name`` of ``model`` holds several values (members)."""
-    return isinstance(model.get_class_field(name), _MULTI_FIELDS)
+    return "+" not in name and isinstance(model.get_class_field(name), _MULTI_FIELDS)
 
 
 def read_command(instance: Any, name: str) -> Tuple[Any, ...]:
@@ -187,13 +235,26 @@ def claim_keys(model: Any, name: str, value: Any, shards: Optional[int] = None) 
 
 
 def _stored(model: Any, pk: str, name: str) -> Optional[str]:
-    """Return the value of the field ``name`` of the instance ``pk`` as stored in its shard (1 command)."""
+    """Return the value of the field ``name`` of the instance ``pk`` as stored in its shard (1
+    command; a combination: its fields read together, 1 round trip)."""
     instance = sharding.model_of(sharding.sharded_model(model), pk).lazy_connect(pk)
+    index = _combination_index(model, name)
+    if index is not None:
+        return combination_text(index, _stored_values(instance, name.split("+")))
     field = instance.get_field(name)
     connection = model.database.connection
     if field.proxy_getter == "hget":
         return normalize(connection.hget(instance.key, name))
     return normalize(connection.get(field.key))
+
+
+def _stored_values(instance: Any, names: List[str]) -> Dict[str, Optional[str]]:
+    """Return the stored values of the single-value fields ``names`` of ``instance`` (1 round trip)."""
+    from limpyd._per_node import raise_first_error, send_per_node
+
+    commands = [read_command(instance, name) for name in names]
+    replies = raise_first_error(send_per_node(instance.database.connection, [(c[1], c) for c in commands]))
+    return {name: normalize(reply) for name, reply in zip(names, replies)}
 
 
 def holds(model: Any, pk: str, name: str, value: Any) -> bool:
@@ -213,10 +274,12 @@ def holds(model: Any, pk: str, name: str, value: Any) -> bool:
 
 def _refusal(model: Any, name: str, value: Any, holder: str) -> UniquenessError:
     """Return the error of a value claimed by ``holder``: the message of an unsharded model's index."""
-    return UniquenessError(
-        'Value "%s" already indexed for unique field %s.%s (for instance %s)'
-        % (value, sharding.sharded_model(model).__name__, name, holder)
-    )
+    owner = sharding.sharded_model(model)
+    if "+" in name:
+        where = "unique together fields [%s] on %s" % (", ".join(name.split("+")), owner.__name__)
+    else:
+        where = "unique field %s.%s" % (owner.__name__, name)
+    return UniquenessError('Value "%s" already indexed for %s (for instance %s)' % (value, where, holder))
 
 
 def _take(model: Any, pk: str, name: str, value: Any) -> bool:
@@ -359,6 +422,12 @@ def row_claims(model: Any, row: Dict[str, Any]) -> List[Tuple[str, str]]:
     """Return the ``(field, value)`` a creation from ``row`` claims (values, members), as :func:`create`."""
     found = []
     for name in model._limpyd_claims:
+        index = _combination_index(model, name)
+        if index is not None:
+            text = combination_text(index, row)
+            if text is not None:
+                found.append((name, text))
+            continue
         value = row.get(name)
         if value is None:
             continue
@@ -537,33 +606,83 @@ def field_command(
     if isinstance(field, _MULTI_FIELDS):
         return multi_command(field, name, args, kwargs, call)
     value = args[0] if args else kwargs.get("value")
-    if name in _SETTERS:
-        return write(instance, instance.pk.get(), {field.name: value}, call)
-    if name in _SETTERS_IF_EMPTY:
-        return write(instance, instance.pk.get(), {field.name: value}, call, written=bool)
+    if name in _SETTERS or name in _SETTERS_IF_EMPTY:
+        written = bool if name in _SETTERS_IF_EMPTY else (lambda result: True)
+        return _write_fields(instance, {field.name: value}, call, written)
     if name in _DELETERS:
-        return release_after(instance, [field.name], call)
+        return release_after(instance, _affected(type(instance), [field.name]), call)
+    what = (
+        "unique field"
+        if field.name in type(instance)._limpyd_claims
+        else "field of a unique multi-field index"
+    )
     raise ImplementationError(
-        "%s() on the unique field %s.%s of a sharded model (shards = %d): Redis computes the new "
+        "%s() on the %s %s.%s of a sharded model (shards = %d): Redis computes the new "
         "value, so it cannot be claimed across the shards first; read the value and set() the new "
         "one instead (%s)."
-        % (name, type(instance).__name__, field.name, type(instance)._limpyd_shards, sharding._DOC)
+        % (name, what, type(instance).__name__, field.name, type(instance)._limpyd_shards, sharding._DOC)
     )
+
+
+def _affected(model: Any, names: List[str]) -> List[str]:
+    """Return the claimed names a write of the fields ``names`` changes: those of them that are
+    claimed, and the unique combinations holding one of them."""
+    claimed = model._limpyd_claims
+    found = [name for name in names if name in claimed]
+    found += [combo for combo in claimed if "+" in combo and set(combo.split("+")) & set(names)]
+    return found
+
+
+def _write_fields(
+    instance: Any, changes: Dict[str, Any], call: Callable[[], Any], written: Callable[[Any], bool]
+) -> Any:
+    """Run ``call``, the write of ``changes`` (field -> new value) of ``instance``, with the claims
+    of the claimed fields among them and of the unique combinations they change (the other
+    fields of a combination read first, with the old values: 1 round trip)."""
+    model = type(instance)
+    pk = instance.pk.get()
+    affected = _affected(model, list(changes))
+    values: Dict[str, Any] = {name: changes[name] for name in affected if "+" not in name}
+    old: Dict[str, Optional[str]] = {}
+    combos = [name for name in affected if "+" in name]
+    if combos:
+        fields_read = list(dict.fromkeys(part for combo in combos for part in combo.split("+")))
+        fields_read += [name for name in values if name not in fields_read]
+        current = _stored_values(instance, fields_read) if instance._pk else {}
+        old.update((name, current.get(name)) for name in values)
+        updated = dict(current, **{name: value for name, value in changes.items() if value is not None})
+        for combo in combos:
+            index = _combination_index(model, combo)
+            old[combo] = combination_text(index, current)
+            new = combination_text(index, updated)
+            if new is not None:
+                values[combo] = new
+    elif values:
+        old = _current(instance, list(values))
+    if not values and not any(text is not None for text in old.values()):
+        return call()
+    result = write(instance, pk, values, call, old=old, written=written)
+    if written(result):  # a combination gone (a field without value): released
+        for combo in combos:
+            if combo not in values and old.get(combo) is not None:
+                _release(model, pk, combo, old[combo])
+    return result
 
 
 def hash_command(
     instance: Any, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any], call: Callable[[], Any]
 ) -> Any:
     """Run ``hmset``/``hdel`` of ``instance`` (``call`` runs it) with the claims of its unique fields."""
-    claimed = type(instance)._limpyd_claims
+    hash_fields = instance._instancehash_fields  # what else is named is not a field written here
+    claimed = [name for name in type(instance)._limpyd_claim_writes if name in hash_fields]
     if _off(instance):
         return call()
     if name == "hmset":
-        values = {field: value for field, value in kwargs.items() if field in claimed}
-        if not values:
+        changes = {field: value for field, value in kwargs.items() if field in claimed}
+        if not changes:
             return call()
-        return write(instance, instance.pk.get(), values, call)
-    names = [field for field in args if field in claimed]
+        return _write_fields(instance, changes, call, lambda result: True)
+    names = _affected(type(instance), [field for field in args if field in claimed])
     return release_after(instance, names, call) if names else call()
 
 

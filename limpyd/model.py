@@ -369,6 +369,8 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
     #: the unique fields whose values a sharded model claims across its shards, on the model and
     #: its shard classes (``()`` on every other model, see ``limpyd._claims``)
     _limpyd_claims: Tuple[str, ...] = ()
+    #: the fields whose writes change a claim (the claimed ones, those of unique combinations)
+    _limpyd_claim_writes: frozenset = frozenset()
 
     # Per-instance flags, kept in the instance ``__dict__`` only while they hold (read with
     # ``__dict__.get``; declared here, never given a class-level value):
@@ -804,7 +806,7 @@ class RedisModel(RedisProxyCommand, metaclass=MetaRedisModel):
 
     def _call_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run the command ``name``; ``hmset`` of a lazy instance checks the pk under its field locks."""
-        if type(self)._limpyd_claims and name in ("hmset", "hdel"):  # a sharded model's unique values
+        if type(self)._limpyd_claim_writes and name in ("hmset", "hdel"):  # a sharded model's unique values
             return _claims.hash_command(
                 self, name, args, kwargs, lambda: self._run_command(name, *args, **kwargs)
             )

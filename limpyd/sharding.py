@@ -130,11 +130,13 @@ def setup(cls: Any) -> None:
     if cls.abstract or cls._limpyd_shards == 1:  # the subclass of a sharded model stops sharding
         cls._limpyd_shard_models = None
         cls._limpyd_claims = ()
+        cls._limpyd_claim_writes = frozenset()
         return
     _check_supported(cls)
     from limpyd import _claims
 
     cls._limpyd_claims = _claims.claimed_fields(cls)  # inherited by the shard classes
+    cls._limpyd_claim_writes = _claims.claim_writes(cls)
     shards = []
     for number in range(cls._limpyd_shards):
         attrs = {
@@ -166,7 +168,13 @@ def _check_supported(cls: Any) -> None:
             raise unsupported(cls, "the unique field %s (its values cannot be claimed)" % name)
     for index in cls._multi_fields_index_for_filtering:
         if getattr(index, "unique", False):
-            raise unsupported(cls, "the unique multi-field index %s" % type(index).__name__)
+            for field in [index.field] + index._other_fields:
+                if not isinstance(field, SingleValueField):
+                    raise unsupported(
+                        cls,
+                        "the unique multi-field index %s with the multi-value field %s (its "
+                        "combinations cannot be claimed)" % (type(index).__name__, field.name),
+                    )
     from limpyd._sharded_extended import is_extended
 
     if cls.collection_manager is not CollectionManager and not is_extended(cls):

@@ -25,6 +25,7 @@ unique value, leftover lock key, leftover temporary key, unknown key.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import zlib
@@ -85,10 +86,11 @@ INSTANCE_HASH = "hash"
 class IndexSpec:
     """What an index class stores, read from its declaration: kind, prefix, key, uniqueness role."""
 
-    kind: str  # "equal", "text" or "number"
+    kind: str  # "equal", "text", "number", "equal-with" (a multi-field index) or "related" (none)
     prefix: Optional[str]
     key: Optional[str]
     handle_uniqueness: bool
+    others: Tuple[str, ...] = ()  # "equal-with": the other fields, in order
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,13 @@ def _index_spec(index_class: type) -> IndexSpec:
     """Describe an index class; refuse what this checker cannot compute independently."""
     if getattr(index_class, "transform", None) is not None:
         raise ValueError("check_consistency does not support index transforms (%r)" % index_class)
+    from limpyd.contrib.indexes import EqualIndexWith, _EqualIndexWith_RelatedIndex
+
+    if issubclass(index_class, _EqualIndexWith_RelatedIndex):  # stores nothing of its own
+        return IndexSpec("related", None, None, False)
+    if issubclass(index_class, EqualIndexWith):
+        others = tuple(getattr(other, "name", other) for other in index_class.other_fields)
+        return IndexSpec("equal-with", index_class.prefix, index_class.key, bool(index_class.unique), others)
     for base, kind in (
         (limpyd_indexes.NumberRangeIndex, "number"),
         (limpyd_indexes.TextRangeIndex, "text"),
@@ -414,10 +423,26 @@ def _check_model(spec: ModelSpec, snapshot: Snapshot, keys: _ModelKeys, problems
         values = _stored_values(spec, snapshot, keys.instance_keys[pk], problems)
         for name, stored in values.items():
             field_spec = spec.fields[name]
-            unique_index = next((i for i in field_spec.indexes if i.handle_uniqueness), None)
+            unique_index = next(
+                (i for i in field_spec.indexes if i.handle_uniqueness and i.kind != "equal-with"), None
+            )
             for parts in _index_parts(field_spec, stored):
                 origin = "pk %r field %s value %r" % (pk, name, parts[-1] if len(parts) == 1 else parts)
                 for index in field_spec.indexes:
+                    if index.kind == "related":
+                        continue
+                    if index.kind == "equal-with":  # one entry per combination with the other fields
+                        for others in itertools.product(
+                            *(_index_parts(spec.fields[other], values.get(other)) for other in index.others)
+                        ):
+                            combined = parts + tuple(part for other in others for part in other)
+                            head = [spec.name, name] + [part for part in (index.prefix, index.key) if part]
+                            expected.add(_join(*head, *combined), "set", pk, None, origin)
+                            if index.handle_uniqueness:
+                                owners.setdefault((name + "+" + "+".join(index.others), combined), set()).add(
+                                    pk
+                                )
+                        continue
                     key, kind, member, score = _expected_entry(spec.name, field_spec, index, pk, parts)
                     expected.add(key, kind, member, score, origin)
                 if field_spec.unique and unique_index is not None:
@@ -470,7 +495,7 @@ def _same_score(actual: float, wanted: float) -> bool:
 def _claim_pattern(model: type) -> "re.Pattern[str]":
     """The claim and lease keys of the sharded ``model``: ``M#h:<field>[~lease]:<value>`` (docs/sharding.rst)."""
     plain = model._name.strip("{}")
-    return re.compile(r"^(\{?)%s#(\d+)(\}?):(\w+)(~lease)?:(.*)$" % re.escape(plain), re.S)
+    return re.compile(r"^(\{?)%s#(\d+)(\}?):([\w+]+)(~lease)?:(.*)$" % re.escape(plain), re.S)
 
 
 def _check_claims(
@@ -514,10 +539,13 @@ def _check_claims(
                 client.exists(shard._name + ":collection")
             except redis.exceptions.ResponseError:  # MOVED: the pk's shard is on another node
                 continue  # the caller checks across nodes
-            if isinstance(model.get_class_field(name), limpyd_fields.InstanceHashField):
-                stored = (snapshot.contents.get(_join(shard._name, pk, "hash")) or {}).get(name)
+            if "+" in name:  # a unique combination: "f1=v1, f2=v2" of the fields' stored values
+                parts = [_stored_of(snapshot, model, shard, pk, part) for part in name.split("+")]
+                stored = None
+                if all(part is not None for part in parts):
+                    stored = ", ".join("%s=%s" % (n, _text(v)) for n, v in zip(name.split("+"), parts))
             else:
-                stored = snapshot.contents.get(_join(shard._name, pk, name))
+                stored = _stored_of(snapshot, model, shard, pk, name)
             if isinstance(stored, (set, list, dict)):  # a member of a multi-value field (zset: dict)
                 held = value in stored
             else:
@@ -525,6 +553,13 @@ def _check_claims(
             if not held:
                 problems.append("%s: %s (%r holds %r)" % (KIND_CLAIM, key, pk, stored))
     return seen
+
+
+def _stored_of(snapshot: Snapshot, model: type, shard: type, pk: str, name: str) -> Any:
+    """Return what the snapshot holds for the field ``name`` of the instance ``pk`` of ``shard``."""
+    if isinstance(model.get_class_field(name), limpyd_fields.InstanceHashField):
+        return (snapshot.contents.get(_join(shard._name, pk, "hash")) or {}).get(name)
+    return snapshot.contents.get(_join(shard._name, pk, name))
 
 
 def check_consistency(client: redis.Redis, models: Iterable[type]) -> List[str]:

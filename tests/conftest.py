@@ -163,6 +163,12 @@ def _single_database(redis_server: dict, redis_settings: dict) -> Iterator[Redis
 _namespace_counter = itertools.count()
 
 
+@pytest.fixture(params=[False, True], ids=["default", "atomic"])
+def atomic(request: pytest.FixtureRequest) -> bool:
+    """Both write modes: the default one, then ``atomic_writes`` (one script per operation)."""
+    return request.param
+
+
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest) -> str:
     """Return a namespace unique to this test, so models never collide across tests."""

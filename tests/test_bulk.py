@@ -12,11 +12,6 @@ from limpyd.exceptions import BulkError, UniquenessError
 from limpyd.indexes import EqualIndex
 
 
-@pytest.fixture(params=[False, True], ids=["default", "atomic"])
-def atomic(request):
-    return request.param
-
-
 def define(database, namespace, atomic, **extra):
     attrs = {
         "database": database,

@@ -199,3 +199,35 @@ def test_assert_consistent_lists_the_problems(populated):
     client.sadd(name + ":name:ghost", "1")
     with pytest.raises(AssertionError, match="name:ghost"):
         assert_consistent(client, [model])
+
+
+def test_multi_field_index_entries_are_checked(Base, client):
+    """An ``EqualIndexWith`` (unique together): one set per combination, ``M:a:equal-with:<a>:<b>``."""
+    from limpyd.contrib.indexes import EqualIndexWith
+
+    class Together(Base):
+        a = fields.StringField(
+            indexable=True, indexes=[EqualIndexWith.configure(other_fields=["b"], unique=True)]
+        )
+        b = fields.InstanceHashField(indexable=True)
+
+    first = Together(a="x", b="1")
+    Together(a="x", b="2")
+    Together(a="y")  # no combination: nothing indexed
+    name = Together._name
+    assert check_consistency(client, [Together]) == []
+    assert sorted(key for key in client.keys(name + ":a:*")) == [
+        name + ":a:equal-with:x:1",
+        name + ":a:equal-with:x:2",
+    ]
+    client.srem(name + ":a:equal-with:x:1", first.pk.get())
+    assert kinds(check_consistency(client, [Together])) == {KIND_MISSING_ENTRY}
+    client.sadd(name + ":a:equal-with:x:1", first.pk.get(), "2")
+    assert kinds(check_consistency(client, [Together])) == {KIND_STALE_ENTRY}
+    client.srem(name + ":a:equal-with:x:1", "2")
+    client.hset("%s:2:hash" % name, "b", "1")  # pk 2 now holds x, 1 too (its index not updated)
+    assert kinds(check_consistency(client, [Together])) == {
+        KIND_DUPLICATE_UNIQUE,
+        KIND_MISSING_ENTRY,
+        KIND_STALE_ENTRY,
+    }

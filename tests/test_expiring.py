@@ -17,11 +17,6 @@ from limpyd import fields, model
 from limpyd.exceptions import DoesNotExist, ImplementationError
 
 
-@pytest.fixture(params=[False, True], ids=["default", "atomic"])
-def atomic(request):
-    return request.param
-
-
 def define(database, namespace, atomic, **settings):
     attrs = {
         "database": database,

@@ -41,11 +41,6 @@ from limpyd.sharding import shard_index
 SHARDS = 16
 
 
-@pytest.fixture(params=[False, True], ids=["default", "atomic"])
-def atomic(request):
-    return request.param
-
-
 def rows(count, start=0):
     """Yield ``count`` rows (a generator: create_many must stream it), some values missing."""
     for n in range(start, start + count):

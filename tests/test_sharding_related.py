@@ -76,11 +76,6 @@ def define(database, namespace, shards, atomic, match_shards=None):
     return Player, Team, Match
 
 
-@pytest.fixture(params=[False, True], ids=["default", "atomic"])
-def atomic(request):
-    return request.param
-
-
 def pair(database, namespace, atomic):
     """Return the models of :func:`define` in 16 shards and in 1 (different namespaces)."""
     return define(database, namespace, SHARDS, atomic), define(database, namespace + "one", 1, atomic)

@@ -29,11 +29,6 @@ from limpyd.sharding import shard_index
 SHARDS = 8
 
 
-@pytest.fixture(params=[False, True], ids=["default", "atomic"])
-def atomic(request):
-    return request.param
-
-
 def define(database, namespace, atomic, name="Event"):
     """Return a sharded model with a unique StringField ``code`` and a unique InstanceHashField ``ref``."""
     return define_event(

@@ -28,11 +28,6 @@ from limpyd.exceptions import UniquenessError
 SHARDS = 8
 
 
-@pytest.fixture(params=[False, True], ids=["default", "atomic"])
-def atomic(request):
-    return request.param
-
-
 def define(database, namespace, atomic, name="Member"):
     """Return a sharded model with a unique set ``emails``, list ``aliases`` and sorted set ``badges``."""
     return define_event(

@@ -427,7 +427,8 @@ class RedisField(RedisProxyCommand):
 
     def _call_command(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
         """Run ``name`` with the executor ``limpyd._executors.for_field`` chooses for it."""
-        if self.unique and "_instance" in self.__dict__ and self.name in type(self._instance)._limpyd_claims:
+        instance = self.__dict__.get("_instance")
+        if instance is not None and self.name in type(instance)._limpyd_claim_writes:
             if name in self.available_modifiers:  # a sharded model's unique value: claimed first
                 from limpyd import _claims
 

@@ -78,12 +78,24 @@ def held_values(
             for pk in chunk:
                 instance = shard.lazy_connect(pk)
                 for name in names:
-                    commands.append((_claims.read_command(instance, name), {}))
-                    owners.append((pk, name))
-            for (pk, name), reply in zip(owners, send_commands(client, commands)):
-                if reply is None or isinstance(reply, Exception):
+                    parts = name.split("+")  # a unique combination: each of its fields read
+                    commands.extend((_claims.read_command(instance, part), {}) for part in parts)
+                    owners.append((pk, name, parts))
+            replies = iter(send_commands(client, commands))
+            for pk, name, parts in owners:
+                read = [next(replies) for _ in parts]
+                if any(isinstance(reply, Exception) for reply in read):
                     continue
-                for value in dict.fromkeys(reply) if isinstance(reply, (list, set, tuple)) else (reply,):
+                if len(parts) > 1:
+                    index = _claims.combinations(shard)[name]
+                    text = _claims.combination_text(index, dict(zip(parts, map(normalize, read))))
+                    values: Any = () if text is None else (text,)
+                elif read[0] is None:
+                    continue
+                else:
+                    reply = read[0]
+                    values = dict.fromkeys(reply) if isinstance(reply, (list, set, tuple)) else (reply,)
+                for value in values:
                     held.setdefault((name, normalize(value)), []).append(pk)
     return held
 
@@ -224,7 +236,8 @@ def apply_actions(model: Any, actions: List[Any], keep: str) -> None:
                 if pk != kept and _claims.holds(model, pk, name, value):
                     instance = sharding.model_of(model, pk).lazy_connect(pk)
                     with _claims._suspended(instance):  # the claim stays with the kept pk
-                        instance.get_field(name).delete()
+                        # a combination: its first field's value deleted (the combination goes)
+                        instance.get_field(name.split("+")[0]).delete()
             current: Optional[str] = normalize(
                 model.database.connection.get(_claims.claim_keys(model, name, value)[0])
             )
