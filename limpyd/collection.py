@@ -183,6 +183,30 @@ def results_equal(results: Any, other: Any) -> bool:
     return False
 
 
+def index_window(arg: int, can_reverse: bool) -> Optional[Tuple[int, int, bool]]:
+    """Return the window ``(start, count, read from the end)`` answering ``collection[arg]`` (an
+    int), or None when the whole result is needed: a negative index Redis would not read
+    backwards (C7)."""
+    if arg >= 0:
+        return arg, 1, False
+    if can_reverse:
+        return -arg - 1, 1, True
+    return None
+
+
+def entry_at(results: List[Any], position: int, arg: int, model: type, func: Converter) -> Any:
+    """Return ``results[position]`` (converted by ``func``), the entry of ``collection[arg]``, or
+    raise the ``IndexError`` naming the index and the model."""
+    try:
+        entry = results[position]
+    except IndexError:
+        raise IndexError(
+            "collection index %d out of range (collection of %s, %s)"
+            % (arg, model.__name__, "empty" if not results else "fewer results")
+        ) from None
+    return entry if func is None else func(entry)
+
+
 def checked_index(collection: Any, arg: Any) -> Any:
     """Return the index or slice ``arg`` given to ``collection[...]`` with ``int`` parts (Python's
     own errors for a zero step or another type, naming the collection's model)."""
@@ -1160,26 +1184,14 @@ class CollectionManager(object):
             return CollectionResults(results, func)
 
         # full fetches below pass NONE_SLICE: their result is not cached as the collection's (C2)
-        if self._lazy_collection["pks"]:
+        window = None if self._lazy_collection["pks"] else index_window(arg, self._can_reverse())
+        if window is None:
             results, func = self._fetch_collection(apply_slice=NONE_SLICE)
             position = arg
-        elif arg >= 0:
-            results, func = self._fetch_window(arg, 1, False)
+        else:
+            results, func = self._fetch_window(*window)
             position = 0
-        elif self._can_reverse():
-            results, func = self._fetch_window(-arg - 1, 1, True)
-            position = 0
-        else:  # Redis would not reverse: take the full result (C7)
-            results, func = self._fetch_collection(apply_slice=NONE_SLICE)
-            position = arg
-        try:
-            entry = results[position]
-        except IndexError:
-            raise IndexError(
-                "collection index %d out of range (collection of %s, %s)"
-                % (arg, self.model.__name__, "empty" if not results else "fewer results")
-            ) from None
-        return entry if func is None else func(entry)
+        return entry_at(results, position, arg, self.model, func)
 
     def __getitem__(self, arg: Any) -> Any:
         arg = checked_index(self, arg)

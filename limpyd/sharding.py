@@ -52,6 +52,8 @@ from limpyd.collection import (
     _direct_allowed,
     _model_path,
     checked_index,
+    entry_at,
+    index_window,
     results_equal,
 )
 from limpyd.exceptions import ImplementationError
@@ -467,21 +469,44 @@ def _equality_keys(collection: CollectionManager) -> Optional[Tuple[Any, ...]]:
         if not entry:
             return None
         keys.append(entry)
-    if len(keys) < 2 and not (
-        keys and (isinstance(keys[0], (tuple, _RangeFilter)) or sets[0].related_filters)
-    ):
-        return None  # no filter, or one equality filter: ``_direct_keys``
+    if not keys or (len(keys) == 1 and isinstance(keys[0], str) and collection._direct_key() is not None):
+        return None  # no filter, or one equality filter the core reads directly: ``_direct_keys``
     return tuple(keys)
+
+
+#: the methods a range index must not replace for its filter to be planned (the core's)
+_RANGE_METHODS = (
+    "get_filtered_keys",
+    "_filter_into",
+    "call_script",
+    "get_boundaries",
+    "normalize_value",
+    "get_storage_key",
+)
+
+
+def _range_base(index: Any) -> Optional[type]:
+    """Return ``TextRangeIndex`` or ``NumberRangeIndex`` when ``index`` is one of them or a
+    configured subclass (a prefix, a key, a transform) filtering as they do, else None."""
+    klass = type(index)
+    for base in (TextRangeIndex, NumberRangeIndex):
+        if isinstance(index, base) and all(
+            getattr(klass, name) is getattr(base, name) for name in _RANGE_METHODS
+        ):
+            return base
+    return None
 
 
 def _filter_entry(item: ParsedFilter) -> Any:
     """Return the entry of :func:`_equality_keys` answering the filter ``item`` (an empty tuple
     for an empty ``__in``), or None for an index whose filter may send commands of its own (a
-    subclass of the user's, a sorted-set index)."""
+    subclass of the user's replacing how it filters, a sorted-set index)."""
+    from limpyd.contrib.indexes import EqualIndexWith, MultiIndexes
+
     index = item.index
     klass = type(index)
     filter_type = index.remove_prefix(item.suffix)
-    if klass in (TextRangeIndex, NumberRangeIndex):
+    if _range_base(index) is not None:
         if filter_type == "in":  # each value filtered on its own, then united, as the index does
             return tuple(_range_filter(item, "eq", value) for value in set(item.value))
         return _range_filter(item, filter_type, item.value)
@@ -494,13 +519,18 @@ def _filter_entry(item: ParsedFilter) -> Any:
                 )
             )
         return index.get_storage_key(*item.extra_field_parts, item.value, transform_value=False)
-    from limpyd.contrib.indexes import EqualIndexWith
-
     if klass.get_filtered_keys is EqualIndexWith.get_filtered_keys and item.related_filters is not None:
         keys, united = index.filtered_storage_keys(
             item.suffix, *item.extra_field_parts, item.value, related_filters=item.related_filters
         )
         return tuple(keys) if united else (keys[0] if keys else ())
+    if klass.get_filtered_keys is MultiIndexes.get_filtered_keys and item.related_filters is None:
+        # the date/time indexes: the first sub-index handling the suffix, with the key part added
+        args = index.prepare_args([*item.extra_field_parts, item.value], transform=False)
+        for sub_index in index._indexes:
+            if sub_index.can_handle_suffix(item.suffix):
+                return _filter_entry(ParsedFilter(sub_index, item.suffix, tuple(args[:-1]), args[-1], None))
+        return None
     return None
 
 
@@ -532,7 +562,7 @@ def _range_filter(item: Any, filter_type: Optional[str], value: Any) -> _RangeFi
     """Return the :class:`_RangeFilter` of the range filter ``item`` of ``TextRangeIndex`` or
     ``NumberRangeIndex`` for ``filter_type`` and ``value`` (one value of an ``__in``: ``eq``)."""
     index = item.index
-    klass = type(index)
+    klass = _range_base(index)
     value = index.normalize_value(value, transform=False)
     start, end, exclude = index.get_boundaries(filter_type, value)
     if exclude is None:
@@ -545,7 +575,7 @@ def _range_filter(item: Any, filter_type: Optional[str], value: Any) -> _RangeFi
     if klass is TextRangeIndex:
         arguments += (index.separator,)
     key = index.get_storage_key(*item.extra_field_parts, item.value)
-    return _RangeFilter(key, klass.lua_filter_script["lua"], arguments)
+    return _RangeFilter(key, index.lua_filter_script["lua"], arguments)
 
 
 def _shard_entry(entry: Any, prefix: str, name: str) -> Any:
@@ -1229,20 +1259,12 @@ class ShardedCollection:
             if python_slice is not None:
                 results = results[python_slice]
             return CollectionResults(results, func)
-        if arg >= 0:
-            results, position = self._fetch_window(arg, 1, False), 0
-        elif can_reverse:
-            results, position = self._fetch_window(-arg - 1, 1, True), 0
-        else:
+        window = index_window(arg, can_reverse)
+        if window is None:
             results, position = self._fetch_window(0, -1, False), arg
-        try:
-            entry = results[position]
-        except IndexError:
-            raise IndexError(
-                "collection index %d out of range (collection of %s, %s)"
-                % (arg, self.model.__name__, "empty" if not results else "fewer results")
-            ) from None
-        return entry if func is None else func(entry)
+        else:
+            results, position = self._fetch_window(*window), 0
+        return entry_at(results, position, arg, self.model, func)
 
     def __eq__(self, other: Any) -> bool:
         return results_equal(self.__iter__(), other)

@@ -698,3 +698,78 @@ def test_bulk_writes_send_every_shard_together(database, namespace, monkeypatch,
         assert sharded.delete_many(pks[:60], batch_size=30) == 60
     assert counter.per_server and max(counter.per_server.values()) <= 2, dict(counter.per_server)
     assert len(sharded.collection()) == 70
+
+
+DATED_QUERIES = {
+    "date": lambda Model: list(Model.collection(created__date="2020-01-15").sort()),
+    "year, len": lambda Model: len(Model.collection(created__year=2021)),
+    "date range and kind": lambda Model: list(
+        Model.collection(created__date__gte="2020-06-01", kind="k1").sort()
+    ),
+    "hour range, window by field": lambda Model: list(
+        Model.collection(created__hour__lt=12).sort(by="score")[2:7]
+    ),
+    "full range, in on kind": lambda Model: sorted(
+        Model.collection(created__gt="2020-03-01 00:00:00", kind__in=["k0", "k2"])
+    ),
+    "year in": lambda Model: list(Model.collection(created__year__in=[2020, 2022]).sort(desc=True)),
+    "prefixed text range": lambda Model: list(Model.collection(code__p__gte="c3").sort()),
+    "equality on a model with a multi-field index": lambda Model: list(Model.collection(kind="k2").sort()),
+}
+
+
+@pytest.mark.parametrize("query", sorted(DATED_QUERIES))
+def test_date_time_and_configured_indexes_one_round_trip_per_node(database, namespace, monkeypatch, query):
+    """The date/time indexes (``MultiIndexes`` of configured range and equality indexes), a
+    configured range index, and an equality filter on a model having a multi-field index: every
+    shard in one step."""
+    from limpyd.contrib.indexes import DateTimeIndex, EqualIndexWith
+    from limpyd.indexes import TextRangeIndex
+
+    models = [
+        define_event(
+            database,
+            namespace + suffix,
+            shards=shards,
+            name="Dated",
+            created=fields.InstanceHashField(indexable=True, indexes=[DateTimeIndex]),
+            code=fields.StringField(
+                indexable=True,
+                indexes=[
+                    TextRangeIndex.configure(prefix="p"),
+                    EqualIndexWith.configure(other_fields=["kind"]),
+                ],
+            ),
+        )
+        for suffix, shards in (("s", 16), ("u", _OMIT))
+    ]
+    generator = random.Random(3)
+    rows = [
+        {
+            "created": "%d-%02d-%02d %02d:%02d:00"
+            % (
+                generator.choice([2020, 2021, 2022]),
+                generator.randint(1, 12),
+                15,
+                generator.randint(0, 23),
+                position,
+            ),
+            "code": "c%d" % (position % 6),
+            "kind": "k%d" % (position % 3),
+            "score": str(SCORES[position]),
+        }
+        for position in range(50)
+    ]
+    rows[0]["created"] = "2020-01-15 10:20:30"
+    for Model in models:
+        for row in rows:
+            Model(**row)
+    sharded, single = models
+    expected = DATED_QUERIES[query](single)
+    assert expected
+    DATED_QUERIES[query](sharded)  # a script's first use on a server loads it
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        got = DATED_QUERIES[query](sharded)
+    assert got == expected
+    assert counter.per_server and max(counter.per_server.values()) == 1, dict(counter.per_server)
