@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import redis
 
 from limpyd import _atomic, sharding
+from limpyd._batch import is_batched
 from limpyd._cluster import cluster_model_name, plain_model_name
 from limpyd._recovery import is_unknown_outcome
 from limpyd.exceptions import ImplementationError, UniquenessError
@@ -241,19 +242,20 @@ def _stored(model: Any, pk: str, name: str) -> Optional[str]:
     index = _combination_index(model, name)
     if index is not None:
         return combination_text(index, _stored_values(instance, name.split("+")))
-    field = instance.get_field(name)
-    connection = model.database.connection
-    if field.proxy_getter == "hget":
-        return normalize(connection.hget(instance.key, name))
-    return normalize(connection.get(field.key))
+    return _stored_values(instance, [name])[name]
 
 
 def _stored_values(instance: Any, names: List[str]) -> Dict[str, Optional[str]]:
-    """Return the stored values of the single-value fields ``names`` of ``instance`` (1 round trip)."""
+    """Return the stored values of the single-value fields ``names`` of ``instance`` (1 round trip,
+    sent straight to the node of the instance's shard: ``limpyd._per_node``)."""
     from limpyd._per_node import raise_first_error, send_per_node
 
     commands = [read_command(instance, name) for name in names]
-    replies = raise_first_error(send_per_node(instance.database.connection, [(c[1], c) for c in commands]))
+    connection = instance.database.connection
+    if is_batched(connection):  # through the write-behind batch: after what it queued
+        replies = [connection.execute_command(*command) for command in commands]
+    else:
+        replies = raise_first_error(send_per_node(connection, [(c[1], c) for c in commands]))
     return {name: normalize(reply) for name, reply in zip(names, replies)}
 
 
