@@ -16,6 +16,8 @@ results are those of a 1-shard model holding the same data:
   collection without ``sort()`` (or with ``sort(by="nosort")``) then comes in the order of the
   sum of the pks' scores in the sorted sets (ties: by the pks' bytes; ``inf - inf`` counts 0, as
   Redis counts it), its windows and ``[-k:]`` cut from that order;
+- a filter of a ``ScoredEqualIndex``: every shard's sorted set of the value read with its scores
+  (one round trip per node), the collection then ordered as for an intersected sorted set;
 - ``sort(by_score=<key or bound SortedSetField>, desc=, alpha=)``: the pks of the collection
   (without the score sort) are read from the shards, the sorted set once (``ZRANGE key 0 -1
   WITHSCORES``, on its node), and the order is made on the client as ``SORT ... BY <score keys>``
@@ -69,6 +71,18 @@ def is_extended(model: Any) -> bool:
     """Return whether the collections of ``model`` are extended ones (``ExtendedCollectionManager``)."""
     manager = model.collection_manager
     return isinstance(manager, type) and issubclass(manager, ExtendedCollectionManager)
+
+
+def _is_scored(index: Any) -> bool:
+    """Return whether ``index`` is a ``ScoredEqualIndex`` (or a configured subclass) filtering as it
+    does: its filter reads the sorted sets of every shard (:meth:`ShardedExtendedCollection._resolve`)."""
+    from limpyd.contrib.indexes import ScoredEqualIndex
+
+    klass = type(index)
+    return isinstance(index, ScoredEqualIndex) and all(
+        getattr(klass, name) is getattr(ScoredEqualIndex, name)
+        for name in ("get_filtered_keys", "union_filtered_in_keys", "get_storage_key")
+    )
 
 
 def _member(value: Any) -> str:
@@ -150,12 +164,13 @@ class ShardedExtendedCollection(ShardedCollection):
         super()._add_filters(**filters)
         for parsed in self._template._lazy_collection["sets"]:
             index = getattr(parsed, "index", None)
-            if index is not None and "set" not in getattr(index, "supported_key_types", {"set"}):
-                raise unsupported(
-                    self.model,
-                    "filtering by the index %s of %s (sorted sets: their score order); filter by an "
-                    "EqualIndex and sort(by=...)" % (type(index).__name__, index.field.name),
-                )
+            if index is None or "set" in getattr(index, "supported_key_types", {"set"}) or _is_scored(index):
+                continue
+            raise unsupported(
+                self.model,
+                "filtering by the index %s of %s (sorted sets: their score order); filter by an "
+                "EqualIndex and sort(by=...)" % (type(index).__name__, index.field.name),
+            )
         if filters:
             self._forget()
         return self
@@ -299,7 +314,49 @@ class ShardedExtendedCollection(ShardedCollection):
 
     def _extras(self) -> bool:
         """Return whether this collection has what a plain sharded collection has not."""
-        return bool(self._intersects) or bool(self.stored_key) or self._score is not None
+        return (
+            bool(self._intersects) or bool(self.stored_key) or self._score is not None or bool(self._scored())
+        )
+
+    def _scored(self) -> List[Any]:
+        """Return the filters of this collection served by a ``ScoredEqualIndex`` (sorted sets)."""
+        return [
+            item
+            for item in self._template._lazy_collection["sets"]
+            if getattr(item, "index", None) is not None and _is_scored(item.index)
+        ]
+
+    def _read_scored(self, item: Any) -> Dict[str, float]:
+        """Return ``{pk: score}`` of the scored filter ``item`` over every shard: each shard's sorted
+        set of each value (``ZRANGE ... WITHSCORES``, every shard's together: one round trip per
+        node), a pk's scores summed over the values of an ``__in`` (as ``ZUNIONSTORE``)."""
+        from limpyd._per_node import raise_first_error, send_per_node
+        from limpyd.sharding import _renamed
+
+        index = item.index
+        values = set(item.value) if index.remove_prefix(item.suffix) == "in" else [item.value]
+        keys = list(
+            dict.fromkeys(
+                index.get_storage_key(*item.extra_field_parts, value, transform_value=False)
+                for value in values
+            )
+        )
+        prefix = shard_model(self.model, 0)._name
+        commands = [
+            (key, ("ZRANGE", key, 0, -1, "WITHSCORES"))
+            for shard in self.model._limpyd_shard_models
+            for key in (_renamed(key, prefix, shard._name) for key in keys)
+        ]
+        scores: Dict[str, float] = {}
+        for reply in (
+            raise_first_error(send_per_node(self.model.get_connection(), commands)) if commands else ()
+        ):
+            # a flat reply [member, score, ...], or pairs when redis-py's reply callback ran
+            pairs = reply if reply and isinstance(reply[0], (list, tuple)) else zip(reply[::2], reply[1::2])
+            for member, score in pairs:
+                member = _member(member)
+                scores[member] = scores.get(member, 0.0) + float(score)
+        return scores
 
     def _read_key(self, key: str) -> List[str]:
         """Return the members of the set, sorted set or list ``key`` (a missing key: none); a
@@ -374,6 +431,10 @@ class ShardedExtendedCollection(ShardedCollection):
                     "lists of pks, sets or lists" % (item, _model_path(self.model))
                 )
             allowed = set(pks) if allowed is None else allowed.intersection(pks)
+        for item in self._scored():  # its sorted sets: the collection ordered by their scores
+            scores = self._read_scored(item)
+            self._add_scores(scores)
+            allowed = set(scores) if allowed is None else allowed.intersection(scores)
         self._allowed, self._resolved = allowed, True
         if self._zset_scores is not None and allowed is not None:
             self._zset_scores = {pk: self._zset_scores[pk] for pk in allowed}

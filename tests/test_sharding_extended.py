@@ -481,6 +481,49 @@ def test_intersect_with_sorted_sets(database, namespace):
     assert results[1][0] == ["1", "12", "3", "7"] and results[1][1] == ["1", "7", "12", "3"] or results[1][1]
 
 
+def test_scored_equal_index_filters(database, namespace):
+    """A ``ScoredEqualIndex`` filter: every shard's sorted set read with its scores, the
+    collection ordered by them (summed with an intersected sorted set's), as on 1 shard."""
+    from limpyd.contrib.indexes import ScoredEqualIndex
+
+    queue = lambda: fields.StringField(  # noqa: E731
+        indexable=True, indexes=[ScoredEqualIndex.configure(score_field="rank")]
+    )
+    sharded = define(database, namespace + "s", 8, queue=queue())
+    single = define(database, namespace + "u", 1, queue=queue())
+    board = define_board(database, namespace + "b")(ranks={"3": 5, "1": -2, "7": 5, "12": 0, "40": 1})
+    ranks = ["3", "-1", "0", "1.5", "1.5", "10", "2", None]
+    for number in range(1, 25):
+        for Model in (sharded, single):
+            Model(
+                kind="ab"[number % 2],
+                queue="q%d" % (number % 3),
+                rank=ranks[number % len(ranks)],
+                note="n%d" % number,
+            )
+    results = []
+    for Model in (sharded, single):
+        collection = Model.collection()
+        q1 = collection(queue="q1")
+        results.append(
+            [
+                list(q1),  # by rank (ties by the pks' bytes); no rank: not in the sorted set
+                len(q1),
+                list(collection(queue="q2", kind="a")),
+                list(collection(queue__in=["q0", "q2"])),
+                [q1[0], q1[-1], q1[1:4], q1[-3:]],
+                list(q1.sort()),
+                list(q1.sort(by="note", alpha=True)),
+                list(q1.values_list("pk", "rank")),
+                list(collection(queue="q0").intersect(board.ranks)),
+                list(collection(queue__in=[])),
+                list(collection(queue="q1").sort(by_score=board.ranks)),
+            ]
+        )
+    assert results[0] == results[1]
+    assert results[1][0] and results[1][3]
+
+
 def test_sort_by_score(database, namespace):
     """sort(by_score=...): a full evaluation scores the absent pks -inf, a window none (as 1 shard)."""
     sharded = define(database, namespace + "s", 8)
@@ -586,20 +629,24 @@ def test_refused(database, namespace):
             function()
         message = str(excinfo.value)
         assert feature in message and "Event" in message and "docs/sharding.rst" in message, message
-    # an index of sorted sets orders the results by its scores: refused (the shards' scores are not merged)
+    # an index of the user's returning sorted sets: refused (its scores cannot be read per shard)
     from limpyd.contrib.indexes import ScoredEqualIndex
+
+    class MyScored(ScoredEqualIndex):
+        def get_filtered_keys(self, suffix, *args, **kwargs):
+            return super().get_filtered_keys(suffix, *args, **kwargs)
 
     scored = define(
         database,
         namespace + "q",
         4,
         name="Task",
-        queue=fields.StringField(indexable=True, indexes=[ScoredEqualIndex.configure(score_field="rank")]),
+        queue=fields.StringField(indexable=True, indexes=[MyScored.configure(score_field="rank")]),
     )
     scored(queue="q", rank="1")
     with pytest.raises(ImplementationError) as excinfo:
         scored.collection(queue="q")
-    assert "ScoredEqualIndex of queue" in str(excinfo.value) and "Task" in str(excinfo.value)
+    assert "MyScored of queue" in str(excinfo.value) and "Task" in str(excinfo.value)
     assert list(scored.collection(kind__in=["a", "b"])) == []
     with pytest.raises(ValueError, match="same model"):
         sharded.collection().intersect(define(database, namespace + "o", 4, name="Other").collection())
