@@ -238,25 +238,35 @@ def claim_keys(model: Any, name: str, value: Any, shards: Optional[int] = None) 
 def _stored(model: Any, pk: str, name: str) -> Optional[str]:
     """Return the value of the field ``name`` of the instance ``pk`` as stored in its shard (1
     command; a combination: its fields read together, 1 round trip)."""
-    instance = sharding.model_of(sharding.sharded_model(model), pk).lazy_connect(pk)
+    shard = sharding.model_of(sharding.sharded_model(model), pk)
     index = _combination_index(model, name)
     if index is not None:
-        return combination_text(index, _stored_values(instance, name.split("+")))
-    return _stored_values(instance, [name])[name]
+        return combination_text(index, _stored_values(shard.lazy_connect(pk), name.split("+")))
+    # the key of the value computed here: no instance built (the refusal of a duplicate reads it)
+    if shard.get_class_field(name).proxy_getter == "hget":
+        command: Tuple[Any, ...] = ("HGET", make_key(shard._name, pk, "hash"), name)
+    else:
+        command = ("GET", make_key(shard._name, pk, name))
+    return _read_values(model.database.connection, [command])[0]
 
 
 def _stored_values(instance: Any, names: List[str]) -> Dict[str, Optional[str]]:
     """Return the stored values of the single-value fields ``names`` of ``instance`` (1 round trip,
     sent straight to the node of the instance's shard: ``limpyd._per_node``)."""
+    commands = [read_command(instance, name) for name in names]
+    return dict(zip(names, _read_values(instance.database.connection, commands)))
+
+
+def _read_values(connection: Any, commands: List[Tuple[Any, ...]]) -> List[Optional[str]]:
+    """Return the replies of the reads ``commands`` (each on the key after its name), normalized:
+    one round trip to each node concerned (through the write-behind batch inside one)."""
     from limpyd._per_node import raise_first_error, send_per_node
 
-    commands = [read_command(instance, name) for name in names]
-    connection = instance.database.connection
-    if is_batched(connection):  # through the write-behind batch: after what it queued
+    if is_batched(connection):  # after what the batch queued
         replies = [connection.execute_command(*command) for command in commands]
     else:
         replies = raise_first_error(send_per_node(connection, [(c[1], c) for c in commands]))
-    return {name: normalize(reply) for name, reply in zip(names, replies)}
+    return [normalize(reply) for reply in replies]
 
 
 def holds(model: Any, pk: str, name: str, value: Any) -> bool:
