@@ -51,8 +51,11 @@ from limpyd.fields import ListField, RedisField, SetField, SortedSetField
 from limpyd.model import RedisModel
 from limpyd.sharding import (
     ShardedCollection,
+    ShardPks,
     _arrange,
+    _shard_entry,
     _tie_key,
+    filter_entries,
     shard_index,
     shard_model,
     shard_of,
@@ -530,8 +533,49 @@ class ShardedExtendedCollection(ShardedCollection):
     def _direct_keys(self) -> Optional[List[str]]:
         return None if self._extras() else super()._direct_keys()
 
-    def _intersected_keys(self) -> Optional[List[Tuple[str, ...]]]:
-        return None if self._extras() else super()._intersected_keys()
+    def _intersected_keys(self) -> Optional[List[Tuple[Any, ...]]]:
+        """Return what each shard intersects (see ``ShardedCollection._intersected_keys``); with
+        intersections (or a stored list, scored filters), each shard's allowed pks too, read on
+        the client first (:meth:`_resolve`), so every shard's steps still go out together: its
+        filters' sets and a temporary set of its pks (``SADD``), intersected, read, deleted. A
+        shard with no pk allowed is not asked (an empty tuple). None when the filters cannot be
+        planned (the shards are then asked one after the other)."""
+        if not self._extras():
+            return super()._intersected_keys()
+        if self._plain_stored() or not self._per_node_possible() or self._template._lazy_collection["pks"]:
+            return None
+        allowed = self._resolve()
+        if allowed is None:
+            return None
+        template = CollectionManager(shard_model(self.model, 0))
+        template._lazy_collection["sets"] = [  # the scored filters are in the allowed pks already
+            item
+            for item in self._template._lazy_collection["sets"]
+            if not (getattr(item, "index", None) is not None and _is_scored(item.index))
+        ]
+        entries = filter_entries(template)
+        if entries is None:
+            return None
+        prefix = template.model._name
+        every_key = [
+            key
+            for entry in entries
+            for member in (entry if isinstance(entry, tuple) else (entry,))
+            for key in (getattr(member, "key", member),)
+        ]
+        if not all(key.startswith(prefix + ":") for key in every_key):
+            return None
+        if not entries:  # no filter: the pks still existing (the collection key), as unsharded
+            entries = [make_key(prefix, "collection")]
+        per_shard: List[Tuple[Any, ...]] = []
+        for number, shard in enumerate(self.model._limpyd_shard_models):
+            pks = self._shard_pks(number)
+            if not pks:
+                per_shard.append(())
+                continue
+            renamed = tuple(_shard_entry(entry, prefix, shard._name) for entry in entries)
+            per_shard.append(renamed + (ShardPks(pks),))
+        return per_shard
 
     def _merge(self, parts: List[List[Any]], reverse: bool) -> List[Any]:
         """Merge as ``ShardedCollection`` does; unsorted on a stored list (``nosort``): the list's order."""
@@ -567,7 +611,9 @@ class ShardedExtendedCollection(ShardedCollection):
         if self._extras():
             self._resolve()
             if self._zset_ordered():
-                return self._output(self._in_zset_order([item for part in self._shards() for item in part]))
+                return self._output(
+                    self._in_zset_order([item for part in self._all_parts() for item in part])
+                )
         return super()._fetch_all()
 
     def __len__(self) -> int:
@@ -592,7 +638,7 @@ class ShardedExtendedCollection(ShardedCollection):
         if self._extras():
             self._resolve()
             if self._zset_ordered():  # every pk by score, then cut (ZRANGE/ZREVRANGE windows)
-                items = self._in_zset_order([item for part in self._shards() for item in part])
+                items = self._in_zset_order([item for part in self._all_parts() for item in part])
                 if reverse:
                     items.reverse()
                 return self._output(items[start:] if count < 0 else items[start : start + count])
@@ -651,22 +697,18 @@ class ShardedExtendedCollection(ShardedCollection):
     def _rows_output(self, rows: List[Tuple[str, Optional[str]]]) -> List[Any]:
         """Return the results of the ``(pk, score)`` ``rows``: pks, or the values asked.
 
-        The values of the fields are read for these pks only (one ``SORT ... GET`` per shard
-        concerned); ``SORTED_SCORE`` is the score of the row.
+        The values of the fields are read for these pks only (a ``SORT ... GET`` in each shard
+        concerned, all sent together); ``SORTED_SCORE`` is the score of the row.
         """
         if self._values is None:
             return [pk for pk, _ in rows]
         _, names, mode = self._values
         others = [name for name in names if name != SORTED_SCORE]
         values: Dict[str, Tuple[Any, ...]] = {}
-        if others:
-            parts: Dict[int, List[str]] = {}
-            for pk, _ in rows:
-                parts.setdefault(shard_of(self.model, pk), []).append(pk)
-            for number, pks in parts.items():
-                collection = ExtendedCollectionManager(shard_model(self.model, number)).intersect(pks)
-                for row in collection.values_list("pk", *others):
-                    values[row[0]] = row[1:]
+        if others and rows:  # the values of these pks, every shard concerned asked together
+            collection = type(self)(self.model).intersect([pk for pk, _ in rows]).values_list("pk", *others)
+            for row in collection:
+                values[row[0]] = row[1:]
         results = []
         is_pk = [isinstance(name, str) and self.model._field_is_pk(name) for name in names]
         for pk, score in rows:

@@ -459,17 +459,12 @@ def _equality_keys(collection: CollectionManager) -> Optional[Tuple[Any, ...]]:
         or not _direct_allowed(type(collection))
     ):
         return None
-    try:
-        sets = collection._reduce_related_filters(lazy["sets"])  # multi-field indexes combined
-    except ImplementationError:
-        return None  # raised again by the core's path
-    keys: List[Any] = []
-    for item in sets:
-        entry = _filter_entry(item) if isinstance(item, ParsedFilter) else None
-        if not entry:
-            return None
-        keys.append(entry)
-    if not keys or (len(keys) == 1 and isinstance(keys[0], str) and collection._direct_key() is not None):
+    keys = filter_entries(collection)
+    if (
+        keys is None
+        or not keys
+        or (len(keys) == 1 and isinstance(keys[0], str) and collection._direct_key() is not None)
+    ):
         return None  # no filter, or one equality filter the core reads directly: ``_direct_keys``
     return tuple(keys)
 
@@ -495,6 +490,32 @@ def _range_base(index: Any) -> Optional[type]:
         ):
             return base
     return None
+
+
+def filter_entries(collection: CollectionManager) -> Optional[List[Any]]:
+    """Return the entry of :func:`_equality_keys` of each filter of ``collection`` (``[]``: no
+    filter), or None when one of them cannot be planned (or is an empty ``__in``). No command."""
+    try:
+        sets = collection._reduce_related_filters(collection._lazy_collection["sets"])  # multi-field combined
+    except ImplementationError:
+        return None  # raised again by the core's path
+    entries: List[Any] = []
+    for item in sets:
+        entry = _filter_entry(item) if isinstance(item, ParsedFilter) else None
+        if not entry:
+            return None
+        entries.append(entry)
+    return entries
+
+
+class ShardPks:
+    """An entry of a shard's intersection: pks of that shard given by the client (an extended
+    collection's ``intersect``), put in a temporary set of its slot (``SADD``) first."""
+
+    __slots__ = ("pks",)
+
+    def __init__(self, pks: Tuple[str, ...]) -> None:
+        self.pks = pks
 
 
 def _filter_entry(item: ParsedFilter) -> Any:
@@ -604,7 +625,12 @@ def _shard_steps(
         return key
 
     for entry in sets:
-        if isinstance(entry, _RangeFilter):
+        if isinstance(entry, ShardPks):
+            given = make_key(shard._name, "__collection__", "tmp", uuid.uuid4().hex)
+            temporary.append(given)
+            commands.append((given, ("SADD", given, *entry.pks)))
+            inputs.append(given)
+        elif isinstance(entry, _RangeFilter):
             inputs.append(ranged(entry))
         elif isinstance(entry, tuple):
             members = [ranged(member) if isinstance(member, _RangeFilter) else member for member in entry]
@@ -1061,6 +1087,9 @@ class ShardedCollection:
         reads = []
         with temporary_keys(self.model.database):  # deleted again if a round trip is lost
             for shard_sets, shard in zip(keys, self.model._limpyd_shard_models):
+                if not shard_sets:  # nothing can match in this shard: not asked
+                    reads.append(None)
+                    continue
                 steps, final, temporary = _shard_steps(shard, shard_sets)
                 read = self._read_command(connection, final, options, shard)
                 if read is None:
@@ -1076,7 +1105,7 @@ class ShardedCollection:
         if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
             return None  # a filter or SORT script not loaded: the rest ran without it, in vain
         raise_first_error(replies)
-        return [replies[position] for position in reads]
+        return [[] if position is None else replies[position] for position in reads]
 
     def _parts(
         self, replies: List[Any], options: Optional[Dict[str, Any]], window: Optional[Tuple[int, int, bool]]
@@ -1115,10 +1144,7 @@ class ShardedCollection:
 
     def _fetch_all(self) -> List[Any]:
         """Return every result, in this collection's order (unsorted pks: numeric order when every pk is a number)."""
-        keys = self._read_keys()
-        parts = self._read_directly(keys, None) if keys is not None else None
-        if parts is None:
-            parts = [list(collection) for collection in self._shards()]
+        parts = self._all_parts()
         if self._order is not None or self._rich():
             return self._output(self._merge(parts, False))
         pks = [pk for part in parts for pk in part]
@@ -1126,6 +1152,15 @@ class ShardedCollection:
             return sorted(pks, key=_numeric_key)
         except ValueError:  # pks that are not numbers: the order of an unsorted set (none)
             return pks
+
+    def _all_parts(self) -> List[List[Any]]:
+        """Return every result of each shard (pks or rows, unmerged): every shard's reads in one
+        step when they can go together (``_read_keys``), else shard after shard."""
+        keys = self._read_keys()
+        parts = self._read_directly(keys, None) if keys is not None else None
+        if parts is None:
+            parts = [list(collection) for collection in self._shards()]
+        return parts
 
     def _fetch_window(self, start: int, count: int, reverse: bool) -> List[Any]:
         """Return the window ``LIMIT start count`` (``count`` -1: to the end), read from the end if ``reverse``.
@@ -1200,7 +1235,8 @@ class ShardedCollection:
         real = getattr(connection, "_limpyd_real", connection)
         if keys is None:
             return None
-        unions = any(not isinstance(entry, str) for entry in keys[0])  # unions, ranges: stored first
+        # unions, ranges, pks given: stored first (a shard without entries is not asked)
+        unions = any(not isinstance(entry, str) for shard_keys in keys for entry in shard_keys)
         if not unions and getattr(real, "_limpyd_no_sintercard", False):
             return None
         self._purge_together()
@@ -1209,13 +1245,16 @@ class ShardedCollection:
             counts = []
             with temporary_keys(self.model.database):
                 for shard_sets, shard in zip(keys, self.model._limpyd_shard_models):
+                    if not shard_sets:
+                        continue
                     steps, final, temporary = _shard_steps(shard, shard_sets)
                     for key in temporary:
                         register_temporary_key(key)
                     commands += steps
                     counts.append(len(commands))
                     commands.append((final, ("SCARD", final)))
-                    commands.append((final, ("DEL", *temporary)))
+                    if temporary:
+                        commands.append((final, ("DEL", *temporary)))
                 replies = send_per_node(connection, commands)
             if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
                 return None  # a range filter's script not loaded: the shards count one by one
@@ -1223,7 +1262,11 @@ class ShardedCollection:
             return sum(replies[position] for position in counts)
         replies = send_per_node(
             connection,
-            [(shard_keys[0], ("SINTERCARD", len(shard_keys), *shard_keys)) for shard_keys in keys],
+            [
+                (shard_keys[0], ("SINTERCARD", len(shard_keys), *shard_keys))
+                for shard_keys in keys
+                if shard_keys
+            ],
         )
         for reply in replies:
             if isinstance(reply, redis.ResponseError) and "unknown command" in str(reply).lower():

@@ -674,3 +674,46 @@ def test_refused(database, namespace):
     assert type(plain.collection()) is ShardedCollection
     with pytest.raises(ImplementationError, match="intersect"):
         plain.collection().intersect([1])
+
+
+def test_intersections_read_every_shard_together(database, namespace, monkeypatch):
+    """With intersections, each shard's steps (its filters' sets and a temporary set of its
+    allowed pks, intersected, read, deleted) go out together: one write per server; a shard with
+    no pk allowed is not asked."""
+    from test_sharding_reads import WriteCounter
+
+    sharded = define(database, namespace + "s", 16)
+    single = define(database, namespace + "u", 1)
+    board = define_board(database, namespace + "b")(ranks={"3": 5, "1": -2, "7": 5, "12": 0})
+    for number in range(1, 41):
+        for Model in (sharded, single):
+            Model(
+                kind="ab"[number % 2], score=str(number % 7), tags=["t%d" % (number % 3)], note="n%d" % number
+            )
+    queries = [
+        lambda M: list(M.collection(kind="a").intersect(list(range(1, 30))).sort()),
+        lambda M: len(M.collection(kind="b", tags="t1").intersect([1, 3, 5, 7, 9, 11, 13, 99])),
+        lambda M: list(M.collection().intersect([2, 4, 6, 8, 40]).sort(by="-score")[1:3]),
+        lambda M: list(M.collection(score__gte=3).intersect(list(range(10, 40))).values_list("pk", "note")),
+        lambda M: list(M.collection(kind="b").intersect(board.ranks)),  # by score
+        lambda M: list(M.collection(kind__in=["a", "b"]).intersect([5, 6, 7]).sort(by="score", alpha=True)),
+    ]
+    servers = len(database.connection.get_primaries()) if database.is_cluster else 1
+    for position, query in enumerate(queries):
+        expected = query(single)
+        counter = WriteCounter(monkeypatch)
+        query(sharded)  # the filter scripts loaded
+        with counter:
+            got = query(sharded)
+        assert got == expected, position
+        reads = 0 if position != 4 else 1  # a sorted set given: read once (TYPE, ZRANGE) on its node
+        writes = counter.per_server
+        assert max(writes.values()) <= 1 + 2 * reads and sum(writes.values()) <= servers + 2 * reads, (
+            position,
+            dict(writes),
+        )
+    from test_sharding import full_dump
+
+    # every temporary key of the sharded model deleted (the 1-shard model keeps the final key of
+    # its len() for the iteration that may follow, 300 s)
+    assert not [key for key in full_dump(database) if "__collection__" in key and "event@" in key]
