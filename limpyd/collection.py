@@ -143,21 +143,29 @@ class _CheckedInstances:
         ]
         if not chunk:
             return
-        model = self.model
-        connection = model.get_connection()
+        connection = self.model.get_connection()
         if isinstance(connection, Pipeline):  # a user pipeline: collections are not evaluated there
             return
-        pk_field = model.get_field("pk")
-        collection_key = pk_field.collection_key
-        replies = send_commands(
-            connection, [(("SISMEMBER", collection_key, pk_field.normalize(pk)), {}) for pk in chunk]
-        )
+        replies = self._send_checks(connection, chunk)
         for pk, exists in zip(chunk, replies):
             if isinstance(exists, Exception):
                 raise exists
             self.known[pk] = bool(exists)
 
+    def _send_checks(self, connection: Any, chunk: List[Any]) -> List[Any]:
+        """Return the ``SISMEMBER`` replies of the pks of ``chunk`` in the collection key (one round trip)."""
+        pk_field = self.model.get_field("pk")
+        collection_key = pk_field.collection_key
+        return send_commands(
+            connection, [(("SISMEMBER", collection_key, pk_field.normalize(pk)), {}) for pk in chunk]
+        )
+
+    def _model_of(self, pk: Any) -> type:
+        """Return the model class building the instance of ``pk``."""
+        return self.model
+
     def __call__(self, pk: Any) -> Any:
+        model = self._model_of(pk)
         if self.entries:
             if pk not in self.known:
                 self._check_next_chunk()
@@ -165,10 +173,10 @@ class _CheckedInstances:
             exists = self.known.pop(pk, None)
             if exists is not None:
                 if not exists:
-                    raise DoesNotExist("No %s found with pk %s" % (self.model.__name__, pk))
-                with assume_exists(self.model._name, self.model.get_field("pk").normalize(pk)):
-                    return self.model(pk)
-        return self.model(pk)
+                    raise DoesNotExist("No %s found with pk %s" % (model.__name__, pk))
+                with assume_exists(model._name, model.get_field("pk").normalize(pk)):
+                    return model(pk)
+        return model(pk)
 
 
 def results_equal(results: Any, other: Any) -> bool:

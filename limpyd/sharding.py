@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import redis
 
 from limpyd import _atomic, _shard_count
-from limpyd._batch import current_batch, is_batched, send_ahead_of_locks
+from limpyd._batch import current_batch, is_batched, send_ahead_of_locks, send_commands
 from limpyd._cluster import _sort_script, cluster_sort, needs_sort_script
 from limpyd._per_node import (
     count_per_node,
@@ -659,32 +659,32 @@ def _same(value: Any) -> Any:
     return value
 
 
-class _ShardedInstances:
-    """Convert pks to instances checked as ``Model(pk)``, each shard's pks checked in batches.
+class _ShardedInstances(_CheckedInstances):
+    """Convert pks to instances checked as ``Model(pk)`` (the core converter, :class:`_CheckedInstances`):
+    the ``SISMEMBER`` of each pk in its shard's collection key, a chunk of the results at a time,
+    every shard's checks sent together (one round trip per node; shard after shard inside a
+    write-behind batch or through a client whose methods were replaced)."""
 
-    One ``_CheckedInstances`` per shard (the core converter: a ``SISMEMBER`` per pk, sent a chunk
-    at a time in one round trip), fed with that shard's pks in the order of the results.
-    """
+    def _model_of(self, pk: Any) -> type:
+        return shard_model(self.model, shard_of(self.model, pk))
 
-    def __init__(self, model: type) -> None:
-        self.model = model
-        self.checkers: Dict[int, _CheckedInstances] = {}
-
-    def prefetch(self, entries: List[Any]) -> None:
-        parts: Dict[int, List[Any]] = {}
-        for pk in entries:
-            parts.setdefault(shard_of(self.model, pk), []).append(pk)
-        self.checkers = {}
-        for number, pks in parts.items():
-            checker = self.checkers[number] = _CheckedInstances(shard_model(self.model, number))
-            checker.prefetch(pks)
-
-    def __call__(self, pk: Any) -> Any:
-        number = shard_of(self.model, pk)
-        checker = self.checkers.get(number)
-        if checker is None:
-            return shard_model(self.model, number)(pk)
-        return checker(pk)
+    def _send_checks(self, connection: Any, chunk: List[Any]) -> List[Any]:
+        commands = []
+        for pk in chunk:
+            pk_field = self._model_of(pk).get_field("pk")
+            key = pk_field.collection_key
+            commands.append((key, ("SISMEMBER", key, pk_field.normalize(pk))))
+        if per_node_allowed(connection) and current_batch(self.model.database) is None:
+            return send_per_node(connection, commands)
+        groups: Dict[type, List[int]] = {}  # through the client's own methods: one round trip per shard
+        for position, pk in enumerate(chunk):
+            groups.setdefault(self._model_of(pk), []).append(position)
+        replies: List[Any] = [None] * len(chunk)
+        for positions in groups.values():
+            sent = send_commands(connection, [(commands[position][1], {}) for position in positions])
+            for position, reply in zip(positions, sent):
+                replies[position] = reply
+        return replies
 
 
 class ShardedCollection:

@@ -773,3 +773,17 @@ def test_date_time_and_configured_indexes_one_round_trip_per_node(database, name
         got = DATED_QUERIES[query](sharded)
     assert got == expected
     assert counter.per_server and max(counter.per_server.values()) == 1, dict(counter.per_server)
+
+
+def test_instances_are_checked_one_round_trip_per_node(database, models, monkeypatch):
+    """``instances()``: the read of the shards, then the existence checks of a chunk of the
+    results (``SISMEMBER`` in each pk's shard), every shard's together: two writes per server."""
+    sharded, single = models
+    expected = list(single.collection(kind="k1").sort(by="score").values_list("pk", flat=True))
+    list(sharded.collection(kind="k1").sort(by="score").instances())  # the SORT script loaded
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        got = list(sharded.collection(kind="k1").sort(by="score").instances())
+    assert [instance.pk.get() for instance in got] == expected and expected
+    assert {type(instance).__name__ for instance in got} == {"Event"} and len({i.shard for i in got}) > 3
+    assert counter.per_server and max(counter.per_server.values()) == 2, dict(counter.per_server)
