@@ -816,17 +816,17 @@ class ShardedCollection:
         return self._values_clone(fields, checked)
 
     def delete(self, batch_size: int = 1000) -> int:
-        """Delete every instance of this collection, shard by shard; return how many.
+        """Delete every instance of this collection; return how many.
 
-        Each shard concerned (the pk's only, with a pk filter) deletes its part as the core
-        collection does: its pks read in one evaluation, then ``delete_many`` of the shard class.
+        As the core collection does: the pks read first (one evaluation, every shard's reads
+        together), then deleted as ``Model.delete_many`` does (each batch split by shard, every
+        shard's part sent together).
         """
         from limpyd._bulk import _check_batch_size
 
         _check_batch_size(self.model, batch_size)
-        pks = self._template._lazy_collection["pks"]
-        numbers = [shard_of(self.model, next(iter(pks)))] if pks else range(self.model._limpyd_shards)
-        deleted = sum(self._shard_collection(number, False).delete(batch_size) for number in numbers)
+        pks = list(self.primary_keys())
+        deleted = self.model.delete_many(pks, batch_size=batch_size) if pks else 0
         self._cache = self._len = self._shard_collections = self._one = None
         return deleted
 

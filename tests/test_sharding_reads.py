@@ -787,3 +787,17 @@ def test_instances_are_checked_one_round_trip_per_node(database, models, monkeyp
     assert [instance.pk.get() for instance in got] == expected and expected
     assert {type(instance).__name__ for instance in got} == {"Event"} and len({i.shard for i in got}) > 3
     assert counter.per_server and max(counter.per_server.values()) == 2, dict(counter.per_server)
+
+
+def test_collection_delete_one_round_trip_per_node_per_step(database, models, monkeypatch):
+    """``collection(...).delete()``: the pks read (every shard together), then deleted as
+    ``delete_many`` does (every shard's part of the batch together): two writes per server."""
+    sharded, single = models
+    # every shard's function loaded (pks that do not exist, spread over the shards)
+    assert sharded.delete_many([str(number) for number in range(1000, 1200)]) == 0
+    counter = WriteCounter(monkeypatch)
+    with counter:
+        deleted = sharded.collection(kind="k1", tags="t0").delete()
+    assert deleted == single.collection(kind="k1", tags="t0").delete() and deleted > 3
+    assert counter.per_server and max(counter.per_server.values()) == 2, dict(counter.per_server)
+    assert sorted(sharded.collection()) == sorted(single.collection())
