@@ -191,7 +191,7 @@ def results_equal(results: Any, other: Any) -> bool:
     return False
 
 
-def index_window(arg: int, can_reverse: bool) -> Optional[Tuple[int, int, bool]]:
+def _index_window(arg: int, can_reverse: bool) -> Optional[Tuple[int, int, bool]]:
     """Return the window ``(start, count, read from the end)`` answering ``collection[arg]`` (an
     int), or None when the whole result is needed: a negative index Redis would not read
     backwards (C7)."""
@@ -202,7 +202,7 @@ def index_window(arg: int, can_reverse: bool) -> Optional[Tuple[int, int, bool]]
     return None
 
 
-def entry_at(results: List[Any], position: int, arg: int, model: type, func: Converter) -> Any:
+def _entry_at(results: List[Any], position: int, arg: int, model: type, func: Converter) -> Any:
     """Return ``results[position]`` (converted by ``func``), the entry of ``collection[arg]``, or
     raise the ``IndexError`` naming the index and the model."""
     try:
@@ -1192,14 +1192,14 @@ class CollectionManager(object):
             return CollectionResults(results, func)
 
         # full fetches below pass NONE_SLICE: their result is not cached as the collection's (C2)
-        window = None if self._lazy_collection["pks"] else index_window(arg, self._can_reverse())
+        window = None if self._lazy_collection["pks"] else _index_window(arg, self._can_reverse())
         if window is None:
             results, func = self._fetch_collection(apply_slice=NONE_SLICE)
             position = arg
         else:
             results, func = self._fetch_window(*window)
             position = 0
-        return entry_at(results, position, arg, self.model, func)
+        return _entry_at(results, position, arg, self.model, func)
 
     def __getitem__(self, arg: Any) -> Any:
         arg = checked_index(self, arg)

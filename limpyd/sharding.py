@@ -50,10 +50,10 @@ from limpyd.collection import (
     ParsedFilter,
     _CheckedInstances,
     _direct_allowed,
+    _entry_at,
+    _index_window,
     _model_path,
     checked_index,
-    entry_at,
-    index_window,
     results_equal,
 )
 from limpyd.exceptions import ImplementationError
@@ -1302,12 +1302,12 @@ class ShardedCollection:
             if python_slice is not None:
                 results = results[python_slice]
             return CollectionResults(results, func)
-        window = index_window(arg, can_reverse)
+        window = _index_window(arg, can_reverse)
         if window is None:
             results, position = self._fetch_window(0, -1, False), arg
         else:
             results, position = self._fetch_window(*window), 0
-        return entry_at(results, position, arg, self.model, func)
+        return _entry_at(results, position, arg, self.model, func)
 
     def __eq__(self, other: Any) -> bool:
         return results_equal(self.__iter__(), other)
