@@ -871,3 +871,24 @@ def test_unsupported_operations(database, namespace):
     assert Event.audit().clean and integrity.audit(Event.shard_model(1)).clean
     assert Event.repair().actions == [] and integrity.repair(Event.shard_model(0)).actions == []
     assert Event.rebuild_indexes()["shards"] == 4 and integrity.rebuild_indexes(Event)["instances"] == 1
+
+
+def run_workers(worker, database, namespace, atomic, count):
+    """Run ``worker(settings, namespace, atomic, number, queue)`` in ``count`` forked processes at
+    once; return what each put on the queue (each process must exit cleanly)."""
+    import multiprocessing
+
+    settings = dict(database.connection_settings)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    processes = [
+        context.Process(target=worker, args=(settings, namespace, atomic, number, queue))
+        for number in range(count)
+    ]
+    for process in processes:
+        process.start()
+    results = [queue.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    return results

@@ -6,19 +6,18 @@ Every test runs on the private server and on the private cluster, in the default
 
 from __future__ import annotations
 
-import multiprocessing
 import re
 import zlib
 
 import pytest
 import redis
-from test_sharding import (  # noqa: F401 - pytest_generate_tests: single server and cluster
+from test_sharding import (
     define_event,
     every_model,
     full_dump,
     node_clients,
     problems_of,
-    pytest_generate_tests,
+    run_workers,
 )
 
 from limpyd import _claims, fields
@@ -314,19 +313,7 @@ def _worker(settings, namespace, atomic, worker, queue):
 
 def test_colliding_creations_across_processes(database, namespace, atomic):
     Event = define(database, namespace, atomic)
-    settings = dict(database.connection_settings)
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    processes = [
-        context.Process(target=_worker, args=(settings, namespace, atomic, worker, queue))
-        for worker in range(WORKERS)
-    ]
-    for process in processes:
-        process.start()
-    results = [queue.get(timeout=600) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    results = run_workers(_worker, database, namespace, atomic, WORKERS)
     assert sum(made for made, _ in results) + sum(no for _, no in results) == WORKERS * ATTEMPTS
     assert sum(made for made, _ in results) == VALUES
 

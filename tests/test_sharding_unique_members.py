@@ -9,15 +9,13 @@ the default mode and with ``atomic_writes``; the claims are read with plain clie
 
 from __future__ import annotations
 
-import multiprocessing
-
 import pytest
-from test_sharding import (  # noqa: F401 - pytest_generate_tests: single server and cluster
+from test_sharding import (
     define_event,
     every_model,
     full_dump,
     problems_of,
-    pytest_generate_tests,
+    run_workers,
 )
 from test_sharding_unique import claim_of, two_instances, without_counter
 
@@ -196,19 +194,7 @@ def _worker(settings, namespace, atomic, worker, queue):
 def test_colliding_members_across_processes(database, namespace, atomic):
     """8 processes add colliding members to their own instances: each member ends in one instance."""
     Member = define(database, namespace, atomic)
-    settings = dict(database.connection_settings)
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    processes = [
-        context.Process(target=_worker, args=(settings, namespace, atomic, worker, queue))
-        for worker in range(WORKERS)
-    ]
-    for process in processes:
-        process.start()
-    results = [queue.get(timeout=600) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    results = run_workers(_worker, database, namespace, atomic, WORKERS)
     holders = {}
     for pk, _, _ in results:
         for value in Member(pk).emails.smembers():

@@ -8,17 +8,16 @@ redis-py clients, and the shared consistency checker checks every key.
 
 from __future__ import annotations
 
-import multiprocessing
 import random
 import re
 
 import pytest
-from test_sharding import (  # noqa: F401 - pytest_generate_tests: single server and cluster
+from test_sharding import (
     define_event,
     every_model,
     full_dump,
     problems_of,
-    pytest_generate_tests,
+    run_workers,
 )
 from test_sharding_unique import claim_of, without_counter
 
@@ -255,19 +254,7 @@ def _worker(settings, namespace, atomic, worker, queue):
 
 def test_colliding_combinations_across_processes(database, namespace, atomic):
     Event = define(database, namespace, atomic)
-    settings = dict(database.connection_settings)
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    processes = [
-        context.Process(target=_worker, args=(settings, namespace, atomic, worker, queue))
-        for worker in range(WORKERS)
-    ]
-    for process in processes:
-        process.start()
-    results = [queue.get(timeout=600) for _ in processes]
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    results = run_workers(_worker, database, namespace, atomic, WORKERS)
     assert sum(made for made, _ in results) == COMBINATIONS
     holders = {}
     for pk in Event.collection():
